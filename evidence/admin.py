@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.template.defaultfilters import filesizeformat
+from django.urls import reverse
+from django.utils.html import format_html
+from django.utils.translation import gettext_lazy as _
+
+from evidence.models import Evidence
+
+
+class EvidenceInline(admin.TabularInline):
+    """Evidence shown on the application's page, read-only, with download links."""
+
+    model = Evidence
+    extra = 0
+    can_delete = False
+    fields = ["download_link", "content_type", "human_size", "note", "uploaded_by", "uploaded_at", "sha256"]
+    readonly_fields = fields
+    ordering = ["uploaded_at"]
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    @admin.display(description=_("file"))
+    def download_link(self, evidence: Evidence) -> str:
+        return format_html(
+            '<a href="{}">{}</a>',
+            reverse("evidence:download", args=[evidence.pk]),
+            evidence.original_name,
+        )
+
+    @admin.display(description=_("size"))
+    def human_size(self, evidence: Evidence) -> str:
+        return filesizeformat(evidence.size)

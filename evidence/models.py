@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+
+from evidence.storage import evidence_storage
+from evidence.validation import ValidatedUpload
+
+
+class EvidenceManager(models.Manager):
+    def store(self, application, upload: ValidatedUpload, *, uploaded_by=None) -> Evidence:
+        """Write the file under a new UUID name, then its row.
+
+        The caller runs this inside its transaction and deletes the file
+        again if that transaction fails (see vetting.workflow).
+        """
+        evidence_id = uuid.uuid4()
+        # Two hex digits of fan-out keep directories small; no part of the
+        # uploaded name is ever used in the path.
+        name = f"{evidence_id.hex[:2]}/{evidence_id}.{upload.extension}"
+        storage = self.model._meta.get_field("file").storage
+        stored_name = storage.save(name, upload.file)
+        try:
+            return self.create(
+                id=evidence_id,
+                application=application,
+                file=stored_name,
+                original_name=upload.display_name,
+                content_type=upload.content_type,
+                size=upload.size,
+                sha256=upload.sha256,
+                note=upload.note,
+                uploaded_by=uploaded_by,
+            )
+        except BaseException:
+            storage.delete(stored_name)
+            raise
+
+
+class Evidence(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    application = models.ForeignKey("vetting.Application", on_delete=models.CASCADE, related_name="evidence")
+    file = models.FileField(_("file"), storage=evidence_storage, max_length=200)
+    original_name = models.CharField(_("original file name"), max_length=255)
+    content_type = models.CharField(_("detected type"), max_length=100)
+    size = models.PositiveBigIntegerField(_("size in bytes"))
+    sha256 = models.CharField(_("SHA-256"), max_length=64)
+    note = models.CharField(_("note"), max_length=500, blank=True)
+    # Empty when the applicant uploaded it.
+    uploaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("uploaded by"),
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+    )
+    uploaded_at = models.DateTimeField(_("uploaded at"), auto_now_add=True)
+
+    objects = EvidenceManager()
+
+    class Meta:
+        ordering = ["uploaded_at"]
+        verbose_name_plural = _("evidence")
+
+    def __str__(self) -> str:
+        return self.original_name

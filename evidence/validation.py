@@ -1,0 +1,143 @@
+"""Validation of uploaded evidence: allowed types, sniffed content, size.
+
+The extension AND the content libmagic sniffs must agree: a file is kept only
+when both name one of the allowed types.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import unicodedata
+import zipfile
+from dataclasses import dataclass
+
+import magic
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.files.uploadedfile import UploadedFile
+from django.utils.translation import gettext as _
+
+DOCX_TYPE = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+
+# extension -> (type we record, types libmagic may report for such a file)
+ALLOWED_TYPES: dict[str, tuple[str, frozenset[str]]] = {
+    "jpg": ("image/jpeg", frozenset({"image/jpeg"})),
+    "jpeg": ("image/jpeg", frozenset({"image/jpeg"})),
+    "png": ("image/png", frozenset({"image/png"})),
+    "gif": ("image/gif", frozenset({"image/gif"})),
+    "pdf": ("application/pdf", frozenset({"application/pdf"})),
+    "doc": ("application/msword", frozenset({"application/msword"})),
+    # libmagic reports some valid DOCX files as plain zip; _is_docx decides.
+    "docx": (DOCX_TYPE, frozenset({DOCX_TYPE, "application/zip"})),
+    "txt": ("text/plain", frozenset({"text/plain"})),
+}
+ALLOWED_EXTENSIONS_TEXT = ", ".join(ALLOWED_TYPES)
+
+SNIFF_BYTES = 64 * 1024
+DISPLAY_NAME_MAX_LENGTH = 255
+
+# Readable names for what libmagic found, used in messages to applicants.
+_KIND_NAMES = {
+    "text/html": "an HTML page",
+    "image/svg+xml": "an SVG image",
+    "application/x-executable": "a program",
+    "application/x-sharedlib": "a program",
+    "application/x-pie-executable": "a program",
+    "application/javascript": "a script",
+    "text/javascript": "a script",
+    "application/zip": "a zip archive",
+}
+
+
+@dataclass(frozen=True)
+class ValidatedUpload:
+    file: UploadedFile
+    display_name: str
+    extension: str
+    content_type: str
+    size: int
+    sha256: str
+    note: str = ""
+
+
+def display_name(name: str) -> str:
+    """The uploaded name as harmless display text: no path, no control characters."""
+    name = unicodedata.normalize("NFC", name or "")
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(char for char in name if char.isprintable()).strip()
+    if len(name) > DISPLAY_NAME_MAX_LENGTH:
+        _stem, dot, extension = name.rpartition(".")
+        suffix = dot + extension if dot and len(extension) <= 10 else ""
+        name = name[: DISPLAY_NAME_MAX_LENGTH - len(suffix)] + suffix
+    return name or "unnamed"
+
+
+def _extension(name: str) -> str:
+    _stem, dot, extension = name.rpartition(".")
+    return extension.lower() if dot else ""
+
+
+def _is_docx(upload: UploadedFile) -> bool:
+    upload.seek(0)
+    try:
+        with zipfile.ZipFile(upload) as archive:
+            names = set(archive.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+    finally:
+        upload.seek(0)
+    return "[Content_Types].xml" in names and "word/document.xml" in names
+
+
+def validate_upload(upload: UploadedFile, note: str = "") -> ValidatedUpload:
+    """Check one uploaded file; raise ValidationError naming the file if it is refused."""
+    name = display_name(upload.name)
+    extension = _extension(name)
+    if extension not in ALLOWED_TYPES:
+        raise ValidationError(
+            _("“%(name)s” is not an allowed type. Allowed: %(allowed)s."),
+            params={"name": name, "allowed": ALLOWED_EXTENSIONS_TEXT},
+            code="extension",
+        )
+    if upload.size == 0:
+        raise ValidationError(_("“%(name)s” is empty."), params={"name": name}, code="empty")
+    if upload.size > settings.EVIDENCE_MAX_FILE_SIZE:
+        raise ValidationError(
+            _("“%(name)s” is too large: each file may be at most %(limit)s MB."),
+            params={"name": name, "limit": settings.EVIDENCE_MAX_FILE_SIZE // (1024 * 1024)},
+            code="too_large",
+        )
+
+    upload.seek(0)
+    sniffed = magic.from_buffer(upload.read(SNIFF_BYTES), mime=True)
+    recorded_type, accepted_types = ALLOWED_TYPES[extension]
+    content_ok = sniffed in accepted_types
+    if content_ok and extension == "docx":
+        content_ok = _is_docx(upload)
+    if not content_ok:
+        found = _KIND_NAMES.get(sniffed, _("a file of type %(type)s") % {"type": sniffed})
+        raise ValidationError(
+            _(
+                "“%(name)s” does not contain what its name says: it looks like %(found)s, not a .%(extension)s file."
+            ),
+            params={"name": name, "found": found, "extension": extension},
+            code="content_mismatch",
+        )
+
+    # Hash and measure while streaming: never the whole file in memory.
+    digest = hashlib.sha256()
+    size = 0
+    upload.seek(0)
+    for chunk in upload.chunks():
+        digest.update(chunk)
+        size += len(chunk)
+    upload.seek(0)
+    return ValidatedUpload(
+        file=upload,
+        display_name=name,
+        extension=extension,
+        content_type=recorded_type,
+        size=size,
+        sha256=digest.hexdigest(),
+        note=note,
+    )

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import pytest
+from django.db import transaction
+
+from notifications.models import OutboundEmail
+from notifications.outbox import queue_email
+from tests.factories import make_application
+
+pytestmark = pytest.mark.django_db
+
+
+def test_mail_queued_in_a_rolled_back_transaction_is_never_sent():
+    application = make_application()
+    with pytest.raises(RuntimeError), transaction.atomic():
+        queue_email("application-received", [application.email], {"application": application})
+        raise RuntimeError("the change failed")
+    assert not OutboundEmail.objects.exists()
+
+
+def test_one_mail_per_recipient_without_duplicates():
+    application = make_application()
+    queue_email(
+        "staff-new-application",
+        ["a@staff.example", "b@staff.example", "a@staff.example"],
+        {"application": application, "admin_url": "https://rvi.example.org/admin/"},
+    )
+    assert sorted(OutboundEmail.objects.values_list("to", flat=True)) == [
+        "a@staff.example",
+        "b@staff.example",
+    ]
+    assert set(OutboundEmail.objects.values_list("status", flat=True)) == {"queued"}
+
+
+def test_a_name_with_a_line_break_cannot_add_headers():
+    application = make_application(full_name="Eve\r\nBcc: victim@example.org")
+    [queued] = queue_email("application-received", [application.email], {"application": application})
+    assert "\n" not in queued.subject and "\r" not in queued.subject
+    message = queued.as_message().message()
+    assert message["Bcc"] is None
+    assert message["From"] == "IaMA RVI Support <support@rvi.iam-alliance.com>"
+
+
+def test_text_and_html_bodies_are_rendered_without_remote_resources():
+    application = make_application()
+    [queued] = queue_email("application-received", [application.email], {"application": application})
+    assert application.reference in queued.body_text
+    assert application.reference in queued.body_html
+    assert "<img" not in queued.body_html
+    assert "http" not in queued.body_html
+
+
+def test_in_debug_without_relay_the_mail_is_printed_to_the_console_after_commit(
+    settings, capsys, django_capture_on_commit_callbacks
+):
+    settings.DEBUG = True
+    settings.SMTP_RELAY_AUTHPW = ""
+    settings.EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
+    application = make_application()
+    with django_capture_on_commit_callbacks(execute=True):
+        [queued] = queue_email("application-received", [application.email], {"application": application})
+        assert capsys.readouterr().out == ""  # nothing before commit
+    printed = capsys.readouterr().out
+    assert f"Subject: Your application {application.reference} was received" in printed
+    queued.refresh_from_db()
+    assert queued.status == OutboundEmail.Status.SENT
+    assert queued.sent_at is not None
+
+
+def test_in_production_without_relay_password_mail_stays_queued(settings, django_capture_on_commit_callbacks):
+    settings.DEBUG = False
+    settings.SMTP_RELAY_AUTHPW = ""
+    application = make_application()
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        queue_email("application-received", [application.email], {"application": application})
+    assert callbacks == []
+    assert OutboundEmail.objects.get().status == OutboundEmail.Status.QUEUED

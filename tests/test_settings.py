@@ -1,0 +1,125 @@
+"""Settings read from the environment: safe defaults, loud failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+PRINT_SETTINGS = (
+    "import json, django; from django.conf import settings; django.setup(); "
+    "print(json.dumps({'DEBUG': settings.DEBUG, 'DATABASES': settings.DATABASES, "
+    "'CACHES': settings.CACHES, 'LOG_LEVEL': settings.LOG_LEVEL}, default=str))"
+)
+
+
+def load_settings(**environment: str) -> subprocess.CompletedProcess:
+    clean = {
+        key: value
+        for key, value in os.environ.items()
+        if key
+        not in {
+            "DEBUG",
+            "SESSION_SECRET",
+            "ALLOWED_HOSTS",
+            "DATABASE_URL",
+            "CACHE_URL",
+            "REDIS_URL",
+            "EVIDENCE_ROOT",
+            "STATIC_ROOT",
+            "LOG_LEVEL",
+        }
+    }
+    clean["DJANGO_SETTINGS_MODULE"] = "iama_vetting.settings"
+    return subprocess.run(
+        [sys.executable, "-c", PRINT_SETTINGS],
+        cwd=PROJECT_DIR,
+        env={**clean, **environment},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_production_refuses_to_start_without_session_secret():
+    result = load_settings(ALLOWED_HOSTS="rvi.example.org")
+    assert result.returncode != 0
+    assert "SESSION_SECRET must be set when DEBUG is off." in result.stderr
+
+
+def test_debug_defaults_to_off():
+    result = load_settings(SESSION_SECRET="s" * 50, ALLOWED_HOSTS="rvi.example.org")
+    assert result.returncode == 0, result.stderr
+    loaded = json.loads(result.stdout)
+    assert loaded["DEBUG"] is False
+    assert loaded["LOG_LEVEL"] == "INFO"
+
+
+@pytest.mark.parametrize("value", ["yes", "1", "treu", ""])
+def test_debug_accepts_only_true_or_false(value):
+    result = load_settings(DEBUG=value, SESSION_SECRET="s" * 50, ALLOWED_HOSTS="rvi.example.org")
+    assert result.returncode != 0
+    assert "DEBUG must be 'true' or 'false'" in result.stderr
+
+
+def test_debug_with_a_public_host_refuses_to_start():
+    result = load_settings(DEBUG="true", ALLOWED_HOSTS="rvi.example.org")
+    assert result.returncode != 0
+    assert "DEBUG is on with a public host" in result.stderr
+
+
+def test_development_runs_as_is_on_sqlite_with_debug_logging():
+    result = load_settings(DEBUG="true")
+    assert result.returncode == 0, result.stderr
+    loaded = json.loads(result.stdout)
+    assert loaded["DATABASES"]["default"]["ENGINE"] == "django.db.backends.sqlite3"
+    assert loaded["CACHES"]["default"]["BACKEND"] == "django.core.cache.backends.locmem.LocMemCache"
+    assert loaded["LOG_LEVEL"] == "DEBUG"
+
+
+def test_evidence_root_inside_static_root_refuses_to_start(tmp_path):
+    result = load_settings(
+        DEBUG="true",
+        STATIC_ROOT=str(tmp_path / "static"),
+        EVIDENCE_ROOT=str(tmp_path / "static" / "evidence"),
+    )
+    assert result.returncode != 0
+    assert "EVIDENCE_ROOT must not be inside STATIC_ROOT" in result.stderr
+
+
+def test_postgres_url_gets_a_pool_and_timeouts():
+    result = load_settings(
+        SESSION_SECRET="s" * 50,
+        ALLOWED_HOSTS="rvi.example.org",
+        DATABASE_URL="postgres://rvi:pw@db.internal:5432/rvi",
+    )
+    assert result.returncode == 0, result.stderr
+    database = json.loads(result.stdout)["DATABASES"]["default"]
+    assert database["ENGINE"] == "django.db.backends.postgresql"
+    assert database["CONN_MAX_AGE"] == 0
+    assert database["OPTIONS"]["connect_timeout"] == 5
+    assert database["OPTIONS"]["options"] == "-c statement_timeout=30000"
+    assert database["OPTIONS"]["pool"]["max_size"] >= 1
+    assert database["OPTIONS"]["pool"]["max_lifetime"] == 600
+
+
+def test_redis_url_selects_djangos_redis_cache():
+    result = load_settings(DEBUG="true", REDIS_URL="redis://127.0.0.1:6379/2")
+    assert result.returncode == 0, result.stderr
+    cache = json.loads(result.stdout)["CACHES"]["default"]
+    assert cache == {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": "redis://127.0.0.1:6379/2",
+    }
+
+
+def test_bad_log_level_refuses_to_start():
+    result = load_settings(DEBUG="true", LOG_LEVEL="chatty")
+    assert result.returncode != 0
+    assert "LOG_LEVEL 'CHATTY' is not a logging level." in result.stderr

@@ -1,0 +1,251 @@
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from unittest import mock
+
+import pytest
+from django.core import mail
+
+from evidence.models import Evidence
+from evidence.storage import EvidenceStorage
+from notifications.models import OutboundEmail
+from tests.factories import HTML_BYTES, PDF_BYTES, TEXT_BYTES, png_bytes, upload
+from vetting.models import Application
+
+pytestmark = pytest.mark.django_db
+
+
+def form_data(**overrides) -> dict:
+    data = {
+        "full_name": "Alex Example",
+        "email": "alex@applicant.example",
+        "matrix_username": "alex.example",
+        "phone": "+351 900 000 000",
+        "referral": "Sam from the Lisbon meetup",
+        "statement": "I organise the local chapter and want to coordinate here.",
+        "consent": "on",
+        "website": "",
+    }
+    data.update(overrides)
+    return data
+
+
+def files_on_disk(settings) -> list[Path]:
+    root = Path(settings.EVIDENCE_ROOT)
+    return [path for path in root.rglob("*") if path.is_file()] if root.exists() else []
+
+
+def test_form_is_served_at_root_and_apply_with_every_field(client):
+    for url in ["/", "/apply/"]:
+        response = client.get(url)
+        assert response.status_code == 200
+        page = response.content.decode()
+        for name in [
+            "full_name",
+            "email",
+            "matrix_username",
+            "phone",
+            "referral",
+            "statement",
+            "consent",
+            "website",
+        ]:
+            assert f'name="{name}"' in page
+        for slot in range(1, 6):
+            assert f'name="evidence_{slot}"' in page
+            assert f'name="note_{slot}"' in page
+        assert 'name="csrfmiddlewaretoken"' in page
+        assert 'enctype="multipart/form-data"' in page
+
+
+def test_valid_application_with_evidence_is_stored_and_shows_reference(client, settings):
+    pdf = upload("passport scan.pdf", PDF_BYTES)
+    response = client.post(
+        "/apply/", form_data(evidence_1=pdf, note_1="front page", evidence_2=upload("me.png", png_bytes()))
+    )
+    assert response.status_code == 302
+    assert response["Location"].startswith("/apply/done/?r=")
+
+    application = Application.objects.get()
+    assert application.status == Application.Status.SUBMITTED
+    assert application.source == Application.Source.PUBLIC
+    assert application.consent_given_at is not None
+    assert application.matrix_username == "alex.example"
+    evidence = list(application.evidence.order_by("original_name"))
+    assert [item.original_name for item in evidence] == ["me.png", "passport scan.pdf"]
+    stored_pdf = evidence[1]
+    assert stored_pdf.note == "front page"
+    assert stored_pdf.content_type == "application/pdf"
+    assert stored_pdf.sha256 == hashlib.sha256(PDF_BYTES).hexdigest()
+    assert stored_pdf.file.name == f"{stored_pdf.pk.hex[:2]}/{stored_pdf.pk}.pdf"
+    assert (Path(settings.EVIDENCE_ROOT) / stored_pdf.file.name).read_bytes() == PDF_BYTES
+
+    done = client.get(response["Location"])
+    assert application.reference in done.content.decode()
+
+
+def test_application_queues_received_mail_and_staff_mail(client, settings):
+    client.post("/apply/", form_data(evidence_1=upload("a.pdf", PDF_BYTES)))
+    application = Application.objects.get()
+    received = OutboundEmail.objects.get(template="application-received")
+    assert received.to == "alex@applicant.example"
+    assert application.reference in received.subject
+    assert application.reference in received.body_text
+    staff = OutboundEmail.objects.filter(template="staff-new-application")
+    assert sorted(staff.values_list("to", flat=True)) == ["lead@staff.example", "queue@staff.example"]
+    for message in [received, *staff]:
+        # No mail carries the statement or evidence.
+        assert "local chapter" not in message.body_text + message.body_html
+        assert "a.pdf" not in message.body_text + message.body_html
+    assert f"/admin/vetting/application/{application.pk}/change/" in staff.first().body_text
+    # Queued, not sent: delivery is the outbox's job.
+    assert mail.outbox == []
+
+
+def test_done_page_with_tampered_reference_shows_no_reference(client):
+    response = client.get("/apply/done/?r=ABCDEFGH:forged")
+    assert response.status_code == 200
+    assert "ABCDEFGH" not in response.content.decode()
+
+
+@pytest.mark.parametrize("missing", ["full_name", "email", "referral", "statement"])
+def test_missing_required_field_shows_error_and_stores_nothing(client, settings, missing):
+    response = client.post("/apply/", form_data(**{missing: "", "evidence_1": upload("a.pdf", PDF_BYTES)}))
+    assert response.status_code == 200
+    assert "This field is required." in response.content.decode()
+    assert not Application.objects.exists()
+    assert not OutboundEmail.objects.exists()
+    assert files_on_disk(settings) == []
+
+
+def test_missing_consent_is_refused_with_a_clear_message(client):
+    data = form_data()
+    del data["consent"]
+    response = client.post("/apply/", data)
+    assert response.status_code == 200
+    assert "You must accept the privacy notice to apply." in response.content.decode()
+    assert not Application.objects.exists()
+
+
+def test_invalid_email_is_refused(client):
+    response = client.post("/apply/", form_data(email="not-an-address"))
+    assert "Enter a valid email address." in response.content.decode()
+    assert not Application.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "username", ["has space", "Ünïcode", "alex:example.org", "_reserved", "a" * 65, "semi;colon"]
+)
+def test_matrix_username_outside_localpart_grammar_is_refused(client, username):
+    response = client.post("/apply/", form_data(matrix_username=username))
+    assert response.status_code == 200
+    assert 'id="id_matrix_username_error"' in response.content.decode()
+    assert not Application.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("typed", "stored"), [("@Alex.Example", "alex.example"), ("sam=1/2+x_y-z", "sam=1/2+x_y-z"), ("", "")]
+)
+def test_matrix_username_is_normalised_to_a_localpart(client, typed, stored):
+    client.post("/apply/", form_data(matrix_username=typed))
+    assert Application.objects.get().matrix_username == stored
+
+
+def test_filled_honeypot_looks_like_success_and_stores_nothing(client, settings):
+    response = client.post(
+        "/apply/", form_data(website="http://spam.example", evidence_1=upload("a.pdf", PDF_BYTES))
+    )
+    assert response.status_code == 302
+    assert response["Location"].startswith("/apply/done/?r=")
+    done = client.get(response["Location"])
+    assert "Your reference" in done.content.decode()
+    assert not Application.objects.exists()
+    assert not OutboundEmail.objects.exists()
+    assert files_on_disk(settings) == []
+
+
+def test_spoofed_evidence_is_refused_naming_the_file_and_stores_nothing(client, settings):
+    response = client.post(
+        "/apply/",
+        form_data(evidence_1=upload("good.pdf", PDF_BYTES), evidence_2=upload("cv.pdf", HTML_BYTES)),
+    )
+    assert response.status_code == 200
+    assert "“cv.pdf” does not contain what its name says" in response.content.decode()
+    assert not Application.objects.exists()
+    assert files_on_disk(settings) == []
+
+
+def test_sixth_file_is_refused_with_a_clear_message(client, settings):
+    files = {f"evidence_{slot}": upload(f"f{slot}.txt", TEXT_BYTES) for slot in range(1, 6)}
+    files["evidence_6"] = upload("f6.txt", TEXT_BYTES)
+    response = client.post("/apply/", form_data(**files))
+    assert response.status_code == 200
+    assert "You can attach at most 5 files at a time; you sent 6." in response.content.decode()
+    assert not Application.objects.exists()
+    assert files_on_disk(settings) == []
+
+
+def test_five_files_are_accepted(client):
+    files = {f"evidence_{slot}": upload(f"f{slot}.txt", TEXT_BYTES) for slot in range(1, 6)}
+    assert client.post("/apply/", form_data(**files)).status_code == 302
+    assert Evidence.objects.count() == 5
+
+
+def test_16_mb_plus_one_byte_gets_the_form_with_a_message_not_413(client, settings):
+    big = TEXT_BYTES + b"a" * (16 * 1024 * 1024 + 1 - len(TEXT_BYTES))
+    response = client.post("/apply/", form_data(evidence_1=upload("big.txt", big)))
+    assert response.status_code == 200
+    assert "“big.txt” is too large: each file may be at most 16 MB." in response.content.decode()
+    assert not Application.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("uploaded_name", "shown"),
+    [
+        ("../../x.pdf", "x.pdf"),
+        ("a" * 300 + ".pdf", "a" * 251 + ".pdf"),
+        ("Ωmega paßport – 身分証.pdf", "Ωmega paßport – 身分証.pdf"),
+        ('"><img src=x onerror=alert(1)>.pdf', '"><img src=x onerror=alert(1)>.pdf'),
+        ("<b>x</b>.pdf", "b>.pdf"),
+    ],
+)
+def test_odd_file_names_never_become_paths(client, settings, uploaded_name, shown):
+    assert client.post("/apply/", form_data(evidence_1=upload(uploaded_name, PDF_BYTES))).status_code == 302
+    evidence = Evidence.objects.get()
+    assert evidence.original_name == shown
+    assert evidence.file.name == f"{evidence.pk.hex[:2]}/{evidence.pk}.pdf"
+    [stored] = files_on_disk(settings)
+    assert stored.resolve().is_relative_to(Path(settings.EVIDENCE_ROOT).resolve())
+
+
+def test_nothing_is_left_behind_when_storing_the_second_of_three_files_fails(client, settings):
+    real_save = EvidenceStorage._save
+    calls = []
+
+    def fail_on_second(storage, name, content):
+        calls.append(name)
+        if len(calls) == 2:
+            raise OSError("No space left on device")
+        return real_save(storage, name, content)
+
+    files = {f"evidence_{slot}": upload(f"f{slot}.pdf", PDF_BYTES) for slot in range(1, 4)}
+    with mock.patch.object(EvidenceStorage, "_save", fail_on_second):
+        response = client.post("/apply/", form_data(**files))
+    assert response.status_code == 503
+    assert "We could not store your files just now, so nothing was kept." in response.content.decode()
+    assert len(calls) == 2
+    assert not Application.objects.exists()
+    assert not Evidence.objects.exists()
+    assert not OutboundEmail.objects.exists()
+    assert files_on_disk(settings) == []
+
+
+def test_nothing_is_left_behind_when_the_transaction_fails_after_all_files(client, settings):
+    files = {f"evidence_{slot}": upload(f"f{slot}.pdf", PDF_BYTES) for slot in range(1, 4)}
+    client.raise_request_exception = False
+    with mock.patch("vetting.workflow.queue_email", side_effect=RuntimeError("template broke")):
+        response = client.post("/apply/", form_data(**files))
+    assert response.status_code == 500
+    assert not Application.objects.exists()
+    assert files_on_disk(settings) == []

@@ -1,0 +1,166 @@
+from __future__ import annotations
+
+import re
+import secrets
+import uuid
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import IntegrityError, models, transaction
+from django.utils.translation import gettext_lazy as _
+
+# Crockford's base32 without look-alike letters: easy to read aloud or type.
+REFERENCE_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+REFERENCE_LENGTH = 8  # 40 random bits: unguessable, still short.
+
+# Matrix user-ID localpart grammar (spec "User Identifiers"); Synapse also
+# reserves a leading underscore for application services.
+MATRIX_LOCALPART_RE = re.compile(r"^[a-z0-9._=\-/+]+$")
+MATRIX_LOCALPART_MAX_LENGTH = 64
+
+
+def new_reference() -> str:
+    return "".join(secrets.choice(REFERENCE_ALPHABET) for _ in range(REFERENCE_LENGTH))
+
+
+def validate_matrix_localpart(value: str) -> None:
+    if not MATRIX_LOCALPART_RE.match(value):
+        raise ValidationError(
+            _(
+                "Use only lowercase letters a–z, digits 0–9 and the characters "
+                ". _ = - / + (no spaces, no @ and no :server part)."
+            ),
+            code="invalid_localpart",
+        )
+    if value.startswith("_"):
+        raise ValidationError(
+            _("A Matrix username cannot start with an underscore."), code="reserved_localpart"
+        )
+
+
+class ApplicationQuerySet(models.QuerySet):
+    def open(self) -> ApplicationQuerySet:
+        return self.filter(status__in=Application.Status.open_states())
+
+
+class Application(models.Model):
+    class Status(models.TextChoices):
+        UNCONFIRMED = "unconfirmed", _("Waiting for e-mail confirmation")
+        SUBMITTED = "submitted", _("Submitted")
+        IN_REVIEW = "in_review", _("In review")
+        INFO_REQUESTED = "info_requested", _("More information requested")
+        RECOMMENDED = "recommended", _("Recommended")
+        APPROVED = "approved", _("Approved")
+        REJECTED = "rejected", _("Rejected")
+        INVITED = "invited", _("Invited")
+        JOINED = "joined", _("Joined")
+        WITHDRAWN = "withdrawn", _("Withdrawn")
+
+        @classmethod
+        def open_states(cls) -> list[str]:
+            """States in which staff still have something to do."""
+            return [
+                cls.SUBMITTED,
+                cls.IN_REVIEW,
+                cls.INFO_REQUESTED,
+                cls.RECOMMENDED,
+                cls.APPROVED,
+                cls.INVITED,
+            ]
+
+    class Source(models.TextChoices):
+        PUBLIC = "public", _("Public form")
+        STAFF = "staff", _("Entered by staff")
+
+    class VerificationMethod(models.TextChoices):
+        IN_PERSON = "in-person", _("In person")
+        VIDEO = "video", _("Video call")
+        TRUSTED_REFERRAL = "trusted-referral", _("Trusted referral")
+
+    class Recommendation(models.TextChoices):
+        APPROVE = "approve", _("Approve")
+        REJECT = "reject", _("Reject")
+        FURTHER_VERIFICATION = "further-verification", _("Further verification")
+
+    # Public identifier for links; the integer id never leaves the admin.
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    reference = models.CharField(_("reference"), max_length=REFERENCE_LENGTH, unique=True, editable=False)
+    status = models.CharField(
+        _("status"), max_length=20, choices=Status, default=Status.SUBMITTED, db_index=True
+    )
+    source = models.CharField(_("source"), max_length=10, choices=Source, default=Source.PUBLIC)
+
+    full_name = models.CharField(_("full name"), max_length=200)
+    email = models.EmailField(_("e-mail"), max_length=254, db_index=True)
+    matrix_username = models.CharField(
+        _("desired Matrix username"),
+        max_length=MATRIX_LOCALPART_MAX_LENGTH,
+        blank=True,
+        validators=[validate_matrix_localpart],
+        db_index=True,
+    )
+    phone = models.CharField(_("phone"), max_length=40, blank=True)
+    referral = models.TextField(_("who referred you / how you know the community"), max_length=2000)
+    statement = models.TextField(_("statement"), max_length=5000)
+    consent_given_at = models.DateTimeField(_("privacy notice accepted at"))
+
+    created_at = models.DateTimeField(_("applied at"), auto_now_add=True, db_index=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    # Verification, recorded by a vetting agent.
+    identity_verified = models.BooleanField(_("identity verified"), null=True, blank=True)
+    verification_method = models.CharField(
+        _("verification method"), max_length=20, choices=VerificationMethod, blank=True
+    )
+    verified_on = models.DateField(_("verification date"), null=True, blank=True)
+    verification_location = models.CharField(
+        _("verification location (city / platform)"), max_length=200, blank=True
+    )
+    verification_notes = models.TextField(_("verification notes"), blank=True)
+    score = models.PositiveSmallIntegerField(
+        _("score"),
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(5)],
+    )
+    recommendation = models.CharField(_("recommendation"), max_length=24, choices=Recommendation, blank=True)
+    verification_recorded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("verification recorded by"),
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+    )
+    verification_recorded_at = models.DateTimeField(_("verification recorded at"), null=True, blank=True)
+
+    objects = ApplicationQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["created_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(score__isnull=True) | models.Q(score__gte=1, score__lte=5),
+                name="application_score_1_to_5",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.reference} {self.full_name}"
+
+    def save(self, *args, **kwargs) -> None:
+        if self.reference:
+            super().save(*args, **kwargs)
+            return
+        # A reference collision is astronomically rare, but must never be a 500.
+        for _attempt in range(5):
+            self.reference = new_reference()
+            try:
+                with transaction.atomic():
+                    super().save(*args, **kwargs)
+                return
+            except IntegrityError:
+                if not Application.objects.filter(reference=self.reference).exists():
+                    raise
+        raise IntegrityError("Could not generate a unique application reference.")

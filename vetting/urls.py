@@ -1,0 +1,11 @@
+from django.urls import path
+
+from vetting import views
+
+app_name = "vetting"
+
+urlpatterns = [
+    path("", views.apply, name="home"),
+    path("apply/", views.apply, name="apply"),
+    path("apply/done/", views.apply_done, name="apply_done"),
+]
