@@ -50,8 +50,12 @@ def pytest_terminal_summary(terminalreporter):
 
 @pytest.fixture(autouse=True)
 def test_switches(settings, tmp_path):
-    """Fast password hashing and a private evidence root for every test."""
+    """Fast password hashing, a private evidence root, no collectstatic needed."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
     settings.EVIDENCE_ROOT = tmp_path / "evidence"
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 

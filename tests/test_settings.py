@@ -123,3 +123,21 @@ def test_bad_log_level_refuses_to_start():
     result = load_settings(DEBUG="true", LOG_LEVEL="chatty")
     assert result.returncode != 0
     assert "LOG_LEVEL 'CHATTY' is not a logging level." in result.stderr
+
+
+def test_collectstatic_builds_the_hashed_files_whitenoise_serves(tmp_path):
+    static_root = tmp_path / "static"
+    result = subprocess.run(
+        [sys.executable, "manage.py", "collectstatic", "--no-input", "-v0"],
+        cwd=PROJECT_DIR,
+        env={**os.environ, "DEBUG": "true", "STATIC_ROOT": str(static_root)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((static_root / "staticfiles.json").read_text())
+    hashed = manifest["paths"]["css/site.css"]
+    assert hashed != "css/site.css"
+    assert (static_root / hashed).is_file()
+    assert (static_root / "admin" / "css" / "base.css").is_file()
