@@ -130,7 +130,7 @@ def test_collectstatic_builds_the_hashed_files_whitenoise_serves(tmp_path):
     result = subprocess.run(
         [sys.executable, "manage.py", "collectstatic", "--no-input", "-v0"],
         cwd=PROJECT_DIR,
-        env={**os.environ, "DEBUG": "true", "STATIC_ROOT": str(static_root)},
+        env={**os.environ, "STATIC_ROOT": str(static_root)},
         capture_output=True,
         text=True,
         timeout=120,
