@@ -57,6 +57,8 @@ def test_switches(settings, tmp_path):
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
     }
     settings.EVIDENCE_ROOT = tmp_path / "evidence"
+    settings.STATIC_ROOT = tmp_path / "static"
+    settings.STATIC_ROOT.mkdir()
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 
 
