@@ -11,6 +11,7 @@ from django.shortcuts import get_object_or_404
 from django.views.decorators.http import require_GET
 
 from evidence.models import Evidence
+from vetting import audit
 
 logger = logging.getLogger(__name__)
 
@@ -25,13 +26,20 @@ def attachment_header(filename: str) -> str:
 def _get_evidence_for_user(request: HttpRequest, evidence_id) -> Evidence:
     if not request.user.has_perm("evidence.view_evidence"):
         raise PermissionDenied
-    return get_object_or_404(Evidence, pk=evidence_id)
+    return get_object_or_404(Evidence.objects.select_related("application"), pk=evidence_id)
 
 
 @require_GET
 @staff_member_required
 def download(request: HttpRequest, evidence_id) -> HttpResponse:
     evidence = _get_evidence_for_user(request, evidence_id)
+    audit.record(
+        "evidence.downloaded",
+        actor=request.user,
+        target=evidence,
+        request=request,
+        details={"application": evidence.application.reference},
+    )
     if settings.EVIDENCE_X_ACCEL_PREFIX:
         # nginx serves the bytes from its internal location; the app only decides.
         response = HttpResponse(content_type=evidence.content_type)

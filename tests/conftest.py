@@ -9,10 +9,15 @@ from __future__ import annotations
 import os
 
 import pytest
-from django.contrib.auth.models import Permission
+from django.apps import apps as django_apps
+from django.contrib.auth.models import Group
 from django.db import connection
 
+from vetting import roles
+from vetting.roles import sync_role_groups
+
 IN_CI = os.environ.get("CI", "").lower() == "true"
+CHROMIUM = "/usr/bin/chromium"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -62,32 +67,91 @@ def test_switches(settings, tmp_path):
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 
 
-def _staff_user(django_user_model, username: str, *permissions: str):
+def _staff_user(django_user_model, username: str, role: str | None = None):
     user = django_user_model.objects.create_user(
-        username=username, email=f"{username}@staff.example", password="a-long-test-password", is_staff=True
+        username=username,
+        email=f"{username}@staff.example",
+        password=STAFF_PASSWORD,
+        is_staff=True,
     )
-    for dotted in permissions:
-        app_label, codename = dotted.split(".")
-        user.user_permissions.add(
-            Permission.objects.get(content_type__app_label=app_label, codename=codename)
-        )
+    if role is not None:
+        # Transactional tests flush the groups the migration made: make sure they exist.
+        sync_role_groups(django_apps)
+        user.groups.add(Group.objects.get(name=roles.group_name(role)))
     return user
+
+
+STAFF_PASSWORD = "a-long-test-password"
 
 
 @pytest.fixture
 def agent(django_user_model):
-    """A vetting agent: sees the queue and downloads evidence."""
-    return _staff_user(django_user_model, "agent", "vetting.view_application", "evidence.view_evidence")
+    """A vetting agent: claims, verifies and recommends."""
+    return _staff_user(django_user_model, "agent", roles.VETTING_AGENT)
+
+
+@pytest.fixture
+def second_agent(django_user_model):
+    return _staff_user(django_user_model, "second_agent", roles.VETTING_AGENT)
+
+
+@pytest.fixture
+def server_admin(django_user_model):
+    """Decides applications and manages agents."""
+    return _staff_user(django_user_model, "server_admin", roles.SERVER_ADMIN)
+
+
+@pytest.fixture
+def second_server_admin(django_user_model):
+    return _staff_user(django_user_model, "second_server_admin", roles.SERVER_ADMIN)
+
+
+@pytest.fixture
+def inviting_admin(django_user_model):
+    return _staff_user(django_user_model, "inviting_admin", roles.INVITING_ADMIN)
 
 
 @pytest.fixture
 def outsider(django_user_model):
-    """Staff without any permission on applications or evidence."""
+    """Staff without any role."""
     return _staff_user(django_user_model, "outsider")
 
 
 @pytest.fixture
 def superadmin(django_user_model):
     return django_user_model.objects.create_superuser(
-        username="superadmin", email="super@staff.example", password="a-long-test-password"
+        username="superadmin", email="super@staff.example", password=STAFF_PASSWORD
     )
+
+
+@pytest.fixture
+def applicant(db):
+    """An applicant whose application is confirmed and waiting in the queue."""
+    from tests.factories import make_application
+
+    return make_application()
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Headless Debian Chromium driven by Playwright (never a downloaded browser)."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"needs Chromium at {CHROMIUM} (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API runs an event loop in this thread; the ORM calls
+    # the tests make around it are ordinary synchronous ones.
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+            ],
+        )
+        yield browser
+        browser.close()

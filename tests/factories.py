@@ -70,6 +70,9 @@ def make_application(**fields) -> Application:
         "referral": "Sam from the Lisbon meetup",
         "statement": "I organise the local chapter.",
         "consent_given_at": timezone.now(),
+        # Confirmed and waiting in the queue, unless a test says otherwise.
+        "status": Application.Status.SUBMITTED,
+        "email_confirmed_at": timezone.now(),
     }
     values.update(fields)
     return Application.objects.create(**values)

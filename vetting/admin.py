@@ -1,11 +1,30 @@
 from __future__ import annotations
 
-from django.contrib import admin
-from django.db.models import Count
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.db.models import Count, Q
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 
 from evidence.admin import EvidenceInline
-from vetting.models import Application
+from vetting import (
+    admin_staff,  # noqa: F401  (registers the staff accounts page)
+    workflow,
+)
+from vetting.forms import (
+    InformationRequestForm,
+    ReasonForm,
+    RejectForm,
+    StaffApplicationForm,
+    VerificationForm,
+)
+from vetting.models import Application, AuditEvent, StaffNote
+from vetting.views import STORAGE_FAILED_MESSAGE
 
 
 class StatusFilter(admin.SimpleListFilter):
@@ -41,9 +60,23 @@ class StatusFilter(admin.SimpleListFilter):
         return queryset
 
 
+class ClaimFilter(admin.SimpleListFilter):
+    title = _("claim")
+    parameter_name = "claim"
+
+    def lookups(self, request, model_admin):
+        return [("mine", _("Claimed by me")), ("unclaimed", _("Unclaimed"))]
+
+    def queryset(self, request, queryset):
+        if self.value() == "mine":
+            return queryset.filter(claimed_by=request.user)
+        if self.value() == "unclaimed":
+            return queryset.filter(claimed_by__isnull=True)
+        return queryset
+
+
 APPLICANT_FIELDS = [
     "reference",
-    "status",
     "source",
     "full_name",
     "email",
@@ -53,19 +86,94 @@ APPLICANT_FIELDS = [
     "statement",
     "consent_given_at",
     "created_at",
+    "email_confirmed_at",
 ]
+PROGRESS_FIELDS = [
+    "status",
+    "claimed_by",
+    "claimed_at",
+    "information_request",
+    "decided_by",
+    "decided_at",
+    "decision_reason",
+    "message_to_applicant",
+]
+VERIFICATION_FIELDS = [
+    "identity_verified",
+    "verification_method",
+    "verified_on",
+    "verification_location",
+    "score",
+    "recommendation",
+    "verification_notes",
+    "verification_recorded_by",
+    "verification_recorded_at",
+]
+
+# Per staff transition: the form its confirmation page asks for (None: a plain
+# "are you sure"), and how to call vetting.workflow with the cleaned data.
+ACTION_FORMS: dict[str, type[forms.Form] | None] = {
+    "claim": None,
+    "release": None,
+    "record_verification": VerificationForm,
+    "request_information": InformationRequestForm,
+    "approve": None,
+    "reject": RejectForm,
+    "reopen": ReasonForm,
+}
+
+
+def _run_transition(name: str, application: Application, user, data: dict, request: HttpRequest) -> None:
+    if name == "record_verification":
+        workflow.record_verification(
+            application,
+            user,
+            identity_verified=data["identity_verified"],
+            method=data["verification_method"],
+            verified_on=data["verified_on"],
+            location=data["verification_location"],
+            score=data["score"],
+            recommendation=data["recommendation"],
+            notes=data["verification_notes"],
+            request=request,
+        )
+    elif name == "request_information":
+        workflow.request_information(application, user, data["question"], request=request)
+    elif name == "reject":
+        workflow.reject(application, user, data["reason"], data["message_to_applicant"], request=request)
+    elif name == "reopen":
+        workflow.reopen(application, user, data["reason"], request=request)
+    else:
+        getattr(workflow, name)(application, user, request=request)
 
 
 @admin.register(Application)
 class ApplicationAdmin(admin.ModelAdmin):
-    list_display = ["reference", "full_name", "email", "status", "source", "evidence_count", "created_at"]
-    list_filter = [StatusFilter, "source"]
+    list_display = [
+        "reference",
+        "full_name",
+        "email",
+        "status",
+        "source",
+        "claimed_by",
+        "evidence_count",
+        "created_at",
+    ]
+    list_filter = [StatusFilter, ClaimFilter, "source"]
+    list_select_related = ["claimed_by"]
     search_fields = ["reference", "full_name", "email"]
     date_hierarchy = "created_at"
     ordering = ["created_at"]
     inlines = [EvidenceInline]
-    fieldsets = [(_("Applicant"), {"fields": APPLICANT_FIELDS})]
-    readonly_fields = APPLICANT_FIELDS
+    actions = ["claim_selected", "release_selected"]
+    change_form_template = "admin/vetting/application/change_form.html"
+    fieldsets = [
+        (_("Applicant"), {"fields": APPLICANT_FIELDS}),
+        (_("Progress"), {"fields": PROGRESS_FIELDS}),
+        (_("Verification"), {"fields": VERIFICATION_FIELDS}),
+        (_("Earlier applications"), {"fields": ["earlier_applications"]}),
+    ]
+    readonly_fields = APPLICANT_FIELDS + PROGRESS_FIELDS + VERIFICATION_FIELDS + ["earlier_applications"]
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(evidence_total=Count("evidence"))
@@ -74,8 +182,207 @@ class ApplicationAdmin(admin.ModelAdmin):
     def evidence_count(self, application: Application) -> int:
         return application.evidence_total
 
+    @admin.display(description=_("from the same e-mail or Matrix username"))
+    def earlier_applications(self, application: Application) -> str:
+        same_person = Q(email__iexact=application.email)
+        if application.matrix_username:
+            same_person |= Q(matrix_username=application.matrix_username)
+        others = (
+            Application.objects.filter(same_person)
+            .exclude(pk=application.pk)
+            .order_by("-created_at")
+            .only("pk", "reference", "status", "created_at")
+        )
+        if not others:
+            return _("None")
+        return format_html(
+            "<ul>{}</ul>",
+            format_html_join(
+                "",
+                '<li><a href="{}">{}</a> · {} · {}</li>',
+                (
+                    (
+                        reverse("admin:vetting_application_change", args=[other.pk]),
+                        other.reference,
+                        other.created_at.strftime("%Y-%m-%d"),
+                        other.get_status_display(),
+                    )
+                    for other in others
+                ),
+            ),
+        )
+
+    # Applications change only through the workflow's buttons.
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    def get_urls(self):
+        return [
+            path(
+                "<path:object_id>/action/<str:name>/",
+                self.admin_site.admin_view(self.transition_view),
+                name="vetting_application_transition",
+            ),
+            path(
+                "<path:object_id>/note/",
+                self.admin_site.admin_view(self.add_note_view),
+                name="vetting_application_add_note",
+            ),
+        ] + super().get_urls()
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        application = self.get_object(request, object_id)
+        extra_context = extra_context or {}
+        if application is not None:
+            extra_context["transitions"] = workflow.allowed_actions(application, request.user)
+            extra_context["notes"] = application.notes.select_related("author")
+            extra_context["can_add_note"] = request.user.has_perm("vetting.add_staffnote")
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def _application_or_404(self, request, object_id) -> Application:
+        application = self.get_object(request, object_id)
+        if application is None or not self.has_view_permission(request, application):
+            raise PermissionDenied
+        return application
+
+    def transition_view(self, request: HttpRequest, object_id: str, name: str) -> HttpResponse:
+        if name not in workflow.STAFF_TRANSITIONS:
+            raise PermissionDenied
+        application = self._application_or_404(request, object_id)
+        change_url = reverse("admin:vetting_application_change", args=[application.pk])
+        form_class = ACTION_FORMS[name]
+        form = form_class(request.POST or None) if form_class else None
+        if request.method == "POST" and (form is None or form.is_valid()):
+            try:
+                _run_transition(name, application, request.user, form.cleaned_data if form else {}, request)
+            except workflow.WorkflowError as error:
+                self.message_user(request, str(error), messages.ERROR)
+            else:
+                self.message_user(
+                    request,
+                    _("%(action)s: done. The application is now %(status)s.")
+                    % {
+                        "action": workflow.STAFF_TRANSITIONS[name].label,
+                        "status": application.get_status_display().lower(),
+                    },
+                    messages.SUCCESS,
+                )
+            return redirect(change_url)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "original": application,
+            "title": workflow.STAFF_TRANSITIONS[name].label,
+            "action_label": workflow.STAFF_TRANSITIONS[name].label,
+            "form": form,
+            "change_url": change_url,
+            "refusal": workflow.guard_reason(name, application, request.user),
+        }
+        return TemplateResponse(request, "admin/vetting/application/transition.html", context)
+
+    def add_note_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        if request.method != "POST":
+            raise PermissionDenied
+        application = self._application_or_404(request, object_id)
+        try:
+            workflow.add_note(application, request.user, request.POST.get("text", ""), request=request)
+        except workflow.WorkflowError as error:
+            self.message_user(request, str(error), messages.ERROR)
+        else:
+            self.message_user(request, _("Note added."), messages.SUCCESS)
+        return redirect(reverse("admin:vetting_application_change", args=[application.pk]) + "#notes")
+
+    def add_view(self, request, form_url="", extra_context=None):
+        """Staff entry of an application for someone vetted in person, evidence included."""
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        form = StaffApplicationForm(request.POST or None, request.FILES or None)
+        if request.method == "POST" and form.is_valid():
+            try:
+                application = workflow.submit_staff_application(
+                    form.save(commit=False), form.validated_uploads, request.user, request=request
+                )
+            except OSError:
+                form.add_error(None, STORAGE_FAILED_MESSAGE)
+            else:
+                self.message_user(
+                    request,
+                    _("Application %(reference)s was entered and is in the queue.")
+                    % {"reference": application.reference},
+                    messages.SUCCESS,
+                )
+                return redirect(reverse("admin:vetting_application_change", args=[application.pk]))
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": _("Enter an application for someone you vetted in person"),
+            "form": form,
+        }
+        return TemplateResponse(request, "admin/vetting/application/staff_add.html", context)
+
+    def _bulk(self, request, queryset, transition) -> None:
+        done, refused = 0, []
+        for application in queryset:
+            try:
+                transition(application, request.user, request=request)
+            except workflow.WorkflowError as error:
+                refused.append(f"{application.reference}: {error}")
+            else:
+                done += 1
+        if done:
+            self.message_user(
+                request, _("%(count)d application(s) done.") % {"count": done}, messages.SUCCESS
+            )
+        for refusal in refused:
+            self.message_user(request, refusal, messages.WARNING)
+
+    @admin.action(description=_("Claim selected applications"), permissions=["claim"])
+    def claim_selected(self, request, queryset) -> None:
+        self._bulk(request, queryset, workflow.claim)
+
+    @admin.action(description=_("Release selected applications"), permissions=["claim"])
+    def release_selected(self, request, queryset) -> None:
+        self._bulk(request, queryset, workflow.release)
+
+    def has_claim_permission(self, request) -> bool:
+        return request.user.has_perm("vetting.claim_application")
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    """The audit trail: readable by permitted staff, changeable by nobody, superusers included."""
+
+    list_display = ["created_at", "actor_kind", "actor_name", "action", "target_type", "target_id", "ip"]
+    list_filter = ["action", "actor_kind", ("actor", admin.RelatedOnlyFieldListFilter)]
+    search_fields = ["action", "actor_name", "target_id"]
+    date_hierarchy = "created_at"
+    readonly_fields = [field.name for field in AuditEvent._meta.fields]
+
     def has_add_permission(self, request) -> bool:
-        # Applications come from the public form; staff entry arrives with the workflow.
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(StaffNote)
+class StaffNoteAdmin(admin.ModelAdmin):
+    """Notes are added on the application's page; here they can only be read."""
+
+    list_display = ["application", "author", "created_at"]
+    list_select_related = ["application", "author"]
+    readonly_fields = ["application", "author", "text", "created_at"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
         return False
 
     def has_delete_permission(self, request, obj=None) -> bool:

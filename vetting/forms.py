@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django import forms
 from django.conf import settings
+from django.contrib.auth.forms import PasswordResetForm
 from django.utils.translation import gettext_lazy as _
 
 from evidence.validation import ALLOWED_TYPES, ValidatedUpload, validate_upload
@@ -11,7 +12,52 @@ EVIDENCE_SLOTS = range(1, settings.EVIDENCE_MAX_FILES + 1)
 ACCEPT_ATTRIBUTE = ",".join(f".{extension}" for extension in ALLOWED_TYPES)
 
 
-class ApplicationForm(forms.ModelForm):
+class EvidenceFieldsMixin:
+    """Adds `evidence_1` … `evidence_5` with `note_1` … `note_5` and validates them.
+
+    After `is_valid()`, `validated_uploads` holds the files ready to store.
+    """
+
+    def add_evidence_fields(self) -> None:
+        for slot in EVIDENCE_SLOTS:
+            self.fields[f"evidence_{slot}"] = forms.FileField(
+                required=False,
+                label=_("Evidence file %(number)s") % {"number": slot},
+                widget=forms.ClearableFileInput(attrs={"accept": ACCEPT_ATTRIBUTE}),
+            )
+            self.fields[f"note_{slot}"] = forms.CharField(
+                required=False, max_length=500, label=_("Note for file %(number)s") % {"number": slot}
+            )
+        self.validated_uploads: list[ValidatedUpload] = []
+
+    def evidence_fields(self):
+        """(file field, note field) pairs, for the template."""
+        return [(self[f"evidence_{slot}"], self[f"note_{slot}"]) for slot in EVIDENCE_SLOTS]
+
+    def clean_evidence(self, cleaned_data: dict) -> None:
+        file_count = sum(len(self.files.getlist(key)) for key in self.files)
+        if file_count > settings.EVIDENCE_MAX_FILES:
+            raise forms.ValidationError(
+                _("You can attach at most %(limit)s files at a time; you sent %(count)s."),
+                params={"limit": settings.EVIDENCE_MAX_FILES, "count": file_count},
+                code="too_many_files",
+            )
+        uploads = []
+        for slot in EVIDENCE_SLOTS:
+            upload = cleaned_data.get(f"evidence_{slot}")
+            if not upload:
+                continue
+            try:
+                uploads.append(validate_upload(upload, note=cleaned_data.get(f"note_{slot}", "")))
+            except forms.ValidationError as error:
+                self.add_error(f"evidence_{slot}", error)
+        self.validated_uploads = uploads
+
+
+APPLICANT_FIELDS = ["full_name", "email", "matrix_username", "phone", "referral", "statement"]
+
+
+class ApplicationForm(EvidenceFieldsMixin, forms.ModelForm):
     """The public application form. Its field names are an interface (DESIGN.md)."""
 
     consent = forms.BooleanField(
@@ -30,7 +76,7 @@ class ApplicationForm(forms.ModelForm):
 
     class Meta:
         model = Application
-        fields = ["full_name", "email", "matrix_username", "phone", "referral", "statement"]
+        fields = APPLICANT_FIELDS
         labels = {
             "full_name": _("Full name"),
             "email": _("E-mail address"),
@@ -55,20 +101,7 @@ class ApplicationForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        for slot in EVIDENCE_SLOTS:
-            self.fields[f"evidence_{slot}"] = forms.FileField(
-                required=False,
-                label=_("Evidence file %(number)s") % {"number": slot},
-                widget=forms.ClearableFileInput(attrs={"accept": ACCEPT_ATTRIBUTE}),
-            )
-            self.fields[f"note_{slot}"] = forms.CharField(
-                required=False, max_length=500, label=_("Note for file %(number)s") % {"number": slot}
-            )
-        self.validated_uploads: list[ValidatedUpload] = []
-
-    def evidence_fields(self):
-        """(file field, note field) pairs, for the template."""
-        return [(self[f"evidence_{slot}"], self[f"note_{slot}"]) for slot in EVIDENCE_SLOTS]
+        self.add_evidence_fields()
 
     @property
     def is_spam(self) -> bool:
@@ -83,21 +116,109 @@ class ApplicationForm(forms.ModelForm):
 
     def clean(self) -> dict:
         cleaned_data = super().clean()
-        file_count = sum(len(self.files.getlist(key)) for key in self.files)
-        if file_count > settings.EVIDENCE_MAX_FILES:
-            raise forms.ValidationError(
-                _("You can attach at most %(limit)s files at a time; you sent %(count)s."),
-                params={"limit": settings.EVIDENCE_MAX_FILES, "count": file_count},
-                code="too_many_files",
-            )
-        uploads = []
-        for slot in EVIDENCE_SLOTS:
-            upload = cleaned_data.get(f"evidence_{slot}")
-            if not upload:
-                continue
-            try:
-                uploads.append(validate_upload(upload, note=cleaned_data.get(f"note_{slot}", "")))
-            except forms.ValidationError as error:
-                self.add_error(f"evidence_{slot}", error)
-        self.validated_uploads = uploads
+        self.clean_evidence(cleaned_data)
         return cleaned_data
+
+
+class StaffApplicationForm(ApplicationForm):
+    """An application an agent enters for someone they vetted in person (admin add form)."""
+
+    consent = forms.BooleanField(
+        label=_("The applicant has read the privacy notice and agreed to it."),
+        error_messages={"required": _("The applicant must agree to the privacy notice first.")},
+    )
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        del self.fields["website"]
+
+    @property
+    def is_spam(self) -> bool:
+        return False
+
+
+class AddInformationForm(EvidenceFieldsMixin, forms.Form):
+    """The applicant's answer to a request for information (status page)."""
+
+    message = forms.CharField(
+        required=False,
+        max_length=5000,
+        label=_("Your answer"),
+        widget=forms.Textarea(attrs={"rows": 5}),
+    )
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_evidence_fields()
+
+    def clean(self) -> dict:
+        cleaned_data = super().clean()
+        self.clean_evidence(cleaned_data)
+        if not self.errors and not self.validated_uploads and not cleaned_data.get("message", "").strip():
+            raise forms.ValidationError(_("Add a file or write an answer."), code="empty")
+        return cleaned_data
+
+
+class VerificationForm(forms.Form):
+    identity_verified = forms.BooleanField(required=False, label=_("Identity verified"))
+    verification_method = forms.ChoiceField(label=_("Method"), choices=Application.VerificationMethod.choices)
+    verified_on = forms.DateField(
+        label=_("Date (YYYY-MM-DD)"), widget=forms.DateInput(attrs={"type": "date"})
+    )
+    verification_location = forms.CharField(label=_("Location (city / platform)"), max_length=200)
+    score = forms.TypedChoiceField(label=_("Score"), coerce=int, choices=[(n, str(n)) for n in range(1, 6)])
+    recommendation = forms.ChoiceField(label=_("Recommendation"), choices=Application.Recommendation.choices)
+    verification_notes = forms.CharField(
+        label=_("Notes"), required=False, widget=forms.Textarea(attrs={"rows": 4})
+    )
+
+
+class ReasonForm(forms.Form):
+    reason = forms.CharField(label=_("Reason (kept in the record)"), widget=forms.Textarea(attrs={"rows": 3}))
+
+
+class RejectForm(ReasonForm):
+    message_to_applicant = forms.CharField(
+        required=False,
+        label=_("Message to the applicant (optional; sent in the rejection e-mail)"),
+        widget=forms.Textarea(attrs={"rows": 3}),
+    )
+
+
+class InformationRequestForm(forms.Form):
+    question = forms.CharField(
+        label=_("What should the applicant tell or send us? (sent to them by e-mail)"),
+        widget=forms.Textarea(attrs={"rows": 4}),
+    )
+
+
+class StaffAccountForm(forms.Form):
+    """Creating a staff account in the admin: no password field, ever (a set-password link is mailed)."""
+
+    username = forms.CharField(label=_("Username"), max_length=150)
+    email = forms.EmailField(label=_("E-mail address"))
+    role = forms.ChoiceField(label=_("Role"))
+
+    def __init__(self, *args, allowed_roles: list[tuple[str, str]], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["role"].choices = allowed_roles
+
+
+class OutboxPasswordResetForm(PasswordResetForm):
+    """Django's password reset, for staff only, with the link mailed through the outbox."""
+
+    def get_users(self, email):
+        return (user for user in super().get_users(email) if user.is_staff)
+
+    def send_mail(
+        self,
+        subject_template_name,
+        email_template_name,
+        context,
+        from_email,
+        to_email,
+        html_email_template_name=None,
+    ):
+        from vetting.workflow import queue_set_password_mail
+
+        queue_set_password_mail("staff-password-reset", context["user"])

@@ -87,7 +87,7 @@ class Application(models.Model):
     public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     reference = models.CharField(_("reference"), max_length=REFERENCE_LENGTH, unique=True, editable=False)
     status = models.CharField(
-        _("status"), max_length=20, choices=Status, default=Status.SUBMITTED, db_index=True
+        _("status"), max_length=20, choices=Status, default=Status.UNCONFIRMED, db_index=True
     )
     source = models.CharField(_("source"), max_length=10, choices=Source, default=Source.PUBLIC)
 
@@ -135,10 +135,41 @@ class Application(models.Model):
     )
     verification_recorded_at = models.DateTimeField(_("verification recorded at"), null=True, blank=True)
 
+    # The path through the workflow (vetting.workflow sets these).
+    email_confirmed_at = models.DateTimeField(_("e-mail confirmed at"), null=True, blank=True)
+    claimed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("claimed by"),
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+    )
+    claimed_at = models.DateTimeField(_("claimed at"), null=True, blank=True)
+    information_request = models.TextField(_("information requested"), blank=True)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("decided by"),
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+    )
+    decided_at = models.DateTimeField(_("decided at"), null=True, blank=True)
+    decision_reason = models.TextField(_("reason (staff only)"), blank=True)
+    message_to_applicant = models.TextField(_("message shared with the applicant"), blank=True)
+
     objects = ApplicationQuerySet.as_manager()
 
     class Meta:
         ordering = ["created_at"]
+        permissions = [
+            ("claim_application", "Can claim and release applications"),
+            ("record_verification", "Can record how an applicant was verified"),
+            ("request_information", "Can ask the applicant for more information"),
+            ("decide_application", "Can approve or reject applications"),
+            ("issue_invitation", "Can issue and revoke Matrix invitations"),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=models.Q(score__isnull=True) | models.Q(score__gte=1, score__lte=5),
@@ -164,3 +195,69 @@ class Application(models.Model):
                 if not Application.objects.filter(reference=self.reference).exists():
                     raise
         raise IntegrityError("Could not generate a unique application reference.")
+
+
+class StaffNote(models.Model):
+    """A private staff note on an application: append-only, never shown to the applicant."""
+
+    application = models.ForeignKey(Application, on_delete=models.CASCADE, related_name="notes")
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, verbose_name=_("author"), on_delete=models.PROTECT, related_name="+"
+    )
+    text = models.TextField(_("note"), max_length=5000)
+    created_at = models.DateTimeField(_("written at"), auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at"]
+
+    def __str__(self) -> str:
+        return f"Note by {self.author} on {self.created_at:%Y-%m-%d %H:%M}"
+
+
+class AuditEvent(models.Model):
+    """Append-only record of who did what; each row hashes its predecessor (vetting.audit)."""
+
+    class ActorKind(models.TextChoices):
+        USER = "user", _("Staff user")
+        APPLICANT = "applicant", _("Applicant")
+        SYSTEM = "system", _("System")
+
+    created_at = models.DateTimeField(_("time"), db_index=True)
+    actor_kind = models.CharField(_("actor kind"), max_length=10, choices=ActorKind)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("actor"),
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+    )
+    # Kept as text so the trail still reads right after a user is renamed.
+    actor_name = models.CharField(_("actor name"), max_length=150, blank=True)
+    action = models.CharField(_("action"), max_length=60, db_index=True)
+    target_type = models.CharField(_("target type"), max_length=20, blank=True)
+    target_id = models.CharField(_("target"), max_length=64, blank=True, db_index=True)
+    ip = models.GenericIPAddressField(_("IP address"), null=True, blank=True)
+    details = models.JSONField(_("details"), default=dict, blank=True)
+    previous_hash = models.CharField(_("previous hash"), max_length=64)
+    hash = models.CharField(_("hash"), max_length=64, unique=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["target_type", "target_id"])]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.action} by {self.actor_name or self.actor_kind}"
+
+
+class AuditChainHead(models.Model):
+    """One row holding the newest event's hash; locking it serialises writers.
+
+    Without it two concurrent events could both claim the same predecessor
+    and fork the chain.
+    """
+
+    last_hash = models.CharField(max_length=64)
+
+    def __str__(self) -> str:
+        return self.last_hash

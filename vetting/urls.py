@@ -8,4 +8,7 @@ urlpatterns = [
     path("", views.apply, name="home"),
     path("apply/", views.apply, name="apply"),
     path("apply/done/", views.apply_done, name="apply_done"),
+    path("confirm/<str:token>/", views.confirm, name="confirm"),
+    path("status/<str:token>/", views.status, name="status"),
+    path("status/<str:token>/withdraw/", views.withdraw, name="withdraw"),
 ]

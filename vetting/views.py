@@ -3,15 +3,15 @@ from __future__ import annotations
 import logging
 
 from django.core import signing
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_GET, require_http_methods
 
-from vetting import workflow
-from vetting.forms import ApplicationForm
-from vetting.models import new_reference
+from vetting import links, workflow
+from vetting.forms import AddInformationForm, ApplicationForm
+from vetting.models import Application, new_reference
 
 # The done page learns the reference from a signed, short-lived query value,
 # so the public pages need no session.
@@ -33,7 +33,9 @@ def apply(request: HttpRequest) -> HttpResponse:
             return _redirect_to_done(new_reference())
         if form.is_valid():
             try:
-                application = workflow.submit_application(form.save(commit=False), form.validated_uploads)
+                application = workflow.submit_application(
+                    form.save(commit=False), form.validated_uploads, request=request
+                )
             except OSError:
                 # Disk full or evidence root unwritable: nothing was kept.
                 logger.exception("Could not store evidence for a new application.")
@@ -57,3 +59,77 @@ def apply_done(request: HttpRequest) -> HttpResponse:
     except signing.BadSignature:
         reference = None
     return render(request, "vetting/apply_done.html", {"reference": reference})
+
+
+@require_GET
+def confirm(request: HttpRequest, token: str) -> HttpResponse:
+    """The link in the "received" mail: the applicant's click confirms the address."""
+    application = links.application_for_confirm_token(token)
+    if application is None:
+        raise Http404("Unknown or expired confirmation link.")
+    workflow.confirm_email(application, request=request)
+    return redirect("vetting:status", token=links.status_token(application))
+
+
+def _get_application_for_token(token: str) -> Application:
+    application = links.application_for_status_token(token)
+    if application is None:
+        raise Http404("Unknown status link.")
+    return application
+
+
+@require_http_methods(["GET", "POST"])
+def status(request: HttpRequest, token: str) -> HttpResponse:
+    application = _get_application_for_token(token)
+    form = None
+    if application.status == Application.Status.INFO_REQUESTED:
+        if request.method == "POST":
+            form = AddInformationForm(request.POST, request.FILES)
+            if form.is_valid():
+                try:
+                    workflow.add_information(
+                        application, form.validated_uploads, form.cleaned_data["message"], request=request
+                    )
+                except workflow.WorkflowError as error:
+                    form.add_error(None, str(error))
+                except OSError:
+                    logger.exception("Could not store evidence added on a status page.")
+                    form.add_error(None, STORAGE_FAILED_MESSAGE)
+                else:
+                    return redirect(f"{reverse('vetting:status', args=[token])}?sent=1")
+        else:
+            form = AddInformationForm()
+    elif request.method == "POST":
+        # Stale page: the request for information was answered or withdrawn meanwhile.
+        return redirect("vetting:status", token=token)
+    return render(
+        request,
+        "vetting/status.html",
+        {
+            "application": application,
+            "form": form,
+            "token": token,
+            "sent": request.GET.get("sent") == "1",
+            "can_withdraw": application.status in workflow.APPLICANT_WITHDRAWABLE,
+        },
+    )
+
+
+@require_http_methods(["GET", "POST"])
+def withdraw(request: HttpRequest, token: str) -> HttpResponse:
+    """GET asks for confirmation; POST withdraws."""
+    application = _get_application_for_token(token)
+    error = None
+    if request.method == "POST":
+        try:
+            workflow.withdraw(application, request=request)
+        except workflow.WorkflowError as refusal:
+            error = str(refusal)
+        else:
+            return redirect("vetting:status", token=token)
+    return render(
+        request,
+        "vetting/withdraw.html",
+        {"application": application, "token": token, "error": error},
+        status=409 if error else 200,
+    )

@@ -2,54 +2,678 @@
 
 Views, the admin and commands call these functions; none of them changes an
 application's status itself. Each function checks its guard, changes fields
-in one transaction and queues its e-mails in that same transaction.
+inside one transaction on a locked row, writes its audit event and queues its
+e-mails in that same transaction: it applies completely or not at all.
+
+    unconfirmed ──confirm_email──▶ submitted ──claim──▶ in_review
+    in_review ──release──▶ submitted
+    in_review ──record_verification──▶ recommended
+    in_review, recommended ──request_information──▶ info_requested
+    info_requested ──add_information (applicant)──▶ submitted
+    recommended ──approve──▶ approved
+    submitted, in_review, info_requested, recommended ──reject──▶ rejected
+    approved, rejected ──reopen (superadmin)──▶ recommended, or submitted without a verification
+    any open state, approved ──withdraw (applicant)──▶ withdrawn
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
+
 from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.contrib.auth.tokens import default_token_generator
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
 from django.db import transaction
+from django.http import HttpRequest
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.encoding import force_bytes
+from django.utils.http import urlsafe_base64_encode
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from evidence.models import Evidence
 from evidence.validation import ValidatedUpload
 from notifications.outbox import queue_email
-from vetting.models import Application
+from vetting import audit, links, roles
+from vetting.models import Application, AuditEvent, StaffNote
+
+Status = Application.Status
 
 
-def submit_application(application: Application, uploads: list[ValidatedUpload]) -> Application:
+class WorkflowError(Exception):
+    """A transition that may not happen now; the message is for the person who tried."""
+
+
+class AlreadyDecided(WorkflowError):
+    """Someone else changed the application first (a lost race)."""
+
+
+@dataclass(frozen=True)
+class Transition:
+    label: str
+    sources: frozenset[str]
+    # Whether `user` may take this transition at all, whatever the state.
+    allowed_for: Callable
+
+
+def _has(permission: str) -> Callable:
+    return lambda user: user.has_perm(permission)
+
+
+def _is_superadmin(user) -> bool:
+    return user.is_active and user.is_superuser
+
+
+# Staff transitions, by the name the admin uses for its buttons and URLs.
+# The labels are what staff see and learn (DESIGN.md); keep them exact.
+STAFF_TRANSITIONS: dict[str, Transition] = {
+    "claim": Transition(
+        gettext_lazy("Claim"), frozenset({Status.SUBMITTED}), _has("vetting.claim_application")
+    ),
+    "release": Transition(
+        gettext_lazy("Release"), frozenset({Status.IN_REVIEW}), _has("vetting.claim_application")
+    ),
+    "record_verification": Transition(
+        gettext_lazy("Record verification"),
+        frozenset({Status.IN_REVIEW}),
+        _has("vetting.record_verification"),
+    ),
+    "request_information": Transition(
+        gettext_lazy("Request information"),
+        frozenset({Status.IN_REVIEW, Status.RECOMMENDED}),
+        _has("vetting.request_information"),
+    ),
+    "approve": Transition(
+        gettext_lazy("Approve"), frozenset({Status.RECOMMENDED}), _has("vetting.decide_application")
+    ),
+    "reject": Transition(
+        gettext_lazy("Reject"),
+        frozenset({Status.SUBMITTED, Status.IN_REVIEW, Status.INFO_REQUESTED, Status.RECOMMENDED}),
+        _has("vetting.decide_application"),
+    ),
+    "reopen": Transition(
+        gettext_lazy("Reopen"), frozenset({Status.APPROVED, Status.REJECTED}), _is_superadmin
+    ),
+}
+# An invited person has a live token: staff revoke it rather than the applicant withdrawing.
+APPLICANT_WITHDRAWABLE = frozenset(
+    {
+        Status.UNCONFIRMED,
+        Status.SUBMITTED,
+        Status.IN_REVIEW,
+        Status.INFO_REQUESTED,
+        Status.RECOMMENDED,
+        Status.APPROVED,
+    }
+)
+
+
+def guard_reason(name: str, application: Application, user) -> str | None:
+    """Why `user` may not take transition `name` now, or None when they may."""
+    transition = STAFF_TRANSITIONS[name]
+    if not transition.allowed_for(user):
+        return _("Your role does not allow “%(action)s”.") % {"action": transition.label}
+    if application.status not in transition.sources:
+        return _("“%(action)s” is not possible while the application is %(status)s.") % {
+            "action": transition.label,
+            "status": application.get_status_display().lower(),
+        }
+    # A server admin may release someone else's claim (say, an agent on leave).
+    may_release_any = name == "release" and user.has_perm("vetting.decide_application")
+    if (
+        name in ("release", "record_verification")
+        and application.claimed_by_id != user.pk
+        and not may_release_any
+    ):
+        return _("Only the person who claimed this application can do that.")
+    if name in ("approve", "reject") and application.verification_recorded_by_id == user.pk:
+        return _(
+            "You recorded the verification of this application, so another person must decide it "
+            "(four-eyes rule)."
+        )
+    return None
+
+
+def allowed_actions(application: Application, user) -> list[tuple[str, str]]:
+    """(name, label) of every staff transition `user` may take on `application` now."""
+    return [
+        (name, str(transition.label))
+        for name, transition in STAFF_TRANSITIONS.items()
+        if guard_reason(name, application, user) is None
+    ]
+
+
+def _lock(application: Application) -> Application:
+    """Re-read the row under a lock, so two people acting at once are serialised."""
+    return Application.objects.select_for_update().get(pk=application.pk)
+
+
+def _check(name: str, locked: Application, seen_status: str, user) -> None:
+    reason = guard_reason(name, locked, user)
+    if reason is None:
+        return
+    if locked.status != seen_status:
+        who = locked.decided_by or locked.claimed_by
+        raise AlreadyDecided(
+            _("Someone else got there first: the application is now %(status)s%(by)s. Nothing was changed.")
+            % {
+                "status": locked.get_status_display().lower(),
+                "by": _(" (by %(name)s)") % {"name": who.get_username()} if who else "",
+            }
+        )
+    raise WorkflowError(reason)
+
+
+def _refresh(application: Application, locked: Application) -> None:
+    """Copy the locked row's state back into the caller's instance."""
+    for field in locked._meta.concrete_fields:
+        setattr(application, field.attname, getattr(locked, field.attname))
+
+
+def _applicant_mail(name: str, application: Application, **context) -> None:
+    queue_email(
+        name,
+        [application.email],
+        {"application": application, "status_url": links.status_url(application), **context},
+    )
+
+
+def _store_uploads(
+    application: Application, uploads: list[ValidatedUpload], uploaded_by, stored: list
+) -> None:
+    for upload in uploads:
+        stored.append(Evidence.objects.store(application, upload, uploaded_by=uploaded_by))
+
+
+def _delete_files(stored: list[Evidence]) -> None:
+    for evidence in stored:
+        evidence.file.storage.delete(evidence.file.name)
+
+
+# Applicant side ------------------------------------------------------------
+
+
+def submit_application(
+    application: Application, uploads: list[ValidatedUpload], request: HttpRequest | None = None
+) -> Application:
     """Save a new public application with its evidence, all or nothing.
 
-    Evidence files are written before the transaction commits; if anything
-    fails, the rows roll back and the files written so far are deleted, so
-    no row and no orphan file remains.
+    It waits as `unconfirmed` until the applicant follows the link in the
+    "received" mail. Evidence files are written before the transaction
+    commits; if anything fails, the rows roll back and the files written so
+    far are deleted, so no row and no orphan file remains.
     """
     stored: list[Evidence] = []
     try:
         with transaction.atomic():
-            application.status = Application.Status.SUBMITTED
+            application.status = Status.UNCONFIRMED
             application.source = Application.Source.PUBLIC
             application.consent_given_at = timezone.now()
             application.save()
-            for upload in uploads:
-                stored.append(Evidence.objects.store(application, upload))
-            queue_email(
-                "application-received",
-                [application.email],
-                {"application": application, "evidence_count": len(stored)},
+            _store_uploads(application, uploads, None, stored)
+            audit.record(
+                "application.submitted",
+                actor_kind=AuditEvent.ActorKind.APPLICANT,
+                target=application,
+                request=request,
+                details={"reference": application.reference, "evidence": len(stored)},
             )
-            queue_email(
-                "staff-new-application",
-                settings.STAFF_NOTIFY_EMAILS,
-                {
-                    "application": application,
-                    "admin_url": settings.SITE_URL
-                    + reverse("admin:vetting_application_change", args=[application.pk]),
-                },
+            _applicant_mail(
+                "application-received",
+                application,
+                confirm_url=links.confirm_url(application),
+                evidence_count=len(stored),
             )
     except BaseException:
-        for evidence in stored:
-            evidence.file.storage.delete(evidence.file.name)
+        _delete_files(stored)
         raise
     return application
+
+
+def submit_staff_application(
+    application: Application, uploads: list[ValidatedUpload], user, request: HttpRequest | None = None
+) -> Application:
+    """An application entered by an agent who met the person: no e-mail confirmation, same four-eyes."""
+    if not user.has_perm("vetting.add_application"):
+        raise WorkflowError(_("Your role does not allow entering applications."))
+    stored: list[Evidence] = []
+    try:
+        with transaction.atomic():
+            application.status = Status.SUBMITTED
+            application.source = Application.Source.STAFF
+            application.consent_given_at = timezone.now()
+            application.email_confirmed_at = None
+            application.save()
+            _store_uploads(application, uploads, user, stored)
+            audit.record(
+                "application.entered_by_staff",
+                actor=user,
+                target=application,
+                request=request,
+                details={"reference": application.reference, "evidence": len(stored)},
+            )
+    except BaseException:
+        _delete_files(stored)
+        raise
+    return application
+
+
+def confirm_email(application: Application, request: HttpRequest | None = None) -> bool:
+    """The applicant followed the link: the application enters the queue.
+
+    Returns False when it was confirmed before (a second click changes nothing).
+    """
+    with transaction.atomic():
+        locked = _lock(application)
+        if locked.status != Status.UNCONFIRMED:
+            _refresh(application, locked)
+            return False
+        locked.status = Status.SUBMITTED
+        locked.email_confirmed_at = timezone.now()
+        locked.save(update_fields=["status", "email_confirmed_at", "updated_at"])
+        audit.record(
+            "application.confirmed",
+            actor_kind=AuditEvent.ActorKind.APPLICANT,
+            target=locked,
+            request=request,
+        )
+        queue_email(
+            "staff-new-application",
+            settings.STAFF_NOTIFY_EMAILS,
+            {"application": locked, "admin_url": links.admin_url(locked)},
+        )
+    _refresh(application, locked)
+    return True
+
+
+def add_information(
+    application: Application, uploads: list[ValidatedUpload], message: str, request: HttpRequest | None = None
+) -> None:
+    """The applicant answered a request for information; the application goes back to the queue."""
+    stored: list[Evidence] = []
+    try:
+        with transaction.atomic():
+            locked = _lock(application)
+            if locked.status != Status.INFO_REQUESTED:
+                raise WorkflowError(_("Staff are not waiting for information from you at the moment."))
+            if not uploads and not message.strip():
+                raise WorkflowError(_("Add a file or write a message."))
+            _store_uploads(locked, uploads, None, stored)
+            locked.status = Status.SUBMITTED
+            locked.claimed_by = None
+            locked.claimed_at = None
+            locked.save(update_fields=["status", "claimed_by", "claimed_at", "updated_at"])
+            audit.record(
+                "application.information_added",
+                actor_kind=AuditEvent.ActorKind.APPLICANT,
+                target=locked,
+                request=request,
+                details={"evidence": len(stored), "message": message.strip()},
+            )
+    except BaseException:
+        _delete_files(stored)
+        raise
+    _refresh(application, locked)
+
+
+def withdraw(application: Application, request: HttpRequest | None = None) -> None:
+    with transaction.atomic():
+        locked = _lock(application)
+        if locked.status not in APPLICANT_WITHDRAWABLE:
+            raise WorkflowError(
+                _("This application can no longer be withdrawn: it is %(status)s.")
+                % {"status": locked.get_status_display().lower()}
+            )
+        locked.status = Status.WITHDRAWN
+        locked.save(update_fields=["status", "updated_at"])
+        audit.record(
+            "application.withdrawn",
+            actor_kind=AuditEvent.ActorKind.APPLICANT,
+            target=locked,
+            request=request,
+        )
+        _applicant_mail("application-withdrawn", locked)
+    _refresh(application, locked)
+
+
+# Staff side ----------------------------------------------------------------
+
+
+def claim(application: Application, user, request: HttpRequest | None = None) -> None:
+    seen = application.status
+    with transaction.atomic():
+        locked = _lock(application)
+        _check("claim", locked, seen, user)
+        locked.status = Status.IN_REVIEW
+        locked.claimed_by = user
+        locked.claimed_at = timezone.now()
+        locked.save(update_fields=["status", "claimed_by", "claimed_at", "updated_at"])
+        audit.record("application.claimed", actor=user, target=locked, request=request)
+    _refresh(application, locked)
+
+
+def release(application: Application, user, request: HttpRequest | None = None) -> None:
+    seen = application.status
+    with transaction.atomic():
+        locked = _lock(application)
+        _check("release", locked, seen, user)
+        previous = locked.claimed_by.get_username() if locked.claimed_by else ""
+        locked.status = Status.SUBMITTED
+        locked.claimed_by = None
+        locked.claimed_at = None
+        locked.save(update_fields=["status", "claimed_by", "claimed_at", "updated_at"])
+        audit.record(
+            "application.released",
+            actor=user,
+            target=locked,
+            request=request,
+            details={"claimed_by": previous},
+        )
+    _refresh(application, locked)
+
+
+def record_verification(
+    application: Application,
+    user,
+    *,
+    identity_verified: bool,
+    method: str,
+    verified_on: date,
+    location: str,
+    score: int,
+    recommendation: str,
+    notes: str = "",
+    request: HttpRequest | None = None,
+) -> None:
+    if method not in Application.VerificationMethod.values:
+        raise WorkflowError(_("Choose how the person was verified."))
+    if recommendation not in Application.Recommendation.values:
+        raise WorkflowError(_("Choose a recommendation."))
+    if not 1 <= score <= 5:
+        raise WorkflowError(_("The score must be between 1 and 5."))
+    if verified_on > timezone.localdate():
+        raise WorkflowError(_("The verification date cannot be in the future."))
+    seen = application.status
+    with transaction.atomic():
+        locked = _lock(application)
+        _check("record_verification", locked, seen, user)
+        locked.identity_verified = identity_verified
+        locked.verification_method = method
+        locked.verified_on = verified_on
+        locked.verification_location = location
+        locked.score = score
+        locked.recommendation = recommendation
+        locked.verification_notes = notes
+        locked.verification_recorded_by = user
+        locked.verification_recorded_at = timezone.now()
+        locked.status = Status.RECOMMENDED
+        locked.save()
+        audit.record(
+            "application.verification_recorded",
+            actor=user,
+            target=locked,
+            request=request,
+            details={
+                "identity_verified": identity_verified,
+                "method": method,
+                "score": score,
+                "recommendation": recommendation,
+            },
+        )
+    _refresh(application, locked)
+
+
+def request_information(
+    application: Application, user, question: str, request: HttpRequest | None = None
+) -> None:
+    question = question.strip()
+    if not question:
+        raise WorkflowError(_("Write the question the applicant should answer."))
+    seen = application.status
+    with transaction.atomic():
+        locked = _lock(application)
+        _check("request_information", locked, seen, user)
+        locked.status = Status.INFO_REQUESTED
+        locked.information_request = question
+        locked.save(update_fields=["status", "information_request", "updated_at"])
+        audit.record(
+            "application.information_requested",
+            actor=user,
+            target=locked,
+            request=request,
+            details={"question": question},
+        )
+        _applicant_mail("information-requested", locked)
+    _refresh(application, locked)
+
+
+def approve(application: Application, user, request: HttpRequest | None = None) -> None:
+    seen = application.status
+    with transaction.atomic():
+        locked = _lock(application)
+        _check("approve", locked, seen, user)
+        locked.status = Status.APPROVED
+        locked.decided_by = user
+        locked.decided_at = timezone.now()
+        locked.decision_reason = ""
+        locked.message_to_applicant = ""
+        locked.save(
+            update_fields=[
+                "status",
+                "decided_by",
+                "decided_at",
+                "decision_reason",
+                "message_to_applicant",
+                "updated_at",
+            ]
+        )
+        audit.record("application.approved", actor=user, target=locked, request=request)
+        _applicant_mail("application-approved", locked)
+    _refresh(application, locked)
+
+
+def reject(
+    application: Application,
+    user,
+    reason: str,
+    message_to_applicant: str = "",
+    request: HttpRequest | None = None,
+) -> None:
+    """Reject with a reason for the record; `message_to_applicant` is what staff choose to share."""
+    reason = reason.strip()
+    if not reason:
+        raise WorkflowError(_("A reason is required to reject an application."))
+    seen = application.status
+    with transaction.atomic():
+        locked = _lock(application)
+        _check("reject", locked, seen, user)
+        locked.status = Status.REJECTED
+        locked.decided_by = user
+        locked.decided_at = timezone.now()
+        locked.decision_reason = reason
+        locked.message_to_applicant = message_to_applicant.strip()
+        locked.save(
+            update_fields=[
+                "status",
+                "decided_by",
+                "decided_at",
+                "decision_reason",
+                "message_to_applicant",
+                "updated_at",
+            ]
+        )
+        audit.record(
+            "application.rejected",
+            actor=user,
+            target=locked,
+            request=request,
+            details={"reason": reason, "shared_with_applicant": bool(locked.message_to_applicant)},
+        )
+        _applicant_mail("application-rejected", locked)
+    _refresh(application, locked)
+
+
+def reopen(application: Application, user, reason: str, request: HttpRequest | None = None) -> None:
+    """Undo a decision (superadmins only): back to recommended, or to the queue without a verification."""
+    reason = reason.strip()
+    if not reason:
+        raise WorkflowError(_("A reason is required to reopen a decision."))
+    seen = application.status
+    with transaction.atomic():
+        locked = _lock(application)
+        _check("reopen", locked, seen, user)
+        previous = locked.status
+        locked.status = Status.RECOMMENDED if locked.verification_recorded_at else Status.SUBMITTED
+        if locked.status == Status.SUBMITTED:
+            locked.claimed_by = None
+            locked.claimed_at = None
+        locked.decided_by = None
+        locked.decided_at = None
+        locked.save()
+        audit.record(
+            "application.reopened",
+            actor=user,
+            target=locked,
+            request=request,
+            details={"reason": reason, "previous_status": previous},
+        )
+    _refresh(application, locked)
+
+
+def add_note(application: Application, user, text: str, request: HttpRequest | None = None) -> StaffNote:
+    text = text.strip()
+    if not text:
+        raise WorkflowError(_("A note cannot be empty."))
+    if not user.has_perm("vetting.add_staffnote"):
+        raise WorkflowError(_("Your role does not allow adding notes."))
+    with transaction.atomic():
+        note = StaffNote.objects.create(application=application, author=user, text=text)
+        audit.record("note.added", actor=user, target=application, request=request, details={"note": note.pk})
+    return note
+
+
+def purge_unconfirmed(older_than) -> int:
+    """Delete unconfirmed applications created before `older_than`, files included."""
+    purged = 0
+    for application in Application.objects.filter(status=Status.UNCONFIRMED, created_at__lt=older_than):
+        files = [(evidence.file.storage, evidence.file.name) for evidence in application.evidence.all()]
+        with transaction.atomic():
+            locked = Application.objects.select_for_update().filter(
+                pk=application.pk, status=Status.UNCONFIRMED
+            )
+            if not locked.exists():
+                continue
+            audit.record(
+                "application.purged_unconfirmed",
+                target=application,
+                details={"reference": application.reference, "evidence": len(files)},
+            )
+            locked.delete()
+        # After the commit: a failed delete leaves rows and files together.
+        for storage, name in files:
+            storage.delete(name)
+        purged += 1
+    return purged
+
+
+# Staff accounts ------------------------------------------------------------
+
+
+def _set_password_url(user) -> str:
+    uid = urlsafe_base64_encode(force_bytes(user.pk))
+    token = default_token_generator.make_token(user)
+    return settings.SITE_URL + reverse("password_reset_confirm", args=[uid, token])
+
+
+def queue_set_password_mail(name: str, user, **context) -> None:
+    """Mail a one-time set-password link (Django's reset token): never a password."""
+    queue_email(
+        name,
+        [user.email],
+        {
+            "user": user,
+            "set_password_url": _set_password_url(user),
+            "admin_url": settings.SITE_URL + reverse("admin:index"),
+            "link_valid_days": settings.PASSWORD_RESET_TIMEOUT // 86400,
+            **context,
+        },
+    )
+
+
+def create_staff_account(username: str, email: str, role: str, *, created_by=None, request=None):
+    """Create a staff account; `created_by` None means an operator on the command line.
+
+    Accounts created by a server admin stay inactive until a superadmin
+    approves them; a superadmin's (and an operator's) are active at once.
+    """
+    User = get_user_model()
+    if role not in roles.ROLE_NAMES:
+        raise WorkflowError(_("Unknown role %(role)s.") % {"role": role})
+    if created_by is not None:
+        if not created_by.has_perm("auth.add_user"):
+            raise WorkflowError(_("Your role does not allow creating staff accounts."))
+        if not created_by.is_superuser and role != roles.VETTING_AGENT:
+            raise WorkflowError(_("Server admins can create vetting agent accounts only."))
+    username = username.strip()
+    email = User.objects.normalize_email(email.strip())
+    try:
+        User.username_validator(username)
+        validate_email(email)
+    except ValidationError as error:
+        raise WorkflowError(" ".join(error.messages)) from error
+    if User.objects.filter(username__iexact=username).exists():
+        raise WorkflowError(_("The username %(username)s is taken.") % {"username": username})
+    if User.objects.filter(email__iexact=email).exists():
+        raise WorkflowError(_("A staff account with this e-mail address exists."))
+    active = created_by is None or created_by.is_superuser
+    with transaction.atomic():
+        user = User.objects.create_user(
+            username=username,
+            email=email,
+            password=None,
+            is_staff=True,
+            is_active=active,
+            is_superuser=role == roles.SUPERADMIN,
+        )
+        if role != roles.SUPERADMIN:
+            user.groups.add(Group.objects.get(name=roles.group_name(role)))
+        audit.record(
+            "staff.created",
+            actor=created_by,
+            target=user,
+            request=request,
+            details={"username": username, "role": role, "active": active},
+        )
+        queue_set_password_mail("staff-account-created", user, role_name=roles.display_name(role))
+    return user
+
+
+def approve_staff_account(user, approver, request=None) -> None:
+    if not _is_superadmin(approver):
+        raise WorkflowError(_("Only a superadmin can approve staff accounts."))
+    if user.is_active:
+        raise WorkflowError(_("%(username)s is already active.") % {"username": user.get_username()})
+    with transaction.atomic():
+        user.is_active = True
+        user.save(update_fields=["is_active"])
+        audit.record("staff.approved", actor=approver, target=user, request=request)
+
+
+def deactivate_staff_account(user, actor, request=None) -> None:
+    """What "delete" means for staff: the account can no longer sign in; its audit trail stays."""
+    if not actor.has_perm("auth.change_user"):
+        raise WorkflowError(_("Your role does not allow changing staff accounts."))
+    if not actor.is_superuser and (user.is_superuser or not roles.is_only_agent(user)):
+        raise WorkflowError(_("Server admins can deactivate vetting agents only."))
+    if user.pk == actor.pk:
+        raise WorkflowError(_("You cannot deactivate your own account."))
+    with transaction.atomic():
+        user.is_active = False
+        user.save(update_fields=["is_active"])
+        audit.record("staff.deactivated", actor=actor, target=user, request=request)

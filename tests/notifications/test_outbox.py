@@ -61,7 +61,7 @@ def test_in_debug_without_relay_the_mail_is_printed_to_the_console_after_commit(
         [queued] = queue_email("application-received", [application.email], {"application": application})
         assert capsys.readouterr().out == ""  # nothing before commit
     printed = capsys.readouterr().out
-    assert f"Subject: Your application {application.reference} was received" in printed
+    assert f"Subject: Please confirm your application {application.reference}" in printed
     queued.refresh_from_db()
     assert queued.status == OutboundEmail.Status.SENT
     assert queued.sent_at is not None

@@ -68,7 +68,7 @@ def test_valid_application_with_evidence_is_stored_and_shows_reference(client, s
     assert response["Location"].startswith("/apply/done/?r=")
 
     application = Application.objects.get()
-    assert application.status == Application.Status.SUBMITTED
+    assert application.status == Application.Status.UNCONFIRMED
     assert application.source == Application.Source.PUBLIC
     assert application.consent_given_at is not None
     assert application.matrix_username == "alex.example"
@@ -85,20 +85,22 @@ def test_valid_application_with_evidence_is_stored_and_shows_reference(client, s
     assert application.reference in done.content.decode()
 
 
-def test_application_queues_received_mail_and_staff_mail(client, settings):
+def test_application_queues_received_mail_with_confirm_and_status_links(client, settings):
     client.post("/apply/", form_data(evidence_1=upload("a.pdf", PDF_BYTES)))
     application = Application.objects.get()
-    received = OutboundEmail.objects.get(template="application-received")
+    received = OutboundEmail.objects.get()
+    assert received.template == "application-received"
     assert received.to == "alex@applicant.example"
     assert application.reference in received.subject
     assert application.reference in received.body_text
-    staff = OutboundEmail.objects.filter(template="staff-new-application")
-    assert sorted(staff.values_list("to", flat=True)) == ["lead@staff.example", "queue@staff.example"]
-    for message in [received, *staff]:
-        # No mail carries the statement or evidence.
-        assert "local chapter" not in message.body_text + message.body_html
-        assert "a.pdf" not in message.body_text + message.body_html
-    assert f"/admin/vetting/application/{application.pk}/change/" in staff.first().body_text
+    assert "http://testserver/confirm/" not in received.body_text
+    assert f"{settings.SITE_URL}/confirm/" in received.body_text
+    assert f"{settings.SITE_URL}/status/" in received.body_text
+    # No mail carries the statement or the evidence.
+    assert "local chapter" not in received.body_text + received.body_html
+    assert "a.pdf" not in received.body_text + received.body_html
+    # Staff hear of it only once the applicant confirms.
+    assert not OutboundEmail.objects.filter(template="staff-new-application").exists()
     # Queued, not sent: delivery is the outbox's job.
     assert mail.outbox == []
 

@@ -1,11 +1,20 @@
 from __future__ import annotations
 
+import datetime
 import re
 from io import StringIO
+from pathlib import Path
 
 import pytest
+import time_machine
 from django.contrib.auth import authenticate, get_user_model
 from django.core.management import CommandError, call_command
+from django.utils import timezone
+
+from evidence.models import Evidence
+from evidence.validation import validate_upload
+from tests.factories import PDF_BYTES, make_application, upload
+from vetting.models import Application, AuditEvent
 
 pytestmark = pytest.mark.django_db
 
@@ -29,3 +38,38 @@ def test_dev_superuser_is_refused_without_debug(settings):
     with pytest.raises(CommandError, match="only with DEBUG=true"):
         call_command("create_dev_superuser")
     assert not get_user_model().objects.exists()
+
+
+def _application_created_at(moment: datetime.datetime, **fields):
+    with time_machine.travel(moment):
+        application = make_application(**fields)
+        Evidence.objects.store(application, validate_upload(upload("id.pdf", PDF_BYTES)))
+    return application
+
+
+def test_purge_unconfirmed_deletes_only_stale_unconfirmed_applications_with_their_files(settings):
+    now = timezone.now()
+    stale = _application_created_at(
+        now - datetime.timedelta(days=8), status="unconfirmed", email_confirmed_at=None
+    )
+    stale_file = Path(settings.EVIDENCE_ROOT) / stale.evidence.get().file.name
+    recent = _application_created_at(
+        now - datetime.timedelta(days=6), status="unconfirmed", email_confirmed_at=None
+    )
+    confirmed_old = _application_created_at(now - datetime.timedelta(days=30))
+
+    out = StringIO()
+    call_command("purge_unconfirmed", "--dry-run", stdout=out)
+    assert "Would purge 1 unconfirmed application(s)" in out.getvalue()
+    assert Application.objects.count() == 3
+    assert stale_file.exists()
+
+    out = StringIO()
+    call_command("purge_unconfirmed", stdout=out)
+    assert "Purged 1 unconfirmed application(s)" in out.getvalue()
+    assert set(Application.objects.all()) == {recent, confirmed_old}
+    assert not stale_file.exists()
+    assert Evidence.objects.count() == 2
+    event = AuditEvent.objects.get(action="application.purged_unconfirmed")
+    assert event.actor_kind == "system"
+    assert event.details == {"reference": stale.reference, "evidence": 1}

@@ -1,0 +1,224 @@
+"""The admin as the staff workplace: buttons, confirmation pages, notes, staff entry, dashboard."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from evidence.models import Evidence
+from tests.factories import PDF_BYTES, make_application, upload
+from tests.vetting.test_workflow import recommended_by
+from vetting import workflow
+from vetting.models import Application, AuditEvent, StaffNote
+
+pytestmark = pytest.mark.django_db
+Status = Application.Status
+
+
+def change_url(application: Application) -> str:
+    return f"/admin/vetting/application/{application.pk}/change/"
+
+
+def buttons(page: str) -> list[str]:
+    return re.findall(r'class="workflow-button[^"]*" href="[^"]+">([^<]+)</a>', page)
+
+
+def test_agent_sees_the_claim_button_and_claims_through_a_confirmation(client, agent):
+    application = make_application()
+    client.force_login(agent)
+    assert buttons(client.get(change_url(application)).content.decode()) == ["Claim"]
+
+    confirm = client.get(f"/admin/vetting/application/{application.pk}/action/claim/")
+    assert confirm.status_code == 200
+    application.refresh_from_db()
+    assert application.status == Status.SUBMITTED  # the confirmation page changes nothing
+
+    response = client.post(f"/admin/vetting/application/{application.pk}/action/claim/", follow=True)
+    assert "Claim: done. The application is now in review." in response.content.decode()
+    application.refresh_from_db()
+    assert application.claimed_by == agent
+    assert buttons(response.content.decode()) == ["Release", "Record verification"]
+
+
+def test_record_verification_form_requires_its_fields(client, agent):
+    application = make_application()
+    workflow.claim(application, agent)
+    client.force_login(agent)
+    url = f"/admin/vetting/application/{application.pk}/action/record_verification/"
+    response = client.post(url, {"verification_method": "video"})
+    assert response.status_code == 200
+    assert "This field is required." in response.content.decode()
+    application.refresh_from_db()
+    assert application.status == Status.IN_REVIEW
+
+    client.post(
+        url,
+        {
+            "identity_verified": "on",
+            "verification_method": "in-person",
+            "verified_on": "2026-11-20",
+            "verification_location": "Lisbon",
+            "score": "5",
+            "recommendation": "approve",
+            "verification_notes": "Checked passport.",
+        },
+    )
+    application.refresh_from_db()
+    assert application.status == Status.RECOMMENDED
+    assert (application.score, application.verification_location) == (5, "Lisbon")
+
+
+def test_reject_without_a_reason_is_refused_on_the_form(client, agent, server_admin):
+    application = recommended_by(agent)
+    client.force_login(server_admin)
+    assert buttons(client.get(change_url(application)).content.decode()) == [
+        "Request information",
+        "Approve",
+        "Reject",
+    ]
+    response = client.post(f"/admin/vetting/application/{application.pk}/action/reject/", {"reason": ""})
+    assert "This field is required." in response.content.decode()
+    application.refresh_from_db()
+    assert application.status == Status.RECOMMENDED
+
+
+def test_four_eyes_refusal_is_shown_not_a_500(client, server_admin):
+    application = make_application()
+    workflow.claim(application, server_admin)
+    workflow.record_verification(
+        application,
+        server_admin,
+        identity_verified=True,
+        method="video",
+        verified_on=application.created_at.date(),
+        location="Jitsi",
+        score=3,
+        recommendation="approve",
+    )
+    client.force_login(server_admin)
+    assert "Approve" not in buttons(client.get(change_url(application)).content.decode())
+    page = client.get(f"/admin/vetting/application/{application.pk}/action/approve/").content.decode()
+    assert "four-eyes" in page
+    response = client.post(f"/admin/vetting/application/{application.pk}/action/approve/", follow=True)
+    assert "four-eyes" in response.content.decode()
+    application.refresh_from_db()
+    assert application.status == Status.RECOMMENDED
+
+
+def test_an_unknown_action_is_refused(client, agent):
+    application = make_application()
+    client.force_login(agent)
+    assert (
+        client.post(f"/admin/vetting/application/{application.pk}/action/delete_everything/").status_code
+        == 403
+    )
+
+
+def test_staff_without_a_role_cannot_open_actions(client, outsider):
+    application = make_application()
+    client.force_login(outsider)
+    assert client.post(f"/admin/vetting/application/{application.pk}/action/claim/").status_code == 403
+    application.refresh_from_db()
+    assert application.status == Status.SUBMITTED
+
+
+def test_notes_thread_append_only(client, agent, inviting_admin):
+    application = make_application()
+    client.force_login(agent)
+    client.post(f"/admin/vetting/application/{application.pk}/note/", {"text": "Met them at the meetup."})
+    page = client.get(change_url(application)).content.decode()
+    assert "Met them at the meetup." in page
+    assert "agent ·" in page
+    assert AuditEvent.objects.filter(action="note.added").count() == 1
+    note = StaffNote.objects.get()
+    assert client.post(f"/admin/vetting/staffnote/{note.pk}/delete/", {"post": "yes"}).status_code == 403
+
+    client.force_login(inviting_admin)
+    client.post(f"/admin/vetting/application/{application.pk}/note/", {"text": "sneaky"})
+    assert StaffNote.objects.count() == 1
+
+
+def test_earlier_applications_from_the_same_person_are_listed_with_outcomes(client, agent):
+    earlier = make_application(status=Status.REJECTED, email="Alex@Applicant.example")
+    by_username = make_application(
+        status=Status.WITHDRAWN, email="other@applicant.example", matrix_username="alex"
+    )
+    make_application(email="stranger@applicant.example")
+    current = make_application(email="alex@applicant.example", matrix_username="alex")
+    client.force_login(agent)
+    page = client.get(change_url(current)).content.decode()
+    assert f"{earlier.reference}</a> · " in page and "Rejected" in page
+    assert f"{by_username.reference}</a> · " in page and "Withdrawn" in page
+    assert "stranger" not in page
+
+
+def test_bulk_claim_and_release(client, agent):
+    first, second = make_application(), make_application()
+    rejected = make_application(status=Status.REJECTED)
+    client.force_login(agent)
+    client.post(
+        "/admin/vetting/application/?status=all",
+        {"action": "claim_selected", "_selected_action": [first.pk, second.pk, rejected.pk]},
+    )
+    assert list(Application.objects.filter(claimed_by=agent).order_by("pk")) == [first, second]
+    client.post("/admin/vetting/application/", {"action": "release_selected", "_selected_action": [first.pk]})
+    first.refresh_from_db()
+    assert first.status == Status.SUBMITTED
+
+
+def test_changelist_filters_claimed_by_me_and_unclaimed(client, agent, second_agent):
+    mine, theirs, free = make_application(), make_application(), make_application()
+    workflow.claim(mine, agent)
+    workflow.claim(theirs, second_agent)
+    client.force_login(agent)
+    page = client.get("/admin/vetting/application/?claim=mine").content.decode()
+    assert mine.reference in page and theirs.reference not in page and free.reference not in page
+    page = client.get("/admin/vetting/application/?claim=unclaimed").content.decode()
+    assert free.reference in page and mine.reference not in page
+
+
+def test_agent_enters_an_application_for_someone_met_in_person(client, agent):
+    client.force_login(agent)
+    assert client.get("/admin/vetting/application/add/").status_code == 200
+    response = client.post(
+        "/admin/vetting/application/add/",
+        {
+            "full_name": "Met In Person",
+            "email": "met@applicant.example",
+            "referral": "Met at the Berlin meetup",
+            "statement": "Organiser",
+            "consent": "on",
+            "evidence_1": upload("id.pdf", PDF_BYTES),
+        },
+    )
+    assert response.status_code == 302
+    application = Application.objects.get()
+    assert (application.source, application.status) == ("staff", "submitted")
+    assert application.email_confirmed_at is None
+    assert Evidence.objects.get().uploaded_by == agent
+    assert AuditEvent.objects.get(action="application.entered_by_staff").actor == agent
+
+
+def test_staff_entry_is_refused_for_roles_without_it(client, inviting_admin):
+    client.force_login(inviting_admin)
+    assert client.get("/admin/vetting/application/add/").status_code == 403
+
+
+def test_dashboard_shows_counts_oldest_waiting_and_a_chart_without_script(client, agent, server_admin):
+    make_application()
+    oldest = Application.objects.get()
+    make_application()
+    decided = recommended_by(agent)
+    workflow.approve(decided, server_admin)
+    client.force_login(server_admin)
+    page = client.get("/admin/").content.decode()
+    assert "Vetting at a glance" in page
+    assert (
+        '<a class="dashboard-stat" href="/admin/vetting/application/?status=submitted"><strong>2</strong>'
+        in page
+    )
+    assert oldest.reference in page
+    assert "Median time from confirmation to decision" in page
+    assert page.count('<rect class="bar"') == 12
+    assert "<script" not in page.split('id="vetting-dashboard"')[1].split("</svg>")[0]

@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from tests.conftest import STAFF_PASSWORD
+from tests.factories import make_application
+from vetting import audit, workflow
+from vetting.models import AuditEvent
+
+pytestmark = pytest.mark.django_db
+
+
+def make_trail(agent) -> list[AuditEvent]:
+    application = make_application()
+    workflow.claim(application, agent)
+    workflow.add_note(application, agent, "one")
+    workflow.release(application, agent)
+    return list(AuditEvent.objects.order_by("id"))
+
+
+def test_each_event_links_to_the_previous_one(agent):
+    events = make_trail(agent)
+    assert events[0].previous_hash == audit.GENESIS_HASH
+    for previous, event in zip(events, events[1:], strict=False):
+        assert event.previous_hash == previous.hash
+    assert audit.find_broken_link() is None
+    out = StringIO()
+    call_command("verify_audit", stdout=out)
+    assert "Audit trail intact: 3 event(s) checked." in out.getvalue()
+
+
+def test_verify_audit_reports_an_edited_row(agent):
+    events = make_trail(agent)
+    AuditEvent.objects.filter(pk=events[1].pk).update(details={"note": 999})
+    with pytest.raises(CommandError, match=f"broken at event {events[1].pk}: its content does not match"):
+        call_command("verify_audit")
+
+
+def test_verify_audit_reports_a_rewritten_actor(agent, second_agent):
+    events = make_trail(agent)
+    AuditEvent.objects.filter(pk=events[0].pk).update(actor=second_agent, actor_name="second_agent")
+    assert audit.find_broken_link().event_id == events[0].pk
+
+
+def test_verify_audit_reports_a_removed_row(agent):
+    events = make_trail(agent)
+    AuditEvent.objects.filter(pk=events[1].pk).delete()
+    broken = audit.find_broken_link()
+    assert broken.event_id == events[2].pk
+    assert "an event was removed" in broken.reason
+
+
+def test_verify_audit_reports_the_newest_row_removed(agent):
+    events = make_trail(agent)
+    AuditEvent.objects.filter(pk=events[-1].pk).delete()
+    with pytest.raises(CommandError, match="the end of the chain"):
+        call_command("verify_audit")
+
+
+def test_secret_looking_details_are_masked():
+    event = audit.record(
+        "test.secrets",
+        details={"password": "hunter2-hunter2", "nested": {"access_token": "syt_abc"}, "username": "alex"},
+    )
+    assert event.details == {
+        "password": "********",
+        "nested": {"access_token": "********"},
+        "username": "alex",
+    }
+
+
+def test_sign_in_failure_records_the_username_but_never_the_password(client, agent):
+    client.post("/admin/login/", {"username": "agent", "password": "wrong-password-123"})
+    event = AuditEvent.objects.get(action="user.login_failed")
+    assert event.details == {"username": "agent"}
+    assert "wrong-password-123" not in str(AuditEvent.objects.values_list("details", flat=True))
+
+
+def test_sign_in_and_out_are_recorded(client, agent):
+    client.post("/admin/login/", {"username": "agent", "password": STAFF_PASSWORD})
+    client.post("/admin/logout/")
+    assert list(AuditEvent.objects.order_by("id").values_list("action", "actor_name")) == [
+        ("user.login", "agent"),
+        ("user.logout", "agent"),
+    ]
+
+
+def test_nobody_can_change_or_delete_an_event_in_the_admin_not_even_a_superadmin(client, superadmin, agent):
+    make_trail(agent)
+    event = AuditEvent.objects.order_by("id").first()
+    client.force_login(superadmin)
+    assert client.get("/admin/vetting/auditevent/").status_code == 200
+    page = client.get(f"/admin/vetting/auditevent/{event.pk}/change/")
+    assert page.status_code == 200
+    assert b'name="_save"' not in page.content
+    assert client.post(f"/admin/vetting/auditevent/{event.pk}/change/", {"action": "x"}).status_code == 403
+    assert client.post(f"/admin/vetting/auditevent/{event.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert client.get("/admin/vetting/auditevent/add/").status_code == 403
+    event.refresh_from_db()
+    assert audit.find_broken_link() is None
+
+
+def test_evidence_download_is_audited(client, agent):
+    from evidence.models import Evidence
+    from evidence.validation import validate_upload
+    from tests.factories import PDF_BYTES, upload
+
+    evidence = Evidence.objects.store(make_application(), validate_upload(upload("id.pdf", PDF_BYTES)))
+    client.force_login(agent)
+    client.get(f"/evidence/{evidence.pk}/")
+    event = AuditEvent.objects.get(action="evidence.downloaded")
+    assert (event.actor, event.target_type, event.target_id) == (agent, "evidence", str(evidence.pk))
+    assert event.details == {"application": evidence.application.reference}

@@ -1,0 +1,66 @@
+"""Two staff deciding at once, on PostgreSQL with two real connections."""
+
+from __future__ import annotations
+
+import threading
+import time
+from unittest import mock
+
+import pytest
+from django.db import connection
+
+from tests.factories import make_application
+from tests.vetting.test_workflow import verification
+from vetting import workflow
+from vetting.models import Application, AuditEvent
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+
+def test_two_admins_deciding_at_once_exactly_one_wins(agent, server_admin, second_server_admin):
+    application = make_application()
+    workflow.claim(application, agent)
+    workflow.record_verification(application, agent, **verification())
+    both_loaded = threading.Barrier(2)
+    outcomes: dict[str, str] = {}
+
+    real_queue_email = workflow.queue_email
+
+    def slow_queue_email(*args, **kwargs):
+        # Hold the decision open so the other admin's attempt overlaps it.
+        time.sleep(0.5)
+        return real_queue_email(*args, **kwargs)
+
+    def decide(name: str, user, transition) -> None:
+        try:
+            page_copy = Application.objects.get(pk=application.pk)  # what each admin's page showed
+            both_loaded.wait(timeout=10)
+            transition(page_copy, user)
+            outcomes[name] = "won"
+        except workflow.AlreadyDecided as error:
+            outcomes[name] = str(error)
+        finally:
+            connection.close()
+
+    with mock.patch.object(workflow, "queue_email", slow_queue_email):
+        threads = [
+            threading.Thread(target=decide, args=("approve", server_admin, workflow.approve)),
+            threading.Thread(
+                target=decide,
+                args=("reject", second_server_admin, lambda app, user: workflow.reject(app, user, "No")),
+            ),
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+
+    assert sorted(outcomes) == ["approve", "reject"]
+    winners = [name for name, outcome in outcomes.items() if outcome == "won"]
+    assert len(winners) == 1
+    loser = "reject" if winners == ["approve"] else "approve"
+    assert "Someone else got there first" in outcomes[loser]
+    application.refresh_from_db()
+    assert application.status == ("approved" if winners == ["approve"] else "rejected")
+    decisions = AuditEvent.objects.filter(action__in=["application.approved", "application.rejected"])
+    assert decisions.count() == 1

@@ -1,0 +1,146 @@
+from __future__ import annotations
+
+import re
+from io import StringIO
+
+import pytest
+from django.contrib.auth import authenticate, get_user_model
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
+from django.core.management import CommandError, call_command
+
+import iama_vetting.settings as project_settings
+from notifications.models import OutboundEmail
+from tests.conftest import STAFF_PASSWORD
+from vetting.models import AuditEvent
+
+pytestmark = pytest.mark.django_db
+User = get_user_model()
+NEW_PASSWORD = "correct horse battery staple 42"
+
+
+def set_password_link(mail: OutboundEmail) -> str:
+    return re.search(r"https?://\S+/reset/\S+/", mail.body_text).group(0)
+
+
+def test_create_staff_makes_an_active_account_and_mails_a_set_password_link(client, settings):
+    out = StringIO()
+    call_command("create_staff", "sam", "sam@staff.example", "--role", "vetting_agent", stdout=out)
+    user = User.objects.get(username="sam")
+    assert user.is_active and user.is_staff and not user.is_superuser
+    assert not user.has_usable_password()
+    assert [group.name for group in user.groups.all()] == ["Vetting agent"]
+    assert user.has_perm("vetting.claim_application")
+    mail = OutboundEmail.objects.get(template="staff-account-created")
+    assert mail.to == "sam@staff.example"
+    assert "password" not in out.getvalue().lower().replace("set-password", "")
+
+    # The link lets them choose a password once.
+    link = set_password_link(mail).replace(settings.SITE_URL, "")
+    form_page = client.get(link, follow=True)
+    assert form_page.status_code == 200
+    set_url = form_page.redirect_chain[-1][0]
+    client.post(set_url, {"new_password1": NEW_PASSWORD, "new_password2": NEW_PASSWORD})
+    assert authenticate(username="sam", password=NEW_PASSWORD) == user
+    assert "invalid" in client.get(link, follow=True).content.decode().lower()
+
+
+def test_create_staff_superadmin_is_a_superuser():
+    call_command("create_staff", "root2", "root2@staff.example", "--role", "superadmin", stdout=StringIO())
+    assert User.objects.get(username="root2").is_superuser
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["bad name!", "x@staff.example"], "Enter a valid username"),
+        (["okname", "not-an-email"], "Enter a valid email address"),
+    ],
+)
+def test_create_staff_refuses_bad_input(args, message):
+    with pytest.raises(CommandError, match=message):
+        call_command("create_staff", *args, "--role", "vetting_agent")
+    assert not User.objects.exists()
+
+
+def test_create_staff_refuses_a_taken_username(agent):
+    with pytest.raises(CommandError, match="The username Agent is taken"):
+        call_command("create_staff", "Agent", "new@staff.example", "--role", "vetting_agent")
+
+
+def test_server_admin_creates_an_agent_who_waits_for_a_superadmin(client, server_admin, superadmin):
+    client.force_login(server_admin)
+    page = client.get("/admin/auth/user/add/").content.decode()
+    assert 'value="vetting_agent"' in page
+    assert 'value="server_admin"' not in page
+    assert 'type="password"' not in page
+
+    client.post(
+        "/admin/auth/user/add/",
+        {"username": "newbie", "email": "newbie@staff.example", "role": "vetting_agent"},
+    )
+    newbie = User.objects.get(username="newbie")
+    assert newbie.is_active is False
+    mail = OutboundEmail.objects.get(template="staff-account-created")
+    assert "becomes usable once a superadmin approves it" in mail.body_text
+
+    # A server admin cannot activate it themselves.
+    client.post(
+        f"/admin/auth/user/{newbie.pk}/change/",
+        {"username": "newbie", "email": "newbie@staff.example", "is_active": "on"},
+    )
+    newbie.refresh_from_db()
+    assert newbie.is_active is False
+
+    client.force_login(superadmin)
+    client.post("/admin/auth/user/", {"action": "approve_accounts", "_selected_action": [newbie.pk]})
+    newbie.refresh_from_db()
+    assert newbie.is_active is True
+    assert AuditEvent.objects.filter(action="staff.approved", target_id=str(newbie.pk)).exists()
+
+
+def test_server_admin_cannot_create_a_server_admin(client, server_admin):
+    client.force_login(server_admin)
+    response = client.post(
+        "/admin/auth/user/add/", {"username": "boss", "email": "boss@staff.example", "role": "server_admin"}
+    )
+    assert response.status_code == 200
+    assert not User.objects.filter(username="boss").exists()
+
+
+def test_server_admin_sees_and_manages_agents_only(client, server_admin, agent, second_server_admin):
+    client.force_login(server_admin)
+    page = client.get("/admin/auth/user/").content.decode()
+    assert ">agent<" in page
+    assert "second_server_admin" not in page
+    assert client.get(f"/admin/auth/user/{second_server_admin.pk}/change/").status_code in (302, 403)
+
+
+def test_deleting_a_staff_account_deactivates_it_and_keeps_its_trail(client, superadmin, agent):
+    client.post("/admin/login/", {"username": "agent", "password": STAFF_PASSWORD})
+    client.force_login(superadmin)
+    response = client.post(f"/admin/auth/user/{agent.pk}/delete/")
+    assert response.status_code == 302
+    agent.refresh_from_db()
+    assert agent.is_active is False
+    assert AuditEvent.objects.filter(action="staff.deactivated", target_id=str(agent.pk)).exists()
+    assert AuditEvent.objects.filter(actor=agent).exists()
+
+
+def test_password_reset_mail_goes_through_the_outbox_and_only_to_staff(client, agent, django_user_model):
+    django_user_model.objects.create_user("member", email="member@applicant.example", password="x" * 14)
+    client.post("/admin/password_reset/", {"email": "agent@staff.example"})
+    client.post("/admin/password_reset/", {"email": "member@applicant.example"})
+    assert list(OutboundEmail.objects.values_list("template", "to")) == [
+        ("staff-password-reset", "agent@staff.example")
+    ]
+
+
+def test_passwords_are_hashed_with_argon2_and_need_12_characters(agent):
+    assert project_settings.PASSWORD_HASHERS[0] == "django.contrib.auth.hashers.Argon2PasswordHasher"
+    with pytest.raises(ValidationError, match="at least 12 characters"):
+        validate_password("Sh0rt!pass")
+    with pytest.raises(ValidationError, match="too common"):
+        validate_password("password1234")
+    with pytest.raises(ValidationError, match="too similar"):
+        validate_password("agent@staff.example", user=agent)

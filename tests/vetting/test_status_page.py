@@ -1,0 +1,173 @@
+from __future__ import annotations
+
+import datetime
+
+import pytest
+import time_machine
+from django.core import signing
+
+from evidence.models import Evidence
+from notifications.models import OutboundEmail
+from tests.factories import HTML_BYTES, PDF_BYTES, make_application, upload
+from vetting import links
+from vetting.models import Application
+
+pytestmark = pytest.mark.django_db
+Status = Application.Status
+
+
+def status_path(application: Application) -> str:
+    return f"/status/{links.status_token(application)}/"
+
+
+@pytest.mark.parametrize(
+    ("status", "words"),
+    [
+        (Status.UNCONFIRMED, "Please confirm your e-mail address"),
+        (Status.SUBMITTED, "Your application is in the queue."),
+        (Status.IN_REVIEW, "A vetting agent is checking your application."),
+        (Status.RECOMMENDED, "A vetting agent is checking your application."),
+        (Status.APPROVED, "Your application was approved. An admin will contact you"),
+        (Status.REJECTED, "Your application was not approved."),
+        (Status.WITHDRAWN, "You withdrew this application."),
+    ],
+)
+def test_status_page_says_where_the_application_stands_in_plain_words(client, status, words):
+    application = make_application(status=status)
+    response = client.get(status_path(application))
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert words in page
+    assert application.reference in page
+
+
+def test_status_page_never_shows_staff_notes_or_internal_reasons(client, server_admin):
+    application = make_application(
+        status=Status.REJECTED, decision_reason="Internal: referee unreliable", message_to_applicant="Sorry."
+    )
+    page = client.get(status_path(application)).content.decode()
+    assert "Sorry." in page
+    assert "referee unreliable" not in page
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "nonsense",
+        "",
+        "a" * 500,
+        "abc:def:ghi",
+        signing.dumps("0" * 32, salt=links.STATUS_SALT),  # well signed, no such application
+    ],
+)
+def test_tampered_or_unknown_status_links_are_404(client, token):
+    make_application()
+    response = client.get(f"/status/{token}/") if token else client.get("/status//")
+    assert response.status_code == 404
+
+
+def test_a_status_token_with_one_character_changed_is_404(client):
+    token = links.status_token(make_application())
+    tampered = token[:-1] + ("A" if token[-1] != "A" else "B")
+    assert client.get(f"/status/{tampered}/").status_code == 404
+
+
+def test_a_confirm_token_is_not_a_status_token(client):
+    application = make_application()
+    assert client.get(f"/status/{links.confirm_token(application)}/").status_code == 404
+
+
+def test_the_confirm_link_confirms_and_shows_the_status_page(client):
+    application = make_application(status=Status.UNCONFIRMED, email_confirmed_at=None)
+    response = client.get(f"/confirm/{links.confirm_token(application)}/")
+    assert response.status_code == 302
+    assert response["Location"] == status_path(application)
+    application.refresh_from_db()
+    assert application.status == Status.SUBMITTED
+    assert client.get(response["Location"]).status_code == 200
+
+
+def test_the_confirm_link_expires_after_7_days(client):
+    with time_machine.travel(datetime.datetime(2026, 11, 1, tzinfo=datetime.UTC)):
+        application = make_application(status=Status.UNCONFIRMED, email_confirmed_at=None)
+        token = links.confirm_token(application)
+    with time_machine.travel(datetime.datetime(2026, 11, 8, 0, 1, tzinfo=datetime.UTC)):
+        assert client.get(f"/confirm/{token}/").status_code == 404
+    application.refresh_from_db()
+    assert application.status == Status.UNCONFIRMED
+
+
+def test_a_tampered_confirm_link_is_404(client):
+    token = links.confirm_token(make_application(status=Status.UNCONFIRMED))
+    assert client.get(f"/confirm/{token}x/").status_code == 404
+
+
+def test_when_information_is_requested_the_page_shows_the_question_and_an_upload_form(client):
+    application = make_application(
+        status=Status.INFO_REQUESTED, information_request="Send a photo of your ID."
+    )
+    page = client.get(status_path(application)).content.decode()
+    assert "Send a photo of your ID." in page
+    assert 'name="evidence_1"' in page
+    assert 'name="message"' in page
+
+
+def test_applicant_answers_with_a_file(client, settings):
+    application = make_application(status=Status.INFO_REQUESTED, information_request="Send your ID.")
+    path = status_path(application)
+    response = client.post(path, {"message": "Here you go", "evidence_1": upload("id.pdf", PDF_BYTES)})
+    assert response.status_code == 302
+    assert response["Location"] == f"{path}?sent=1"
+    assert "your answer was sent to staff" in client.get(response["Location"]).content.decode()
+    application.refresh_from_db()
+    assert application.status == Status.SUBMITTED
+    assert Evidence.objects.get(application=application).original_name == "id.pdf"
+
+
+def test_a_spoofed_file_on_the_status_page_is_refused_and_nothing_changes(client, settings):
+    application = make_application(status=Status.INFO_REQUESTED, information_request="Send your ID.")
+    response = client.post(status_path(application), {"evidence_1": upload("id.pdf", HTML_BYTES)})
+    assert response.status_code == 200
+    assert "“id.pdf” does not contain what its name says" in response.content.decode()
+    application.refresh_from_db()
+    assert application.status == Status.INFO_REQUESTED
+    assert not Evidence.objects.exists()
+
+
+def test_an_empty_answer_is_refused(client):
+    application = make_application(status=Status.INFO_REQUESTED, information_request="Send your ID.")
+    response = client.post(status_path(application), {"message": "  "})
+    assert "Add a file or write an answer." in response.content.decode()
+    application.refresh_from_db()
+    assert application.status == Status.INFO_REQUESTED
+
+
+def test_posting_to_a_status_page_that_asks_nothing_changes_nothing(client):
+    application = make_application(status=Status.SUBMITTED)
+    response = client.post(status_path(application), {"evidence_1": upload("id.pdf", PDF_BYTES)})
+    assert response.status_code == 302
+    assert not Evidence.objects.exists()
+
+
+def test_withdraw_asks_for_confirmation_then_withdraws(client):
+    application = make_application()
+    path = status_path(application)
+    assert "Withdraw my application" in client.get(path).content.decode()
+    confirm_page = client.get(f"{path}withdraw/")
+    assert "Yes, withdraw my application" in confirm_page.content.decode()
+    application.refresh_from_db()
+    assert application.status == Status.SUBMITTED  # a GET changes nothing
+
+    response = client.post(f"{path}withdraw/")
+    assert response.status_code == 302
+    application.refresh_from_db()
+    assert application.status == Status.WITHDRAWN
+    assert OutboundEmail.objects.filter(template="application-withdrawn").exists()
+    assert "Withdraw my application" not in client.get(path).content.decode()
+
+
+def test_withdrawing_a_rejected_application_explains_why_not(client):
+    application = make_application(status=Status.REJECTED)
+    response = client.post(f"{status_path(application)}withdraw/")
+    assert response.status_code == 409
+    assert "can no longer be withdrawn" in response.content.decode()

@@ -1,0 +1,370 @@
+from __future__ import annotations
+
+import datetime
+
+import pytest
+from django.forms.models import model_to_dict
+from django.utils import timezone
+
+from evidence.validation import validate_upload
+from notifications.models import OutboundEmail
+from tests.factories import PDF_BYTES, make_application, upload
+from vetting import workflow
+from vetting.models import Application, AuditEvent, StaffNote
+
+pytestmark = pytest.mark.django_db
+Status = Application.Status
+
+
+def verification(**overrides) -> dict:
+    values = {
+        "identity_verified": True,
+        "method": Application.VerificationMethod.VIDEO,
+        "verified_on": datetime.date(2026, 11, 20),
+        "location": "Jitsi",
+        "score": 4,
+        "recommendation": Application.Recommendation.APPROVE,
+        "notes": "Matched the passport photo on video.",
+    }
+    values.update(overrides)
+    return values
+
+
+def recommended_by(agent) -> Application:
+    application = make_application()
+    workflow.claim(application, agent)
+    workflow.record_verification(application, agent, **verification())
+    return application
+
+
+def actions(application: Application) -> list[str]:
+    return list(
+        AuditEvent.objects.filter(target_type="application", target_id=str(application.pk))
+        .order_by("id")
+        .values_list("action", flat=True)
+    )
+
+
+def assert_unchanged(application: Application) -> None:
+    before = model_to_dict(application)
+    application.refresh_from_db()
+    assert model_to_dict(application) == before
+
+
+# Confirmation ---------------------------------------------------------------
+
+
+def test_confirming_the_email_puts_the_application_in_the_queue_and_tells_staff():
+    application = make_application(status=Status.UNCONFIRMED, email_confirmed_at=None)
+    assert workflow.confirm_email(application) is True
+    application.refresh_from_db()
+    assert application.status == Status.SUBMITTED
+    assert application.email_confirmed_at is not None
+    staff_mail = OutboundEmail.objects.filter(template="staff-new-application")
+    assert sorted(staff_mail.values_list("to", flat=True)) == ["lead@staff.example", "queue@staff.example"]
+    assert f"/admin/vetting/application/{application.pk}/change/" in staff_mail.first().body_text
+    assert actions(application) == ["application.confirmed"]
+
+
+def test_confirming_twice_changes_nothing_the_second_time():
+    application = make_application(status=Status.UNCONFIRMED, email_confirmed_at=None)
+    workflow.confirm_email(application)
+    assert workflow.confirm_email(application) is False
+    assert OutboundEmail.objects.filter(template="staff-new-application").count() == 2  # two recipients, once
+    assert actions(application) == ["application.confirmed"]
+
+
+# Claim and release ----------------------------------------------------------
+
+
+def test_agent_claims_a_submitted_application(agent):
+    application = make_application()
+    workflow.claim(application, agent)
+    application.refresh_from_db()
+    assert application.status == Status.IN_REVIEW
+    assert application.claimed_by == agent
+    assert actions(application) == ["application.claimed"]
+
+
+@pytest.mark.parametrize("role", ["inviting_admin", "outsider"])
+def test_staff_without_the_claim_permission_cannot_claim(request, role):
+    application = make_application()
+    with pytest.raises(workflow.WorkflowError, match="Your role does not allow “Claim”"):
+        workflow.claim(application, request.getfixturevalue(role))
+    assert_unchanged(application)
+    assert actions(application) == []
+
+
+def test_claiming_a_claimed_application_is_refused_with_who_has_it(agent, second_agent):
+    application = make_application()
+    workflow.claim(application, agent)
+    stale_copy = Application.objects.get(pk=application.pk)
+    stale_copy.status = Status.SUBMITTED  # what the second agent's page still showed
+    with pytest.raises(workflow.AlreadyDecided, match=r"now in review \(by agent\)"):
+        workflow.claim(stale_copy, second_agent)
+    application.refresh_from_db()
+    assert application.claimed_by == agent
+
+
+def test_only_the_claimer_or_a_server_admin_may_release(agent, second_agent, server_admin):
+    application = make_application()
+    workflow.claim(application, agent)
+    with pytest.raises(workflow.WorkflowError, match="Only the person who claimed"):
+        workflow.release(application, second_agent)
+    workflow.release(application, server_admin)
+    application.refresh_from_db()
+    assert application.status == Status.SUBMITTED
+    assert application.claimed_by is None
+    assert actions(application) == ["application.claimed", "application.released"]
+
+
+# Verification ----------------------------------------------------------------
+
+
+def test_the_claimer_records_the_verification(agent):
+    application = recommended_by(agent)
+    application.refresh_from_db()
+    assert application.status == Status.RECOMMENDED
+    assert application.identity_verified is True
+    assert application.verification_method == "video"
+    assert application.score == 4
+    assert application.recommendation == "approve"
+    assert application.verification_recorded_by == agent
+    assert application.verification_recorded_at is not None
+    assert actions(application)[-1] == "application.verification_recorded"
+
+
+def test_another_agent_cannot_record_a_verification_on_someone_elses_claim(agent, second_agent):
+    application = make_application()
+    workflow.claim(application, agent)
+    with pytest.raises(workflow.WorkflowError, match="Only the person who claimed"):
+        workflow.record_verification(application, second_agent, **verification())
+    assert_unchanged(application)
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"score": 6}, "between 1 and 5"),
+        ({"score": 0}, "between 1 and 5"),
+        ({"method": "telepathy"}, "how the person was verified"),
+        ({"recommendation": "maybe"}, "Choose a recommendation"),
+        ({"verified_on": datetime.date(2999, 1, 1)}, "cannot be in the future"),
+    ],
+)
+def test_invalid_verification_is_refused_and_changes_nothing(agent, bad, message):
+    application = make_application()
+    workflow.claim(application, agent)
+    with pytest.raises(workflow.WorkflowError, match=message):
+        workflow.record_verification(application, agent, **verification(**bad))
+    assert_unchanged(application)
+
+
+# Requests for information ----------------------------------------------------
+
+
+def test_server_admin_requests_information_and_the_applicant_is_mailed(agent, server_admin):
+    application = recommended_by(agent)
+    workflow.add_note(application, agent, "Private: the referee sounded unsure.")
+    workflow.request_information(application, server_admin, "Please send a photo of your ID.")
+    application.refresh_from_db()
+    assert application.status == Status.INFO_REQUESTED
+    mail = OutboundEmail.objects.get(template="information-requested")
+    assert mail.to == application.email
+    assert "Please send a photo of your ID." in mail.body_text
+    assert "/status/" in mail.body_text
+    assert "referee sounded unsure" not in mail.body_text + mail.body_html
+
+
+def test_agents_cannot_request_information(agent):
+    application = make_application()
+    workflow.claim(application, agent)
+    with pytest.raises(workflow.WorkflowError, match="does not allow “Request information”"):
+        workflow.request_information(application, agent, "Who are you?")
+
+
+def test_an_empty_question_is_refused(agent, server_admin):
+    application = recommended_by(agent)
+    with pytest.raises(workflow.WorkflowError, match="Write the question"):
+        workflow.request_information(application, server_admin, "   ")
+    assert_unchanged(application)
+
+
+def test_applicant_adding_information_puts_the_application_back_in_the_queue(agent, server_admin):
+    application = recommended_by(agent)
+    workflow.request_information(application, server_admin, "Send your ID.")
+    workflow.add_information(application, [validate_upload(upload("id.pdf", PDF_BYTES))], "Here it is.")
+    application.refresh_from_db()
+    assert application.status == Status.SUBMITTED
+    assert application.claimed_by is None
+    assert application.evidence.get().uploaded_by is None
+    event = AuditEvent.objects.get(action="application.information_added")
+    assert event.actor_kind == "applicant"
+    assert event.details == {"evidence": 1, "message": "Here it is."}
+
+
+def test_adding_information_when_none_was_asked_is_refused():
+    application = make_application()
+    with pytest.raises(workflow.WorkflowError, match="not waiting for information"):
+        workflow.add_information(application, [], "Hello")
+    assert_unchanged(application)
+
+
+# Decisions -------------------------------------------------------------------
+
+
+def test_server_admin_approves_a_recommended_application(agent, server_admin):
+    application = recommended_by(agent)
+    workflow.approve(application, server_admin)
+    application.refresh_from_db()
+    assert application.status == Status.APPROVED
+    assert application.decided_by == server_admin
+    mail = OutboundEmail.objects.get(template="application-approved")
+    assert mail.to == application.email
+    assert "an admin will contact you" in mail.body_text
+    assert actions(application)[-1] == "application.approved"
+
+
+def test_four_eyes_the_verifier_cannot_approve_or_reject(server_admin):
+    application = make_application()
+    workflow.claim(application, server_admin)
+    workflow.record_verification(application, server_admin, **verification())
+    with pytest.raises(workflow.WorkflowError, match="four-eyes"):
+        workflow.approve(application, server_admin)
+    with pytest.raises(workflow.WorkflowError, match="four-eyes"):
+        workflow.reject(application, server_admin, "Changed my mind")
+    assert_unchanged(application)
+
+
+def test_an_agent_cannot_decide(agent, second_agent):
+    application = recommended_by(agent)
+    with pytest.raises(workflow.WorkflowError, match="does not allow “Approve”"):
+        workflow.approve(application, second_agent)
+
+
+def test_approve_needs_a_recommendation_first(server_admin):
+    application = make_application()
+    with pytest.raises(workflow.WorkflowError, match="not possible while the application is submitted"):
+        workflow.approve(application, server_admin)
+    assert_unchanged(application)
+
+
+def test_reject_needs_a_reason_and_shares_only_the_chosen_message(agent, server_admin):
+    application = recommended_by(agent)
+    with pytest.raises(workflow.WorkflowError, match="A reason is required"):
+        workflow.reject(application, server_admin, "  ")
+    assert_unchanged(application)
+
+    workflow.reject(
+        application,
+        server_admin,
+        "Referee could not vouch (internal).",
+        "We could not confirm your referral.",
+    )
+    application.refresh_from_db()
+    assert application.status == Status.REJECTED
+    assert application.decision_reason == "Referee could not vouch (internal)."
+    mail = OutboundEmail.objects.get(template="application-rejected")
+    assert "We could not confirm your referral." in mail.body_text
+    assert "internal" not in mail.body_text + mail.body_html
+
+
+def test_obvious_junk_can_be_rejected_straight_from_the_queue(server_admin):
+    application = make_application()
+    workflow.reject(application, server_admin, "Spam")
+    application.refresh_from_db()
+    assert application.status == Status.REJECTED
+    assert "A note from staff" not in OutboundEmail.objects.get(template="application-rejected").body_text
+
+
+def test_only_a_superadmin_reopens_a_decision_with_a_reason(agent, server_admin, superadmin):
+    application = recommended_by(agent)
+    workflow.reject(application, server_admin, "Unclear")
+    with pytest.raises(workflow.WorkflowError, match="does not allow “Reopen”"):
+        workflow.reopen(application, server_admin, "Second look")
+    with pytest.raises(workflow.WorkflowError, match="A reason is required"):
+        workflow.reopen(application, superadmin, "")
+    workflow.reopen(application, superadmin, "The referee called back.")
+    application.refresh_from_db()
+    assert application.status == Status.RECOMMENDED
+    assert application.decided_by is None
+    event = AuditEvent.objects.get(action="application.reopened")
+    assert event.details == {"reason": "The referee called back.", "previous_status": "rejected"}
+
+
+def test_reopening_without_a_verification_returns_to_the_queue(server_admin, superadmin):
+    application = make_application()
+    workflow.reject(application, server_admin, "Spam")
+    workflow.reopen(application, superadmin, "Not spam after all")
+    application.refresh_from_db()
+    assert application.status == Status.SUBMITTED
+
+
+# Withdrawal ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "status", [Status.UNCONFIRMED, Status.SUBMITTED, Status.INFO_REQUESTED, Status.APPROVED]
+)
+def test_applicant_withdraws_an_open_application(status):
+    application = make_application(status=status)
+    workflow.withdraw(application)
+    application.refresh_from_db()
+    assert application.status == Status.WITHDRAWN
+    assert OutboundEmail.objects.get(template="application-withdrawn").to == application.email
+    assert AuditEvent.objects.get(action="application.withdrawn").actor_kind == "applicant"
+
+
+@pytest.mark.parametrize("status", [Status.REJECTED, Status.WITHDRAWN, Status.INVITED, Status.JOINED])
+def test_a_closed_application_cannot_be_withdrawn(status):
+    application = make_application(status=status)
+    with pytest.raises(workflow.WorkflowError, match="can no longer be withdrawn"):
+        workflow.withdraw(application)
+    assert_unchanged(application)
+    assert not OutboundEmail.objects.exists()
+
+
+# Notes and roles ---------------------------------------------------------------
+
+
+def test_notes_are_appended_with_author_and_audited(agent):
+    application = make_application()
+    workflow.add_note(application, agent, "Met at the Lisbon meetup.")
+    note = StaffNote.objects.get()
+    assert (note.author, note.text) == (agent, "Met at the Lisbon meetup.")
+    assert actions(application) == ["note.added"]
+
+
+def test_inviting_admins_cannot_add_notes(inviting_admin):
+    with pytest.raises(workflow.WorkflowError, match="does not allow adding notes"):
+        workflow.add_note(make_application(), inviting_admin, "Hi")
+
+
+ROLE_ACTIONS = [
+    # (status, role, labels the role sees)
+    (Status.SUBMITTED, "agent", ["Claim"]),
+    (Status.SUBMITTED, "server_admin", ["Claim", "Reject"]),
+    (Status.SUBMITTED, "inviting_admin", []),
+    (Status.SUBMITTED, "superadmin", ["Claim", "Reject"]),
+    (Status.IN_REVIEW, "agent", ["Release", "Record verification"]),
+    (Status.IN_REVIEW, "second_agent", []),
+    (Status.IN_REVIEW, "server_admin", ["Release", "Request information", "Reject"]),
+    (Status.RECOMMENDED, "agent", []),
+    (Status.RECOMMENDED, "server_admin", ["Request information", "Approve", "Reject"]),
+    (Status.RECOMMENDED, "inviting_admin", []),
+    (Status.APPROVED, "server_admin", []),
+    (Status.APPROVED, "superadmin", ["Reopen"]),
+    (Status.REJECTED, "superadmin", ["Reopen"]),
+    (Status.WITHDRAWN, "superadmin", []),
+]
+
+
+@pytest.mark.parametrize(("status", "role", "labels"), ROLE_ACTIONS)
+def test_each_role_sees_exactly_its_actions(request, agent, status, role, labels):
+    application = make_application(status=status)
+    if status == Status.IN_REVIEW:
+        application.claimed_by = agent
+        application.claimed_at = timezone.now()
+        application.save()
+    user = request.getfixturevalue(role)
+    assert [label for _name, label in workflow.allowed_actions(application, user)] == labels

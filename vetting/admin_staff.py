@@ -1,0 +1,166 @@
+"""The admin's staff accounts page: roles instead of raw permissions, no passwords.
+
+Server admins manage vetting agents; superadmins manage everyone and approve
+accounts that server admins created. Every change goes through vetting.workflow.
+"""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
+from django.core.exceptions import PermissionDenied
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.translation import gettext_lazy as _
+
+from vetting import audit, roles, workflow
+from vetting.forms import StaffAccountForm
+
+User = get_user_model()
+
+SERVER_ADMIN_FIELDSETS = [
+    (None, {"fields": ["username", "email", "first_name", "last_name"]}),
+    (_("Status"), {"fields": ["is_active", "groups", "last_login", "date_joined"]}),
+]
+SERVER_ADMIN_READONLY = ["username", "is_active", "groups", "last_login", "date_joined"]
+
+
+class StaffUserAdmin(UserAdmin):
+    list_display = ["username", "email", "is_active", "is_superuser", "role_names", "last_login"]
+    list_filter = ["is_active", "is_superuser", "groups"]
+    actions = ["approve_accounts"]
+
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request).prefetch_related("groups")
+        if request.user.is_superuser:
+            return queryset
+        return queryset.filter(groups__name=roles.group_name(roles.VETTING_AGENT), is_superuser=False)
+
+    @admin.display(description=_("roles"))
+    def role_names(self, user) -> str:
+        return ", ".join(group.name for group in user.groups.all())
+
+    def get_fieldsets(self, request, obj=None):
+        if request.user.is_superuser:
+            return super().get_fieldsets(request, obj)
+        return SERVER_ADMIN_FIELDSETS
+
+    def get_readonly_fields(self, request, obj=None):
+        if request.user.is_superuser:
+            return ["last_login", "date_joined"]
+        # Activating is approval, which only a superadmin gives.
+        return SERVER_ADMIN_READONLY
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        if obj is not None and not request.user.is_superuser and not roles.is_only_agent(obj):
+            return False
+        return super().has_change_permission(request, obj)
+
+    def save_model(self, request, obj, form, change) -> None:
+        super().save_model(request, obj, form, change)
+        audit.record(
+            "staff.changed",
+            actor=request.user,
+            target=obj,
+            request=request,
+            details={"fields": sorted(form.changed_data)},
+        )
+
+    def save_related(self, request, form, formsets, change) -> None:
+        before = set(form.instance.groups.values_list("name", flat=True))
+        super().save_related(request, form, formsets, change)
+        after = set(form.instance.groups.values_list("name", flat=True))
+        if before != after:
+            audit.record(
+                "staff.roles_changed",
+                actor=request.user,
+                target=form.instance,
+                request=request,
+                details={"added": sorted(after - before), "removed": sorted(before - after)},
+            )
+
+    def add_view(self, request, form_url="", extra_context=None):
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        allowed = [(roles.VETTING_AGENT, roles.display_name(roles.VETTING_AGENT))]
+        if request.user.is_superuser:
+            allowed = [(role, roles.display_name(role)) for role in roles.ROLE_NAMES]
+        form = StaffAccountForm(request.POST or None, allowed_roles=allowed)
+        if request.method == "POST" and form.is_valid():
+            try:
+                user = workflow.create_staff_account(
+                    form.cleaned_data["username"],
+                    form.cleaned_data["email"],
+                    form.cleaned_data["role"],
+                    created_by=request.user,
+                    request=request,
+                )
+            except workflow.WorkflowError as error:
+                form.add_error(None, str(error))
+            else:
+                message = _("%(username)s was created and will get a set-password link by e-mail.")
+                if not user.is_active:
+                    message += " " + _("The account waits for a superadmin's approval.")
+                self.message_user(request, message % {"username": user.username}, messages.SUCCESS)
+                return redirect(reverse("admin:auth_user_changelist"))
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": _("Add a staff account"),
+            "form": form,
+        }
+        return TemplateResponse(request, "admin/auth/user/staff_add.html", context)
+
+    def delete_view(self, request, object_id, extra_context=None):
+        """Deleting a staff account deactivates it, so its audit trail keeps its actor."""
+        user = self.get_object(request, object_id)
+        if user is None or not self.has_delete_permission(request, user):
+            raise PermissionDenied
+        if request.method == "POST":
+            try:
+                workflow.deactivate_staff_account(user, request.user, request=request)
+            except workflow.WorkflowError as error:
+                self.message_user(request, str(error), messages.ERROR)
+            else:
+                self.message_user(
+                    request,
+                    _("%(username)s was deactivated.") % {"username": user.username},
+                    messages.SUCCESS,
+                )
+            return redirect(reverse("admin:auth_user_changelist"))
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": _("Deactivate %(username)s?") % {"username": user.username},
+            "object": user,
+        }
+        return TemplateResponse(request, "admin/auth/user/deactivate.html", context)
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return request.user.has_perm("auth.change_user") and (
+            obj is None or self.has_change_permission(request, obj)
+        )
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
+
+    @admin.action(description=_("Approve selected accounts"), permissions=["approve"])
+    def approve_accounts(self, request, queryset) -> None:
+        for user in queryset:
+            try:
+                workflow.approve_staff_account(user, request.user, request=request)
+            except workflow.WorkflowError as error:
+                self.message_user(request, str(error), messages.WARNING)
+            else:
+                self.message_user(request, _("%(username)s approved.") % {"username": user.username})
+
+    def has_approve_permission(self, request) -> bool:
+        return request.user.is_superuser
+
+
+admin.site.unregister(User)
+admin.site.register(User, StaffUserAdmin)

@@ -1,0 +1,55 @@
+"""The applicant's private links: signed, carrying no database id.
+
+The status link never expires (it is the applicant's way back for months);
+the confirmation link expires with the unconfirmed application itself.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.core import signing
+from django.urls import reverse
+
+from vetting.models import Application
+
+STATUS_SALT = "vetting.status-link"
+CONFIRM_SALT = "vetting.confirm-link"
+UNCONFIRMED_LIFETIME = timedelta(days=7)
+
+
+def status_token(application: Application) -> str:
+    return signing.dumps(application.public_id.hex, salt=STATUS_SALT)
+
+
+def confirm_token(application: Application) -> str:
+    return signing.dumps(application.public_id.hex, salt=CONFIRM_SALT)
+
+
+def status_url(application: Application) -> str:
+    return settings.SITE_URL + reverse("vetting:status", args=[status_token(application)])
+
+
+def confirm_url(application: Application) -> str:
+    return settings.SITE_URL + reverse("vetting:confirm", args=[confirm_token(application)])
+
+
+def admin_url(application: Application) -> str:
+    return settings.SITE_URL + reverse("admin:vetting_application_change", args=[application.pk])
+
+
+def _application_for(token: str, salt: str, max_age: timedelta | None) -> Application | None:
+    try:
+        public_id = signing.loads(token, salt=salt, max_age=max_age)
+    except signing.BadSignature:
+        return None
+    return Application.objects.filter(public_id=public_id).first()
+
+
+def application_for_status_token(token: str) -> Application | None:
+    return _application_for(token, STATUS_SALT, None)
+
+
+def application_for_confirm_token(token: str) -> Application | None:
+    return _application_for(token, CONFIRM_SALT, UNCONFIRMED_LIFETIME)

@@ -1,0 +1,82 @@
+"""Staff roles: Django Groups with model permissions.
+
+A superadmin is a Django superuser, not a group. The role names are what
+`create_staff --role` takes. Migrations call `sync_role_groups` so every
+database has the same groups; change a role here, then add a migration that
+calls it again.
+"""
+
+from __future__ import annotations
+
+VETTING_AGENT = "vetting_agent"
+SERVER_ADMIN = "server_admin"
+INVITING_ADMIN = "inviting_admin"
+SUPERADMIN = "superadmin"
+
+GROUP_NAMES = {
+    VETTING_AGENT: "Vetting agent",
+    SERVER_ADMIN: "Server admin",
+    INVITING_ADMIN: "Inviting admin",
+}
+ROLE_NAMES = [VETTING_AGENT, SERVER_ADMIN, INVITING_ADMIN, SUPERADMIN]
+
+_AGENT = [
+    "vetting.view_application",
+    "vetting.add_application",
+    "vetting.claim_application",
+    "vetting.record_verification",
+    "vetting.view_staffnote",
+    "vetting.add_staffnote",
+    "evidence.view_evidence",
+]
+ROLE_PERMISSIONS: dict[str, list[str]] = {
+    VETTING_AGENT: _AGENT,
+    SERVER_ADMIN: _AGENT
+    + [
+        "vetting.request_information",
+        "vetting.decide_application",
+        "vetting.view_auditevent",
+        # Managing agents' accounts (new accounts wait for a superadmin).
+        "auth.view_user",
+        "auth.add_user",
+        "auth.change_user",
+    ],
+    INVITING_ADMIN: [
+        "vetting.view_application",
+        "vetting.view_staffnote",
+        "vetting.issue_invitation",
+    ],
+}
+
+
+def sync_role_groups(apps) -> None:
+    """Create the role groups and give each exactly its permissions (for migrations)."""
+    from django.apps import apps as global_apps
+    from django.contrib.auth.management import create_permissions
+
+    # Permissions are normally made after all migrations; make them now.
+    for app_config in global_apps.get_app_configs():
+        create_permissions(app_config, verbosity=0, apps=apps)
+    Group = apps.get_model("auth", "Group")
+    Permission = apps.get_model("auth", "Permission")
+    for role, group_name in GROUP_NAMES.items():
+        group, _created = Group.objects.get_or_create(name=group_name)
+        permissions = []
+        for dotted in ROLE_PERMISSIONS[role]:
+            app_label, codename = dotted.split(".")
+            permissions.append(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+        group.permissions.set(permissions)
+
+
+def group_name(role: str) -> str:
+    return GROUP_NAMES[role]
+
+
+def display_name(role: str) -> str:
+    return "Superadmin" if role == SUPERADMIN else GROUP_NAMES[role]
+
+
+def is_only_agent(user) -> bool:
+    """True when the account's only role is vetting agent (what server admins may manage)."""
+    names = set(user.groups.values_list("name", flat=True))
+    return names == {GROUP_NAMES[VETTING_AGENT]}
