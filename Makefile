@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint clean
+.PHONY: run test faults clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,12 @@ test: $(VENV)/.dev-installed
 	DEBUG=true $(BIN)/python manage.py makemigrations --check --dry-run
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not faults" $(PYTEST_ARGS)
+
+# Fault injection against gunicorn on PostgreSQL (tests/faults); .ci/run runs it too.
+FAULTS_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/rvi_faults
+faults: $(VENV)/.dev-installed
+	DATABASE_URL=$${DATABASE_URL:-$(FAULTS_DATABASE_URL)} $(BIN)/python -m pytest -m faults $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) staticfiles .pytest_cache

@@ -22,7 +22,12 @@ class EvidenceManager(models.Manager):
         # uploaded name is ever used in the path.
         name = f"{evidence_id.hex[:2]}/{evidence_id}.{upload.extension}"
         storage = self.model._meta.get_field("file").storage
-        stored_name = storage.save(name, upload.file)
+        try:
+            stored_name = storage.save(name, upload.file)
+        except BaseException:
+            # A write that fails half-way (disk full) leaves a partial file behind.
+            storage.delete(name)
+            raise
         try:
             return self.create(
                 id=evidence_id,

@@ -90,6 +90,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "iama_vetting.outage.DatabaseOutageMiddleware",
 ]
 
 ROOT_URLCONF = "iama_vetting.urls"
@@ -116,6 +117,9 @@ TEMPLATES = [
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+    # With a pool, Django checks each connection as it leaves the pool (one
+    # round trip), so connections PostgreSQL dropped are replaced, not used.
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {
             "connect_timeout": env_positive_int("DATABASE_CONNECT_TIMEOUT", 5),

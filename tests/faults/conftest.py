@@ -1,0 +1,136 @@
+"""A real app server for fault injection: gunicorn with 2 workers on the PostgreSQL test database."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+GUNICORN = Path(sys.executable).parent / "gunicorn"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def collected_static(tmp_path_factory) -> Path:
+    static_root = tmp_path_factory.mktemp("static")
+    subprocess.run(
+        [sys.executable, "manage.py", "collectstatic", "--no-input", "-v0"],
+        cwd=PROJECT_DIR,
+        env={**os.environ, "STATIC_ROOT": str(static_root)},
+        check=True,
+        timeout=120,
+    )
+    return static_root
+
+
+@contextlib.contextmanager
+def app_server(
+    settings, static_root: Path, evidence_root: Path, log_path: Path, **environment
+) -> Iterator[str]:
+    database = settings.DATABASES["default"]
+    port = free_port()
+    env = {
+        **os.environ,
+        "DEBUG": "false",
+        "DATABASE_URL": f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}",
+        "ALLOWED_HOSTS": "127.0.0.1",
+        "STATIC_ROOT": str(static_root),
+        "EVIDENCE_ROOT": str(evidence_root),
+        "STAFF_NOTIFY_EMAILS": "",
+        **environment,
+    }
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(
+            [
+                str(GUNICORN),
+                "iama_vetting.wsgi",
+                "--workers",
+                "2",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--no-control-socket",
+                "--timeout",
+                "30",
+                "--graceful-timeout",
+                "5",
+            ],
+            cwd=PROJECT_DIR,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        base_url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if requests.get(f"{base_url}/apply/", timeout=10).status_code == 200:
+                        break
+                except requests.RequestException:
+                    pass  # still booting
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"gunicorn did not start: {log_path.read_text()[-2000:]}")
+                time.sleep(0.2)
+            yield base_url
+        finally:
+            server.terminate()
+            server.wait(timeout=15)
+
+
+@pytest.fixture
+def gunicorn_on_postgres(transactional_db, settings, collected_static, tmp_path):
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL: set DATABASE_URL=postgres://...")
+    evidence_root = tmp_path / "evidence"
+    with app_server(settings, collected_static, evidence_root, tmp_path / "gunicorn.log") as base_url:
+        yield base_url, evidence_root
+
+
+class Applicant:
+    """One person filling the form over HTTP, CSRF token and all."""
+
+    def __init__(self, base_url: str, number: int) -> None:
+        self.base_url = base_url
+        self.email = f"person{number}@applicant.example"
+        self.session = requests.Session()
+
+    def post(self, files: dict[str, tuple[str, bytes]], consent: bool = True) -> requests.Response:
+        form = self.session.get(f"{self.base_url}/apply/", timeout=30)
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text).group(1)
+        data = {
+            "csrfmiddlewaretoken": token,
+            "full_name": f"Person {self.email}",
+            "email": self.email,
+            "referral": "A friend",
+            "statement": "I would like to join.",
+        }
+        if consent:
+            data["consent"] = "on"
+        return self.session.post(
+            f"{self.base_url}/apply/",
+            data=data,
+            files={
+                field: (name, content, "application/octet-stream") for field, (name, content) in files.items()
+            },
+            # The CSRF cookie is Secure (production settings); this plain-HTTP test sends it by hand.
+            headers={"Cookie": f"csrftoken={form.cookies['csrftoken']}"},
+            allow_redirects=False,
+            timeout=60,
+        )

@@ -1,0 +1,79 @@
+"""Property-based tests: whatever people or bots send, no 500 and nothing half-stored."""
+
+from __future__ import annotations
+
+import string
+from urllib.parse import quote
+
+import pytest
+from django.core.exceptions import ValidationError
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from evidence.validation import DISPLAY_NAME_MAX_LENGTH, display_name
+from notifications.models import OutboundEmail
+from tests.factories import make_application
+from vetting import links
+from vetting.models import MATRIX_LOCALPART_RE, Application, validate_matrix_localpart
+
+pytestmark = pytest.mark.django_db
+
+# Django's test client is fast, but every example is a request: keep it bounded.
+web = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+FIELDS = ["full_name", "email", "matrix_username", "phone", "referral", "statement", "consent", "website"]
+any_text = st.one_of(
+    st.text(max_size=50),
+    st.text(min_size=5000, max_size=6000),
+    st.just(""),
+    st.text(alphabet=st.characters(codec="utf-8"), max_size=300),
+)
+
+
+@web
+@given(st.fixed_dictionaries({}, optional={field: any_text for field in FIELDS}))
+def test_any_application_post_answers_without_error_and_stores_all_or_nothing(client, data):
+    Application.objects.all().delete()
+    response = client.post("/apply/", {key: value.replace("\x00", "") for key, value in data.items()})
+    assert response.status_code in (200, 302)
+    if response.status_code == 200 or data.get("website"):
+        assert not Application.objects.exists()
+        assert not OutboundEmail.objects.exists()
+    else:
+        application = Application.objects.get()
+        assert application.full_name and application.statement
+        assert OutboundEmail.objects.filter(template="application-received").count() == 1
+
+
+@given(st.text(max_size=1000))
+def test_a_display_name_is_never_a_path_and_never_too_long(name):
+    shown = display_name(name)
+    assert shown
+    assert "/" not in shown and "\\" not in shown
+    assert all(char.isprintable() for char in shown)
+    assert len(shown) <= DISPLAY_NAME_MAX_LENGTH
+
+
+@given(st.text(max_size=100))
+def test_matrix_username_validation_accepts_exactly_the_localpart_grammar(value):
+    grammar = bool(MATRIX_LOCALPART_RE.match(value)) and not value.startswith("_")
+    try:
+        validate_matrix_localpart(value)
+    except ValidationError:
+        assert not grammar
+    else:
+        assert grammar
+        assert set(value) <= set(string.ascii_lowercase + string.digits + "._=-/+")
+
+
+@web
+@given(st.text(max_size=200), st.integers(min_value=0, max_value=200))
+def test_tampered_status_links_are_404_never_500(client, noise, position):
+    token = links.status_token(make_application())
+    cut = position % (len(token) + 1)
+    tampered = token[:cut] + noise + token[cut:]
+    response = client.get(f"/status/{quote(tampered, safe='')}/")
+    if tampered == token:
+        assert response.status_code == 200
+    else:
+        assert response.status_code == 404
