@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 from unittest import mock
 
@@ -251,3 +252,23 @@ def test_nothing_is_left_behind_when_the_transaction_fails_after_all_files(clien
     assert response.status_code == 500
     assert not Application.objects.exists()
     assert files_on_disk(settings) == []
+
+
+def test_the_blank_form_touches_no_database_and_no_session(client, django_assert_num_queries):
+    client.get("/apply/")  # warm the per-process page
+    with django_assert_num_queries(0):
+        response = client.get("/apply/")
+    assert "sessionid" not in response.cookies
+    assert "csrftoken" in response.cookies
+
+
+def test_each_visitor_gets_a_working_csrf_token_in_the_cached_page(settings):
+    from django.test import Client
+
+    for _visitor in range(2):
+        browser = Client(enforce_csrf_checks=True)
+        page = browser.get("/apply/").content.decode()
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+        assert "placeholder" not in token
+        assert browser.post("/apply/", {**form_data(), "csrfmiddlewaretoken": token}).status_code == 302
+    assert Application.objects.count() == 2
