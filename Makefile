@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test faults clean
+.PHONY: run test faults bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ test: $(VENV)/.dev-installed
 FAULTS_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/rvi_faults
 faults: $(VENV)/.dev-installed
 	DATABASE_URL=$${DATABASE_URL:-$(FAULTS_DATABASE_URL)} $(BIN)/python -m pytest -m faults $(PYTEST_ARGS)
+
+# Benchmarks (not timed tests): pages, uploads, admin at 10/1,000/10,000 applications.
+# Needs PostgreSQL and Redis on 127.0.0.1 and Debian's wrk; writes bench/results.md.
+bench: $(VENV)/.dev-installed
+	$(BIN)/python bench/pages.py
 
 clean:
 	rm -rf $(VENV) staticfiles .pytest_cache

@@ -1,0 +1,377 @@
+"""Benchmarks of the web pages, run by `make bench`.
+
+Starts what it needs on 127.0.0.1 (a PostgreSQL database of its own, gunicorn
+with 2 sync workers, Redis as the shared cache), warms up, alternates the
+compared variants (A B A B) and prints medians and ratios. Load comes from
+wrk (Debian's package), never from a hand-written loop.
+
+    .venv/bin/python bench/pages.py [--rounds 3] [--seconds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import requests
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+GUNICORN = str(Path(sys.executable).parent / "gunicorn")
+DATABASE = "rvi_bench"
+DATABASE_URL = f"postgres://postgres@127.0.0.1:5432/{DATABASE}"
+REDIS_URL = "redis://127.0.0.1:6379/7"
+SIZES = [10, 1_000, 10_000]
+MB = 1024 * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def machine_line() -> str:
+    cpu = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GiB, Python {platform.python_version()}, {platform.system()} {platform.release()}"
+
+
+def bench_environment(tmp: Path, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DEBUG": "false",
+        "SESSION_SECRET": "bench-only-secret-" + "x" * 40,
+        "ALLOWED_HOSTS": "127.0.0.1",
+        "DATABASE_URL": DATABASE_URL,
+        "CACHE_URL": REDIS_URL,
+        "STATIC_ROOT": str(tmp / "static"),
+        "EVIDENCE_ROOT": str(tmp / "evidence"),
+        "STAFF_NOTIFY_EMAILS": "",
+        "STAFF_REQUIRE_2FA": "false",
+        "BENCH_BARE_VIEW": "true",
+        **extra,
+    }
+
+
+def manage(env: dict[str, str], *args: str) -> str:
+    result = subprocess.run(
+        [PYTHON, "manage.py", *args], cwd=PROJECT_DIR, env=env, capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"manage.py {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+    return result.stdout
+
+
+def fresh_database() -> None:
+    for sql in (f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)", f"CREATE DATABASE {DATABASE}"):
+        subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", sql], check=True)
+
+
+@contextlib.contextmanager
+def gunicorn(env: dict[str, str]) -> Iterator[tuple[str, subprocess.Popen]]:
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            GUNICORN,
+            "iama_vetting.wsgi",
+            "--workers",
+            "2",
+            "--worker-class",
+            "sync",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--no-control-socket",
+            "--timeout",
+            "120",
+            "--log-level",
+            "warning",
+        ],
+        cwd=PROJECT_DIR,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        with contextlib.suppress(requests.RequestException):
+            if requests.get(f"{base}/bench/bare/", timeout=5).status_code == 200:
+                break
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("gunicorn did not start")
+        time.sleep(0.2)
+    try:
+        yield base, server
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def wrk(
+    url: str, seconds: int, connections: int = 8, script: str | None = None, headers: dict | None = None
+) -> dict:
+    command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    for name, value in (headers or {}).items():
+        command += ["-H", f"{name}: {value}"]
+    if script:
+        command += ["-s", script]
+    output = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    if errors:
+        raise SystemExit(f"wrk saw {errors.group(1)} error responses from {url}:\n{output}")
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
+        "p50": _millis(re.search(r"50%\s+([\d.]+\w+)", output).group(1)),
+        "p99": _millis(re.search(r"99%\s+([\d.]+\w+)", output).group(1)),
+    }
+
+
+def _millis(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(\w+)", text).groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def alternate(variants: dict[str, str], rounds: int, seconds: int, **options) -> dict[str, dict]:
+    """A B A B …: each variant's median over `rounds`, after one warm-up each."""
+    for url in variants.values():
+        wrk(url, 2, **options)
+    runs: dict[str, list[dict]] = {name: [] for name in variants}
+    for _round in range(rounds):
+        for name, url in variants.items():
+            runs[name].append(wrk(url, seconds, **options))
+    return {
+        name: {key: statistics.median(run[key] for run in results) for key in ("rps", "p50", "p99")}
+        for name, results in runs.items()
+    }
+
+
+def csrf_pair(base: str) -> tuple[str, str]:
+    response = requests.get(f"{base}/apply/", timeout=10)
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', response.text).group(1)
+    return response.cookies["csrftoken"], token
+
+
+def multipart_post_script(tmp: Path, base: str, file_sizes: list[int], limit: int | None = None) -> str:
+    cookie, token = csrf_pair(base)
+    boundary = "rvibenchboundary"
+    fields = {
+        "csrfmiddlewaretoken": token,
+        "full_name": "Bench Applicant",
+        "email": "bench@applicant.example",
+        "referral": "bench",
+        "statement": "bench",
+        "consent": "on",
+    }
+    body = bytearray()
+    for name, value in fields.items():
+        body += f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+    for slot, size in enumerate(file_sizes, start=1):
+        content = b"%PDF-1.4\n" + b"x" * (size - 9)
+        body += (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="evidence_{slot}"; filename="doc{slot}.pdf"\r\n'
+                "Content-Type: application/pdf\r\n\r\n"
+            ).encode()
+            + content
+            + b"\r\n"
+        )
+    body += f"--{boundary}--\r\n".encode()
+    body_path = tmp / f"body-{len(file_sizes)}x{file_sizes[0]}.bin"
+    body_path.write_bytes(body)
+    stop = ""
+    if limit is not None:
+        stop = f"""
+sent = 0
+request = function()
+  sent = sent + 1
+  if sent > {limit} then wrk.thread:stop() end
+  return wrk.format()
+end
+"""
+    script = tmp / f"post-{len(file_sizes)}x{file_sizes[0]}.lua"
+    script.write_text(
+        f"""
+local file = io.open("{body_path}", "rb")
+wrk.method = "POST"
+wrk.body = file:read("*a")
+file:close()
+wrk.headers["Content-Type"] = "multipart/form-data; boundary={boundary}"
+wrk.headers["Cookie"] = "csrftoken={cookie}"
+{stop}
+"""
+    )
+    return str(script)
+
+
+def worker_pids(master: subprocess.Popen) -> list[int]:
+    output = subprocess.run(["pgrep", "-P", str(master.pid)], capture_output=True, text=True).stdout
+    return [int(pid) for pid in output.split()]
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def upload_memory(base: str, master: subprocess.Popen, tmp: Path) -> tuple[float, float]:
+    """Worker RSS (MB): idle, and peak while 20 POSTs with a 16 MB file go through."""
+    pids = worker_pids(master)
+    idle = max(rss_kb(pid) for pid in pids)
+    peak = idle
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            with contextlib.suppress(OSError):
+                peak = max(peak, *(rss_kb(pid) for pid in pids))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    script = multipart_post_script(tmp, base, [16 * MB - 1024], limit=20)
+    subprocess.run(
+        ["wrk", "-t1", "-c1", "-d120s", "-s", script, f"{base}/apply/"], capture_output=True, check=True
+    )
+    done.set()
+    sampler.join()
+    return idle / 1024, peak / 1024
+
+
+ADMIN_PROBE = """
+import json, sys
+import django
+django.setup()
+from django.contrib.auth import get_user_model
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from vetting.models import Application
+User = get_user_model()
+user = User.objects.filter(username="bench-admin").first() or User.objects.create_superuser("bench-admin", "b@x.example", None)
+client = Client()
+client.force_login(user)
+application = Application.objects.order_by("pk").first()
+counts = {}
+for name, url in [("changelist", "/admin/vetting/application/"), ("change", f"/admin/vetting/application/{application.pk}/change/")]:
+    client.get(url)
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get(url).status_code == 200
+    counts[name] = len(queries)
+print(json.dumps({"counts": counts, "session": client.cookies["sessionid"].value, "change": f"/admin/vetting/application/{application.pk}/change/"}))
+"""
+
+
+def admin_pages(env: dict[str, str], base: str, seconds: int) -> list[tuple[int, str, int, float]]:
+    import json
+
+    rows = []
+    for size in SIZES:
+        manage(env, "bench_data", "--applications", str(size))
+        probe = subprocess.run(
+            [PYTHON, "-c", ADMIN_PROBE],
+            cwd=PROJECT_DIR,
+            env={
+                **env,
+                "DJANGO_SETTINGS_MODULE": "iama_vetting.settings",
+                "ALLOWED_HOSTS": "127.0.0.1,testserver",
+            },
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if probe.returncode != 0:
+            raise SystemExit(f"admin probe failed:\n{probe.stderr[-3000:]}")
+        result = json.loads(probe.stdout.strip().splitlines()[-1])
+        cookie = {"Cookie": f"sessionid={result['session']}"}
+        for name, path in [("changelist", "/admin/vetting/application/"), ("change", result["change"])]:
+            timing = alternate(
+                {name: f"{base}{path}"}, rounds=1, seconds=seconds, connections=2, headers=cookie
+            )[name]
+            rows.append((size, name, result["counts"][name], timing["p50"]))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=5)
+    options = parser.parse_args()
+
+    lines = [f"Machine: {machine_line()}", ""]
+    with tempfile.TemporaryDirectory(prefix="rvi-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        fresh_database()
+        env = bench_environment(tmp)
+        manage(env, "migrate", "--no-input")
+        manage(env, "collectstatic", "--no-input")
+        with gunicorn(env) as (base, master):
+            pages = alternate(
+                {"GET /apply/": f"{base}/apply/", "bare view": f"{base}/bench/bare/"},
+                options.rounds,
+                options.seconds,
+            )
+            ratio = pages["GET /apply/"]["rps"] / pages["bare view"]["rps"]
+            lines += [
+                "| page | req/s | p50 ms | p99 ms |",
+                "| --- | --- | --- | --- |",
+                *(
+                    f"| {name} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} |"
+                    for name, r in pages.items()
+                ),
+                f"| **ratio /apply/ ÷ bare** | **{ratio:.2f}×** (target ≥ 0.5×) | | |",
+                "",
+            ]
+
+            post = wrk(
+                f"{base}/apply/",
+                options.seconds,
+                connections=2,
+                script=multipart_post_script(tmp, base, [MB, MB, MB]),
+            )
+            idle, peak = upload_memory(base, master, tmp)
+            lines += [
+                "| application POST | value |",
+                "| --- | --- |",
+                f"| submissions/s with 3 × 1 MB files | {post['rps']:.1f} (p50 {post['p50']:.0f} ms) |",
+                f"| worker RSS idle → peak during 20 × 16 MB POSTs | {idle:.1f} MB → {peak:.1f} MB: "
+                f"growth {peak - idle:.1f} MB (target ≤ 8 MB) |",
+                "",
+            ]
+
+            rows = admin_pages(env, base, options.seconds)
+            lines += ["| applications | admin page | queries | p50 ms |", "| --- | --- | --- | --- |"]
+            lines += [f"| {size} | {name} | {queries} | {p50:.1f} |" for size, name, queries, p50 in rows]
+            lines.append("")
+
+    report = "\n".join(lines)
+    print(report)
+    results = PROJECT_DIR / "bench" / "results.md"
+    with results.open("a") as out:
+        out.write(f"## pages ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n\n{report}\n\n")
+
+
+if __name__ == "__main__":
+    main()
