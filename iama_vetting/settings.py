@@ -240,7 +240,8 @@ EMAIL_BACKEND = (
 OUTBOX_BATCH_SIZE = env_positive_int("OUTBOX_BATCH_SIZE", 100)
 OUTBOX_POLL_SECONDS = env_positive_int("OUTBOX_POLL_SECONDS", 5)
 OUTBOX_LEASE_SECONDS = env_positive_int("OUTBOX_LEASE_SECONDS", 300)
-if OUTBOX_LEASE_SECONDS < (len(SMTP_RELAY_PORTS) + 5) * SMTP_TIMEOUT:
+# The slowest start of a batch (every port timing out) plus one mail.
+if (len(SMTP_RELAY_PORTS) + 5) * SMTP_TIMEOUT > OUTBOX_LEASE_SECONDS:
     raise ImproperlyConfigured(
         "OUTBOX_LEASE_SECONDS must be at least (number of SMTP_RELAY_PORTS + 5) x SMTP_TIMEOUT, "
         "or a worker could lose its claim while it is still sending."
