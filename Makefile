@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint clean
+.PHONY: run test lint clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ run: $(VENV)/.runtime-installed
 	$(BIN)/python manage.py migrate --no-input
 	$(BIN)/python manage.py collectstatic --no-input --verbosity 0
 	$(BIN)/python manage.py create_dev_superuser
+	@# The outbox worker runs beside the server and prints each mail; Ctrl-C
+	@# stops both, and the worker also stops when the server exits.
+	$(BIN)/python manage.py send_outbox --loop & worker=$$!; \
+	trap 'kill $$worker 2>/dev/null; wait $$worker' EXIT INT TERM; \
 	$(BIN)/python manage.py runserver 127.0.0.1:8000
 
 # The whole suite. Tests needing a missing service skip and name it;
@@ -31,6 +35,13 @@ test: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Benchmarks, not tests: each module prints its own result.
+# Another benchmark is one more line: BENCHMARKS += bench.<module>
+BENCHMARKS := bench.outbox
+
+bench: $(VENV)/.dev-installed
+	@for benchmark in $(BENCHMARKS); do $(BIN)/python -m $$benchmark || exit 1; done
 
 clean:
 	rm -rf $(VENV) staticfiles .pytest_cache

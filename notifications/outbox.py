@@ -126,9 +126,11 @@ def send_batch(worker: str, size: int, should_stop: Callable[[], bool] = lambda:
                     tally.released += sum(rest.release(worker) for rest in mails[index + 1 :])
                     break
             else:
-                if mail.mark_sent(worker, getattr(connection, "port", None)):
+                # The relay tells its port; console and test backends have none.
+                port = getattr(connection, "port", None)
+                if mail.mark_sent(worker, port):
                     tally.sent += 1
-                    logger.info("Mail %s sent (port %s).", mail.pk, mail.port_used)
+                    logger.info("Mail %s sent%s.", mail.pk, f" on port {port}" if port else "")
                 else:
                     logger.warning("Mail %s was sent after this worker's claim on it had lapsed.", mail.pk)
     finally:

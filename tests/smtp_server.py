@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
+import logging
 import ssl
 import threading
 import time
@@ -23,6 +24,16 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+
+class _WithoutLoginDataNotice(logging.Filter):
+    """aiosmtpd warns about its own legacy attribute on every login; that says nothing about us."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "login_data is deprecated" not in record.getMessage()
+
+
+logging.getLogger("mail.log").addFilter(_WithoutLoginDataNotice())
 
 RELAY_USER = "support@rvi.iam-alliance.com"
 RELAY_PASSWORD = "relay-password-Zq7!not-for-logs"
