@@ -130,12 +130,14 @@ class Recorder:
     """What the server saw, and how it answers.
 
     `replies` are answered to the next messages instead of 250, in order
-    (e.g. "451 4.3.0 try later"). `hold`, while it returns True, keeps each
-    message waiting before its answer (at most `hold_timeout` seconds).
+    (e.g. "451 4.3.0 try later"); `login_reply`, if set, to every AUTH.
+    `hold`, while it returns True, keeps each message waiting before its
+    answer (at most `hold_timeout` seconds).
     """
 
     user: str = RELAY_USER
     password: str = RELAY_PASSWORD
+    login_reply: str | None = None
     replies: list[str] = field(default_factory=list)
     delay: float = 0.0
     hold: Callable[[], bool] | None = None
@@ -150,6 +152,8 @@ class Recorder:
         assert isinstance(auth_data, LoginPassword)
         accepted = auth_data.login == self.user.encode() and auth_data.password == self.password.encode()
         self.logins.append((mechanism, auth_data.login.decode(), accepted))
+        if self.login_reply:
+            return AuthResult(success=False, handled=False, message=self.login_reply)
         if accepted:
             return AuthResult(success=True, auth_data=auth_data)
         return AuthResult(success=False, handled=False)

@@ -84,16 +84,21 @@ def silent_port() -> Iterator[int]:
 
 
 @pytest.fixture
-def use_relay(settings, certificates) -> Callable:
+def relay_password() -> str:
+    """The password the test servers accept, and `use_relay` configures."""
+    return _smtp_server_module().RELAY_PASSWORD
+
+
+@pytest.fixture
+def use_relay(settings, certificates, relay_password) -> Callable:
     """Point the relay settings at local ports, with a 1 s timeout."""
 
     def configure(*ports: int, password: str | None = None) -> None:
-        module = _smtp_server_module()
         settings.EMAIL_BACKEND = RELAY_BACKEND
         settings.SMTP_RELAY_HOST = "127.0.0.1"
         settings.SMTP_RELAY_PORTS = list(ports)
-        settings.SMTP_RELAY_USER = module.RELAY_USER
-        settings.SMTP_RELAY_AUTHPW = module.RELAY_PASSWORD if password is None else password
+        settings.SMTP_RELAY_USER = _smtp_server_module().RELAY_USER
+        settings.SMTP_RELAY_AUTHPW = relay_password if password is None else password
         settings.SMTP_TIMEOUT = 1
         settings.SMTP_CA_FILE = str(Path(certificates.ca))
 

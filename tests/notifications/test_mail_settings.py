@@ -64,9 +64,7 @@ def test_production_uses_the_relay_with_its_four_ports_and_a_10_second_timeout()
     ("environment", "message"),
     [
         ({"SMTP_RELAY_PORTS": "2525,smtp"}, "SMTP_RELAY_PORTS must be port numbers"),
-        ({"SMTP_RELAY_PORTS": "70000"}, "between 1 and 65535"),
         ({"SMTP_TIMEOUT": "0"}, "SMTP_TIMEOUT must be more than 0 seconds."),
-        ({"SMTP_TIMEOUT": "soon"}, "SMTP_TIMEOUT must be a number of seconds."),
         (
             {"SMTP_CA_FILE": "/nonexistent/ca.pem"},
             "SMTP_CA_FILE '/nonexistent/ca.pem' is not a readable file.",

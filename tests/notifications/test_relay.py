@@ -39,13 +39,16 @@ def attempts_logged(caplog) -> list[tuple[int, str]]:
 
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
-def test_mail_is_delivered_on_the_first_port_over_tls_after_login(start_smtp_server, use_relay, mechanism):
+def test_mail_is_delivered_on_the_first_port_over_tls_after_login(
+    start_smtp_server, use_relay, relay_password, mechanism, caplog
+):
     other = {"PLAIN": "LOGIN", "LOGIN": "PLAIN"}[mechanism]
     server = start_smtp_server(exclude_auth=(other,))
     use_relay(server.port)
     mail = queue_received_mail()
 
-    send_outbox()
+    with caplog.at_level(logging.DEBUG):
+        send_outbox()
 
     [received] = server.recorder.received
     assert received.over_tls
@@ -59,6 +62,8 @@ def test_mail_is_delivered_on_the_first_port_over_tls_after_login(start_smtp_ser
     assert mail.port_used == server.port
     assert mail.attempts == 1
     assert mail.sent_at is not None
+    assert f"SMTP attempt host=127.0.0.1 port={server.port} outcome=connected ms=" in caplog.text
+    assert relay_password not in caplog.text
 
 
 def test_a_refused_first_port_falls_back_to_the_second(smtp_server, use_relay, closed_port, caplog):
@@ -148,6 +153,23 @@ def test_a_wrong_password_stops_at_once_is_recorded_and_is_never_logged(
     everything = caplog.text + printed.out + printed.err + mail.last_error
     assert wrong not in everything
     assert "535" in caplog.text
+
+
+def test_a_temporary_refusal_at_login_stops_there_and_the_mail_waits_for_a_retry(
+    start_smtp_server, use_relay
+):
+    first, second = start_smtp_server(), start_smtp_server()
+    first.recorder.login_reply = "454 4.7.0 Temporary authentication failure"
+    use_relay(first.port, second.port)
+    mail = queue_received_mail()
+
+    with pytest.raises(CommandError):
+        send_outbox()
+
+    assert second.recorder.connections == 0
+    mail.refresh_from_db()
+    assert mail.status == OutboundEmail.Status.QUEUED
+    assert mail.last_error == "454 4.7.0 Temporary authentication failure"
 
 
 def test_the_port_that_worked_is_tried_first_next_time(smtp_server, use_relay, silent_port, caplog):
