@@ -91,7 +91,7 @@ def test_a_silent_first_port_times_out_and_the_next_delivers_within_ports_times_
     mail.refresh_from_db()
     assert mail.status == OutboundEmail.Status.SENT
     assert mail.port_used == smtp_server.port
-    assert 1 <= elapsed < 2 * 1 + 0.5  # two ports x 1 s, with room for the work itself
+    assert 1 <= elapsed < 2 * 1 + 1  # two ports x 1 s, and room for the work itself
     [(port, outcome), second] = attempts_logged(caplog)
     assert port == silent_port and "timed out" in outcome
     assert second == (smtp_server.port, "connected")
@@ -178,11 +178,9 @@ def test_the_port_that_worked_is_tried_first_next_time(smtp_server, use_relay, s
     send_outbox()
     queue_received_mail()
     caplog.clear()
-    started = time.monotonic()
     with caplog.at_level(logging.INFO, logger="notifications.relay"):
         send_outbox()
-    assert time.monotonic() - started < 1  # the silent port was not waited for again
-    assert attempts_logged(caplog) == [(smtp_server.port, "connected")]
+    assert attempts_logged(caplog) == [(smtp_server.port, "connected")]  # not the silent port again
     assert len(smtp_server.recorder.received) == 2
 
 
