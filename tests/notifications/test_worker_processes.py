@@ -99,7 +99,7 @@ def test_sigterm_finishes_the_mail_in_hand_and_hands_the_rest_back(
     recorder = smtp_server.recorder
     recorder.delay = 1  # each mail takes a second to be accepted: time for the signal to arrive
     queue_mails(5)
-    worker = start_worker(smtp_server, certificates, "--loop", "--batch-size", "5")
+    worker = start_worker(smtp_server, certificates, "--loop", "--batch-size", "5", SMTP_TIMEOUT="5")
     assert recorder.data_started.wait(30), "the worker never sent a mail"
 
     worker.send_signal(signal.SIGTERM)
