@@ -106,6 +106,18 @@ def test_the_dead_worker_cannot_record_an_outcome_after_another_took_over():
     assert mail.status == OutboundEmail.Status.SENT
 
 
+def test_a_worker_whose_lease_runs_short_hands_its_mail_back_unsent(settings):
+    # Too short for even one mail: 5 x SMTP_TIMEOUT is kept in hand.
+    settings.OUTBOX_LEASE_SECONDS = 4
+    settings.SMTP_TIMEOUT = 1
+    queue_mails(3)
+    out = run_worker()
+    assert "Outbox: 0 sent, 0 to retry later, 0 failed, 3 handed back." in out
+    assert django_mail.outbox == []
+    assert set(OutboundEmail.objects.values_list("status", flat=True)) == {OutboundEmail.Status.QUEUED}
+    assert set(OutboundEmail.objects.values_list("attempts", flat=True)) == {0}
+
+
 def test_the_retry_schedule_is_1m_5m_30m_2h_6h_then_12h_within_3_days():
     assert RETRY_DELAYS[:5] == (
         timedelta(minutes=1),
