@@ -22,6 +22,10 @@ run: $(VENV)/.runtime-installed
 	$(BIN)/python manage.py migrate --no-input
 	$(BIN)/python manage.py collectstatic --no-input --verbosity 0
 	$(BIN)/python manage.py create_dev_superuser
+	@# The outbox worker runs beside the server and prints each mail; Ctrl-C
+	@# stops both, and the worker also stops when the server exits.
+	$(BIN)/python manage.py send_outbox --loop & worker=$$!; \
+	trap 'kill $$worker 2>/dev/null; wait $$worker' EXIT INT TERM; \
 	$(BIN)/python manage.py runserver 127.0.0.1:8000
 
 # The whole suite. Tests needing a missing service skip and name it;
@@ -37,10 +41,15 @@ FAULTS_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/rvi_faults
 faults: $(VENV)/.dev-installed
 	DATABASE_URL=$${DATABASE_URL:-$(FAULTS_DATABASE_URL)} $(BIN)/python -m pytest -m faults $(PYTEST_ARGS)
 
-# Benchmarks (not timed tests): pages, uploads, admin at 10/1,000/10,000 applications.
-# Needs PostgreSQL and Redis on 127.0.0.1 and Debian's wrk; writes bench/results.md.
+# Benchmarks, not tests: each module prints its own result (pages, uploads and
+# admin also go to bench/results.md). They need PostgreSQL and Redis on
+# 127.0.0.1 and Debian's wrk. Another benchmark is one more line:
+# BENCHMARKS += bench.<module>
+BENCHMARKS := bench.outbox
+BENCHMARKS += bench.pages
+
 bench: $(VENV)/.dev-installed
-	$(BIN)/python bench/pages.py
+	@for benchmark in $(BENCHMARKS); do $(BIN)/python -m $$benchmark || exit 1; done
 
 clean:
 	rm -rf $(VENV) staticfiles .pytest_cache

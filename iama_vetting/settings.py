@@ -200,21 +200,56 @@ TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
 if TRUSTED_PROXY_COUNT < 0:
     raise ImproperlyConfigured("TRUSTED_PROXY_COUNT must be 0 or more.")
 
-# E-mail. Mail is written to the outbox (notifications.OutboundEmail) and
-# delivered from there. Without a relay password it stays queued, and in
-# DEBUG it is printed to the console instead.
+# E-mail. Mail is written to the outbox (notifications.OutboundEmail) in the
+# same transaction as its cause and delivered by `manage.py send_outbox`
+# through the relay (notifications/relay.py). Without a relay password the
+# worker refuses to send and mail stays queued; in DEBUG it prints mail to
+# the console instead, so `make run` shows every mail without a relay.
 SMTP_RELAY_HOST = env.str("SMTP_RELAY_HOST", default="mail.smtp2go.com")
-SMTP_RELAY_PORTS = [int(port) for port in env.list("SMTP_RELAY_PORTS", default=["2525", "8025", "587", "80"])]
+try:
+    SMTP_RELAY_PORTS = [
+        int(port) for port in env.list("SMTP_RELAY_PORTS", default=["2525", "8025", "587", "80"])
+    ]
+except ValueError as error:
+    raise ImproperlyConfigured("SMTP_RELAY_PORTS must be port numbers separated by commas.") from error
+if not SMTP_RELAY_PORTS or not all(0 < port < 65536 for port in SMTP_RELAY_PORTS):
+    raise ImproperlyConfigured("SMTP_RELAY_PORTS must list at least one port between 1 and 65535.")
 SMTP_RELAY_USER = env.str("SMTP_RELAY_USER", default="support@rvi.iam-alliance.com")
 SMTP_RELAY_AUTHPW = env.str("SMTP_RELAY_AUTHPW", default="")
+# Seconds per connect or read on each port; Django's default (none) would
+# let a silent relay hang the worker for ever.
+try:
+    SMTP_TIMEOUT = env.float("SMTP_TIMEOUT", default=10.0)
+except ValueError as error:
+    raise ImproperlyConfigured("SMTP_TIMEOUT must be a number of seconds.") from error
+if not SMTP_TIMEOUT > 0:
+    raise ImproperlyConfigured("SMTP_TIMEOUT must be more than 0 seconds.")
+# A PEM file of certificates to trust instead of the system's (a private
+# relay, the tests' own server). Empty: the system's trust store.
+SMTP_CA_FILE = env.str("SMTP_CA_FILE", default="")
+if SMTP_CA_FILE and not Path(SMTP_CA_FILE).is_file():
+    raise ImproperlyConfigured(f"SMTP_CA_FILE {SMTP_CA_FILE!r} is not a readable file.")
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="IaMA RVI Support <support@rvi.iam-alliance.com>")
 SERVER_EMAIL = DEFAULT_FROM_EMAIL
 STAFF_NOTIFY_EMAILS = env.list("STAFF_NOTIFY_EMAILS", default=[])
 EMAIL_BACKEND = (
     "django.core.mail.backends.console.EmailBackend"
-    if DEBUG
-    else "django.core.mail.backends.smtp.EmailBackend"
+    if DEBUG and not SMTP_RELAY_AUTHPW
+    else "notifications.relay.RelayEmailBackend"
 )
+# The outbox worker: mails claimed per SMTP connection, seconds between
+# looks at the outbox when idle, and seconds a claim lasts. A worker killed
+# while sending leaves its mails claimed; another worker sends them once the
+# lease has run out, so the lease must outlast the slowest batch start.
+OUTBOX_BATCH_SIZE = env_positive_int("OUTBOX_BATCH_SIZE", 100)
+OUTBOX_POLL_SECONDS = env_positive_int("OUTBOX_POLL_SECONDS", 5)
+OUTBOX_LEASE_SECONDS = env_positive_int("OUTBOX_LEASE_SECONDS", 300)
+# The slowest start of a batch (every port timing out) plus one mail.
+if (len(SMTP_RELAY_PORTS) + 5) * SMTP_TIMEOUT > OUTBOX_LEASE_SECONDS:
+    raise ImproperlyConfigured(
+        "OUTBOX_LEASE_SECONDS must be at least (number of SMTP_RELAY_PORTS + 5) x SMTP_TIMEOUT, "
+        "or a worker could lose its claim while it is still sending."
+    )
 
 # Matrix homeserver (used by the invitations work).
 MATRIX_HOMESERVER_URL = env.str("MATRIX_HOMESERVER_URL", default="")

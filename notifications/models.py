@@ -1,10 +1,72 @@
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 from django.conf import settings
-from django.core.mail import EmailMultiAlternatives, get_connection
-from django.db import models
+from django.core.mail import EmailMultiAlternatives
+from django.db import models, transaction
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
+
+# Waits after the 1st, 2nd, ... failed attempt. Five growing steps, then every
+# 12 hours while the retry still falls within 3 days of the first attempt
+# (68 h 36 min in all); a mail that fails once more is given up as failed.
+RETRY_DELAYS: tuple[timedelta, ...] = (
+    timedelta(minutes=1),
+    timedelta(minutes=5),
+    timedelta(minutes=30),
+    timedelta(hours=2),
+    timedelta(hours=6),
+    *[timedelta(hours=12)] * 5,
+)
+
+
+class OutboundEmailQuerySet(models.QuerySet):
+    def due(self, now: datetime) -> OutboundEmailQuerySet:
+        """Queued mail whose time has come, and mail whose sender's lease ran out."""
+        return self.filter(
+            Q(status=OutboundEmail.Status.QUEUED, next_attempt_at__lte=now)
+            | Q(status=OutboundEmail.Status.SENDING, lease_expires_at__lte=now)
+        )
+
+    def claim(self, worker: str, limit: int) -> list[OutboundEmail]:
+        """Mark up to `limit` due mails as being sent by `worker`, and return them.
+
+        Rows another worker has locked are skipped, so workers on several
+        machines share the outbox without sending one mail twice. The UPDATE
+        repeats the `due` condition, which keeps this safe on SQLite too,
+        where SELECT ... FOR UPDATE does not exist.
+        """
+        now = timezone.now()
+        lease_expires_at = now + timedelta(seconds=settings.OUTBOX_LEASE_SECONDS)
+        with transaction.atomic():
+            ids = list(
+                self.due(now)
+                .select_for_update(skip_locked=True)
+                .order_by("next_attempt_at", "pk")
+                .values_list("pk", flat=True)[:limit]
+            )
+            self.due(now).filter(pk__in=ids).update(
+                status=OutboundEmail.Status.SENDING, claimed_by=worker, lease_expires_at=lease_expires_at
+            )
+        return list(
+            self.filter(pk__in=ids, status=OutboundEmail.Status.SENDING, claimed_by=worker).order_by(
+                "next_attempt_at", "pk"
+            )
+        )
+
+    def retry_now(self) -> int:
+        """Queue queued and failed mail for an attempt at once (admin action)."""
+        return self.filter(status__in=[OutboundEmail.Status.QUEUED, OutboundEmail.Status.FAILED]).update(
+            status=OutboundEmail.Status.QUEUED, next_attempt_at=timezone.now()
+        )
+
+    def cancel(self) -> int:
+        """Never send these; mail being sent or already sent is left alone."""
+        return self.filter(status__in=[OutboundEmail.Status.QUEUED, OutboundEmail.Status.FAILED]).update(
+            status=OutboundEmail.Status.CANCELLED
+        )
 
 
 class OutboundEmail(models.Model):
@@ -15,6 +77,7 @@ class OutboundEmail(models.Model):
         SENDING = "sending", _("Sending")
         SENT = "sent", _("Sent")
         FAILED = "failed", _("Failed")
+        CANCELLED = "cancelled", _("Cancelled")
 
     to = models.EmailField(_("to"), max_length=254)
     subject = models.CharField(_("subject"), max_length=255)
@@ -29,8 +92,14 @@ class OutboundEmail(models.Model):
     next_attempt_at = models.DateTimeField(_("next attempt at"), default=timezone.now)
     last_error = models.TextField(_("last error"), blank=True)
     port_used = models.PositiveIntegerField(_("port used"), null=True, blank=True)
+    # The worker (host:pid:random) that claimed the mail last, and until when
+    # its claim holds; read by OutboundEmailQuerySet.due.
+    claimed_by = models.CharField(_("claimed by"), max_length=100, blank=True)
+    lease_expires_at = models.DateTimeField(_("lease expires at"), null=True, blank=True)
     created_at = models.DateTimeField(_("queued at"), auto_now_add=True)
     sent_at = models.DateTimeField(_("sent at"), null=True, blank=True)
+
+    objects = OutboundEmailQuerySet.as_manager()
 
     class Meta:
         ordering = ["created_at"]
@@ -52,10 +121,40 @@ class OutboundEmail(models.Model):
             message.attach_alternative(self.body_html, "text/html")
         return message
 
-    def deliver(self, connection=None) -> None:
-        """Send now through the configured backend and record the result."""
-        self.as_message(connection or get_connection()).send()
-        self.status = self.Status.SENT
-        self.attempts += 1
-        self.sent_at = timezone.now()
-        self.save(update_fields=["status", "attempts", "sent_at"])
+    def _finish(self, worker: str, **fields) -> bool:
+        """Record an attempt's outcome, unless this worker's claim was lost meanwhile."""
+        fields |= {"attempts": self.attempts + 1, "lease_expires_at": None}
+        updated = OutboundEmail.objects.filter(
+            pk=self.pk, status=self.Status.SENDING, claimed_by=worker
+        ).update(**fields)
+        for name, value in fields.items():
+            setattr(self, name, value)
+        return bool(updated)
+
+    def mark_sent(self, worker: str, port: int | None) -> bool:
+        return self._finish(
+            worker, status=self.Status.SENT, sent_at=timezone.now(), port_used=port, last_error=""
+        )
+
+    def mark_failed(self, worker: str, error: str) -> bool:
+        """Give up at once: the relay refused this mail for good."""
+        return self._finish(worker, status=self.Status.FAILED, last_error=error)
+
+    def schedule_retry(self, worker: str, error: str) -> bool:
+        """Try again after the next wait of RETRY_DELAYS, or give up when none is left."""
+        if self.attempts >= len(RETRY_DELAYS):
+            return self._finish(worker, status=self.Status.FAILED, last_error=error)
+        return self._finish(
+            worker,
+            status=self.Status.QUEUED,
+            next_attempt_at=timezone.now() + RETRY_DELAYS[self.attempts],
+            last_error=error,
+        )
+
+    def release(self, worker: str) -> bool:
+        """Hand an unsent claimed mail back to the outbox, due now, no attempt counted."""
+        return bool(
+            OutboundEmail.objects.filter(pk=self.pk, status=self.Status.SENDING, claimed_by=worker).update(
+                status=self.Status.QUEUED, lease_expires_at=None
+            )
+        )

@@ -1,19 +1,26 @@
-"""Queueing mail into the outbox (notifications.OutboundEmail).
+"""The outbox (notifications.OutboundEmail): queueing mail, and sending it.
 
 Mail is rendered from three templates per message under
 templates/notifications/: <name>-subject.txt, <name>-body.txt, <name>-body.html.
+`queue_email` writes it inside the caller's transaction; the worker
+(`manage.py send_outbox`) sends it with `send_batch`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.core.mail import get_connection
+from django.core.validators import validate_email
 from django.template.loader import render_to_string
+from django.utils import timezone
 
 from notifications.models import OutboundEmail
+from notifications.relay import describe, reply_code
 
 logger = logging.getLogger(__name__)
 
@@ -30,11 +37,14 @@ def render_email(name: str, context: dict) -> tuple[str, str, str]:
 def queue_email(name: str, to: Iterable[str], context: dict) -> list[OutboundEmail]:
     """Queue one mail per recipient, inside the caller's transaction.
 
-    A rolled-back change therefore sends nothing. In DEBUG without a relay
-    password the mails are printed to the console once the transaction commits.
+    A rolled-back change therefore sends nothing. An address that is not one
+    (a line break in it, say) raises ValidationError before anything is written.
     """
+    addresses = list(dict.fromkeys(to))
+    for address in addresses:
+        validate_email(address)
     subject, body_text, body_html = render_email(name, context)
-    queued = [
+    return [
         OutboundEmail.objects.create(
             to=address,
             subject=subject,
@@ -42,14 +52,120 @@ def queue_email(name: str, to: Iterable[str], context: dict) -> list[OutboundEma
             body_html=body_html,
             template=name,
         )
-        for address in dict.fromkeys(to)
+        for address in addresses
     ]
-    if settings.DEBUG and not settings.SMTP_RELAY_AUTHPW:
-        transaction.on_commit(lambda: _print_to_console(queued))
-    return queued
 
 
-def _print_to_console(mails: list[OutboundEmail]) -> None:
-    for mail in mails:
-        mail.deliver()
-        logger.info("Printed queued mail %s to the console (DEBUG, no relay).", mail.pk)
+@dataclass
+class Tally:
+    sent: int = 0
+    retrying: int = 0
+    failed: int = 0
+    # Claimed but handed back unsent (stopping, lease running out, lost connection).
+    released: int = 0
+
+    def __iadd__(self, other: Tally) -> Tally:
+        self.sent += other.sent
+        self.retrying += other.retrying
+        self.failed += other.failed
+        self.released += other.released
+        return self
+
+    def __str__(self) -> str:
+        return (
+            f"{self.sent} sent, {self.retrying} to retry later, {self.failed} failed, "
+            f"{self.released} handed back"
+        )
+
+
+def _lease_running_out(mail: OutboundEmail) -> bool:
+    # Room for one more mail: MAIL, RCPT, DATA, the message, RSET, each
+    # allowed SMTP_TIMEOUT. Past that another worker may take the mail over.
+    margin = timedelta(seconds=5 * settings.SMTP_TIMEOUT)
+    return timezone.now() >= mail.lease_expires_at - margin
+
+
+def send_batch(worker: str, size: int, should_stop: Callable[[], bool] = lambda: False) -> Tally | None:
+    """Claim up to `size` due mails and send them over one connection.
+
+    Returns None when no mail was due. Each mail ends sent, queued for a
+    retry (connection failures, 4xx), failed (5xx, an impossible address) or,
+    when the worker stops or its lease runs short, handed back unsent.
+    """
+    mails = OutboundEmail.objects.claim(worker, size)
+    if not mails:
+        return None
+    tally = Tally()
+    connection = get_connection()
+    try:
+        connection.open()
+    except OSError as error:
+        # The mails are not at fault (relay down, wrong password): all retry.
+        reason = describe(error)
+        for mail in mails:
+            _retry(mail, worker, reason, tally)
+        return tally
+    try:
+        for index, mail in enumerate(mails):
+            if should_stop() or _lease_running_out(mail):
+                tally.released += sum(rest.release(worker) for rest in mails[index:])
+                break
+            try:
+                mail.as_message(connection).send()
+            except ValueError as error:
+                # Django's refusal of a header with a line break, a bad address.
+                _fail(mail, worker, f"not sendable: {error}", tally)
+            except OSError as error:
+                code = reply_code(error)
+                if code is not None and 500 <= code < 600:
+                    _fail(mail, worker, describe(error), tally)
+                    continue
+                _retry(mail, worker, describe(error), tally)
+                if code is None:
+                    # The connection itself broke: the rest wait for the next batch.
+                    tally.released += sum(rest.release(worker) for rest in mails[index + 1 :])
+                    break
+            else:
+                # The relay tells its port; console and test backends have none.
+                port = getattr(connection, "port", None)
+                if mail.mark_sent(worker, port):
+                    tally.sent += 1
+                    logger.info("Mail %s sent%s.", mail.pk, f" on port {port}" if port else "")
+                else:
+                    logger.warning("Mail %s was sent after this worker's claim on it had lapsed.", mail.pk)
+    finally:
+        connection.close()
+    return tally
+
+
+def _retry(mail: OutboundEmail, worker: str, reason: str, tally: Tally) -> None:
+    if not mail.schedule_retry(worker, reason):
+        logger.warning("Mail %s: claim lapsed before its failure could be recorded.", mail.pk)
+    elif mail.status == OutboundEmail.Status.FAILED:
+        tally.failed += 1
+        logger.error("Mail %s failed after %s attempts: %s", mail.pk, mail.attempts, reason)
+    else:
+        tally.retrying += 1
+        logger.warning("Mail %s not sent (%s); next attempt at %s.", mail.pk, reason, mail.next_attempt_at)
+
+
+def _fail(mail: OutboundEmail, worker: str, reason: str, tally: Tally) -> None:
+    if mail.mark_failed(worker, reason):
+        tally.failed += 1
+        logger.error("Mail %s failed for good: %s", mail.pk, reason)
+    else:
+        logger.warning("Mail %s: claim lapsed before its failure could be recorded.", mail.pk)
+
+
+def send_due(worker: str, size: int, should_stop: Callable[[], bool] = lambda: False) -> Tally:
+    """Send batches until no mail is due or the worker is asked to stop."""
+    tally = Tally()
+    while not should_stop():
+        batch = send_batch(worker, size, should_stop)
+        if batch is None:
+            break
+        tally += batch
+        if batch.released and not (batch.sent or batch.retrying or batch.failed):
+            # Nothing moved (stopping, or the lease ran short): no point in spinning.
+            break
+    return tally

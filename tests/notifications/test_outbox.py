@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from notifications.models import OutboundEmail
@@ -50,26 +51,21 @@ def test_text_and_html_bodies_are_rendered_without_remote_resources():
     assert "http" not in queued.body_html
 
 
-def test_in_debug_without_relay_the_mail_is_printed_to_the_console_after_commit(
-    settings, capsys, django_capture_on_commit_callbacks
-):
+def test_an_address_with_a_line_break_is_rejected_and_nothing_is_queued():
+    application = make_application()
+    with pytest.raises(ValidationError):
+        queue_email(
+            "staff-new-application",
+            ["ok@staff.example", "eve@example.org\r\nBcc: victim@example.org"],
+            {"application": application, "admin_url": "https://rvi.example.org/admin/"},
+        )
+    assert not OutboundEmail.objects.exists()
+
+
+def test_queueing_sends_nothing_even_after_commit(settings, django_capture_on_commit_callbacks):
     settings.DEBUG = True
     settings.SMTP_RELAY_AUTHPW = ""
     settings.EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
-    application = make_application()
-    with django_capture_on_commit_callbacks(execute=True):
-        [queued] = queue_email("application-received", [application.email], {"application": application})
-        assert capsys.readouterr().out == ""  # nothing before commit
-    printed = capsys.readouterr().out
-    assert f"Subject: Please confirm your application {application.reference}" in printed
-    queued.refresh_from_db()
-    assert queued.status == OutboundEmail.Status.SENT
-    assert queued.sent_at is not None
-
-
-def test_in_production_without_relay_password_mail_stays_queued(settings, django_capture_on_commit_callbacks):
-    settings.DEBUG = False
-    settings.SMTP_RELAY_AUTHPW = ""
     application = make_application()
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         queue_email("application-received", [application.email], {"application": application})

@@ -1,0 +1,120 @@
+"""Outbox benchmark: 1,000 queued mails, batched versus one SMTP connection per mail.
+
+The relay is a local aiosmtpd server in a process of its own that requires
+STARTTLS and AUTH, as SMTP2GO does, so a new connection costs what it costs
+in production minus the network's round trips: TCP, TLS handshake, EHLO
+twice, AUTH. Both runs go through the real worker (`send_outbox --once`) on
+a fresh SQLite database (or BENCH_DATABASE_URL, a scratch database: the
+benchmark refuses one that holds real mail); "one connection per mail"
+is the worker with --batch-size 1. Run with `make bench`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import multiprocessing
+import os
+import shutil
+import sys
+import tempfile
+import time
+from io import StringIO
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+MAILS = 1_000
+BATCH_SIZE = 100
+
+
+def serve(certificates, control: Connection) -> None:
+    """The SMTP server's process: answers "reset", "count" and "stop" on `control`."""
+    from tests.smtp_server import Recorder, SMTPTestServer
+
+    server = SMTPTestServer(Recorder(), certificates).start()
+    control.send(server.port)
+    while (command := control.recv()) != "stop":
+        if command == "reset":
+            server.recorder.received.clear()
+            server.recorder.connections = 0
+        control.send((len(server.recorder.received), server.recorder.connections))
+    server.stop()
+
+
+def main() -> None:
+    from tests.smtp_server import RELAY_PASSWORD, RELAY_USER, make_certificates
+
+    workdir = Path(tempfile.mkdtemp(prefix="rvi-bench-"))
+    atexit.register(shutil.rmtree, workdir, ignore_errors=True)
+    certificates = make_certificates(workdir / "tls")
+    control, server_end = multiprocessing.Pipe()
+    server = multiprocessing.Process(target=serve, args=(certificates, server_end), daemon=True)
+    server.start()
+    port = control.recv()
+    os.environ.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "iama_vetting.settings",
+            "DEBUG": "false",
+            "SESSION_SECRET": "benchmark-only-secret",
+            "ALLOWED_HOSTS": "localhost",
+            "DATABASE_URL": os.environ.get("BENCH_DATABASE_URL", f"sqlite:///{workdir / 'bench.sqlite3'}"),
+            "EVIDENCE_ROOT": str(workdir / "evidence"),
+            "STATIC_ROOT": str(workdir / "static"),
+            "SMTP_RELAY_HOST": "127.0.0.1",
+            "SMTP_RELAY_PORTS": str(port),
+            "SMTP_RELAY_USER": RELAY_USER,
+            "SMTP_RELAY_AUTHPW": RELAY_PASSWORD,
+            "SMTP_CA_FILE": str(certificates.ca),
+            "SMTP_TIMEOUT": "5",
+            # One log line per mail would time the terminal, not the worker.
+            "LOG_LEVEL": "WARNING",
+        }
+    )
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    from notifications.models import OutboundEmail
+
+    call_command("migrate", verbosity=0)
+    if OutboundEmail.objects.exclude(template="benchmark").exists():
+        sys.exit("BENCH_DATABASE_URL holds real mail; the benchmark needs a scratch database.")
+    try:
+        seconds = {}
+        for label, batch_size in [("batched", BATCH_SIZE), ("one connection per mail", 1)]:
+            OutboundEmail.objects.filter(template="benchmark").delete()
+            OutboundEmail.objects.bulk_create(
+                OutboundEmail(
+                    to=f"bench{number}@example.org",
+                    subject=f"Benchmark mail {number}",
+                    body_text="A benchmark mail.\n" * 20,
+                    body_html="<p>A benchmark mail.</p>" * 20,
+                    template="benchmark",
+                )
+                for number in range(MAILS)
+            )
+            control.send("reset")
+            control.recv()
+            started = time.perf_counter()
+            call_command("send_outbox", "--once", "--batch-size", str(batch_size), stdout=StringIO())
+            seconds[label] = time.perf_counter() - started
+            control.send("count")
+            delivered, connections = control.recv()
+            if delivered != MAILS:
+                sys.exit(f"{label}: the server received {delivered} of {MAILS} mails")
+            print(
+                f"outbox, {label:<24} {MAILS} mails in {seconds[label]:6.2f} s "
+                f"({MAILS / seconds[label]:6.1f} mails/s, {connections} SMTP connections)"
+            )
+        ratio = seconds["one connection per mail"] / seconds["batched"]
+        print(
+            f"outbox, batched ({BATCH_SIZE} per connection) is {ratio:.1f}x faster than one connection per mail"
+        )
+    finally:
+        OutboundEmail.objects.filter(template="benchmark").delete()
+        control.send("stop")
+        server.join(10)
+
+
+if __name__ == "__main__":
+    main()

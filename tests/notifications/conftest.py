@@ -1,0 +1,105 @@
+"""Fixtures for mail tests: real SMTP servers on 127.0.0.1 and the relay settings."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from notifications.relay import RelayEmailBackend
+
+RELAY_BACKEND = "notifications.relay.RelayEmailBackend"
+
+
+def _smtp_server_module():
+    return pytest.importorskip(
+        "tests.smtp_server", reason="needs aiosmtpd and cryptography (pip install -r requirements-dev.txt)"
+    )
+
+
+@pytest.fixture(autouse=True)
+def forget_working_ports(monkeypatch):
+    """Each test starts as a fresh process would: no port remembered."""
+    monkeypatch.setattr(RelayEmailBackend, "working_port", {})
+
+
+@pytest.fixture(scope="session")
+def certificates(tmp_path_factory):
+    return _smtp_server_module().make_certificates(tmp_path_factory.mktemp("smtp-tls"))
+
+
+@pytest.fixture(scope="session")
+def other_certificates(tmp_path_factory):
+    """Signed by a CA the client does not trust."""
+    return _smtp_server_module().make_certificates(tmp_path_factory.mktemp("smtp-other-tls"), name="Other")
+
+
+@pytest.fixture
+def start_smtp_server(certificates) -> Iterator[Callable]:
+    """Start SMTP servers; every one is stopped when the test ends.
+
+    start_smtp_server() requires STARTTLS and AUTH; pass tls=False for one
+    that speaks only in clear, or certificates=... for another certificate.
+    """
+    module = _smtp_server_module()
+    servers = []
+
+    def start(*, tls: bool = True, certificates_=None, port: int = 0, recorder=None, exclude_auth=()):
+        server = module.SMTPTestServer(
+            recorder or module.Recorder(),
+            (certificates_ or certificates) if tls else None,
+            port=port,
+            exclude_auth=exclude_auth,
+        )
+        servers.append(server.start())
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def smtp_server(start_smtp_server):
+    return start_smtp_server()
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A port nothing listens on: connecting is refused at once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port that accepts TCP connections and never says a word."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        yield listener.getsockname()[1]
+
+
+@pytest.fixture
+def relay_password() -> str:
+    """The password the test servers accept, and `use_relay` configures."""
+    return _smtp_server_module().RELAY_PASSWORD
+
+
+@pytest.fixture
+def use_relay(settings, certificates, relay_password) -> Callable:
+    """Point the relay settings at local ports, with a 1 s timeout."""
+
+    def configure(*ports: int, password: str | None = None) -> None:
+        settings.EMAIL_BACKEND = RELAY_BACKEND
+        settings.SMTP_RELAY_HOST = "127.0.0.1"
+        settings.SMTP_RELAY_PORTS = list(ports)
+        settings.SMTP_RELAY_USER = _smtp_server_module().RELAY_USER
+        settings.SMTP_RELAY_AUTHPW = relay_password if password is None else password
+        settings.SMTP_TIMEOUT = 1
+        settings.SMTP_CA_FILE = str(Path(certificates.ca))
+
+    return configure

@@ -1,0 +1,78 @@
+"""Mail settings read from the environment: which backend, and loud failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+PRINT_MAIL_SETTINGS = (
+    "import json, django; from django.conf import settings; django.setup(); "
+    "print(json.dumps({name: getattr(settings, name) for name in "
+    "['EMAIL_BACKEND', 'SMTP_RELAY_PORTS', 'SMTP_TIMEOUT', 'OUTBOX_LEASE_SECONDS']}))"
+)
+PRODUCTION = {"DEBUG": "false", "SESSION_SECRET": "s" * 50, "ALLOWED_HOSTS": "rvi.example.org"}
+
+
+def load(**environment: str) -> subprocess.CompletedProcess:
+    clean = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(
+            ("SMTP_", "OUTBOX_", "DEBUG", "SESSION_SECRET", "ALLOWED_HOSTS", "DATABASE_URL")
+        )
+    }
+    return subprocess.run(
+        [sys.executable, "-c", PRINT_MAIL_SETTINGS],
+        cwd=PROJECT_DIR,
+        env={**clean, "DJANGO_SETTINGS_MODULE": "iama_vetting.settings", **environment},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def loaded(**environment: str) -> dict:
+    result = load(**environment)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_development_without_relay_password_prints_mail_to_the_console():
+    assert loaded(DEBUG="true")["EMAIL_BACKEND"] == "django.core.mail.backends.console.EmailBackend"
+
+
+def test_development_with_relay_password_uses_the_relay():
+    settings = loaded(DEBUG="true", SMTP_RELAY_AUTHPW="pw")
+    assert settings["EMAIL_BACKEND"] == "notifications.relay.RelayEmailBackend"
+
+
+def test_production_uses_the_relay_with_its_four_ports_and_a_10_second_timeout():
+    settings = loaded(**PRODUCTION)
+    assert settings["EMAIL_BACKEND"] == "notifications.relay.RelayEmailBackend"
+    assert settings["SMTP_RELAY_PORTS"] == [2525, 8025, 587, 80]
+    assert settings["SMTP_TIMEOUT"] == 10
+    assert settings["OUTBOX_LEASE_SECONDS"] == 300
+
+
+@pytest.mark.parametrize(
+    ("environment", "message"),
+    [
+        ({"SMTP_RELAY_PORTS": "2525,smtp"}, "SMTP_RELAY_PORTS must be port numbers"),
+        ({"SMTP_TIMEOUT": "0"}, "SMTP_TIMEOUT must be more than 0 seconds."),
+        (
+            {"SMTP_CA_FILE": "/nonexistent/ca.pem"},
+            "SMTP_CA_FILE '/nonexistent/ca.pem' is not a readable file.",
+        ),
+        ({"OUTBOX_LEASE_SECONDS": "60"}, "OUTBOX_LEASE_SECONDS must be at least"),
+    ],
+)
+def test_bad_mail_settings_stop_the_app_with_a_message(environment, message):
+    result = load(**PRODUCTION, **environment)
+    assert result.returncode != 0
+    assert message in result.stderr

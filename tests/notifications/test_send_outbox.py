@@ -1,0 +1,229 @@
+"""The outbox worker (`manage.py send_outbox`) in this process."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from io import StringIO
+
+import pytest
+from django.core import mail as django_mail
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.utils import timezone
+
+from notifications.models import RETRY_DELAYS, OutboundEmail
+from notifications.outbox import queue_email
+from tests.factories import make_application
+
+pytestmark = pytest.mark.django_db
+
+
+def queue_mails(count: int) -> list[OutboundEmail]:
+    application = make_application()
+    return queue_email(
+        "staff-new-application",
+        [f"staff{number}@staff.example" for number in range(count)],
+        {"application": application, "admin_url": "https://rvi.example.org/admin/"},
+    )
+
+
+def run_worker(*options: str) -> str:
+    out = StringIO()
+    call_command("send_outbox", *(options or ["--once"]), stdout=out)
+    return out.getvalue()
+
+
+def a_while_later() -> None:
+    """Make every waiting mail due, as if its retry time had come."""
+    OutboundEmail.objects.filter(status=OutboundEmail.Status.QUEUED).update(next_attempt_at=timezone.now())
+
+
+def test_in_debug_without_relay_password_the_worker_prints_mail_to_the_console(settings, capsys):
+    settings.DEBUG = True
+    settings.SMTP_RELAY_AUTHPW = ""
+    settings.EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
+    application = make_application()
+    [queued] = queue_email("application-received", [application.email], {"application": application})
+
+    out = run_worker()
+
+    assert f"Subject: Please confirm your application {application.reference}" in capsys.readouterr().out
+    assert "Outbox: 1 sent, 0 to retry later, 0 failed, 0 handed back." in out
+    queued.refresh_from_db()
+    assert queued.status == OutboundEmail.Status.SENT
+    assert queued.sent_at is not None
+    assert queued.port_used is None
+
+
+def test_without_relay_password_in_production_the_worker_refuses_and_mail_stays_queued(settings):
+    settings.EMAIL_BACKEND = "notifications.relay.RelayEmailBackend"
+    settings.SMTP_RELAY_AUTHPW = ""
+    queue_mails(1)
+    with pytest.raises(CommandError, match="SMTP_RELAY_AUTHPW is not set"):
+        run_worker()
+    assert OutboundEmail.objects.get().status == OutboundEmail.Status.QUEUED
+
+
+def test_dry_run_counts_due_mail_and_sends_nothing():
+    queue_mails(3)
+    assert "3 mails are due; none was sent (dry run)." in run_worker("--dry-run")
+    assert django_mail.outbox == []
+    assert set(OutboundEmail.objects.values_list("status", flat=True)) == {"queued"}
+
+
+def test_mail_not_yet_due_or_cancelled_or_sent_is_left_alone():
+    later, cancelled, sent, due = queue_mails(4)
+    OutboundEmail.objects.filter(pk=later.pk).update(next_attempt_at=timezone.now() + timedelta(minutes=5))
+    OutboundEmail.objects.filter(pk=cancelled.pk).cancel()
+    OutboundEmail.objects.filter(pk=sent.pk).update(status=OutboundEmail.Status.SENT)
+    run_worker()
+    assert [message.to for message in django_mail.outbox] == [[due.to]]
+
+
+def test_a_mail_of_a_killed_worker_is_sent_again_only_after_its_lease_expires():
+    [mail] = queue_mails(1)
+    [claimed] = OutboundEmail.objects.claim("dead-worker", 10)  # then the worker dies
+    assert claimed.status == OutboundEmail.Status.SENDING
+
+    run_worker()
+    assert django_mail.outbox == []  # the lease still holds
+
+    OutboundEmail.objects.filter(pk=mail.pk).update(lease_expires_at=timezone.now())
+    run_worker()
+    assert len(django_mail.outbox) == 1
+    mail.refresh_from_db()
+    assert mail.status == OutboundEmail.Status.SENT
+    assert mail.claimed_by != "dead-worker"
+
+
+def test_the_dead_worker_cannot_record_an_outcome_after_another_took_over():
+    [mail] = queue_mails(1)
+    [stale] = OutboundEmail.objects.claim("slow-worker", 10)
+    OutboundEmail.objects.filter(pk=mail.pk).update(lease_expires_at=timezone.now())
+    run_worker()
+    assert stale.mark_failed("slow-worker", "too late") is False
+    mail.refresh_from_db()
+    assert mail.status == OutboundEmail.Status.SENT
+
+
+def test_a_worker_whose_lease_runs_short_hands_its_mail_back_unsent(settings):
+    # Too short for even one mail: 5 x SMTP_TIMEOUT is kept in hand.
+    settings.OUTBOX_LEASE_SECONDS = 4
+    settings.SMTP_TIMEOUT = 1
+    queue_mails(3)
+    out = run_worker()
+    assert "Outbox: 0 sent, 0 to retry later, 0 failed, 3 handed back." in out
+    assert django_mail.outbox == []
+    assert set(OutboundEmail.objects.values_list("status", flat=True)) == {OutboundEmail.Status.QUEUED}
+    assert set(OutboundEmail.objects.values_list("attempts", flat=True)) == {0}
+
+
+def test_the_retry_schedule_is_1m_5m_30m_2h_6h_then_12h_within_3_days():
+    assert RETRY_DELAYS[:5] == (
+        timedelta(minutes=1),
+        timedelta(minutes=5),
+        timedelta(minutes=30),
+        timedelta(hours=2),
+        timedelta(hours=6),
+    )
+    assert set(RETRY_DELAYS[5:]) == {timedelta(hours=12)}
+    assert sum(RETRY_DELAYS, timedelta()) <= timedelta(days=3)
+    assert sum(RETRY_DELAYS, timedelta()) + timedelta(hours=12) > timedelta(days=3)
+
+
+@pytest.mark.smtp
+def test_while_the_relay_is_down_mail_waits_by_the_schedule_and_then_fails(use_relay, closed_port):
+    use_relay(closed_port)
+    [mail] = queue_mails(1)
+    waits = []
+    for _ in range(len(RETRY_DELAYS)):
+        before = timezone.now()
+        with pytest.raises(CommandError):
+            run_worker()
+        mail.refresh_from_db()
+        assert mail.status == OutboundEmail.Status.QUEUED
+        waits.append(mail.next_attempt_at - before)
+        a_while_later()
+    for wait, expected in zip(waits, RETRY_DELAYS, strict=True):
+        assert expected <= wait < expected + timedelta(seconds=5)
+
+    with pytest.raises(CommandError):
+        run_worker()
+    mail.refresh_from_db()
+    assert mail.status == OutboundEmail.Status.FAILED
+    assert mail.attempts == len(RETRY_DELAYS) + 1
+    assert "connection refused" in mail.last_error
+
+
+@pytest.mark.smtp
+def test_while_the_relay_is_down_mail_stays_queued_and_a_later_run_delivers_it(start_smtp_server, use_relay):
+    server = start_smtp_server()
+    port = server.port
+    server.stop()
+    use_relay(port)
+    [mail] = queue_mails(1)
+
+    with pytest.raises(CommandError, match="could not be sent"):
+        run_worker()
+    mail.refresh_from_db()
+    assert mail.status == OutboundEmail.Status.QUEUED
+    assert mail.attempts == 1
+    assert "connection refused" in mail.last_error
+
+    back = start_smtp_server(port=port)
+    a_while_later()
+    out = run_worker()
+    assert "1 sent" in out
+    assert [received.rcpt_tos for received in back.recorder.received] == [[mail.to]]
+    mail.refresh_from_db()
+    assert mail.status == OutboundEmail.Status.SENT
+    assert mail.attempts == 2
+    assert mail.last_error == ""
+
+
+@pytest.mark.smtp
+def test_a_4xx_reply_is_retried_later_and_then_delivered(smtp_server, use_relay):
+    smtp_server.recorder.replies.append("451 4.3.0 Please try again later")
+    use_relay(smtp_server.port)
+    [mail] = queue_mails(1)
+
+    with pytest.raises(CommandError):
+        run_worker()
+    mail.refresh_from_db()
+    assert mail.status == OutboundEmail.Status.QUEUED
+    assert mail.last_error == "451 4.3.0 Please try again later"
+    assert mail.next_attempt_at > timezone.now() + timedelta(seconds=50)
+    assert smtp_server.recorder.received == []
+
+    a_while_later()
+    run_worker()
+    assert len(smtp_server.recorder.received) == 1
+    mail.refresh_from_db()
+    assert mail.status == OutboundEmail.Status.SENT
+
+
+@pytest.mark.smtp
+def test_a_5xx_reply_fails_that_mail_at_once_and_the_batch_goes_on(smtp_server, use_relay):
+    smtp_server.recorder.replies.append("550 5.1.1 No such mailbox")
+    use_relay(smtp_server.port)
+    rejected, delivered = queue_mails(2)
+
+    with pytest.raises(CommandError):
+        run_worker()
+    rejected.refresh_from_db()
+    delivered.refresh_from_db()
+    assert rejected.status == OutboundEmail.Status.FAILED
+    assert rejected.last_error == "550 5.1.1 No such mailbox"
+    assert delivered.status == OutboundEmail.Status.SENT
+    assert smtp_server.recorder.connections == 1
+
+
+@pytest.mark.smtp
+def test_a_batch_goes_over_one_connection_and_batches_split_at_the_batch_size(smtp_server, use_relay):
+    use_relay(smtp_server.port)
+    queue_mails(7)
+    out = run_worker("--once", "--batch-size", "3")
+    assert "Outbox: 7 sent, 0 to retry later, 0 failed, 0 handed back." in out
+    assert len(smtp_server.recorder.received) == 7
+    assert smtp_server.recorder.connections == 3
+    assert set(OutboundEmail.objects.values_list("port_used", flat=True)) == {smtp_server.port}
