@@ -15,7 +15,7 @@ max_requests_jitter = 200
 # Trust X-Forwarded-* only from nginx on this host.
 forwarded_allow_ips = "127.0.0.1"
 # Heartbeat files in RAM, not on a disk that may stall.
-worker_tmp_dir = "/dev/shm"
+worker_tmp_dir = "/dev/shm"  # noqa: S108 - only heartbeat files, no data
 # Access log to the journal; the app's own logging goes there too.
 accesslog = "-"
 errorlog = "-"

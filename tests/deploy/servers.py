@@ -243,7 +243,9 @@ def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30.0) -
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{process.args[0]} exited with {process.returncode} before listening on {port}")
+            raise RuntimeError(
+                f"{process.args[0]} exited with {process.returncode} before listening on {port}"
+            )
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return

@@ -63,7 +63,9 @@ def site(tmp_path_factory) -> Site:
         evidence = servers.pdf_bytes(300_000)
         answer = servers.submit_application(https_url, {"proof": ("proof.pdf", evidence)}, verify=str(cert))
         assert answer.status_code == 302, answer.text
-        evidence_id = app.shell_json("import json; from evidence.models import Evidence; print(json.dumps(str(Evidence.objects.get().pk)))")
+        evidence_id = app.shell_json(
+            "import json; from evidence.models import Evidence; print(json.dumps(str(Evidence.objects.get().pk)))"
+        )
         yield Site(
             app=app,
             http_url=f"http://127.0.0.1:{http_port}",
@@ -92,7 +94,9 @@ def test_plain_http_is_sent_to_https_with_301(site):
 def test_public_page_over_https_carries_hsts_exactly_once(site):
     response = site.get("/apply/")
     assert response.status_code == 200
-    hsts = [value for name, value in response.raw.headers.items() if name.lower() == "strict-transport-security"]
+    hsts = [
+        value for name, value in response.raw.headers.items() if name.lower() == "strict-transport-security"
+    ]
     assert hsts == ["max-age=31536000; includeSubDomains"]
 
 
@@ -101,7 +105,9 @@ def test_staff_download_arrives_through_x_accel_with_the_right_bytes_and_headers
     assert response.status_code == 200
     assert hashlib.sha256(response.content).hexdigest() == hashlib.sha256(site.evidence_bytes).hexdigest()
     headers = response.raw.headers
-    assert headers.getlist("Content-Disposition") == ['attachment; filename="proof.pdf"; filename*=UTF-8\'\'proof.pdf']
+    assert headers.getlist("Content-Disposition") == [
+        "attachment; filename=\"proof.pdf\"; filename*=UTF-8''proof.pdf"
+    ]
     assert headers.getlist("Content-Type") == ["application/pdf"]
     assert headers.getlist("X-Content-Type-Options") == ["nosniff"]
     assert headers.getlist("Content-Security-Policy") == ["sandbox; default-src 'none'"]
@@ -161,4 +167,3 @@ def test_healthz_answers_through_nginx(site):
     response = site.get("/healthz")
     assert response.status_code == 200
     assert response.json() == {"database": "ok", "cache": "ok"}
-

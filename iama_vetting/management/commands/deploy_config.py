@@ -14,7 +14,9 @@ PARTIAL_SUFFIX = ".inc"
 # nginx's internal evidence location; EVIDENCE_X_ACCEL_PREFIX in the env file names the same.
 X_ACCEL_PREFIX = "/_protected_evidence/"
 
-DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+DOMAIN_RE = re.compile(
+    r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+)
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 IDENTIFIER_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 # Characters that would end a value early in nginx, systemd or shell syntax.
@@ -49,7 +51,9 @@ def client_max_body_size() -> str:
 
 def safe_path(value: str, option: str) -> str:
     if UNSAFE_PATH_CHARS.search(value):
-        raise CommandError(f"{option} {value!r} contains a space or a character that is unsafe in config files.")
+        raise CommandError(
+            f"{option} {value!r} contains a space or a character that is unsafe in config files."
+        )
     path = PurePosixPath(value)
     if not path.is_absolute():
         raise CommandError(f"{option} must be an absolute path, not {value!r}.")
@@ -77,13 +81,19 @@ class Command(BaseCommand):
         parser.add_argument("--venv", required=True, help="Absolute path of its virtualenv.")
         parser.add_argument("--user", required=True, help="System user the services run as.")
         parser.add_argument("--out", help="Directory to write into (default: ./deploy-<domain>).")
-        parser.add_argument("--env-file", default="/etc/iama-rvi/env", help="The environment file (chmod 600).")
+        parser.add_argument(
+            "--env-file", default="/etc/iama-rvi/env", help="The environment file (chmod 600)."
+        )
         parser.add_argument("--state-dir", default="/var/lib/iama-rvi", help="Holds evidence/ and backups/.")
         parser.add_argument("--evidence-root", help="Default: <state-dir>/evidence.")
         parser.add_argument("--backup-dir", help="Default: <state-dir>/backups.")
         parser.add_argument("--static-root", help="Default: <app-dir>/staticfiles.")
-        parser.add_argument("--tls-certificate", help="Default: Let's Encrypt's fullchain.pem for the domain.")
-        parser.add_argument("--tls-certificate-key", help="Default: Let's Encrypt's privkey.pem for the domain.")
+        parser.add_argument(
+            "--tls-certificate", help="Default: Let's Encrypt's fullchain.pem for the domain."
+        )
+        parser.add_argument(
+            "--tls-certificate-key", help="Default: Let's Encrypt's privkey.pem for the domain."
+        )
         parser.add_argument("--resolver", help="DNS servers for OCSP stapling (default: /etc/resolv.conf's).")
         parser.add_argument("--listen-address", default="", help="nginx listens only here (default: all).")
         parser.add_argument("--nginx-log-dir", default="/var/log/nginx")
@@ -91,7 +101,9 @@ class Command(BaseCommand):
         parser.add_argument("--http-port", type=port, default=80)
         parser.add_argument("--https-port", type=port, default=443)
         parser.add_argument("--db-name", default="rvi", help="PostgreSQL database (postgres-setup.sql).")
-        parser.add_argument("--db-user", default="rvi", help="PostgreSQL role of the app (postgres-setup.sql).")
+        parser.add_argument(
+            "--db-user", default="rvi", help="PostgreSQL role of the app (postgres-setup.sql)."
+        )
 
     def handle(self, *args, **options) -> None:
         context = self.context(options)
@@ -111,12 +123,16 @@ class Command(BaseCommand):
     def context(self, options: dict) -> dict:
         domain = options["domain"].strip().lower().rstrip(".")
         if not DOMAIN_RE.match(domain):
-            raise CommandError(f"--domain {options['domain']!r} is not a host name (letters, digits, dots, hyphens).")
+            raise CommandError(
+                f"--domain {options['domain']!r} is not a host name (letters, digits, dots, hyphens)."
+            )
         if not USER_RE.match(options["user"]):
             raise CommandError(f"--user {options['user']!r} is not a valid system user name.")
         for option in ("db_name", "db_user"):
             if not IDENTIFIER_RE.match(options[option]):
-                raise CommandError(f"--{option.replace('_', '-')} {options[option]!r} must be a plain lowercase name.")
+                raise CommandError(
+                    f"--{option.replace('_', '-')} {options[option]!r} must be a plain lowercase name."
+                )
         app_dir = safe_path(options["app_dir"], "--app-dir")
         state_dir = safe_path(options["state_dir"], "--state-dir")
         env_file = safe_path(options["env_file"], "--env-file")
@@ -125,12 +141,15 @@ class Command(BaseCommand):
             "venv": safe_path(options["venv"], "--venv"),
             "env_file": env_file,
             "config_dir": str(PurePosixPath(env_file).parent),
-            "evidence_root": safe_path(options["evidence_root"] or f"{state_dir}/evidence", "--evidence-root"),
+            "evidence_root": safe_path(
+                options["evidence_root"] or f"{state_dir}/evidence", "--evidence-root"
+            ),
             "backup_dir": safe_path(options["backup_dir"] or f"{state_dir}/backups", "--backup-dir"),
             "nginx_log_dir": safe_path(options["nginx_log_dir"], "--nginx-log-dir"),
             "static_root": safe_path(options["static_root"] or f"{app_dir}/staticfiles", "--static-root"),
             "tls_certificate": safe_path(
-                options["tls_certificate"] or f"/etc/letsencrypt/live/{domain}/fullchain.pem", "--tls-certificate"
+                options["tls_certificate"] or f"/etc/letsencrypt/live/{domain}/fullchain.pem",
+                "--tls-certificate",
             ),
             "tls_certificate_key": safe_path(
                 options["tls_certificate_key"] or f"/etc/letsencrypt/live/{domain}/privkey.pem",
@@ -140,7 +159,9 @@ class Command(BaseCommand):
         evidence = PurePosixPath(paths["evidence_root"])
         static = PurePosixPath(paths["static_root"])
         if evidence == static or static in evidence.parents:
-            raise CommandError("The evidence root must not be inside the static root: evidence would be public.")
+            raise CommandError(
+                "The evidence root must not be inside the static root: evidence would be public."
+            )
         resolver = options["resolver"] or default_resolver()
         if not re.match(r"^[0-9A-Za-z.:\[\] ]+$", resolver):
             raise CommandError(f"--resolver {resolver!r} is not a list of name server addresses.")
