@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint clean
+.PHONY: run test lint clean audit
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ test: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Known vulnerabilities in the pinned requirements (pip-audit). Says plainly when
+# its vulnerability database cannot be reached: exit 2, "NOT AUDITED".
+audit: $(VENV)/.dev-installed
+	$(BIN)/python tools/audit.py requirements.txt requirements-dev.txt
 
 clean:
 	rm -rf $(VENV) staticfiles .pytest_cache
