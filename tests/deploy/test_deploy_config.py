@@ -129,3 +129,11 @@ def test_systemd_analyze_verify_accepts_every_rendered_unit_without_a_warning(tm
     result = subprocess.run([SYSTEMD_ANALYZE, "verify", *units], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "", result.stderr
+
+
+def test_rvi_manage_script_is_valid_shell_running_manage_py_as_the_user(tmp_path):
+    script = render(tmp_path / "out") / "rvi-manage"
+    assert subprocess.run(["sh", "-n", str(script)], capture_output=True).returncode == 0
+    text = script.read_text()
+    assert "--uid=rvi" in text and "--property=EnvironmentFile=/etc/iama-rvi/env" in text
+    assert "/srv/iama-rvi/.venv/bin/python /srv/iama-rvi/manage.py" in text
