@@ -118,3 +118,9 @@ def test_no_notice_when_no_window_is_planned(client, settings, monkeypatch):
     settings.MAINTENANCE_WINDOW = ""
     monkeypatch.setattr(maintenance.timezone, "now", lambda: datetime(2026, 12, 5, 3, 0, tzinfo=UTC))
     assert b"Planned maintenance" not in client.get("/apply/").content
+
+
+def test_the_maintenance_page_needs_no_database(client, django_assert_num_queries):
+    command("on")
+    with django_assert_num_queries(0):
+        assert client.get("/apply/").status_code == 503
