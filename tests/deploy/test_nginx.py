@@ -98,6 +98,8 @@ def test_public_page_over_https_carries_hsts_exactly_once(site):
         value for name, value in response.raw.headers.items() if name.lower() == "strict-transport-security"
     ]
     assert hsts == ["max-age=31536000; includeSubDomains"]
+    for name in ("X-Content-Type-Options", "Referrer-Policy", "X-Frame-Options"):
+        assert len(response.raw.headers.getlist(name)) <= 1, name
 
 
 def test_staff_download_arrives_through_x_accel_with_the_right_bytes_and_headers(site):
