@@ -1,6 +1,6 @@
 """Evidence download throughput: nginx X-Accel-Redirect vs nginx static vs the app streaming.
 
-Run: .venv/bin/python bench/downloads.py [--duration 8] [--connections 4]
+Run: .venv/bin/python bench/downloads.py [--duration 5] [--repeat 3] [--connections 4]
 
 Starts, on 127.0.0.1 ports chosen now, two gunicorns running the app (one
 answering with X-Accel-Redirect, one streaming the file itself) behind Debian's
@@ -11,7 +11,8 @@ nginx with the rendered site and a self-signed certificate, and measures with
 - static:  nginx serves the same bytes from /static/ (no app, no check): the ceiling
 - stream:  /evidence/<uuid>/ -> the app reads the file and streams it through nginx
 
-Prints MB/s for 1 MB and 16 MB files and each way's ratio to x-accel.
+Prints MB/s (the median of --repeat runs, as the machine is shared) for 1 MB
+and 16 MB files and each way's ratio to x-accel.
 Every server stops when the run ends; nothing outside a temporary directory is touched.
 """
 
@@ -21,6 +22,7 @@ import argparse
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -59,6 +61,10 @@ print(json.dumps(stored))
 """
 
 
+def median_wrk(url: str, session: str, args: argparse.Namespace) -> float:
+    return statistics.median(wrk(url, session, args.duration, args.connections) for _ in range(args.repeat))
+
+
 def wrk(url: str, session: str, duration: int, connections: int) -> float:
     """MB/s that wrk measured for `url`."""
     result = subprocess.run(  # noqa: S603 - Debian's wrk against 127.0.0.1
@@ -89,7 +95,8 @@ def wrk(url: str, session: str, duration: int, connections: int) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=int, default=8, help="seconds per measurement")
+    parser.add_argument("--duration", type=int, default=5, help="seconds per measurement")
+    parser.add_argument("--repeat", type=int, default=3, help="measurements per cell; the median is shown")
     parser.add_argument("--connections", type=int, default=4)
     args = parser.parse_args()
     for tool in ("wrk", servers.NGINX, "openssl"):
@@ -145,21 +152,11 @@ def main() -> int:
         rows = []
         for label, (pk, _name) in stored.items():
             speeds = {
-                "x-accel": wrk(
-                    f"https://localhost:{https_port}/evidence/{pk}/", session, args.duration, args.connections
+                "x-accel": median_wrk(f"https://localhost:{https_port}/evidence/{pk}/", session, args),
+                "static": median_wrk(
+                    f"https://localhost:{https_port}/static/bench/{label[:-3]}mb.pdf", session, args
                 ),
-                "static": wrk(
-                    f"https://localhost:{https_port}/static/bench/{label[:-3]}mb.pdf",
-                    session,
-                    args.duration,
-                    args.connections,
-                ),
-                "stream": wrk(
-                    f"https://localhost:{stream_port}/evidence/{pk}/",
-                    session,
-                    args.duration,
-                    args.connections,
-                ),
+                "stream": median_wrk(f"https://localhost:{stream_port}/evidence/{pk}/", session, args),
             }
             rows.append((label, speeds))
 
