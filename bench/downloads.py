@@ -62,6 +62,8 @@ print(json.dumps(stored))
 
 
 def median_wrk(url: str, session: str, args: argparse.Namespace) -> float:
+    # A first second to warm the workers up (imports, templates, connections), not counted.
+    wrk(url, session, 1, args.connections)
     return statistics.median(wrk(url, session, args.duration, args.connections) for _ in range(args.repeat))
 
 
@@ -161,7 +163,8 @@ def main() -> int:
             rows.append((label, speeds))
 
     print(
-        f"Evidence downloads over HTTPS, wrk {args.connections} connections, {args.duration} s each, {os.cpu_count()} cores"
+        f"Evidence downloads over HTTPS, wrk {args.connections} connections, median of {args.repeat} x "
+        f"{args.duration} s, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end"
     )
     print()
     print(
