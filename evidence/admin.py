@@ -27,6 +27,8 @@ class EvidenceInline(admin.TabularInline):
 
     @admin.display(description=_("file"))
     def download_link(self, evidence: Evidence) -> str:
+        if evidence.purged_at:
+            return _("purged on %(date)s") % {"date": evidence.purged_at.date().isoformat()}
         return format_html(
             '<a href="{}">{}</a>',
             reverse("evidence:download", args=[evidence.pk]),

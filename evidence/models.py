@@ -1,16 +1,37 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from evidence.storage import evidence_storage
 from evidence.validation import ValidatedUpload
 
 
-class EvidenceManager(models.Manager):
+class EvidenceQuerySet(models.QuerySet):
+    def stored(self) -> EvidenceQuerySet:
+        """Evidence whose file is still kept (not purged)."""
+        return self.filter(purged_at__isnull=True)
+
+    def due_for_purge(self, now: datetime | None = None) -> EvidenceQuerySet:
+        """Stored evidence of applications decided more than EVIDENCE_RETENTION_DAYS ago.
+
+        The decision time is the application's last change (updated_at): a
+        decided application is not changed again in the normal course.
+        """
+        from vetting.models import Application
+
+        # After these nothing more happens to an application's evidence.
+        decided = [Application.Status.REJECTED, Application.Status.WITHDRAWN, Application.Status.JOINED]
+        cutoff = (now or timezone.now()) - timedelta(days=settings.EVIDENCE_RETENTION_DAYS)
+        return self.stored().filter(application__status__in=decided, application__updated_at__lt=cutoff)
+
+
+class EvidenceManager(models.Manager.from_queryset(EvidenceQuerySet)):
     def store(self, application, upload: ValidatedUpload, *, uploaded_by=None) -> Evidence:
         """Write the file under a new UUID name, then its row.
 
@@ -64,6 +85,8 @@ class Evidence(models.Model):
         related_name="+",
     )
     uploaded_at = models.DateTimeField(_("uploaded at"), auto_now_add=True)
+    # Set when retention removed the file; the row keeps its SHA-256, type and size.
+    purged_at = models.DateTimeField(_("purged at"), null=True, blank=True, editable=False)
 
     objects = EvidenceManager()
 
@@ -72,4 +95,14 @@ class Evidence(models.Model):
         verbose_name_plural = _("evidence")
 
     def __str__(self) -> str:
-        return self.original_name
+        return self.original_name or f"purged evidence {self.pk}"
+
+    def purge(self) -> None:
+        """Delete the stored file and everything personal about it; keep the proof it existed."""
+        if self.file.name:
+            self.file.storage.delete(self.file.name)
+        self.file = ""
+        self.original_name = ""
+        self.note = ""
+        self.purged_at = timezone.now()
+        self.save(update_fields=["file", "original_name", "note", "purged_at"])

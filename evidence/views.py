@@ -26,7 +26,8 @@ def attachment_header(filename: str) -> str:
 def _get_evidence_for_user(request: HttpRequest, evidence_id) -> Evidence:
     if not request.user.has_perm("evidence.view_evidence"):
         raise PermissionDenied
-    return get_object_or_404(Evidence.objects.select_related("application"), pk=evidence_id)
+    # Purged evidence has no file any more: like any other unknown id.
+    return get_object_or_404(Evidence.objects.stored().select_related("application"), pk=evidence_id)
 
 
 @require_GET
@@ -40,17 +41,23 @@ def download(request: HttpRequest, evidence_id) -> HttpResponse:
         request=request,
         details={"application": evidence.application.reference},
     )
-    if settings.EVIDENCE_X_ACCEL_PREFIX:
+    if settings.EVIDENCE_X_ACCEL_PREFIX and settings.EVIDENCE_STORAGE == "local":
         # nginx serves the bytes from its internal location; the app only decides.
         response = HttpResponse(content_type=evidence.content_type)
         response["X-Accel-Redirect"] = settings.EVIDENCE_X_ACCEL_PREFIX.rstrip("/") + "/" + evidence.file.name
     else:
+        # Streamed by the app, from disk or from S3 chunk by chunk. On S3 this
+        # is chosen over a presigned URL: the bytes leave only through this
+        # permission check with our headers, and no bearer link to the bucket
+        # ever reaches a browser, its history or a proxy log.
         try:
-            stored_file = evidence.file.open("rb")
+            stored_file = evidence.file.storage.open_stream(evidence.file.name)
         except FileNotFoundError:
-            logger.error("Evidence %s has a row but no file on disk.", evidence.pk)
+            logger.error("Evidence %s has a row but no file in storage.", evidence.pk)
             raise Http404("This evidence file is missing from storage.") from None
         response = FileResponse(stored_file, content_type=evidence.content_type)
+        if not response.has_header("Content-Length"):
+            response["Content-Length"] = str(evidence.size)
     response["Content-Disposition"] = attachment_header(evidence.original_name)
     response["X-Content-Type-Options"] = "nosniff"
     response["Cache-Control"] = "private, no-store"

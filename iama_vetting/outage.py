@@ -31,6 +31,6 @@ class DatabaseOutageMiddleware:
         logger.warning(
             "Database unavailable for %s %s: %s", request.method, request.path, type(exception).__name__
         )
-        response = HttpResponse(render_to_string("503.html"), status=503)
+        response = HttpResponse(render_to_string("database_unavailable.html"), status=503)
         response["Retry-After"] = str(RETRY_AFTER_SECONDS)
         return response

@@ -12,6 +12,8 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from iama_vetting import maintenance as _maintenance
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -69,6 +71,9 @@ SITE_URL = env.str(
 ).rstrip("/")
 
 INSTALLED_APPS = [
+    # The project package itself: operator commands (backup, deploy_config,
+    # maintenance, verify_deployment) live in iama_vetting/management/.
+    "iama_vetting",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -84,6 +89,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # Before sessions and the database: maintenance must answer with the database down.
+    "iama_vetting.maintenance.MaintenanceModeMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -106,6 +113,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "iama_vetting.maintenance.maintenance_notice",
             ],
         },
     },
@@ -180,8 +188,25 @@ EVIDENCE_ROOT = Path(env.str("EVIDENCE_ROOT", default=str(BASE_DIR / "uploads" /
 if EVIDENCE_ROOT == STATIC_ROOT or STATIC_ROOT in EVIDENCE_ROOT.parents:
     raise ImproperlyConfigured("EVIDENCE_ROOT must not be inside STATIC_ROOT: evidence would be public.")
 EVIDENCE_STORAGE = env.str("EVIDENCE_STORAGE", default="local")
-if EVIDENCE_STORAGE != "local":
-    raise ImproperlyConfigured(f"EVIDENCE_STORAGE={EVIDENCE_STORAGE!r} is not supported yet; use 'local'.")
+if EVIDENCE_STORAGE == "s3":
+    # django-storages on any S3-compatible service. Objects are private and
+    # never overwritten; the keys are the same <2 hex>/<uuid>.<ext> names.
+    if not env.str("AWS_STORAGE_BUCKET_NAME", default=""):
+        raise ImproperlyConfigured("EVIDENCE_STORAGE=s3 needs AWS_STORAGE_BUCKET_NAME.")
+    STORAGES["evidence"] = {
+        "BACKEND": "evidence.storage.S3EvidenceStorage",
+        "OPTIONS": {
+            "bucket_name": env.str("AWS_STORAGE_BUCKET_NAME"),
+            "location": env.str("AWS_LOCATION", default="evidence"),
+            "region_name": env.str("AWS_S3_REGION_NAME", default="") or None,
+            "endpoint_url": env.str("AWS_S3_ENDPOINT_URL", default="") or None,
+            # Empty: boto3 finds credentials itself (instance role, ~/.aws).
+            "access_key": env.str("AWS_ACCESS_KEY_ID", default="") or None,
+            "secret_key": env.str("AWS_SECRET_ACCESS_KEY", default="") or None,
+        },
+    }
+elif EVIDENCE_STORAGE != "local":
+    raise ImproperlyConfigured(f"EVIDENCE_STORAGE must be 'local' or 's3', not {EVIDENCE_STORAGE!r}.")
 # Behind nginx: downloads answer with X-Accel-Redirect to this internal location.
 EVIDENCE_X_ACCEL_PREFIX = env.str("EVIDENCE_X_ACCEL_PREFIX", default="")
 EVIDENCE_RETENTION_DAYS = env_positive_int("EVIDENCE_RETENTION_DAYS", 180)
@@ -282,3 +307,14 @@ LOGGING = {
         "django.db.backends": {"level": "INFO"},
     },
 }
+
+# Operations (deploy/README.md). Backups land in BACKUP_DIR (0600 files).
+BACKUP_DIR = Path(env.str("BACKUP_DIR", default=str(BASE_DIR / "backups"))).resolve()
+# Maintenance mode is a file, not a row: every worker sees it, and it still
+# works while the database is down for the very maintenance it announces.
+MAINTENANCE_FILE = Path(env.str("MAINTENANCE_FILE", default=str(BASE_DIR / "maintenance.json"))).resolve()
+# Planned window, in UTC: "<first|second|third|fourth|last> <weekday> HH:MM-HH:MM",
+# empty for none. Public pages announce it during the 48 hours before.
+MAINTENANCE_WINDOW = env.str("MAINTENANCE_WINDOW", default="first sunday 02:00-04:00")
+# Checked now, so a typo stops the start instead of breaking every public page.
+_maintenance.parse_window(MAINTENANCE_WINDOW)

@@ -3,6 +3,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from iama_vetting.health import healthz
 from vetting.forms import OutboxPasswordResetForm
 
 urlpatterns = [
@@ -25,6 +26,7 @@ urlpatterns = [
     ),
     path("reset/done/", auth_views.PasswordResetCompleteView.as_view(), name="password_reset_complete"),
     path("admin/", admin.site.urls),
+    path("healthz", healthz, name="healthz"),
 ]
 
 if settings.BENCH_BARE_VIEW:

@@ -13,6 +13,7 @@ from django.utils.translation import get_language
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_GET, require_http_methods
 
+from iama_vetting.maintenance import upcoming_window
 from vetting import links, workflow
 from vetting.forms import AddInformationForm, ApplicationForm
 from vetting.models import Application, new_reference
@@ -34,15 +35,19 @@ logger = logging.getLogger(__name__)
 CSRF_PLACEHOLDER = "__csrf_token_placeholder__"
 
 
-@functools.cache
-def _blank_application_page(language: str) -> str:
-    return render_to_string("vetting/apply.html", {"form": ApplicationForm(), "csrf_token": CSRF_PLACEHOLDER})
+@functools.lru_cache(maxsize=8)
+def _blank_application_page(language: str, maintenance_window: tuple | None = None) -> str:
+    context = {"form": ApplicationForm(), "csrf_token": CSRF_PLACEHOLDER}
+    if maintenance_window:
+        # What the maintenance_notice context processor gives other pages.
+        context["maintenance_window"] = {"start": maintenance_window[0], "end": maintenance_window[1]}
+    return render_to_string("vetting/apply.html", context)
 
 
 @require_http_methods(["GET", "POST"])
 def apply(request: HttpRequest) -> HttpResponse:
     if request.method == "GET":
-        page = _blank_application_page(get_language())
+        page = _blank_application_page(get_language(), upcoming_window())
         return HttpResponse(page.replace(CSRF_PLACEHOLDER, get_token(request)))
     form = ApplicationForm(request.POST, request.FILES)
     if form.is_spam:

@@ -1,0 +1,184 @@
+"""Evidence download throughput: nginx X-Accel-Redirect vs nginx static vs the app streaming.
+
+Run: .venv/bin/python bench/downloads.py [--duration 5] [--repeat 3] [--connections 4]
+
+Starts, on 127.0.0.1 ports chosen now, two gunicorns running the app (one
+answering with X-Accel-Redirect, one streaming the file itself) behind Debian's
+nginx with the rendered site and a self-signed certificate, and measures with
+`wrk` (Debian package) over HTTPS, as a signed-in vetting agent:
+
+- x-accel: /evidence/<uuid>/ -> app checks permission -> nginx sends the file
+- static:  nginx serves the same bytes from /static/ (no app, no check): the ceiling
+- stream:  /evidence/<uuid>/ -> the app reads the file and streams it through nginx
+
+Prints MB/s (the median of --repeat runs, as the machine is shared) for 1 MB
+and 16 MB files and each way's ratio to x-accel.
+Every server stops when the run ends; nothing outside a temporary directory is touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(BASE_DIR))
+# This process only renders and orchestrates; the servers get their own production-like env.
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "iama_vetting.settings")
+os.environ.setdefault("DEBUG", "true")
+os.environ.pop("DATABASE_URL", None)
+
+import django  # noqa: E402
+
+django.setup()
+
+from tests.deploy import servers  # noqa: E402
+
+SIZES = {"1 MB": 1024 * 1024, "16 MB": 16 * 1024 * 1024}
+UNITS = {"B": 1 / 1024 / 1024, "KB": 1 / 1024, "MB": 1.0, "GB": 1024.0}
+
+STORE_CODE = """
+import json
+from django.core.files.uploadedfile import SimpleUploadedFile
+from evidence.models import Evidence
+from evidence.validation import validate_upload
+from tests.deploy.servers import pdf_bytes
+from tests.factories import make_application
+application = make_application()
+stored = {}
+for label, size in %r.items():
+    evidence = Evidence.objects.store(application, validate_upload(SimpleUploadedFile("bench.pdf", pdf_bytes(size))))
+    stored[label] = [str(evidence.pk), evidence.file.name]
+print(json.dumps(stored))
+"""
+
+
+def median_wrk(url: str, session: str, args: argparse.Namespace) -> float:
+    # A first second to warm the workers up (imports, templates, connections), not counted.
+    wrk(url, session, 1, args.connections)
+    return statistics.median(wrk(url, session, args.duration, args.connections) for _ in range(args.repeat))
+
+
+def wrk(url: str, session: str, duration: int, connections: int) -> float:
+    """MB/s that wrk measured for `url`."""
+    result = subprocess.run(  # noqa: S603 - Debian's wrk against 127.0.0.1
+        [
+            shutil.which("wrk") or "/usr/bin/wrk",
+            "-t",
+            "2",
+            "-c",
+            str(connections),
+            "-d",
+            f"{duration}s",
+            "-H",
+            f"Cookie: sessionid={session}",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=duration + 60,
+    )
+    if "Non-2xx" in result.stdout:
+        raise RuntimeError(f"wrk got error responses from {url}:\n{result.stdout}")
+    match = re.search(r"Transfer/sec:\s+([\d.]+)([KMG]?B)", result.stdout)
+    if not match:
+        raise RuntimeError(f"no Transfer/sec in wrk's output:\n{result.stdout}")
+    return float(match[1]) * UNITS[match[2]]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=int, default=5, help="seconds per measurement")
+    parser.add_argument("--repeat", type=int, default=3, help="measurements per cell; the median is shown")
+    parser.add_argument("--connections", type=int, default=4)
+    args = parser.parse_args()
+    for tool in ("wrk", servers.NGINX, "openssl"):
+        if not shutil.which(tool) and not Path(tool).exists():
+            print(f"{tool} is missing: apt-get install wrk nginx-light openssl", file=sys.stderr)
+            return 2
+
+    with tempfile.TemporaryDirectory(prefix="rvi-bench-") as directory, ExitStack() as running:
+        root = Path(directory)
+        accel_app = servers.App(root / "app", EVIDENCE_X_ACCEL_PREFIX="/_protected_evidence/").install()
+        # Same database and files, but the app streams the bytes itself.
+        stream_app = servers.App(root / "app", EVIDENCE_X_ACCEL_PREFIX="")
+        stored = accel_app.shell_json(STORE_CODE % (SIZES,))
+        session = accel_app.staff_session()
+        (accel_app.static_root / "bench").mkdir()
+        for label, (_pk, name) in stored.items():
+            shutil.copyfile(
+                accel_app.evidence_root / name, accel_app.static_root / "bench" / f"{label[:-3]}mb.pdf"
+            )
+
+        cert, key = servers.self_signed_certificate(root)
+        accel_port, stream_app_port, https_port, stream_port = (servers.free_port() for _ in range(4))
+        rendered = accel_app.render_deploy(
+            root / "rendered",
+            listen_address="127.0.0.1",
+            http_port=servers.free_port(),
+            https_port=https_port,
+            app_port=accel_port,
+            tls_certificate=cert,
+            tls_certificate_key=key,
+            resolver="127.0.0.1",
+            nginx_log_dir=root,
+        )
+        # A second TLS server in front of the streaming app, configured like the site's.
+        stream_server = f"""
+    server {{
+        listen 127.0.0.1:{stream_port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        location / {{
+            proxy_pass http://127.0.0.1:{stream_app_port};
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-Proto $scheme;
+        }}
+    }}"""
+        config = servers.nginx_wrapper(rendered / "nginx" / "iama-rvi.conf", root, extra=stream_server)
+        running.enter_context(accel_app.gunicorn(rendered / "gunicorn.conf.py", accel_port))
+        running.enter_context(stream_app.gunicorn(rendered / "gunicorn.conf.py", stream_app_port))
+        running.enter_context(servers.nginx(config, https_port))
+
+        rows = []
+        for label, (pk, _name) in stored.items():
+            speeds = {
+                "x-accel": median_wrk(f"https://localhost:{https_port}/evidence/{pk}/", session, args),
+                "static": median_wrk(
+                    f"https://localhost:{https_port}/static/bench/{label[:-3]}mb.pdf", session, args
+                ),
+                "stream": median_wrk(f"https://localhost:{stream_port}/evidence/{pk}/", session, args),
+            }
+            rows.append((label, speeds))
+
+    print(
+        f"Evidence downloads over HTTPS, wrk {args.connections} connections, median of {args.repeat} x "
+        f"{args.duration} s, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end"
+    )
+    print()
+    print(
+        "| file | nginx X-Accel (MB/s) | nginx static (MB/s) | app streaming (MB/s) | static / X-Accel | stream / X-Accel |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for label, speeds in rows:
+        accel = speeds["x-accel"]
+        print(
+            f"| {label} | {accel:.1f} | {speeds['static']:.1f} | {speeds['stream']:.1f} "
+            f"| {speeds['static'] / accel:.2f} | {speeds['stream'] / accel:.2f} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""Maintenance mode and the notice of planned maintenance windows.
+
+The switch is a JSON file at MAINTENANCE_FILE, written by `manage.py
+maintenance on|off`. A file, not a database row: every gunicorn worker (and
+every process on the host) sees the same state, and it still works while
+the database is stopped for the maintenance it announces. Each request costs
+one stat() and, only while the file exists, one small read.
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import os
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.http import HttpRequest, HttpResponse
+from django.template.loader import render_to_string
+from django.utils import timezone
+
+# Paths that keep working in maintenance mode: staff sign in to the admin and
+# download evidence, the load balancer still gets an honest health answer.
+EXEMPT_PREFIXES = ("/admin/", "/evidence/", "/healthz", "/static/")
+NOTICE_BEFORE = timedelta(hours=48)
+# Retry-After when the end is unknown or already past.
+DEFAULT_RETRY_AFTER = 600
+
+_ORDINALS = {"first": 1, "second": 2, "third": 3, "fourth": 4, "last": -1}
+_WEEKDAYS = [day.lower() for day in calendar.day_name]
+_WINDOW_RE = re.compile(
+    r"^(?P<ordinal>first|second|third|fourth|last)\s+(?P<weekday>[a-z]+)\s+"
+    r"(?P<start>\d{2}:\d{2})\s*-\s*(?P<end>\d{2}:\d{2})$"
+)
+
+
+@dataclass(frozen=True)
+class Window:
+    """A monthly maintenance window in UTC, e.g. the first Sunday 02:00-04:00."""
+
+    ordinal: int
+    weekday: int
+    start: tuple[int, int]
+    end: tuple[int, int]
+
+    def _day(self, year: int, month: int) -> date:
+        days = [
+            week[self.weekday]
+            for week in calendar.Calendar().monthdatescalendar(year, month)
+            if week[self.weekday].month == month
+        ]
+        return days[-1] if self.ordinal == -1 else days[self.ordinal - 1]
+
+    def occurrence(self, year: int, month: int) -> tuple[datetime, datetime]:
+        day = self._day(year, month)
+        start = datetime(day.year, day.month, day.day, *self.start, tzinfo=UTC)
+        end = datetime(day.year, day.month, day.day, *self.end, tzinfo=UTC)
+        return start, end
+
+    def next_after(self, moment: datetime) -> tuple[datetime, datetime]:
+        """The first window that has not ended yet at `moment`."""
+        year, month = moment.year, moment.month
+        while True:
+            start, end = self.occurrence(year, month)
+            if end > moment:
+                return start, end
+            year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+
+
+def parse_window(text: str) -> Window | None:
+    """Parse MAINTENANCE_WINDOW; empty means no planned window."""
+    text = " ".join(text.lower().split())
+    if not text:
+        return None
+    match = _WINDOW_RE.match(text)
+    if not match or match["weekday"] not in _WEEKDAYS:
+        raise ImproperlyConfigured(
+            f"MAINTENANCE_WINDOW {text!r} is not like 'first sunday 02:00-04:00' (UTC) or empty."
+        )
+    try:
+        start = datetime.strptime(match["start"], "%H:%M")
+        end = datetime.strptime(match["end"], "%H:%M")
+    except ValueError as error:
+        raise ImproperlyConfigured(f"MAINTENANCE_WINDOW {text!r} has an impossible time.") from error
+    if end <= start:
+        raise ImproperlyConfigured(f"MAINTENANCE_WINDOW {text!r} must end after it starts, on the same day.")
+    return Window(
+        ordinal=_ORDINALS[match["ordinal"]],
+        weekday=_WEEKDAYS.index(match["weekday"]),
+        start=(start.hour, start.minute),
+        end=(end.hour, end.minute),
+    )
+
+
+def upcoming_window(now: datetime | None = None) -> tuple[datetime, datetime] | None:
+    """The planned window if it starts within 48 hours or is under way."""
+    window = parse_window(settings.MAINTENANCE_WINDOW)
+    if window is None:
+        return None
+    now = now or timezone.now()
+    start, end = window.next_after(now)
+    return (start, end) if start - NOTICE_BEFORE <= now else None
+
+
+@dataclass(frozen=True)
+class MaintenanceState:
+    since: datetime
+    until: datetime | None
+
+
+def read_state() -> MaintenanceState | None:
+    """The switch as the file says; None when maintenance mode is off."""
+    try:
+        raw = settings.MAINTENANCE_FILE.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    try:
+        data = json.loads(raw)
+        since = datetime.fromisoformat(data["since"])
+        until = datetime.fromisoformat(data["until"]) if data.get("until") else None
+    except (ValueError, KeyError, TypeError):
+        # A damaged file still means "someone switched maintenance on".
+        return MaintenanceState(since=timezone.now(), until=None)
+    return MaintenanceState(since=since, until=until)
+
+
+def switch_on(until: datetime | None) -> MaintenanceState:
+    state = MaintenanceState(since=timezone.now(), until=until)
+    path = settings.MAINTENANCE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"since": state.since.isoformat(), "until": until.isoformat() if until else None}
+    # Written aside and renamed, so a worker never reads half a file.
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(data), encoding="utf-8")
+    os.chmod(partial, 0o644)
+    os.replace(partial, path)
+    return state
+
+
+def switch_off() -> bool:
+    """Remove the switch; False if maintenance mode was already off."""
+    try:
+        settings.MAINTENANCE_FILE.unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def retry_after(state: MaintenanceState, now: datetime | None = None) -> int:
+    if state.until is None:
+        return DEFAULT_RETRY_AFTER
+    seconds = int((state.until - (now or timezone.now())).total_seconds())
+    return seconds if seconds > 0 else DEFAULT_RETRY_AFTER
+
+
+class MaintenanceModeMiddleware:
+    """Public pages answer 503 with Retry-After while maintenance mode is on."""
+
+    def __init__(self, get_response) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.path.startswith(EXEMPT_PREFIXES):
+            return self.get_response(request)
+        state = read_state()
+        if state is None:
+            return self.get_response(request)
+        # Rendered without a RequestContext: no session, no database.
+        body = render_to_string("503.html", {"maintenance": state})
+        response = HttpResponse(body, status=503)
+        response["Retry-After"] = str(retry_after(state))
+        response["Cache-Control"] = "no-store"
+        return response
+
+
+def maintenance_notice(request: HttpRequest) -> dict:
+    """Context processor: the planned window for the notice in base.html."""
+    if request.path.startswith("/admin/"):
+        return {}
+    window = upcoming_window()
+    if window is None:
+        return {}
+    return {"maintenance_window": {"start": window[0], "end": window[1]}}

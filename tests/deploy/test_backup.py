@@ -1,0 +1,138 @@
+"""`manage.py backup`: private files, rotation by age, and a verified restore."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import stat
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import connection
+from django.utils import timezone
+
+from iama_vetting.management.commands.backup import libpq_environment
+from vetting.models import Application
+
+
+def run_backup(*args: str) -> str:
+    out = io.StringIO()
+    call_command("backup", *args, stdout=out)
+    return out.getvalue()
+
+
+def make_application() -> Application:
+    return Application.objects.create(
+        full_name="Ada Example",
+        email="ada@example.org",
+        referral="A friend",
+        statement="Hello",
+        consent_given_at=timezone.now(),
+    )
+
+
+def database_backup(directory):
+    return next(
+        path for path in directory.iterdir() if path.name.startswith("rvi-db-") and ".counts" not in path.name
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_backup_files_are_private_and_verify_restores_the_same_rows(tmp_path, settings):
+    make_application()
+    (settings.EVIDENCE_ROOT / "ab").mkdir(parents=True)
+    (settings.EVIDENCE_ROOT / "ab" / "x.pdf").write_bytes(b"%PDF")
+    output = run_backup("--dir", str(tmp_path / "backups"))
+
+    directory = tmp_path / "backups"
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    names = sorted(path.name for path in directory.iterdir())
+    assert len(names) == 3, names
+    for path in directory.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert "Database backup:" in output and "Evidence archive:" in output
+
+    backup = database_backup(directory)
+    counts = json.loads(backup.with_name(backup.name.split(".")[0] + ".counts.json").read_text())["tables"]
+    assert counts["vetting_application"] == 1
+    verified = io.StringIO()
+    call_command("backup", "--verify", str(backup), stdout=verified)
+    assert "Backup verified" in verified.getvalue()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_verify_fails_when_the_restored_rows_differ_from_the_record(tmp_path):
+    make_application()
+    run_backup("--dir", str(tmp_path))
+    backup = database_backup(tmp_path)
+    record = backup.with_name(backup.name.split(".")[0] + ".counts.json")
+    data = json.loads(record.read_text())
+    data["tables"]["vetting_application"] = 2
+    record.write_text(json.dumps(data))
+    with pytest.raises(CommandError, match="vetting_application: 2 in the backup's record, 1 restored"):
+        call_command("backup", "--verify", str(backup), stdout=io.StringIO())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_verify_refuses_a_file_that_is_not_a_backup(tmp_path):
+    bogus = tmp_path / "rvi-db-20260101T000000Z.sqlite3"
+    bogus.write_bytes(b"not a database at all" * 100)
+    (tmp_path / "rvi-db-20260101T000000Z.counts.json").write_text('{"tables": {}}')
+    with pytest.raises(CommandError, match="not a readable SQLite database|damaged"):
+        call_command("backup", "--verify", str(bogus), stdout=io.StringIO())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rotation_deletes_only_our_backups_older_than_the_limit(tmp_path):
+    now = datetime.now(UTC)
+    old = tmp_path / f"rvi-db-{(now - timedelta(days=15)).strftime('%Y%m%dT%H%M%SZ')}.dump"
+    old_archive = tmp_path / f"rvi-evidence-{(now - timedelta(days=20)).strftime('%Y%m%dT%H%M%SZ')}.tar.gz"
+    recent = tmp_path / f"rvi-db-{(now - timedelta(days=13)).strftime('%Y%m%dT%H%M%SZ')}.dump"
+    unrelated = tmp_path / "notes-from-2019.txt"
+    for path in (old, old_archive, recent, unrelated):
+        path.write_text("x")
+        # An old modification time on every file: the name's date decides, not the clock of a copy.
+        os.utime(path, (0, 0))
+    output = run_backup("--dir", str(tmp_path), "--keep-days", "14")
+    assert "Removed 2 backup files older than 14 days." in output
+    assert not old.exists() and not old_archive.exists()
+    assert recent.exists() and unrelated.exists()
+
+
+def test_keep_days_below_one_is_refused(tmp_path):
+    with pytest.raises(CommandError, match="at least 1"):
+        call_command("backup", "--dir", str(tmp_path), "--keep-days", "0")
+
+
+def test_database_password_goes_to_a_private_passfile_not_the_environment_or_arguments():
+    params = {
+        "dbname": "rvi",
+        "user": "rvi",
+        "password": "s3cr:et",
+        "host": "db.example",
+        "sslmode": "require",
+    }
+    with libpq_environment(params) as env:
+        assert "s3cr" not in " ".join(env.values())
+        passfile = env["PGPASSFILE"]
+        assert stat.S_IMODE(os.stat(passfile).st_mode) == 0o600
+        assert Path(passfile).read_text() == "*:*:*:*:s3cr\\:et\n"
+        assert env["PGSSLMODE"] == "require"
+    assert not os.path.exists(passfile)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_postgres_backup_then_verify_round_trip(tmp_path):
+    assert connection.vendor == "postgresql"
+    make_application()
+    run_backup("--dir", str(tmp_path))
+    backup = database_backup(tmp_path)
+    assert backup.name.endswith(".dump")
+    assert backup.read_bytes()[:5] == b"PGDMP"  # pg_dump's custom format
+    verified = io.StringIO()
+    call_command("backup", "--verify", str(backup), stdout=verified)
+    assert "Backup verified" in verified.getvalue()

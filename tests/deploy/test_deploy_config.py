@@ -1,0 +1,139 @@
+"""deploy_config renders every file of deploy/ for one host, and refuses unsafe values."""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.core.management import CommandError, call_command
+
+from iama_vetting.management.commands.deploy_config import template_names
+
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+
+
+def render(out, **options):
+    defaults = {
+        "domain": "rvi.example.org",
+        "app_dir": "/srv/iama-rvi",
+        "venv": "/srv/iama-rvi/.venv",
+        "user": "rvi",
+        "out": str(out),
+        "resolver": "127.0.0.1",
+    }
+    call_command("deploy_config", **{**defaults, **options}, stdout=io.StringIO())
+    return out
+
+
+def test_renders_every_file_of_deploy_except_the_guide_and_partials(tmp_path):
+    out = render(tmp_path / "out")
+    rendered = sorted(path.relative_to(out).as_posix() for path in out.rglob("*") if path.is_file())
+    assert rendered == template_names()
+    assert "nginx/iama-rvi.conf" in rendered
+    assert "systemd/rvi-web.service" in rendered
+    assert not any(name.endswith((".inc", "README.md")) for name in rendered)
+
+
+def test_rendered_files_keep_no_template_syntax(tmp_path):
+    out = render(tmp_path / "out")
+    for path in out.rglob("*"):
+        if path.is_file():
+            text = path.read_text()
+            assert "{{" not in text and "{%" not in text, path
+
+
+def test_web_unit_runs_gunicorn_without_control_socket_as_the_given_user(tmp_path):
+    unit = (render(tmp_path / "out") / "systemd" / "rvi-web.service").read_text()
+    assert (
+        "ExecStart=/srv/iama-rvi/.venv/bin/gunicorn --config /etc/iama-rvi/gunicorn.conf.py "
+        "--no-control-socket iama_vetting.wsgi"
+    ) in unit
+    assert "User=rvi\n" in unit
+    assert "EnvironmentFile=/etc/iama-rvi/env\n" in unit
+
+
+@pytest.mark.parametrize("unit", ["rvi-web.service", "rvi-backup.service", "rvi-purge-evidence.service"])
+def test_every_service_is_hardened_and_writes_only_its_own_root(tmp_path, unit):
+    text = (render(tmp_path / "out") / "systemd" / unit).read_text()
+    for line in ("NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes", "UMask=0027"):
+        assert line + "\n" in text
+    writable = re.findall(r"^ReadWritePaths=(.*)$", text, flags=re.MULTILINE)
+    assert writable in (["/var/lib/iama-rvi/evidence"], ["/var/lib/iama-rvi/backups"])
+
+
+def test_backup_runs_daily_at_two_and_purge_daily(tmp_path):
+    out = render(tmp_path / "out")
+    assert "OnCalendar=*-*-* 02:00:00 UTC\n" in (out / "systemd" / "rvi-backup.timer").read_text()
+    assert "OnCalendar=*-*-* 04:30:00 UTC\n" in (out / "systemd" / "rvi-purge-evidence.timer").read_text()
+
+
+def test_nginx_body_limit_matches_the_upload_limits(tmp_path):
+    site = (render(tmp_path / "out") / "nginx" / "iama-rvi.conf").read_text()
+    limit_mb = int(re.search(r"client_max_body_size (\d+)m;", site)[1])
+    all_files = settings.EVIDENCE_MAX_FILES * settings.EVIDENCE_MAX_FILE_SIZE
+    assert all_files < limit_mb * 1024 * 1024 <= all_files + 2 * 1024 * 1024
+
+
+def test_nginx_site_has_no_location_serving_the_evidence_root_publicly(tmp_path):
+    site = (render(tmp_path / "out") / "nginx" / "iama-rvi.conf").read_text()
+    blocks = re.findall(r"location ([^{]+)\{([^}]*)\}", site)
+    serving = [(where.strip(), body) for where, body in blocks if "/var/lib/iama-rvi/evidence" in body]
+    assert len(serving) == 1
+    assert serving[0][0] == "/_protected_evidence/"
+    assert "internal;" in serving[0][1]
+    assert "ssl_stapling on;" in site
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("domain", "rvi example.org", "not a host name"),
+        ("domain", "rvi.example.org;evil", "not a host name"),
+        ("app_dir", "srv/iama-rvi", "absolute path"),
+        ("app_dir", "/srv/iama rvi", "unsafe"),
+        ("venv", "/srv/../etc", "'..'"),
+        ("user", "Root user", "not a valid system user"),
+        ("static_root", "/var/lib/iama-rvi", "inside the static root"),
+    ],
+)
+def test_refuses_unsafe_values_and_writes_nothing(tmp_path, option, value, message):
+    with pytest.raises(CommandError, match=message):
+        render(tmp_path / "out", **{option: value})
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.systemd
+@pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="needs systemd-analyze (Debian package systemd)")
+def test_systemd_analyze_verify_accepts_every_rendered_unit_without_a_warning(tmp_path):
+    # Real paths, so systemd-analyze can check that every ExecStart exists.
+    state = tmp_path / "state"
+    (state / "evidence").mkdir(parents=True)
+    (state / "backups").mkdir()
+    (tmp_path / "env").write_text("")
+    out = render(
+        tmp_path / "out",
+        app_dir=str(settings.BASE_DIR),
+        venv=sys.prefix,
+        user="root",
+        state_dir=str(state),
+        env_file=str(tmp_path / "env"),
+    )
+    units = sorted(str(path) for path in (Path(out) / "systemd").iterdir())
+    assert len(units) >= 4
+    result = subprocess.run([SYSTEMD_ANALYZE, "verify", *units], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == "", result.stderr
+
+
+def test_rvi_manage_script_is_valid_shell_running_manage_py_as_the_user(tmp_path):
+    script = render(tmp_path / "out") / "rvi-manage"
+    assert subprocess.run(["sh", "-n", str(script)], capture_output=True).returncode == 0
+    text = script.read_text()
+    assert "--uid=rvi" in text and "--property=EnvironmentFile=/etc/iama-rvi/env" in text
+    assert "/srv/iama-rvi/.venv/bin/python /srv/iama-rvi/manage.py" in text

@@ -1,0 +1,65 @@
+"""/healthz: 200 when the database and the cache answer, 503 naming the one that does not."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from django.core.cache.backends.locmem import LocMemCache
+from django.db.utils import OperationalError
+
+from iama_vetting import health
+
+pytestmark = pytest.mark.django_db
+
+
+class BrokenCache(LocMemCache):
+    """A cache server that is down: every call fails."""
+
+    def set(self, *args, **kwargs):
+        raise ConnectionError("connection refused by 10.0.0.9:6379 (password=hunter2)")
+
+
+def test_healthy_site_answers_200_with_only_the_two_states(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"database": "ok", "cache": "ok"}
+    assert "no-cache" in response["Cache-Control"] or "no-store" in response["Cache-Control"]
+
+
+def test_cache_down_answers_503_naming_the_cache_and_nothing_else(client, settings):
+    settings.CACHES = {"default": {"BACKEND": "tests.deploy.test_health.BrokenCache"}}
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json() == {"database": "ok", "cache": "error"}
+    assert b"10.0.0.9" not in response.content and b"hunter2" not in response.content
+
+
+def test_database_down_answers_503_naming_the_database(client, monkeypatch):
+    def refuse():
+        raise OperationalError("could not connect to server at db.internal")
+
+    monkeypatch.setitem(health.CHECKS, "database", refuse)
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json() == {"database": "error", "cache": "ok"}
+    assert b"db.internal" not in response.content
+
+
+def test_a_hanging_check_is_reported_within_two_seconds(client, monkeypatch):
+    monkeypatch.setitem(health.CHECKS, "cache", lambda: time.sleep(5))
+    started = time.monotonic()
+    response = client.get("/healthz")
+    assert time.monotonic() - started < 2.5
+    assert response.status_code == 503
+    assert response.json() == {"database": "ok", "cache": "error"}
+
+
+def test_healthz_answers_during_maintenance(client, settings, tmp_path):
+    settings.MAINTENANCE_FILE = tmp_path / "maintenance.json"
+    settings.MAINTENANCE_FILE.write_text('{"since": "2026-01-01T00:00:00+00:00", "until": null}')
+    assert client.get("/healthz").status_code == 200
+
+
+def test_healthz_refuses_post(client):
+    assert client.post("/healthz").status_code == 405

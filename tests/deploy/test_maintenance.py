@@ -1,0 +1,126 @@
+"""Maintenance mode (`manage.py maintenance`) and the notice of planned windows."""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management import CommandError, call_command
+
+from iama_vetting import maintenance
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def maintenance_file(settings, tmp_path):
+    settings.MAINTENANCE_FILE = tmp_path / "state" / "maintenance.json"
+    return settings.MAINTENANCE_FILE
+
+
+def command(*args: str) -> str:
+    out = io.StringIO()
+    call_command("maintenance", *args, stdout=out)
+    return out.getvalue()
+
+
+def test_public_pages_answer_503_with_retry_after_while_on(client):
+    until = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert "Maintenance mode is on, expected until" in command("on", "--until", until)
+    for path in ("/", "/apply/", "/apply/done/"):
+        response = client.get(path)
+        assert response.status_code == 503, path
+        assert 3500 <= int(response["Retry-After"]) <= 3600
+        assert b"Down for maintenance" in response.content
+    assert client.post("/apply/", {"full_name": "x"}).status_code == 503
+
+
+def test_retry_after_has_a_default_without_an_end_time(client):
+    command("on")
+    assert client.get("/apply/")["Retry-After"] == str(maintenance.DEFAULT_RETRY_AFTER)
+
+
+def test_staff_can_still_sign_in_to_the_admin_while_on(client, agent):
+    command("on")
+    assert client.get("/admin/login/").status_code == 200
+    response = client.post("/admin/login/", {"username": "agent", "password": "a-long-test-password"})
+    assert response.status_code == 302
+    assert client.get("/admin/").status_code == 200
+
+
+def test_off_restores_the_public_pages(client):
+    command("on")
+    assert "Maintenance mode is off." in command("off")
+    assert client.get("/apply/").status_code == 200
+    assert "already off" in command("off")
+
+
+def test_status_tells_whether_it_is_on():
+    assert "Maintenance mode is off." in command("status")
+    command("on", "--until", "2099-01-01T04:00Z")
+    assert "Maintenance mode is on since" in command("status")
+    assert "expected until 2099-01-01 04:00 UTC" in command("status")
+
+
+@pytest.mark.parametrize("until", ["tomorrow", "25:00", "2001-01-01T00:00Z"])
+def test_a_bad_or_past_end_time_is_refused_and_changes_nothing(until, maintenance_file):
+    with pytest.raises(CommandError, match="--until"):
+        command("on", "--until", until)
+    assert not maintenance_file.exists()
+
+
+def test_the_switch_is_a_file_every_worker_sees(maintenance_file):
+    command("on")
+    assert maintenance_file.exists()
+    assert maintenance.read_state() is not None
+
+
+def test_first_sunday_window_is_found_in_the_next_month():
+    window = maintenance.parse_window("first sunday 02:00-04:00")
+    start, end = window.next_after(datetime(2026, 11, 28, 12, 0, tzinfo=UTC))
+    assert start == datetime(2026, 12, 6, 2, 0, tzinfo=UTC)
+    assert end == datetime(2026, 12, 6, 4, 0, tzinfo=UTC)
+    # Once it is over, the next one is January's first Sunday.
+    assert window.next_after(end)[0] == datetime(2027, 1, 3, 2, 0, tzinfo=UTC)
+
+
+def test_last_weekday_windows_are_supported():
+    window = maintenance.parse_window("last friday 22:00-23:30")
+    assert window.next_after(datetime(2026, 11, 1, tzinfo=UTC))[0] == datetime(
+        2026, 11, 27, 22, 0, tzinfo=UTC
+    )
+
+
+@pytest.mark.parametrize(
+    "text", ["first sunday", "fifth sunday 02:00-04:00", "first sunday 04:00-02:00", "1st sun 2-4"]
+)
+def test_a_bad_window_setting_is_refused(text):
+    with pytest.raises(ImproperlyConfigured):
+        maintenance.parse_window(text)
+
+
+def test_notice_shows_on_public_pages_during_the_48_hours_before_a_window(client, settings, monkeypatch):
+    settings.MAINTENANCE_WINDOW = "first sunday 02:00-04:00"
+    monkeypatch.setattr(maintenance.timezone, "now", lambda: datetime(2026, 12, 4, 3, 0, tzinfo=UTC))
+    response = client.get("/apply/")
+    assert b"Planned maintenance on Sunday 6 December 2026, 02:00\xe2\x80\x9304:00 UTC" in response.content
+
+
+def test_no_notice_earlier_than_48_hours_before(client, settings, monkeypatch):
+    settings.MAINTENANCE_WINDOW = "first sunday 02:00-04:00"
+    monkeypatch.setattr(maintenance.timezone, "now", lambda: datetime(2026, 12, 4, 1, 59, tzinfo=UTC))
+    assert b"Planned maintenance" not in client.get("/apply/").content
+
+
+def test_no_notice_when_no_window_is_planned(client, settings, monkeypatch):
+    settings.MAINTENANCE_WINDOW = ""
+    monkeypatch.setattr(maintenance.timezone, "now", lambda: datetime(2026, 12, 5, 3, 0, tzinfo=UTC))
+    assert b"Planned maintenance" not in client.get("/apply/").content
+
+
+def test_the_maintenance_page_needs_no_database(client, django_assert_num_queries):
+    command("on")
+    with django_assert_num_queries(0):
+        assert client.get("/apply/").status_code == 503

@@ -1,0 +1,171 @@
+"""nginx (Debian's) in front of gunicorn running the app, both as deploy/ renders them."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.deploy import servers
+
+pytestmark = [
+    pytest.mark.nginx,
+    pytest.mark.skipif(not Path(servers.NGINX).exists(), reason="needs nginx (Debian package nginx-light)"),
+    pytest.mark.skipif(not servers.OPENSSL, reason="needs openssl to make a self-signed certificate"),
+]
+
+
+@dataclass
+class Site:
+    app: servers.App
+    http_url: str
+    https_url: str
+    https_port: int
+    cert: Path
+    config: Path
+    session_key: str
+    evidence_id: str
+    evidence_bytes: bytes
+
+    def get(self, path: str, **kwargs) -> requests.Response:
+        kwargs.setdefault("allow_redirects", False)
+        return requests.get(self.https_url + path, verify=str(self.cert), timeout=30, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Site:
+    root = tmp_path_factory.mktemp("nginx-site")
+    app = servers.App(root / "app", EVIDENCE_X_ACCEL_PREFIX="/_protected_evidence/").install()
+    cert, key = servers.self_signed_certificate(root)
+    app_port, http_port, https_port = servers.free_port(), servers.free_port(), servers.free_port()
+    rendered = app.render_deploy(
+        root / "rendered",
+        listen_address="127.0.0.1",
+        http_port=http_port,
+        https_port=https_port,
+        app_port=app_port,
+        tls_certificate=cert,
+        tls_certificate_key=key,
+        resolver="127.0.0.1",
+        nginx_log_dir=root,
+    )
+    config = servers.nginx_wrapper(rendered / "nginx" / "iama-rvi.conf", root)
+    https_url = f"https://localhost:{https_port}"
+    with (
+        app.gunicorn(rendered / "gunicorn.conf.py", app_port),
+        servers.nginx(config, https_port),
+    ):
+        evidence = servers.pdf_bytes(300_000)
+        answer = servers.submit_application(https_url, {"proof": ("proof.pdf", evidence)}, verify=str(cert))
+        assert answer.status_code == 302, answer.text
+        evidence_id = app.shell_json(
+            "import json; from evidence.models import Evidence; print(json.dumps(str(Evidence.objects.get().pk)))"
+        )
+        yield Site(
+            app=app,
+            http_url=f"http://127.0.0.1:{http_port}",
+            https_url=https_url,
+            https_port=https_port,
+            cert=cert,
+            config=config,
+            session_key=app.staff_session(),
+            evidence_id=evidence_id,
+            evidence_bytes=evidence,
+        )
+
+
+def test_rendered_config_passes_nginx_t(site):
+    result = servers.nginx_test(site.config)
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr
+
+
+def test_plain_http_is_sent_to_https_with_301(site):
+    response = requests.get(site.http_url + "/apply/?x=1", allow_redirects=False, timeout=10)
+    assert response.status_code == 301
+    assert response.headers["Location"] == f"https://127.0.0.1:{site.https_port}/apply/?x=1"
+
+
+def test_public_page_over_https_carries_hsts_exactly_once(site):
+    response = site.get("/apply/")
+    assert response.status_code == 200
+    hsts = [
+        value for name, value in response.raw.headers.items() if name.lower() == "strict-transport-security"
+    ]
+    assert hsts == ["max-age=31536000; includeSubDomains"]
+    for name in ("X-Content-Type-Options", "Referrer-Policy", "X-Frame-Options"):
+        assert len(response.raw.headers.getlist(name)) <= 1, name
+
+
+def test_staff_download_arrives_through_x_accel_with_the_right_bytes_and_headers(site):
+    response = site.get(f"/evidence/{site.evidence_id}/", cookies={"sessionid": site.session_key})
+    assert response.status_code == 200
+    assert hashlib.sha256(response.content).hexdigest() == hashlib.sha256(site.evidence_bytes).hexdigest()
+    headers = response.raw.headers
+    assert headers.getlist("Content-Disposition") == [
+        "attachment; filename=\"proof.pdf\"; filename*=UTF-8''proof.pdf"
+    ]
+    assert headers.getlist("Content-Type") == ["application/pdf"]
+    assert headers.getlist("X-Content-Type-Options") == ["nosniff"]
+    assert headers.getlist("Content-Security-Policy") == ["sandbox; default-src 'none'"]
+    assert headers.getlist("Strict-Transport-Security") == ["max-age=31536000; includeSubDomains"]
+    assert headers.getlist("Cache-Control") == ["private, no-store"]
+    # The bytes came from nginx, not the app: the app never names the file path.
+    assert "X-Accel-Redirect" not in headers
+
+
+def test_download_without_a_staff_session_gets_no_bytes(site):
+    response = site.get(f"/evidence/{site.evidence_id}/")
+    assert response.status_code == 302
+    assert site.evidence_bytes[:8] not in response.content
+
+
+def test_internal_evidence_location_requested_directly_is_404(site):
+    stored = next(path for path in site.app.evidence_root.rglob("*.pdf"))
+    name = stored.relative_to(site.app.evidence_root).as_posix()
+    response = site.get(f"/_protected_evidence/{name}")
+    assert response.status_code == 404
+    assert site.evidence_bytes[:8] not in response.content
+
+
+def test_dotfiles_are_never_served(site):
+    (site.app.static_root / ".env").write_text("SESSION_SECRET=leak")
+    response = site.get("/static/.env")
+    assert response.status_code in (403, 404)
+    assert b"leak" not in response.content
+
+
+def test_static_files_are_served_by_nginx_with_long_expiry(site):
+    css = next(path for path in site.app.static_root.glob("css/site.*.css"))
+    response = site.get(f"/static/css/{css.name}")
+    assert response.status_code == 200
+    assert "max-age=31536000" in response.headers["Cache-Control"]
+
+
+def test_upload_over_client_max_body_size_is_refused_by_nginx_with_413(site):
+    context = ssl.create_default_context(cafile=str(site.cert))
+    connection = http.client.HTTPSConnection("localhost", site.https_port, context=context, timeout=30)
+    try:
+        connection.putrequest("POST", "/apply/")
+        connection.putheader("Content-Type", "multipart/form-data; boundary=x")
+        connection.putheader("Content-Length", str(200 * 1024 * 1024))
+        connection.endheaders()
+        connection.send(b"--x\r\n")
+        response = connection.getresponse()
+        body = response.read()
+    finally:
+        connection.close()
+    assert response.status == 413
+    # nginx's own page: the request never reached the app.
+    assert b"nginx" in body.lower()
+
+
+def test_healthz_answers_through_nginx(site):
+    response = site.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"database": "ok", "cache": "ok"}
