@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
@@ -74,7 +73,6 @@ def synapse(synapse_homeserver, settings):
 def pytest_terminal_summary(terminalreporter):
     if _synapse_setup_seconds:
         terminalreporter.write_line(
-            f"Synapse {synapse_server.SYNAPSE_VERSION}: installed and started in "
-            f"{_synapse_setup_seconds[0]:.1f} s (venv {synapse_server.venv_path()}"
-            f"{', cached' if os.path.exists(synapse_server.venv_path()) else ''})."
+            f"Synapse {synapse_server.SYNAPSE_VERSION} fixture: ready in {_synapse_setup_seconds[0]:.1f} s "
+            f"(venv {synapse_server.venv_path()})."
         )

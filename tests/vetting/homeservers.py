@@ -96,6 +96,10 @@ class LocalServer:
         self.server.server_close()
 
 
+FAKE_ADMIN_TOKEN = "fake-synapse-admin-token"
+FAKE_MAS_CLIENT_SECRET = "fake-mas-client-secret"
+
+
 def _ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
 
@@ -105,7 +109,7 @@ class FakeSynapse:
 
     TOKENS = "/_synapse/admin/v1/registration_tokens"
 
-    def __init__(self, admin_token: str = "fake-synapse-admin-token", server_name: str = "localhost") -> None:
+    def __init__(self, admin_token: str = FAKE_ADMIN_TOKEN, server_name: str = "localhost") -> None:
         self.admin_token = admin_token
         self.server_name = server_name
         self.tokens: dict[str, dict] = {}
@@ -185,7 +189,7 @@ class FakeMas:
     API = "/api/admin/v1"
 
     def __init__(
-        self, client_id: str = "01HFAKEMASCLIENT", client_secret: str = "fake-mas-client-secret"
+        self, client_id: str = "01HFAKEMASCLIENT", client_secret: str = FAKE_MAS_CLIENT_SECRET
     ) -> None:
         self.client_id = client_id
         self.client_secret = client_secret
