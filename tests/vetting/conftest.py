@@ -14,6 +14,21 @@ _synapse_setup_seconds: list[float] = []
 
 
 @pytest.fixture
+def approved(agent, server_admin):
+    """An application approved by a server admin, verified by the agent, asking for @alex; no mail queued."""
+    from notifications.models import OutboundEmail
+    from tests.vetting.test_workflow import recommended_by
+    from vetting import workflow
+
+    application = recommended_by(agent)
+    application.matrix_username = "alex"
+    application.save(update_fields=["matrix_username"])
+    workflow.approve(application, server_admin)
+    OutboundEmail.objects.all().delete()
+    return application
+
+
+@pytest.fixture
 def fast_retries(monkeypatch):
     """Retries without the real waits, and a short read timeout, so failure tests take milliseconds."""
     monkeypatch.setattr(matrix, "RETRY_DELAYS", (0.0, 0.0, 0.0))

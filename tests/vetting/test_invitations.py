@@ -24,16 +24,6 @@ pytestmark = pytest.mark.django_db
 Status = Application.Status
 
 
-@pytest.fixture
-def approved(agent, server_admin):
-    application = recommended_by(agent)
-    application.matrix_username = "alex"
-    application.save(update_fields=["matrix_username"])
-    workflow.approve(application, server_admin)
-    OutboundEmail.objects.all().delete()
-    return application
-
-
 def issue(application, user) -> Invitation:
     return workflow.issue_invitation(application, user)
 
