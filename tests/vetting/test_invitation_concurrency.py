@@ -15,7 +15,9 @@ from vetting.models import Application, Invitation
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 
-def test_two_admins_issuing_at_once_create_one_token(approved, inviting_admin, django_user_model, fake_synapse):
+def test_two_admins_issuing_at_once_create_one_token(
+    approved, inviting_admin, django_user_model, fake_synapse
+):
     second_admin = _staff_user(django_user_model, "second_inviting_admin", roles.INVITING_ADMIN)
     both_loaded = threading.Barrier(2)
     outcomes: dict[str, str] = {}
