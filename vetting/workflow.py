@@ -782,6 +782,7 @@ def _issue(name: str, application: Application, user, matrix_username: str | Non
     _check(name, Application.objects.get(pk=application.pk), seen, user)
     username = _assigned_username(application, matrix_username)
     created: matrix.RegistrationToken | None = None
+    attempted = ""
     client = None
     try:
         client = matrix.get_client()
@@ -800,7 +801,8 @@ def _issue(name: str, application: Application, user, matrix_username: str | Non
                     % {"user_id": account.user_id}
                 )
             expires_at = now + timedelta(days=settings.MATRIX_TOKEN_VALID_DAYS)
-            created = client.create_token(matrix.new_token(), expires_at)
+            attempted = matrix.new_token()
+            created = client.create_token(attempted, expires_at)
             invitation = Invitation.objects.create(
                 application=locked,
                 backend=client.backend,
@@ -830,10 +832,20 @@ def _issue(name: str, application: Application, user, matrix_username: str | Non
             )
             _invitation_mails(invitation, locked, user, client.server_name)
     except matrix.MatrixError as error:
+        if (
+            attempted
+            and created is None
+            and isinstance(error, matrix.Unavailable)
+            and client.backend == matrix.SYNAPSE
+        ):
+            # The create may have been applied without an answer reaching us. We
+            # chose the token, and Synapse addresses tokens by their value, so
+            # it can be taken back (a 404 means it never existed).
+            _revoke_orphan(client, attempted, application)
         _matrix_failure("invitation.issue_failed", error, application, user, request)
     except BaseException as error:
         if created is not None:
-            _revoke_orphan(client, created, application)
+            _revoke_orphan(client, created.server_id, application)
         if isinstance(error, IntegrityError):
             # The one-live-invitation constraint caught a race the row lock could not (SQLite).
             raise AlreadyDecided(
@@ -863,19 +875,16 @@ def _invitation_mails(invitation: Invitation, application: Application, user, se
         _applicant_mail("invitation-token", application, **context)
 
 
-def _revoke_orphan(client, created: matrix.RegistrationToken, application: Application) -> None:
+def _revoke_orphan(client, server_id: str, application: Application) -> None:
     """Our transaction failed after the homeserver made the token: take it back."""
     try:
-        client.revoke_token(created.server_id)
+        client.revoke_token(server_id)
     except matrix.NotFound:
         pass
     except matrix.MatrixError as error:
-        # Leave a trace staff can act on; the token itself stays out of it.
-        audit.record(
-            "invitation.orphan_revoke_failed",
-            target=application,
-            details={"server_id_prefix": created.server_id[:4], "error": str(error)},
-        )
+        # Leave a trace for an operator: a token on the server without an
+        # invitation here is the orphan. No part of the token goes in the trail.
+        audit.record("invitation.orphan_revoke_failed", target=application, details={"error": str(error)})
 
 
 def revoke_invitation(

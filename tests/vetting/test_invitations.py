@@ -388,3 +388,22 @@ def make_invitations(count: int, issuer, homeserver, backend: str = "synapse") -
 def test_mail_is_only_queued_never_sent_during_issue(approved, inviting_admin, fake_synapse):
     issue(approved, inviting_admin)
     assert mail.outbox == []
+
+
+def test_a_create_left_unanswered_is_taken_back_on_synapse(approved, inviting_admin, fake_synapse):
+    """Synapse applied the create but the answer never came: the token we chose is deleted again."""
+    from tests.vetting.homeservers import HANG
+
+    answer = fake_synapse.server.handler
+    fake_synapse.server.hang_seconds = 1.0
+
+    def apply_then_hang(request):
+        result = answer(request)
+        return HANG if request.path.endswith("/registration_tokens/new") else result
+
+    fake_synapse.server.handler = apply_then_hang
+    with pytest.raises(workflow.WorkflowError, match="did not answer in time"):
+        issue(approved, inviting_admin)
+    assert fake_synapse.server.calls("DELETE", "/_synapse/admin/v1/registration_tokens/") == 1
+    assert fake_synapse.tokens == {}
+    assert_unchanged(approved)
