@@ -276,10 +276,22 @@ if (len(SMTP_RELAY_PORTS) + 5) * SMTP_TIMEOUT > OUTBOX_LEASE_SECONDS:
         "or a worker could lose its claim while it is still sending."
     )
 
-# Matrix homeserver (used by the invitations work).
+# Matrix homeserver (vetting.matrix): invitations are registration tokens on it.
 MATRIX_HOMESERVER_URL = env.str("MATRIX_HOMESERVER_URL", default="")
 MATRIX_ADMIN_TOKEN = env.str("MATRIX_ADMIN_TOKEN", default="")
 MATRIX_TOKEN_VALID_DAYS = env_positive_int("MATRIX_TOKEN_VALID_DAYS", 30)
+# `synapse` (its admin API) or `mas` (Matrix Authentication Service's admin API).
+MATRIX_BACKEND = env.str("MATRIX_BACKEND", default="synapse").strip().lower()
+if MATRIX_BACKEND not in ("synapse", "mas"):
+    raise ImproperlyConfigured(f"MATRIX_BACKEND must be 'synapse' or 'mas', not {MATRIX_BACKEND!r}.")
+# The part after the colon in user IDs; defaults to the homeserver URL's host.
+MATRIX_SERVER_NAME = env.str("MATRIX_SERVER_NAME", default="")
+MATRIX_MAS_URL = env.str("MATRIX_MAS_URL", default="")
+MATRIX_MAS_CLIENT_ID = env.str("MATRIX_MAS_CLIENT_ID", default="")
+MATRIX_MAS_CLIENT_SECRET = env.str("MATRIX_MAS_CLIENT_SECRET", default="")
+# Normally staff hand the token over through two separate channels; only
+# when this is true does the applicant's e-mail carry it.
+MATRIX_SEND_TOKEN_TO_APPLICANT = env_bool("MATRIX_SEND_TOKEN_TO_APPLICANT", default=False)
 
 # Sessions and CSRF cookies are sent over HTTPS only in production.
 SESSION_COOKIE_SECURE = not DEBUG

@@ -15,13 +15,16 @@ from django.utils.translation import gettext_lazy as _
 from evidence.admin import EvidenceInline
 from evidence.models import Evidence
 from vetting import (
+    admin_invitations,  # noqa: F401  (registers the invitation list)
     admin_staff,  # noqa: F401  (registers the staff accounts page)
     workflow,
 )
 from vetting.forms import (
     InformationRequestForm,
+    InvitationForm,
     ReasonForm,
     RejectForm,
+    RevokeInvitationForm,
     StaffApplicationForm,
     VerificationForm,
 )
@@ -122,7 +125,18 @@ ACTION_FORMS: dict[str, type[forms.Form] | None] = {
     "approve": None,
     "reject": RejectForm,
     "reopen": ReasonForm,
+    "issue_invitation": InvitationForm,
+    "revoke_invitation": RevokeInvitationForm,
+    "reissue_invitation": InvitationForm,
 }
+
+
+def _initial(name: str, application: Application) -> dict:
+    """What the confirmation form starts with: the username asked for, or the one assigned before."""
+    if name not in ("issue_invitation", "reissue_invitation"):
+        return {}
+    earlier = application.invitations.order_by("-issued_at").first()
+    return {"matrix_username": earlier.matrix_username if earlier else application.matrix_username}
 
 
 def _run_transition(name: str, application: Application, user, data: dict, request: HttpRequest) -> None:
@@ -145,6 +159,10 @@ def _run_transition(name: str, application: Application, user, data: dict, reque
         workflow.reject(application, user, data["reason"], data["message_to_applicant"], request=request)
     elif name == "reopen":
         workflow.reopen(application, user, data["reason"], request=request)
+    elif name in ("issue_invitation", "reissue_invitation"):
+        getattr(workflow, name)(application, user, data["matrix_username"], request=request)
+    elif name == "revoke_invitation":
+        workflow.revoke_invitation(application, user, data["reason"], request=request)
     else:
         getattr(workflow, name)(application, user, request=request)
 
@@ -174,8 +192,11 @@ class ApplicationAdmin(admin.ModelAdmin):
         (_("Progress"), {"fields": PROGRESS_FIELDS}),
         (_("Verification"), {"fields": VERIFICATION_FIELDS}),
         (_("Earlier applications"), {"fields": ["earlier_applications"]}),
+        (_("Invitations"), {"fields": ["invitation_list"]}),
     ]
-    readonly_fields = APPLICANT_FIELDS + PROGRESS_FIELDS + VERIFICATION_FIELDS + ["earlier_applications"]
+    readonly_fields = (
+        APPLICANT_FIELDS + PROGRESS_FIELDS + VERIFICATION_FIELDS + ["earlier_applications", "invitation_list"]
+    )
 
     # The full-result count is a second COUNT over every row; the queue doesn't need it.
     show_full_result_count = False
@@ -226,6 +247,30 @@ class ApplicationAdmin(admin.ModelAdmin):
             ),
         )
 
+    @admin.display(description=_("Matrix invitations (as last synced)"))
+    def invitation_list(self, application: Application) -> str:
+        invitations = application.invitations.order_by("-issued_at")
+        if not invitations:
+            return _("None")
+        return format_html(
+            "<ul>{}</ul>",
+            format_html_join(
+                "",
+                '<li><a href="{}">@{}</a> · {} · {} {} · {}</li>',
+                (
+                    (
+                        reverse("admin:vetting_invitation_change", args=[invitation.pk]),
+                        invitation.matrix_username,
+                        invitation.get_state_display(),
+                        _("expires"),
+                        invitation.expires_at.strftime("%Y-%m-%d %H:%M"),
+                        invitation.redemption_note or invitation.get_redemption_check_display(),
+                    )
+                    for invitation in invitations
+                ),
+            ),
+        )
+
     # Applications change only through the workflow's buttons.
     def has_change_permission(self, request, obj=None) -> bool:
         return False
@@ -268,7 +313,7 @@ class ApplicationAdmin(admin.ModelAdmin):
         application = self._application_or_404(request, object_id)
         change_url = reverse("admin:vetting_application_change", args=[application.pk])
         form_class = ACTION_FORMS[name]
-        form = form_class(request.POST or None) if form_class else None
+        form = form_class(request.POST or None, initial=_initial(name, application)) if form_class else None
         if request.method == "POST" and (form is None or form.is_valid()):
             try:
                 _run_transition(name, application, request.user, form.cleaned_data if form else {}, request)

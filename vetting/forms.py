@@ -6,7 +6,7 @@ from django.contrib.auth.forms import PasswordResetForm
 from django.utils.translation import gettext_lazy as _
 
 from evidence.validation import ALLOWED_TYPES, ValidatedUpload, validate_upload
-from vetting.models import Application
+from vetting.models import MATRIX_LOCALPART_MAX_LENGTH, Application, validate_matrix_localpart
 
 EVIDENCE_SLOTS = range(1, settings.EVIDENCE_MAX_FILES + 1)
 ACCEPT_ATTRIBUTE = ",".join(f".{extension}" for extension in ALLOWED_TYPES)
@@ -182,6 +182,21 @@ class RejectForm(ReasonForm):
         required=False,
         label=_("Message to the applicant (optional; sent in the rejection e-mail)"),
         widget=forms.Textarea(attrs={"rows": 3}),
+    )
+
+
+class InvitationForm(forms.Form):
+    matrix_username = forms.CharField(
+        label=_("Matrix username the person will register"),
+        max_length=MATRIX_LOCALPART_MAX_LENGTH,
+        validators=[validate_matrix_localpart],
+        help_text=_("Only the part before the colon, e.g. alex.example. Checked against the homeserver."),
+    )
+
+
+class RevokeInvitationForm(forms.Form):
+    reason = forms.CharField(
+        label=_("Reason (kept in the record)"), required=False, widget=forms.Textarea(attrs={"rows": 3})
     )
 
 

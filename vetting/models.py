@@ -3,6 +3,7 @@ from __future__ import annotations
 import re
 import secrets
 import uuid
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -261,3 +262,95 @@ class AuditChainHead(models.Model):
 
     def __str__(self) -> str:
         return self.last_hash
+
+
+class InvitationQuerySet(models.QuerySet):
+    def live(self) -> InvitationQuerySet:
+        """Issued and not yet used, expired or revoked: what sync_invitations follows."""
+        return self.filter(state=Invitation.State.PENDING)
+
+
+class Invitation(models.Model):
+    """A single-use registration token issued on the homeserver for an approved application."""
+
+    class State(models.TextChoices):
+        PENDING = "pending", _("Waiting for registration")
+        COMPLETED = "completed", _("Used: account created")
+        EXPIRED = "expired", _("Expired unused")
+        REVOKED = "revoked", _("Revoked")
+
+    class Check(models.TextChoices):
+        NOT_YET = "", _("Not used yet")
+        PASSED = "passed", _("Account matches")
+        MISMATCH = "mismatch", _("Account does not match")
+
+    # The person is told a date this long before the real expiry (as in the old process).
+    TELL_MARGIN = timedelta(hours=48)
+
+    application = models.ForeignKey(Application, on_delete=models.PROTECT, related_name="invitations")
+    backend = models.CharField(_("backend"), max_length=10)
+    token = models.CharField(_("registration token"), max_length=64)
+    # How the homeserver addresses the token: the token itself on Synapse, an ID on MAS.
+    server_id = models.CharField(_("server ID"), max_length=64)
+    matrix_username = models.CharField(
+        _("assigned Matrix username"),
+        max_length=MATRIX_LOCALPART_MAX_LENGTH,
+        validators=[validate_matrix_localpart],
+    )
+    uses_allowed = models.PositiveSmallIntegerField(_("uses allowed"), default=1)
+    expires_at = models.DateTimeField(_("expires at"))
+    issued_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, verbose_name=_("issued by"), on_delete=models.PROTECT, related_name="+"
+    )
+    issued_at = models.DateTimeField(_("issued at"), db_index=True)
+
+    state = models.CharField(_("state"), max_length=10, choices=State, default=State.PENDING, db_index=True)
+    pending_uses = models.PositiveIntegerField(_("registrations in progress"), default=0)
+    completed_uses = models.PositiveIntegerField(_("registrations completed"), default=0)
+    last_synced_at = models.DateTimeField(_("last synced at"), null=True, blank=True)
+    raw_response = models.JSONField(_("last homeserver answer"), default=dict, blank=True)
+    completed_at = models.DateTimeField(_("used at"), null=True, blank=True)
+    revoked_at = models.DateTimeField(_("revoked at"), null=True, blank=True)
+    revoked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("revoked by"),
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+    )
+    redemption_check = models.CharField(
+        _("redemption check"), max_length=10, choices=Check, default=Check.NOT_YET, blank=True, db_index=True
+    )
+    redemption_note = models.CharField(_("redemption check details"), max_length=300, blank=True)
+    reminder_sent_at = models.DateTimeField(_("expiry reminder sent at"), null=True, blank=True)
+
+    objects = InvitationQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-issued_at"]
+        constraints = [
+            # Two admins clicking at once: the row lock serialises them, and this
+            # is the last line if anything slips past it.
+            models.UniqueConstraint(
+                fields=["application"],
+                condition=models.Q(state="pending"),
+                name="invitation_one_live_per_application",
+            ),
+            models.UniqueConstraint(fields=["backend", "server_id"], name="invitation_unique_server_id"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Invitation for {self.application.reference} ({self.get_state_display()})"
+
+    @property
+    def tell_by(self) -> datetime:
+        """The expiry date staff tell the person: a margin before the real one."""
+        return self.expires_at - self.TELL_MARGIN
+
+    @property
+    def masked_token(self) -> str:
+        return self.token[:2] + "•" * max(len(self.token) - 2, 0)
+
+    def user_id(self, server_name: str) -> str:
+        return f"@{self.matrix_username}:{server_name}"

@@ -40,11 +40,14 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "auth.view_user",
         "auth.add_user",
         "auth.change_user",
+        # Invitations: their list and state; the token itself stays masked.
+        "vetting.view_invitation",
     ],
     INVITING_ADMIN: [
         "vetting.view_application",
         "vetting.view_staffnote",
         "vetting.issue_invitation",
+        "vetting.view_invitation",
     ],
 }
 
@@ -64,8 +67,22 @@ def sync_role_groups(apps) -> None:
         permissions = []
         for dotted in ROLE_PERMISSIONS[role]:
             app_label, codename = dotted.split(".")
-            permissions.append(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+            permission = Permission.objects.filter(
+                content_type__app_label=app_label, codename=codename
+            ).first()
+            if permission is None and not _model_exists_yet(apps, app_label, codename):
+                # The permission of a model a later migration creates; that migration calls this again.
+                continue
+            if permission is None:
+                raise LookupError(f"Role {role} names an unknown permission {dotted}.")
+            permissions.append(permission)
         group.permissions.set(permissions)
+
+
+def _model_exists_yet(apps, app_label: str, codename: str) -> bool:
+    """Whether the model a default permission (view_x, add_x...) is about exists in this migration state."""
+    model_name = codename.split("_", 1)[-1]
+    return model_name in {model._meta.model_name for model in apps.get_app_config(app_label).get_models()}
 
 
 def group_name(role: str) -> str:

@@ -14,13 +14,17 @@ e-mails in that same transaction: it applies completely or not at all.
     submitted, in_review, info_requested, recommended ──reject──▶ rejected
     approved, rejected ──reopen (superadmin)──▶ recommended, or submitted without a verification
     any open state, approved ──withdraw (applicant)──▶ withdrawn
+    approved ──issue_invitation / reissue_invitation──▶ invited
+    invited ──revoke_invitation──▶ approved
+    invited ──sync_invitations: token used──▶ joined
+    invited ──sync_invitations: token expired or gone──▶ approved
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -28,7 +32,7 @@ from django.contrib.auth.models import Group
 from django.contrib.auth.tokens import default_token_generator
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils import timezone
@@ -40,8 +44,14 @@ from django.utils.translation import gettext_lazy
 from evidence.models import Evidence
 from evidence.validation import ValidatedUpload
 from notifications.outbox import queue_email
-from vetting import audit, links, roles
-from vetting.models import Application, AuditEvent, StaffNote
+from vetting import audit, links, matrix, roles
+from vetting.models import (
+    Application,
+    AuditEvent,
+    Invitation,
+    StaffNote,
+    validate_matrix_localpart,
+)
 
 Status = Application.Status
 
@@ -100,6 +110,17 @@ STAFF_TRANSITIONS: dict[str, Transition] = {
     "reopen": Transition(
         gettext_lazy("Reopen"), frozenset({Status.APPROVED, Status.REJECTED}), _is_superadmin
     ),
+    "issue_invitation": Transition(
+        gettext_lazy("Issue invitation"), frozenset({Status.APPROVED}), _has("vetting.issue_invitation")
+    ),
+    "revoke_invitation": Transition(
+        gettext_lazy("Revoke invitation"), frozenset({Status.INVITED}), _has("vetting.issue_invitation")
+    ),
+    "reissue_invitation": Transition(
+        gettext_lazy("Re-issue invitation"),
+        frozenset({Status.APPROVED, Status.INVITED}),
+        _has("vetting.issue_invitation"),
+    ),
 }
 # An invited person has a live token: staff revoke it rather than the applicant withdrawing.
 APPLICANT_WITHDRAWABLE = frozenset(
@@ -137,6 +158,28 @@ def guard_reason(name: str, application: Application, user) -> str | None:
             "You recorded the verification of this application, so another person must decide it "
             "(four-eyes rule)."
         )
+    if name in ("issue_invitation", "reissue_invitation"):
+        return _invitation_guard(name, application, user)
+    return None
+
+
+def _invitation_guard(name: str, application: Application, user) -> str | None:
+    if application.verification_recorded_by_id == user.pk:
+        return _(
+            "You recorded the verification of this application, so another person must issue its "
+            "invitation (four-eyes rule)."
+        )
+    had_one = application.invitations.exists()
+    if name == "issue_invitation" and had_one:
+        return _("This application had an invitation before: use “Re-issue invitation”.")
+    if name == "reissue_invitation":
+        if not had_one:
+            return _("This application has no earlier invitation: use “Issue invitation”.")
+        live = application.invitations.live().first()
+        if live is not None and live.expires_at > timezone.now():
+            return _(
+                "The current invitation is valid until %(date)s: revoke it before issuing a new one."
+            ) % {"date": f"{live.expires_at:%Y-%m-%d %H:%M} UTC"}
     return None
 
 
@@ -677,3 +720,382 @@ def deactivate_staff_account(user, actor, request=None) -> None:
         user.is_active = False
         user.save(update_fields=["is_active"])
         audit.record("staff.deactivated", actor=actor, target=user, request=request)
+
+
+# Invitations ---------------------------------------------------------------
+#
+# Homeserver calls happen inside the transaction, on the locked application
+# row: two admins clicking at once are serialised, so one token is created.
+# A failed call changes nothing locally and is audited; a token created for a
+# transaction that then fails is revoked again, so no orphan token remains.
+
+# Invitations expiring this soon, still unused, earn one reminder to the issuing admin.
+REMINDER_BEFORE_EXPIRY = timedelta(days=5)
+# Homeserver and app clocks differ a little; an account this much older than
+# the token still counts as created with it.
+CLOCK_SLACK = timedelta(minutes=2)
+
+
+def _matrix_failure(action: str, error: matrix.MatrixError, application: Application, user, request) -> None:
+    """Audit a failed homeserver call (in its own transaction) and raise what staff should read."""
+    audit.record(
+        action,
+        actor=user,
+        target=application,
+        request=request,
+        details={"error": str(error), "kind": type(error).__name__},
+    )
+    raise WorkflowError(f"{error} {error.advice}")
+
+
+def _assigned_username(application: Application, requested: str | None) -> str:
+    username = (requested or "").strip()
+    if not username:
+        earlier = application.invitations.order_by("-issued_at").first()
+        username = earlier.matrix_username if earlier else application.matrix_username
+    if not username:
+        raise WorkflowError(_("Choose the Matrix username this person will register."))
+    try:
+        validate_matrix_localpart(username)
+    except ValidationError as error:
+        raise WorkflowError(" ".join(error.messages)) from error
+    return username
+
+
+def issue_invitation(
+    application: Application, user, matrix_username: str | None = None, request: HttpRequest | None = None
+) -> Invitation:
+    """Create a single-use registration token for an approved application (approved → invited)."""
+    return _issue("issue_invitation", application, user, matrix_username, request)
+
+
+def reissue_invitation(
+    application: Application, user, matrix_username: str | None = None, request: HttpRequest | None = None
+) -> Invitation:
+    """A new token after the earlier one expired or was revoked."""
+    return _issue("reissue_invitation", application, user, matrix_username, request)
+
+
+def _issue(name: str, application: Application, user, matrix_username: str | None, request) -> Invitation:
+    seen = application.status
+    # A refusal costs no homeserver call and is not blamed on the homeserver settings.
+    _check(name, Application.objects.get(pk=application.pk), seen, user)
+    username = _assigned_username(application, matrix_username)
+    created: matrix.RegistrationToken | None = None
+    attempted = ""
+    client = None
+    try:
+        client = matrix.get_client()
+        with transaction.atomic():
+            locked = _lock(application)
+            _check(name, locked, seen, user)
+            now = timezone.now()
+            # Re-issuing after the clock ran out, before sync_invitations noticed.
+            for stale in locked.invitations.live().select_for_update():
+                stale.state = Invitation.State.EXPIRED
+                stale.save(update_fields=["state"])
+            account = client.get_account(username)
+            if account is not None:
+                raise WorkflowError(
+                    _("The Matrix account %(user_id)s exists already: choose another username.")
+                    % {"user_id": account.user_id}
+                )
+            expires_at = now + timedelta(days=settings.MATRIX_TOKEN_VALID_DAYS)
+            attempted = matrix.new_token()
+            created = client.create_token(attempted, expires_at)
+            invitation = Invitation.objects.create(
+                application=locked,
+                backend=client.backend,
+                token=created.token,
+                server_id=created.server_id,
+                matrix_username=username,
+                uses_allowed=created.uses_allowed or 1,
+                expires_at=created.expires_at or expires_at,
+                issued_by=user,
+                issued_at=now,
+                last_synced_at=now,
+                raw_response=created.raw,
+            )
+            locked.status = Status.INVITED
+            locked.save(update_fields=["status", "updated_at"])
+            audit.record(
+                "invitation.reissued" if name == "reissue_invitation" else "invitation.issued",
+                actor=user,
+                target=locked,
+                request=request,
+                details={
+                    "invitation": invitation.pk,
+                    "matrix_username": username,
+                    "backend": client.backend,
+                    "expires_at": invitation.expires_at.isoformat(),
+                },
+            )
+            _invitation_mails(invitation, locked, user, client.server_name)
+    except matrix.MatrixError as error:
+        if (
+            attempted
+            and created is None
+            and isinstance(error, matrix.Unavailable)
+            and client.backend == matrix.SYNAPSE
+        ):
+            # The create may have been applied without an answer reaching us. We
+            # chose the token, and Synapse addresses tokens by their value, so
+            # it can be taken back (a 404 means it never existed).
+            _revoke_orphan(client, attempted, application)
+        _matrix_failure("invitation.issue_failed", error, application, user, request)
+    except BaseException as error:
+        if created is not None:
+            _revoke_orphan(client, created.server_id, application)
+        if isinstance(error, IntegrityError):
+            # The one-live-invitation constraint caught a race the row lock could not (SQLite).
+            raise AlreadyDecided(
+                _(
+                    "Someone else issued an invitation for this application at the same moment. Nothing was changed."
+                )
+            ) from error
+        raise
+    _refresh(application, locked)
+    return invitation
+
+
+def _invitation_mails(invitation: Invitation, application: Application, user, server_name: str) -> None:
+    context = {
+        "invitation": invitation,
+        "token": invitation.token,
+        "user_id": invitation.user_id(server_name),
+        "homeserver_url": settings.MATRIX_HOMESERVER_URL,
+        "tell_by": invitation.tell_by,
+        "admin_url": links.admin_url(application),
+        "token_sent_to_applicant": settings.MATRIX_SEND_TOKEN_TO_APPLICANT,
+    }
+    if user.email:
+        queue_email("invitation-issued", [user.email], {"application": application, **context})
+    # Off by default: the token then travels only through the admin's two messages.
+    if settings.MATRIX_SEND_TOKEN_TO_APPLICANT:
+        _applicant_mail("invitation-token", application, **context)
+
+
+def _revoke_orphan(client, server_id: str, application: Application) -> None:
+    """Our transaction failed after the homeserver made the token: take it back."""
+    try:
+        client.revoke_token(server_id)
+    except matrix.NotFound:
+        pass
+    except matrix.MatrixError as error:
+        # Leave a trace for an operator: a token on the server without an
+        # invitation here is the orphan. No part of the token goes in the trail.
+        audit.record("invitation.orphan_revoke_failed", target=application, details={"error": str(error)})
+
+
+def revoke_invitation(
+    application: Application, user, reason: str = "", request: HttpRequest | None = None
+) -> None:
+    """Delete the live token on the homeserver (invited → approved); a token already gone counts as revoked."""
+    seen = application.status
+    reason = reason.strip()
+    try:
+        client = matrix.get_client()
+        with transaction.atomic():
+            locked = _lock(application)
+            _check("revoke_invitation", locked, seen, user)
+            invitation = locked.invitations.live().select_for_update().first()
+            already_gone = False
+            if invitation is not None:
+                try:
+                    if client.get_token(invitation.server_id).used_up:
+                        raise WorkflowError(
+                            _(
+                                "This invitation was already used to create an account: choose "
+                                "“Sync now” on the invitation list to record it."
+                            )
+                        )
+                    client.revoke_token(invitation.server_id)
+                except matrix.NotFound:
+                    already_gone = True
+                invitation.state = Invitation.State.REVOKED
+                invitation.revoked_at = timezone.now()
+                invitation.revoked_by = user
+                invitation.save(update_fields=["state", "revoked_at", "revoked_by"])
+            locked.status = Status.APPROVED
+            locked.save(update_fields=["status", "updated_at"])
+            audit.record(
+                "invitation.revoked",
+                actor=user,
+                target=locked,
+                request=request,
+                details={
+                    "invitation": invitation.pk if invitation else None,
+                    "reason": reason,
+                    "already_gone_on_server": already_gone,
+                },
+            )
+    except matrix.MatrixError as error:
+        _matrix_failure("invitation.revoke_failed", error, application, user, request)
+    _refresh(application, locked)
+
+
+@dataclass
+class SyncReport:
+    live: int = 0
+    still_pending: int = 0
+    completed: int = 0
+    expired: int = 0
+    revoked: int = 0
+    mismatches: int = 0
+    reminders: int = 0
+
+
+def sync_invitations(actor=None, *, dry_run: bool = False) -> SyncReport:
+    """Follow every live invitation with one list call per page of the homeserver's token list.
+
+    Used tokens make the application `joined` (after checking the account has
+    the assigned username); expired or vanished ones send it back to
+    `approved` for a re-issue; unused ones near expiry get one reminder.
+    Nothing is asked of the homeserver when no invitation is live. A dry run
+    makes the list call and counts what would change, writing and sending nothing.
+    """
+    report = SyncReport()
+    live = list(Invitation.objects.live().select_related("application", "issued_by"))
+    report.live = len(live)
+    if not live:
+        return report
+    client = matrix.get_client()
+    remote = {token.server_id: token for token in client.list_tokens()}
+    now = timezone.now()
+    untouched: list[int] = []
+    for invitation in live:
+        token = remote.get(invitation.server_id)
+        if dry_run:
+            outcome = _outcome(token, now)
+            setattr(report, outcome, getattr(report, outcome) + 1)
+            continue
+        if token is not None and token.usable(now):
+            report.still_pending += 1
+            changed = _note_pending(invitation, token, actor, now)
+            if changed == "reminded":
+                report.reminders += 1
+            elif changed is None:
+                untouched.append(invitation.pk)
+            continue
+        outcome = _close(invitation, token, client, actor, now)
+        if outcome is not None:
+            setattr(report, outcome, getattr(report, outcome) + 1)
+            if invitation.redemption_check == Invitation.Check.MISMATCH:
+                report.mismatches += 1
+    Invitation.objects.filter(pk__in=untouched).update(last_synced_at=now)
+    return report
+
+
+def _outcome(remote: matrix.RegistrationToken | None, now) -> str:
+    if remote is None or remote.revoked:
+        return "revoked"
+    if remote.used_up:
+        return "completed"
+    return "expired" if remote.expired(now) else "still_pending"
+
+
+def _close(invitation: Invitation, remote: matrix.RegistrationToken | None, client, actor, now) -> str | None:
+    """The token was used, expired or vanished: record it and move the application on."""
+    account = (
+        client.get_account(invitation.matrix_username) if remote is not None and remote.used_up else None
+    )
+    with transaction.atomic():
+        application = _lock(invitation.application)
+        locked = Invitation.objects.select_for_update().get(pk=invitation.pk)
+        if locked.state != Invitation.State.PENDING:
+            # An admin revoked it while we were asking the homeserver.
+            return None
+        locked.last_synced_at = now
+        if remote is not None:
+            locked.pending_uses, locked.completed_uses = remote.pending, remote.completed
+            locked.raw_response = remote.raw
+        outcome = _outcome(remote, now)
+        if outcome == "completed":
+            action, next_status = "invitation.completed", Status.JOINED
+            locked.state = Invitation.State.COMPLETED
+            locked.completed_at = now
+            locked.redemption_check, locked.redemption_note = _redemption_check(locked, account, client)
+        elif outcome == "revoked":
+            action, next_status = "invitation.gone_on_server", Status.APPROVED
+            locked.state = Invitation.State.REVOKED
+            locked.revoked_at = now
+        else:
+            action, next_status = "invitation.expired", Status.APPROVED
+            locked.state = Invitation.State.EXPIRED
+        locked.save()
+        if application.status == Status.INVITED:
+            application.status = next_status
+            application.save(update_fields=["status", "updated_at"])
+        audit.record(
+            action,
+            actor=actor,
+            target=application,
+            details={
+                "invitation": locked.pk,
+                "redemption_check": locked.redemption_check,
+                "redemption_note": locked.redemption_note,
+            },
+        )
+    _refresh(invitation, locked)
+    _refresh(invitation.application, application)
+    return outcome
+
+
+def _note_pending(invitation: Invitation, remote: matrix.RegistrationToken, actor, now) -> str | None:
+    """Record changed counts and send the one reminder when expiry is near; None when nothing changed."""
+    changed = (invitation.pending_uses, invitation.completed_uses) != (remote.pending, remote.completed)
+    remind = (
+        invitation.reminder_sent_at is None
+        and invitation.issued_by.email
+        and invitation.expires_at - now <= REMINDER_BEFORE_EXPIRY
+    )
+    if not changed and not remind:
+        return None
+    with transaction.atomic():
+        locked = Invitation.objects.select_for_update().get(pk=invitation.pk)
+        if locked.state != Invitation.State.PENDING:
+            return None
+        locked.pending_uses, locked.completed_uses = remote.pending, remote.completed
+        locked.raw_response = remote.raw
+        locked.last_synced_at = now
+        reminded = bool(remind and locked.reminder_sent_at is None)
+        if reminded:
+            locked.reminder_sent_at = now
+            queue_email(
+                "invitation-expiring",
+                [invitation.issued_by.email],
+                {
+                    "invitation": locked,
+                    "application": invitation.application,
+                    "user_id": locked.user_id(matrix.server_name()),
+                    "tell_by": locked.tell_by,
+                    "admin_url": links.admin_url(invitation.application),
+                },
+            )
+            audit.record(
+                "invitation.reminder_sent",
+                actor=actor,
+                target=invitation.application,
+                details={"invitation": locked.pk},
+            )
+        locked.save()
+    _refresh(invitation, locked)
+    return "reminded" if reminded else "updated"
+
+
+def _redemption_check(
+    invitation: Invitation, account: matrix.MatrixAccount | None, client
+) -> tuple[str, str]:
+    """Did the token create @<assigned username>:<server>, after the token was issued?"""
+    user_id = invitation.user_id(client.server_name)
+    if account is None:
+        return Invitation.Check.MISMATCH, _(
+            "The token was used, but no account %(user_id)s exists: the person registered under another name."
+        ) % {"user_id": user_id}
+    if account.created_at is not None and account.created_at < invitation.issued_at - CLOCK_SLACK:
+        return Invitation.Check.MISMATCH, _(
+            "The token was used, but %(user_id)s existed before the token was issued (%(created)s)."
+        ) % {"user_id": user_id, "created": f"{account.created_at:%Y-%m-%d %H:%M} UTC"}
+    return Invitation.Check.PASSED, _("%(user_id)s exists and was created with the token.") % {
+        "user_id": user_id
+    }

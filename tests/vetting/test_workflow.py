@@ -353,7 +353,10 @@ ROLE_ACTIONS = [
     (Status.RECOMMENDED, "server_admin", ["Request information", "Approve", "Reject"]),
     (Status.RECOMMENDED, "inviting_admin", []),
     (Status.APPROVED, "server_admin", []),
-    (Status.APPROVED, "superadmin", ["Reopen"]),
+    (Status.APPROVED, "superadmin", ["Reopen", "Issue invitation"]),
+    (Status.APPROVED, "inviting_admin", ["Issue invitation"]),
+    (Status.INVITED, "inviting_admin", ["Revoke invitation"]),
+    (Status.INVITED, "server_admin", []),
     (Status.REJECTED, "superadmin", ["Reopen"]),
     (Status.WITHDRAWN, "superadmin", []),
 ]

@@ -1,0 +1,150 @@
+"""Invitations in the admin: the three buttons, the list, masking, "Sync now", and no homeserver call per row."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from tests.vetting.test_admin_workflow import buttons, change_url
+from tests.vetting.test_invitations import make_invitations
+from vetting import workflow
+from vetting.models import Application, Invitation
+
+pytestmark = pytest.mark.django_db
+Status = Application.Status
+LIST_URL = "/admin/vetting/invitation/"
+
+
+def action_url(application: Application, name: str) -> str:
+    return f"/admin/vetting/application/{application.pk}/action/{name}/"
+
+
+def test_inviting_admin_issues_through_the_button_with_the_username_prefilled(
+    client, approved, inviting_admin, fake_synapse
+):
+    client.force_login(inviting_admin)
+    assert buttons(client.get(change_url(approved)).content.decode()) == ["Issue invitation"]
+    form = client.get(action_url(approved, "issue_invitation")).content.decode()
+    assert 'value="alex"' in form
+
+    response = client.post(action_url(approved, "issue_invitation"), {"matrix_username": "alex"}, follow=True)
+    page = response.content.decode()
+    assert "Issue invitation: done. The application is now invited." in page
+    assert buttons(page) == ["Revoke invitation"]
+    assert len(fake_synapse.tokens) == 1
+
+
+def test_a_bad_username_is_refused_on_the_form(client, approved, inviting_admin, fake_synapse):
+    client.force_login(inviting_admin)
+    response = client.post(action_url(approved, "issue_invitation"), {"matrix_username": "Alex Smith"})
+    assert response.status_code == 200
+    assert "Use only lowercase letters" in response.content.decode()
+    assert fake_synapse.server.requests == []
+
+
+def test_a_homeserver_failure_shows_what_to_do(client, approved, inviting_admin, fake_synapse, settings):
+    settings.MATRIX_ADMIN_TOKEN = "syt_wrong_token_value"
+    client.force_login(inviting_admin)
+    response = client.post(action_url(approved, "issue_invitation"), {"matrix_username": "alex"}, follow=True)
+    page = response.content.decode()
+    assert "The homeserver rejected our admin token: ask an operator to run “manage.py matrix_check”." in page
+    assert "syt_wrong_token_value" not in page
+    assert buttons(page) == ["Issue invitation"]
+
+
+def test_revoke_then_reissue_through_the_buttons(client, approved, inviting_admin, fake_synapse):
+    workflow.issue_invitation(approved, inviting_admin)
+    client.force_login(inviting_admin)
+    response = client.post(action_url(approved, "revoke_invitation"), {"reason": "Lost phone"}, follow=True)
+    assert "Revoke invitation: done. The application is now approved." in response.content.decode()
+    assert buttons(response.content.decode()) == ["Re-issue invitation"]
+    response = client.post(
+        action_url(approved, "reissue_invitation"), {"matrix_username": "alex"}, follow=True
+    )
+    assert "Re-issue invitation: done. The application is now invited." in response.content.decode()
+    assert Invitation.objects.filter(state=Invitation.State.PENDING).count() == 1
+
+
+def test_other_roles_see_no_invitation_buttons(client, approved, server_admin, agent):
+    for user in (server_admin, agent):
+        client.force_login(user)
+        assert (
+            "invitation" not in " ".join(buttons(client.get(change_url(approved)).content.decode())).lower()
+        )
+
+
+def test_the_token_is_shown_to_inviting_admins_and_masked_for_everyone_else(
+    client, approved, inviting_admin, server_admin, fake_synapse
+):
+    invitation = workflow.issue_invitation(approved, inviting_admin)
+    detail = f"{LIST_URL}{invitation.pk}/change/"
+
+    client.force_login(inviting_admin)
+    assert invitation.token in client.get(LIST_URL).content.decode()
+    assert invitation.token in client.get(detail).content.decode()
+
+    client.force_login(server_admin)
+    for page in (client.get(LIST_URL), client.get(detail), client.get(change_url(approved))):
+        assert page.status_code == 200
+        assert invitation.token not in page.content.decode()
+    assert invitation.masked_token in client.get(LIST_URL).content.decode()
+
+
+def test_agents_cannot_see_the_invitation_list(client, agent):
+    client.force_login(agent)
+    assert client.get(LIST_URL).status_code == 403
+
+
+def test_the_list_of_200_invitations_makes_no_homeserver_call(
+    client, inviting_admin, fake_synapse, django_assert_max_num_queries
+):
+    make_invitations(200, inviting_admin, fake_synapse)
+    client.force_login(inviting_admin)
+    with django_assert_max_num_queries(15):
+        response = client.get(f"{LIST_URL}?all=")  # all 200 rows on one page
+    assert response.status_code == 200
+    assert response.content.decode().count('class="field-matrix_username"') == 200
+    assert fake_synapse.server.requests == []
+
+
+def test_sync_now_follows_the_tokens_and_reports_counts(
+    client, approved, inviting_admin, fake_synapse, caplog
+):
+    caplog.set_level(logging.DEBUG)
+    invitation = workflow.issue_invitation(approved, inviting_admin)
+    fake_synapse.register(invitation.token, "alex")
+    client.force_login(inviting_admin)
+    assert "Sync now" in client.get(LIST_URL).content.decode()
+    response = client.post(f"{LIST_URL}sync/", follow=True)
+    assert "Synced 1 live invitation(s): 1 used" in response.content.decode()
+    approved.refresh_from_db()
+    assert approved.status == Status.JOINED
+    assert invitation.token not in caplog.text
+
+
+def test_sync_now_is_for_inviting_admins_only(client, server_admin, fake_synapse):
+    client.force_login(server_admin)
+    assert "Sync now" not in client.get(LIST_URL).content.decode()
+    assert client.post(f"{LIST_URL}sync/").status_code == 403
+    assert fake_synapse.server.requests == []
+
+
+def test_a_mismatch_is_flagged_on_the_list(client, approved, inviting_admin, fake_synapse):
+    invitation = workflow.issue_invitation(approved, inviting_admin)
+    fake_synapse.register(invitation.token, "not.alex")
+    workflow.sync_invitations()
+    client.force_login(inviting_admin)
+    page = client.get(LIST_URL).content.decode()
+    assert "⚠ Account does not match" in page
+    assert "no account @alex:localhost exists" in client.get(change_url(approved)).content.decode()
+
+
+def test_bulk_revoke_from_the_list(client, approved, inviting_admin, fake_synapse):
+    invitation = workflow.issue_invitation(approved, inviting_admin)
+    client.force_login(inviting_admin)
+    response = client.post(
+        LIST_URL, {"action": "revoke_selected", "_selected_action": [invitation.pk]}, follow=True
+    )
+    assert "1 invitation(s) done." in response.content.decode()
+    assert fake_synapse.tokens == {}

@@ -1,0 +1,58 @@
+"""Two inviting admins clicking "Issue invitation" at once, on PostgreSQL with two real connections."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from django.db import connection
+
+from tests.conftest import _staff_user
+from vetting import roles, workflow
+from vetting.models import Application, Invitation
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+
+def test_two_admins_issuing_at_once_create_one_token(
+    approved, inviting_admin, django_user_model, fake_synapse
+):
+    second_admin = _staff_user(django_user_model, "second_inviting_admin", roles.INVITING_ADMIN)
+    both_loaded = threading.Barrier(2)
+    outcomes: dict[str, str] = {}
+    real_handle = fake_synapse.server.handler
+
+    def slow_homeserver(request):
+        # Hold the first issue open (row locked) so the other click overlaps it.
+        time.sleep(0.3)
+        return real_handle(request)
+
+    fake_synapse.server.handler = slow_homeserver
+
+    def issue(name: str, user) -> None:
+        try:
+            page_copy = Application.objects.get(pk=approved.pk)
+            both_loaded.wait(timeout=10)
+            workflow.issue_invitation(page_copy, user)
+            outcomes[name] = "won"
+        except workflow.WorkflowError as error:
+            outcomes[name] = str(error)
+        finally:
+            connection.close()
+
+    threads = [
+        threading.Thread(target=issue, args=("first", inviting_admin)),
+        threading.Thread(target=issue, args=("second", second_admin)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    assert sorted(outcomes.values()).count("won") == 1
+    loser = next(outcome for outcome in outcomes.values() if outcome != "won")
+    assert "Someone else got there first" in loser
+    assert len(fake_synapse.tokens) == 1
+    assert fake_synapse.server.calls("POST", "/_synapse/admin/v1/registration_tokens/new") == 1
+    assert Invitation.objects.count() == 1

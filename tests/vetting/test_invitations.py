@@ -1,0 +1,409 @@
+"""Issuing, revoking, re-issuing and following invitations (vetting.workflow) against a local FakeSynapse.
+
+The same paths run against a real Synapse in test_synapse.py; these are the
+fast layer that can also script the homeserver's failures.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from unittest import mock
+
+import pytest
+import time_machine
+from django.core import mail
+from django.utils import timezone
+
+from notifications.models import OutboundEmail
+from tests.vetting.test_workflow import actions, assert_unchanged, recommended_by
+from vetting import workflow
+from vetting.models import Application, AuditEvent, Invitation
+
+pytestmark = pytest.mark.django_db
+Status = Application.Status
+
+
+def issue(application, user) -> Invitation:
+    return workflow.issue_invitation(application, user)
+
+
+def test_issuing_creates_a_single_use_token_and_mails_it_only_to_the_issuing_admin(
+    approved, inviting_admin, fake_synapse, settings
+):
+    invitation = issue(approved, inviting_admin)
+
+    assert approved.status == Status.INVITED
+    remote = fake_synapse.tokens[invitation.token]
+    assert remote["uses_allowed"] == 1
+    expected_expiry = timezone.now() + timedelta(days=settings.MATRIX_TOKEN_VALID_DAYS)
+    assert abs(remote["expiry_time"] / 1000 - expected_expiry.timestamp()) < 5
+    assert invitation.state == Invitation.State.PENDING
+    assert invitation.matrix_username == "alex"
+    assert invitation.tell_by == invitation.expires_at - timedelta(hours=48)
+    assert actions(approved)[-1] == "invitation.issued"
+
+    mails = list(OutboundEmail.objects.all())
+    assert [m.to for m in mails] == [inviting_admin.email]
+    body = mails[0].body_text
+    assert invitation.token in body
+    assert "@alex:localhost" in body
+    assert f"{invitation.tell_by:%Y-%m-%d %H:%M} UTC" in body
+    assert "two separate messages" in body
+    assert invitation.token not in str(AuditEvent.objects.values_list("details", flat=True))
+
+
+def test_the_applicant_gets_the_token_by_mail_only_when_configured(
+    approved, inviting_admin, fake_synapse, settings
+):
+    settings.MATRIX_SEND_TOKEN_TO_APPLICANT = True
+    invitation = issue(approved, inviting_admin)
+    to_applicant = OutboundEmail.objects.get(to=approved.email)
+    assert invitation.token in to_applicant.body_text
+    assert "two separate messages" not in to_applicant.body_text
+
+
+def test_the_verifier_may_not_issue_the_invitation(agent, server_admin, fake_synapse):
+    application = recommended_by(agent)
+    workflow.approve(application, server_admin)
+    # The verifier is also an inviting admin: the four-eyes rule still holds.
+    agent.user_permissions.add(*workflow_permission("issue_invitation"))
+    agent = type(agent).objects.get(pk=agent.pk)
+    with pytest.raises(workflow.WorkflowError, match="four-eyes"):
+        workflow.issue_invitation(application, agent, "alex")
+    assert fake_synapse.server.requests == []
+    assert_unchanged(application)
+
+
+def workflow_permission(codename: str):
+    from django.contrib.auth.models import Permission
+
+    return Permission.objects.filter(codename=codename)
+
+
+def test_roles_without_the_invitation_permission_cannot_issue(approved, server_admin, agent, fake_synapse):
+    for user in (server_admin, agent):
+        with pytest.raises(workflow.WorkflowError, match="does not allow “Issue invitation”"):
+            issue(approved, user)
+    assert fake_synapse.server.requests == []
+
+
+def test_a_taken_username_is_refused_before_any_token_exists(approved, inviting_admin, fake_synapse):
+    fake_synapse.users["@alex:localhost"] = 1_700_000_000
+    with pytest.raises(workflow.WorkflowError, match="@alex:localhost exists already"):
+        issue(approved, inviting_admin)
+    assert fake_synapse.tokens == {}
+    assert_unchanged(approved)
+
+
+def test_without_any_username_the_admin_is_asked_for_one(agent, server_admin, inviting_admin, fake_synapse):
+    application = recommended_by(agent)
+    workflow.approve(application, server_admin)
+    with pytest.raises(workflow.WorkflowError, match="Choose the Matrix username"):
+        workflow.issue_invitation(application, inviting_admin)
+    invitation = workflow.issue_invitation(application, inviting_admin, "sam.example")
+    assert invitation.matrix_username == "sam.example"
+
+
+def test_a_rejected_admin_token_changes_nothing_is_audited_and_says_what_to_do(
+    approved, inviting_admin, fake_synapse, settings, caplog
+):
+    settings.MATRIX_ADMIN_TOKEN = "syt_wrong_admin_token"
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(workflow.WorkflowError) as raised:
+        issue(approved, inviting_admin)
+    message = str(raised.value)
+    assert (
+        "the homeserver rejected our admin token: ask an operator to run “manage.py matrix_check”"
+        in message.lower()
+    )
+    assert_unchanged(approved)
+    assert not Invitation.objects.exists()
+    assert not OutboundEmail.objects.exists()
+    failure = AuditEvent.objects.get(action="invitation.issue_failed")
+    assert failure.details["kind"] == "Unauthorised"
+    for text in (message, caplog.text, str(failure.details)):
+        assert "syt_wrong_admin_token" not in text
+        assert fake_synapse.admin_token not in text
+
+
+def test_an_unreachable_homeserver_changes_nothing(approved, inviting_admin, fake_synapse):
+    fake_synapse.close()
+    with pytest.raises(workflow.WorkflowError, match="connection refused.*try again in a few minutes"):
+        issue(approved, inviting_admin)
+    assert_unchanged(approved)
+    assert actions(approved)[-1] == "invitation.issue_failed"
+
+
+def test_a_token_made_for_a_failed_transaction_is_revoked_again(approved, inviting_admin, fake_synapse):
+    with (
+        mock.patch.object(workflow, "_invitation_mails", side_effect=RuntimeError("mail templates broken")),
+        pytest.raises(RuntimeError),
+    ):
+        issue(approved, inviting_admin)
+    assert fake_synapse.server.calls("POST", "/_synapse/admin/v1/registration_tokens/new") == 1
+    assert fake_synapse.tokens == {}  # no orphan token on the server
+    assert_unchanged(approved)
+    assert not Invitation.objects.exists()
+
+
+def test_at_most_one_live_invitation_per_application_is_a_database_rule(
+    approved, inviting_admin, fake_synapse
+):
+    from django.db import IntegrityError, transaction
+
+    invitation = issue(approved, inviting_admin)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Invitation.objects.create(
+            application=approved,
+            backend="synapse",
+            token="another",
+            server_id="another",
+            matrix_username="alex",
+            expires_at=invitation.expires_at,
+            issued_by=inviting_admin,
+            issued_at=timezone.now(),
+        )
+
+
+def test_issuing_twice_from_stale_pages_is_refused_the_second_time(approved, inviting_admin, fake_synapse):
+    stale_page = Application.objects.get(pk=approved.pk)
+    issue(approved, inviting_admin)
+    with pytest.raises(workflow.AlreadyDecided, match="Someone else got there first"):
+        issue(stale_page, inviting_admin)
+    assert len(fake_synapse.tokens) == 1
+
+
+# Revoke and re-issue --------------------------------------------------------
+
+
+def test_revoking_deletes_the_token_on_the_server_and_returns_to_approved(
+    approved, inviting_admin, fake_synapse
+):
+    invitation = issue(approved, inviting_admin)
+    workflow.revoke_invitation(approved, inviting_admin, "Sent to the wrong person")
+    invitation.refresh_from_db()
+    assert fake_synapse.tokens == {}
+    assert approved.status == Status.APPROVED
+    assert (invitation.state, invitation.revoked_by) == (Invitation.State.REVOKED, inviting_admin)
+    event = AuditEvent.objects.get(action="invitation.revoked")
+    assert event.details["reason"] == "Sent to the wrong person"
+    assert event.details["already_gone_on_server"] is False
+
+
+def test_a_token_already_gone_on_the_server_counts_as_revoked(approved, inviting_admin, fake_synapse):
+    invitation = issue(approved, inviting_admin)
+    del fake_synapse.tokens[invitation.token]
+    workflow.revoke_invitation(approved, inviting_admin)
+    assert approved.status == Status.APPROVED
+    assert AuditEvent.objects.get(action="invitation.revoked").details["already_gone_on_server"] is True
+
+
+def test_a_used_token_is_not_revoked(approved, inviting_admin, fake_synapse):
+    invitation = issue(approved, inviting_admin)
+    fake_synapse.register(invitation.token, "alex")
+    with pytest.raises(workflow.WorkflowError, match="already used"):
+        workflow.revoke_invitation(approved, inviting_admin)
+    assert invitation.token in fake_synapse.tokens
+    assert_unchanged(approved)
+
+
+def test_a_failed_revoke_changes_nothing_and_is_audited(approved, inviting_admin, fake_synapse, settings):
+    invitation = issue(approved, inviting_admin)
+    settings.MATRIX_ADMIN_TOKEN = "syt_wrong"
+    with pytest.raises(workflow.WorkflowError, match="rejected our admin token"):
+        workflow.revoke_invitation(approved, inviting_admin)
+    invitation.refresh_from_db()
+    assert invitation.state == Invitation.State.PENDING
+    assert_unchanged(approved)
+    assert actions(approved)[-1] == "invitation.revoke_failed"
+
+
+def test_reissue_after_revocation_gives_a_new_token_for_the_same_username(
+    approved, inviting_admin, fake_synapse
+):
+    first = issue(approved, inviting_admin)
+    with pytest.raises(workflow.WorkflowError, match="revoke it before"):
+        workflow.reissue_invitation(approved, inviting_admin)
+    workflow.revoke_invitation(approved, inviting_admin)
+    with pytest.raises(workflow.WorkflowError, match="use “Re-issue invitation”"):
+        issue(approved, inviting_admin)
+    second = workflow.reissue_invitation(approved, inviting_admin)
+    assert second.token != first.token
+    assert second.matrix_username == "alex"
+    assert list(fake_synapse.tokens) == [second.token]
+    assert approved.status == Status.INVITED
+    assert actions(approved)[-1] == "invitation.reissued"
+
+
+def test_reissue_is_possible_once_the_clock_has_run_out(approved, inviting_admin, fake_synapse):
+    first = issue(approved, inviting_admin)
+    with time_machine.travel(first.expires_at + timedelta(minutes=1)):
+        second = workflow.reissue_invitation(approved, inviting_admin)
+    first.refresh_from_db()
+    assert first.state == Invitation.State.EXPIRED
+    assert second.state == Invitation.State.PENDING
+
+
+# Following tokens -------------------------------------------------------------
+
+
+def test_sync_marks_a_used_token_joined_when_the_assigned_account_exists(
+    approved, inviting_admin, fake_synapse
+):
+    invitation = issue(approved, inviting_admin)
+    fake_synapse.register(invitation.token, "alex")
+    report = workflow.sync_invitations()
+    invitation.refresh_from_db()
+    approved.refresh_from_db()
+    assert (report.live, report.completed) == (1, 1)
+    assert approved.status == Status.JOINED
+    assert invitation.state == Invitation.State.COMPLETED
+    assert invitation.completed_uses == 1
+    assert invitation.redemption_check == Invitation.Check.PASSED
+    assert "invitation.completed" in actions(approved)
+
+
+def test_a_token_used_for_another_username_raises_the_staff_flag(approved, inviting_admin, fake_synapse):
+    invitation = issue(approved, inviting_admin)
+    fake_synapse.register(invitation.token, "someone.else")
+    report = workflow.sync_invitations()
+    invitation.refresh_from_db()
+    assert report.mismatches == 1
+    assert invitation.redemption_check == Invitation.Check.MISMATCH
+    assert "no account @alex:localhost exists" in invitation.redemption_note
+
+
+def test_an_account_older_than_the_token_raises_the_flag(approved, inviting_admin, fake_synapse):
+    invitation = issue(approved, inviting_admin)
+    fake_synapse.register(invitation.token, "someone.else")
+    fake_synapse.users["@alex:localhost"] = int((datetime.now(UTC) - timedelta(days=3)).timestamp())
+    workflow.sync_invitations()
+    invitation.refresh_from_db()
+    assert invitation.redemption_check == Invitation.Check.MISMATCH
+    assert "existed before the token was issued" in invitation.redemption_note
+
+
+def test_an_expired_token_sends_the_application_back_for_a_reissue(approved, inviting_admin, fake_synapse):
+    invitation = issue(approved, inviting_admin)
+    with time_machine.travel(invitation.expires_at + timedelta(hours=1)):
+        report = workflow.sync_invitations()
+    invitation.refresh_from_db()
+    approved.refresh_from_db()
+    assert report.expired == 1
+    assert invitation.state == Invitation.State.EXPIRED
+    assert approved.status == Status.APPROVED
+    assert [name for name, _label in workflow.allowed_actions(approved, inviting_admin)] == [
+        "reissue_invitation"
+    ]
+
+
+def test_a_token_deleted_on_the_server_is_recorded_as_revoked(approved, inviting_admin, fake_synapse):
+    invitation = issue(approved, inviting_admin)
+    del fake_synapse.tokens[invitation.token]
+    workflow.sync_invitations()
+    invitation.refresh_from_db()
+    approved.refresh_from_db()
+    assert invitation.state == Invitation.State.REVOKED
+    assert approved.status == Status.APPROVED
+    assert "invitation.gone_on_server" in actions(approved)
+
+
+def test_one_reminder_goes_to_the_issuing_admin_five_days_before_expiry(
+    approved, inviting_admin, fake_synapse
+):
+    invitation = issue(approved, inviting_admin)
+    OutboundEmail.objects.all().delete()
+    with time_machine.travel(invitation.expires_at - timedelta(days=6)):
+        assert workflow.sync_invitations().reminders == 0
+    with time_machine.travel(invitation.expires_at - timedelta(days=4)):
+        assert workflow.sync_invitations().reminders == 1
+        assert workflow.sync_invitations().reminders == 0
+    reminder = OutboundEmail.objects.get()
+    assert reminder.to == inviting_admin.email
+    assert reminder.template == "invitation-expiring"
+    assert invitation.token not in reminder.body_text
+
+
+def test_sync_with_nothing_live_asks_the_homeserver_nothing(fake_synapse):
+    assert workflow.sync_invitations().live == 0
+    assert fake_synapse.server.requests == []
+
+
+def test_sync_of_200_invitations_makes_one_list_call(
+    inviting_admin, fake_synapse, django_assert_max_num_queries
+):
+    invitations = make_invitations(200, inviting_admin, fake_synapse)
+    fake_synapse.register(invitations[0].token, invitations[0].matrix_username)
+    report = workflow.sync_invitations()
+    assert (report.live, report.completed, report.still_pending) == (200, 1, 199)
+    assert fake_synapse.server.calls("GET", "/_synapse/admin/v1/registration_tokens") == 1
+    # The one used token costs one account lookup; nothing is asked per pending token.
+    assert len(fake_synapse.server.requests) == 2
+
+
+def make_invitations(count: int, issuer, homeserver, backend: str = "synapse") -> list[Invitation]:
+    """Invited applications with live tokens, made directly (issuing 200 through the workflow is slow)."""
+    now = timezone.now()
+    invitations = []
+    for number in range(count):
+        application = Application.objects.create(
+            full_name=f"Person {number}",
+            email=f"person{number}@applicant.example",
+            referral="r",
+            statement="s",
+            consent_given_at=now,
+            status=Status.INVITED,
+        )
+        token = f"tok{number:04d}"
+        expires = now + timedelta(days=30)
+        server_id = token
+        if backend == "synapse":
+            homeserver.tokens[token] = {
+                "token": token,
+                "uses_allowed": 1,
+                "pending": 0,
+                "completed": 0,
+                "expiry_time": int(expires.timestamp() * 1000),
+            }
+        else:
+            from vetting import matrix
+
+            server_id = matrix.get_client().create_token(token, expires).server_id
+        invitations.append(
+            Invitation(
+                application=application,
+                backend=backend,
+                token=token,
+                server_id=server_id,
+                matrix_username=f"person{number}",
+                expires_at=expires,
+                issued_by=issuer,
+                issued_at=now,
+            )
+        )
+    return Invitation.objects.bulk_create(invitations)
+
+
+def test_mail_is_only_queued_never_sent_during_issue(approved, inviting_admin, fake_synapse):
+    issue(approved, inviting_admin)
+    assert mail.outbox == []
+
+
+def test_a_create_left_unanswered_is_taken_back_on_synapse(approved, inviting_admin, fake_synapse):
+    """Synapse applied the create but the answer never came: the token we chose is deleted again."""
+    from tests.vetting.homeservers import HANG
+
+    answer = fake_synapse.server.handler
+    fake_synapse.server.hang_seconds = 1.0
+
+    def apply_then_hang(request):
+        result = answer(request)
+        return HANG if request.path.endswith("/registration_tokens/new") else result
+
+    fake_synapse.server.handler = apply_then_hang
+    with pytest.raises(workflow.WorkflowError, match="did not answer in time"):
+        issue(approved, inviting_admin)
+    assert fake_synapse.server.calls("DELETE", "/_synapse/admin/v1/registration_tokens/") == 1
+    assert fake_synapse.tokens == {}
+    assert_unchanged(approved)
