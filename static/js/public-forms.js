@@ -113,10 +113,40 @@
     var bar = form.querySelector(".upload-progress progress");
     var text = form.querySelector("[data-progress-text]");
     if (bar) { bar.value = percent; }
-    // Announce in steps of a quarter, not on every event.
-    if (text && (percent === 100 || percent % 25 === 0)) {
-      text.textContent = format(form.dataset.messageProgress, { percent: percent });
+    // The text is announced (aria-live): change it in steps of ten, not on every event.
+    var step = String(Math.floor(percent / 10));
+    if (text && form.dataset.progressStep !== step) {
+      form.dataset.progressStep = step;
+      text.textContent = format(form.dataset.messageProgress, { percent: step * 10 });
     }
+  }
+
+  // Five empty file slots make a long form on a phone: show one, and a button for the next.
+  function revealSlotsOnDemand(form) {
+    var slots = Array.prototype.slice.call(form.querySelectorAll(".evidence-slot"));
+    if (slots.length < 2) { return; }
+    function isUsed(slot) {
+      var file = slot.querySelector("input[type=file]");
+      var note = slot.querySelector("input[type=text], textarea");
+      return (file && file.files && file.files.length) || (note && note.value) || slot.querySelector(".field-error");
+    }
+    var lastUsed = -1;
+    slots.forEach(function (slot, index) { if (isUsed(slot)) { lastUsed = index; } });
+    var shown = Math.max(lastUsed + 1, 1);
+    if (shown >= slots.length) { return; }
+    slots.forEach(function (slot, index) { slot.hidden = index >= shown; });
+    var button = document.createElement("button");
+    button.type = "button";
+    button.className = "button-secondary";
+    button.textContent = form.dataset.messageAddFile;
+    button.addEventListener("click", function () {
+      var next = slots[shown];
+      next.hidden = false;
+      shown += 1;
+      if (shown >= slots.length) { button.remove(); }
+      next.querySelector("input[type=file]").focus();
+    });
+    slots[slots.length - 1].parentNode.insertBefore(button, slots[slots.length - 1].nextSibling);
   }
 
   // The server answered with the form again (errors): show its page in place.
@@ -164,6 +194,7 @@
   function enhanceForm(form) {
     if (form.dataset.enhanced) { return; }
     form.dataset.enhanced = "true";
+    revealSlotsOnDemand(form);
     var inputs = Array.prototype.slice.call(form.querySelectorAll("input[type=file]"));
     inputs.forEach(function (input) {
       input.addEventListener("change", function () { checkInput(form, input); });
