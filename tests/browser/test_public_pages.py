@@ -17,7 +17,7 @@ from tests.browser.test_vetting_flow import link_in, sign_in
 from tests.evidence.test_images import jpeg_with_gps_and_orientation
 from tests.factories import PDF_BYTES
 from vetting import workflow
-from vetting.models import Application
+from vetting.models import Application, AuditEvent
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -307,7 +307,11 @@ def test_main_admin_pages_pass_axe(chromium, site, files, agent, screenshot, che
     staff.goto(f"{site}/admin/vetting/application/{application.pk}/change/")
     preview = staff.locator("img.evidence-preview")
     expect(preview).to_be_visible()
-    assert staff.evaluate("document.querySelector('img.evidence-preview').naturalWidth") > 0
+    # The thumbnail really loaded through the preview view (lazy loading: wait for it).
+    staff.wait_for_function(
+        "() => { const img = document.querySelector('img.evidence-preview'); return img.complete && img.naturalWidth > 0; }"
+    )
+    assert AuditEvent.objects.filter(action="evidence.previewed", actor=agent).exists()
     check_accessibility(staff, "application page")
     screenshot(staff, "admin-application-1280")
     staff.context.close()

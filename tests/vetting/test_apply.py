@@ -140,7 +140,7 @@ def test_missing_consent_is_refused_with_a_clear_message(client):
 
 def test_invalid_email_is_refused(client):
     response = client.post("/apply/", form_data(email="not-an-address"))
-    assert "Enter a valid email address." in response.content.decode()
+    assert "Enter an e-mail address like name@example.org." in response.content.decode()
     assert not Application.objects.exists()
 
 
