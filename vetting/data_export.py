@@ -35,6 +35,8 @@ OWN_FIELDS = [
 ]
 # Details an applicant may see in their history: what they themselves wrote.
 APPLICANT_DETAIL_KEYS = {"message", "evidence", "reference"}
+# Staff-internal events on an application, left out of the applicant's history.
+STAFF_ONLY_ACTIONS = {"note.added"}
 IN_MEMORY_LIMIT = 8 * 1024 * 1024
 
 
@@ -52,6 +54,7 @@ def _actor_role(event: AuditEvent) -> str:
 def _history(application: Application) -> list[dict]:
     events = (
         AuditEvent.objects.filter(target_type="application", target_id=str(application.pk))
+        .exclude(action__in=STAFF_ONLY_ACTIONS)
         .select_related("actor")
         .order_by("id")
     )

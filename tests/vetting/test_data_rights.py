@@ -83,6 +83,7 @@ def test_download_my_data_has_own_fields_files_and_history_without_staff(client,
     history = json.loads(archive.read("history.json"))
     actions = [entry["action"] for entry in history]
     assert actions[:3] == ["application.submitted", "application.confirmed", "application.claimed"]
+    assert "note.added" not in actions
     by = {entry["action"]: entry["by"] for entry in history}
     assert by["application.submitted"] == "You"
     assert by["application.claimed"] == "Vetting agent"

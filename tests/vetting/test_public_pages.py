@@ -50,3 +50,11 @@ def test_upload_limits_given_to_the_script_are_the_servers(client, settings):
     page = client.get("/apply/").content.decode()
     assert f'data-max-size="{settings.EVIDENCE_MAX_FILE_SIZE}"' in page
     assert 'data-extensions="jpg,jpeg,png,gif,pdf,doc,docx,txt"' in page
+
+
+def test_server_error_page_renders_without_a_request_context():
+    from django.template.loader import render_to_string
+
+    page = render_to_string("500.html")
+    assert "Something went wrong on our side" in page
+    assert "Nothing you sent was kept half-way" in page
