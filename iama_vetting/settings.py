@@ -189,6 +189,8 @@ EVIDENCE_MAX_FILES = 5
 EVIDENCE_MAX_IMAGE_PIXELS = 50_000_000
 # Community policy: may an applicant erase their application while staff are deciding on it?
 ERASURE_BLOCKED_DURING_REVIEW = env_bool("ERASURE_BLOCKED_DURING_REVIEW", default=False)
+# Translations: English is the source language; `manage.py makemessages -l xx` writes here.
+LOCALE_PATHS = [BASE_DIR / "locale"]
 # End of issue 8 block ---------------------------------------------------------
 
 # Uploads always go to a temporary file, never into memory whole.
