@@ -7,6 +7,7 @@ from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
 from evidence.models import Evidence
+from evidence.previews import has_preview
 
 
 class EvidenceInline(admin.TabularInline):
@@ -15,7 +16,16 @@ class EvidenceInline(admin.TabularInline):
     model = Evidence
     extra = 0
     can_delete = False
-    fields = ["download_link", "content_type", "human_size", "note", "uploaded_by", "uploaded_at", "sha256"]
+    fields = [
+        "preview",
+        "download_link",
+        "content_type",
+        "human_size",
+        "note",
+        "uploaded_by",
+        "uploaded_at",
+        "sha256",
+    ]
     readonly_fields = fields
     ordering = ["uploaded_at"]
 
@@ -33,6 +43,18 @@ class EvidenceInline(admin.TabularInline):
             '<a href="{}">{}</a>',
             reverse("evidence:download", args=[evidence.pk]),
             evidence.original_name,
+        )
+
+    @admin.display(description=_("preview"))
+    def preview(self, evidence: Evidence) -> str:
+        # PDFs and Word files are never rendered in the staff browser: download only.
+        if not has_preview(evidence):
+            return _("Download to view")
+        return format_html(
+            '<a href="{}"><img class="evidence-preview" src="{}" alt="{}" loading="lazy"></a>',
+            reverse("evidence:download", args=[evidence.pk]),
+            reverse("evidence:preview", args=[evidence.pk]),
+            _("Preview of %(name)s") % {"name": evidence.original_name},
         )
 
     @admin.display(description=_("size"))

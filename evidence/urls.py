@@ -6,4 +6,5 @@ app_name = "evidence"
 
 urlpatterns = [
     path("<uuid:evidence_id>/", views.download, name="download"),
+    path("<uuid:evidence_id>/preview/", views.preview, name="preview"),
 ]

@@ -14,8 +14,11 @@ from dataclasses import dataclass
 import magic
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.files import File
 from django.core.files.uploadedfile import UploadedFile
 from django.utils.translation import gettext as _
+
+from evidence.images import IMAGE_FORMATS, strip_metadata
 
 DOCX_TYPE = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
 
@@ -51,7 +54,8 @@ _KIND_NAMES = {
 
 @dataclass(frozen=True)
 class ValidatedUpload:
-    file: UploadedFile
+    # The upload itself, or for images its re-encoded copy without metadata.
+    file: File
     display_name: str
     extension: str
     content_type: str
@@ -124,16 +128,21 @@ def validate_upload(upload: UploadedFile, note: str = "") -> ValidatedUpload:
             code="content_mismatch",
         )
 
+    stored: File = upload
+    if recorded_type in IMAGE_FORMATS:
+        # What is stored, hashed and measured is the re-encoded copy without metadata.
+        stored = strip_metadata(upload, recorded_type, name)
+
     # Hash and measure while streaming: never the whole file in memory.
     digest = hashlib.sha256()
     size = 0
-    upload.seek(0)
-    for chunk in upload.chunks():
+    stored.seek(0)
+    for chunk in stored.chunks():
         digest.update(chunk)
         size += len(chunk)
-    upload.seek(0)
+    stored.seek(0)
     return ValidatedUpload(
-        file=upload,
+        file=stored,
         display_name=name,
         extension=extension,
         content_type=recorded_type,

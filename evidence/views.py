@@ -5,12 +5,13 @@ from urllib.parse import quote
 
 from django.conf import settings
 from django.contrib.admin.views.decorators import staff_member_required
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.views.decorators.http import require_GET
 
 from evidence.models import Evidence
+from evidence.previews import has_preview, preview_for
 from vetting import audit
 
 logger = logging.getLogger(__name__)
@@ -59,6 +60,35 @@ def download(request: HttpRequest, evidence_id) -> HttpResponse:
         if not response.has_header("Content-Length"):
             response["Content-Length"] = str(evidence.size)
     response["Content-Disposition"] = attachment_header(evidence.original_name)
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Cache-Control"] = "private, no-store"
+    return response
+
+
+@require_GET
+@staff_member_required
+def preview(request: HttpRequest, evidence_id) -> HttpResponse:
+    """A small PNG of image evidence for the admin page; looking at it is audited like a download."""
+    evidence = _get_evidence_for_user(request, evidence_id)
+    if not has_preview(evidence):
+        raise Http404("Only images have a preview.")
+    try:
+        image = preview_for(evidence)
+    except FileNotFoundError:
+        logger.error("Evidence %s has a row but no file on disk.", evidence.pk)
+        raise Http404("This evidence file is missing from storage.") from None
+    except ValidationError:
+        logger.error("Evidence %s cannot be decoded for a preview.", evidence.pk)
+        raise Http404("This image cannot be previewed; download it instead.") from None
+    audit.record(
+        "evidence.previewed",
+        actor=request.user,
+        target=evidence,
+        request=request,
+        details={"application": evidence.application.reference},
+    )
+    response = HttpResponse(image, content_type="image/png")
+    response["Content-Disposition"] = "inline"
     response["X-Content-Type-Options"] = "nosniff"
     response["Cache-Control"] = "private, no-store"
     return response

@@ -213,6 +213,15 @@ EVIDENCE_RETENTION_DAYS = env_positive_int("EVIDENCE_RETENTION_DAYS", 180)
 EVIDENCE_MAX_FILE_SIZE = 16 * 1024 * 1024
 EVIDENCE_MAX_FILES = 5
 
+# Applicant experience and privacy (issue 8) ---------------------------------
+# Images above this many pixels are refused before decoding (decompression bombs).
+EVIDENCE_MAX_IMAGE_PIXELS = 50_000_000
+# Community policy: may an applicant erase their application while staff are deciding on it?
+ERASURE_BLOCKED_DURING_REVIEW = env_bool("ERASURE_BLOCKED_DURING_REVIEW", default=False)
+# Translations: English is the source language; `manage.py makemessages -l xx` writes here.
+LOCALE_PATHS = [BASE_DIR / "locale"]
+# End of issue 8 block ---------------------------------------------------------
+
 # Uploads always go to a temporary file, never into memory whole.
 FILE_UPLOAD_HANDLERS = ["django.core.files.uploadhandler.TemporaryFileUploadHandler"]
 FILE_UPLOAD_PERMISSIONS = 0o640

@@ -9,6 +9,7 @@ import zlib
 
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
+from PIL import Image
 
 from vetting.models import Application
 
@@ -18,14 +19,20 @@ PDF_BYTES = (
     b"trailer<</Root 1 0 R>>\n%%EOF\n"
 )
 GIF_BYTES = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
-JPEG_BYTES = (
-    b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
-    b"\xff\xdb\x00C\x00" + bytes(64) + b"\xff\xd9"
-)
 HTML_BYTES = b"<!DOCTYPE html><html><head><script>alert(1)</script></head><body>hi</body></html>\n"
 SVG_BYTES = b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>\n'
 ELF_BYTES = b"\x7fELF\x02\x01\x01\x00" + bytes(8) + b"\x02\x00\x3e\x00\x01\x00\x00\x00" + bytes(100)
 TEXT_BYTES = b"I met Alex at the 2025 meetup in Lisbon; Sam can vouch for them.\n"
+
+
+def jpeg_bytes(size: tuple[int, int] = (8, 8), **save_options) -> bytes:
+    """A real JPEG made by Pillow; `save_options` can add metadata (exif=..., comment=...)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (200, 30, 30)).save(buffer, format="JPEG", **save_options)
+    return buffer.getvalue()
+
+
+JPEG_BYTES = jpeg_bytes()
 
 
 def png_bytes() -> bytes:

@@ -90,8 +90,10 @@ APPLICANT_FIELDS = [
     "referral",
     "statement",
     "consent_given_at",
+    "privacy_notice_version",
     "created_at",
     "email_confirmed_at",
+    "erased_at",
 ]
 PROGRESS_FIELDS = [
     "status",

@@ -41,21 +41,49 @@ def _target(target: models.Model | None) -> tuple[str, str]:
     return target._meta.model_name, str(target.pk)
 
 
-def content_hash(event: AuditEvent) -> str:
-    content = {
-        "previous_hash": event.previous_hash,
-        "created_at": event.created_at.isoformat(),
-        "actor_kind": event.actor_kind,
-        "actor_id": event.actor_id,
-        "actor_name": event.actor_name,
-        "action": event.action,
-        "target_type": event.target_type,
-        "target_id": event.target_id,
-        "ip": event.ip,
-        "details": event.details,
-    }
+def _digest(content: dict) -> str:
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def personal_digest(event: AuditEvent) -> str:
+    """The digest of the parts that may hold personal data (IP, details).
+
+    The event hash covers this digest rather than the values themselves, so
+    an applicant's erasure can remove them (`redact`) and keep the digest:
+    the chain still verifies, and who did what when stays checkable.
+    """
+    if event.redacted_digest:
+        return event.redacted_digest
+    return _digest({"ip": event.ip, "details": event.details})
+
+
+def content_hash(event: AuditEvent) -> str:
+    return _digest(
+        {
+            "previous_hash": event.previous_hash,
+            "created_at": event.created_at.isoformat(),
+            "actor_kind": event.actor_kind,
+            "actor_id": event.actor_id,
+            "actor_name": event.actor_name,
+            "action": event.action,
+            "target_type": event.target_type,
+            "target_id": event.target_id,
+            "personal": personal_digest(event),
+        }
+    )
+
+
+def redact(events: models.QuerySet) -> int:
+    """Erase the IP and details of `events`, keeping their place in the chain. Returns how many."""
+    redacted = 0
+    for event in events.filter(redacted_digest=""):
+        event.redacted_digest = personal_digest(event)
+        event.ip = None
+        event.details = {}
+        event.save(update_fields=["redacted_digest", "ip", "details"])
+        redacted += 1
+    return redacted
 
 
 def record(

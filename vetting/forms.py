@@ -85,6 +85,16 @@ class ApplicationForm(EvidenceFieldsMixin, forms.ModelForm):
             "referral": _("Who referred you, or how do you know the community?"),
             "statement": _("Why do you want to join?"),
         }
+        # Say what to do, in the summary at the top as well as next to the field.
+        error_messages = {
+            "full_name": {"required": _("Enter your full name.")},
+            "email": {
+                "required": _("Enter your e-mail address."),
+                "invalid": _("Enter an e-mail address like name@example.org."),
+            },
+            "referral": {"required": _("Tell us who referred you, or how you know the community.")},
+            "statement": {"required": _("Tell us why you want to join.")},
+        }
         help_texts = {
             "matrix_username": _("Lowercase letters, digits and . _ = - / +, e.g. alex.smith"),
         }

@@ -105,6 +105,10 @@ class Application(models.Model):
     referral = models.TextField(_("who referred you / how you know the community"), max_length=2000)
     statement = models.TextField(_("statement"), max_length=5000)
     consent_given_at = models.DateTimeField(_("privacy notice accepted at"))
+    # Which text the applicant agreed to (vetting.privacy.PRIVACY_NOTICE_VERSION at the time).
+    privacy_notice_version = models.CharField(_("privacy notice version accepted"), max_length=20, blank=True)
+    # Set when the applicant erased their application: personal fields and evidence are gone.
+    erased_at = models.DateTimeField(_("erased by the applicant at"), null=True, blank=True)
 
     created_at = models.DateTimeField(_("applied at"), auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(_("updated at"), auto_now=True)
@@ -240,6 +244,9 @@ class AuditEvent(models.Model):
     target_id = models.CharField(_("target"), max_length=64, blank=True, db_index=True)
     ip = models.GenericIPAddressField(_("IP address"), null=True, blank=True)
     details = models.JSONField(_("details"), default=dict, blank=True)
+    # Set when `ip` and `details` were erased (vetting.audit.redact): the digest
+    # they had, so the chain still verifies without them.
+    redacted_digest = models.CharField(_("digest of erased details"), max_length=64, blank=True)
     previous_hash = models.CharField(_("previous hash"), max_length=64)
     hash = models.CharField(_("hash"), max_length=64, unique=True)
 

@@ -3,8 +3,9 @@ from __future__ import annotations
 import functools
 import logging
 
+from django.conf import settings
 from django.core import signing
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.middleware.csrf import get_token
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
@@ -14,9 +15,10 @@ from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_GET, require_http_methods
 
 from iama_vetting.maintenance import upcoming_window
-from vetting import links, workflow
+from vetting import data_export, links, workflow
 from vetting.forms import AddInformationForm, ApplicationForm
 from vetting.models import Application, new_reference
+from vetting.privacy import PRIVACY_NOTICE_VERSION
 
 # The done page learns the reference from a signed, short-lived query value,
 # so the public pages need no session.
@@ -130,7 +132,8 @@ def status(request: HttpRequest, token: str) -> HttpResponse:
             "form": form,
             "token": token,
             "sent": request.GET.get("sent") == "1",
-            "can_withdraw": application.status in workflow.APPLICANT_WITHDRAWABLE,
+            "can_withdraw": application.status in workflow.APPLICANT_WITHDRAWABLE
+            and application.erased_at is None,
         },
     )
 
@@ -152,4 +155,59 @@ def withdraw(request: HttpRequest, token: str) -> HttpResponse:
         "vetting/withdraw.html",
         {"application": application, "token": token, "error": error},
         status=409 if error else 200,
+    )
+
+
+@require_GET
+def privacy(request: HttpRequest) -> HttpResponse:
+    return render(
+        request,
+        "vetting/privacy.html",
+        {
+            "version": PRIVACY_NOTICE_VERSION,
+            "retention_days": settings.EVIDENCE_RETENTION_DAYS,
+            "erasure_blocked_during_review": settings.ERASURE_BLOCKED_DURING_REVIEW,
+        },
+    )
+
+
+@require_GET
+def download_data(request: HttpRequest, token: str) -> HttpResponse:
+    """The applicant's own data as a ZIP (vetting.data_export)."""
+    application = _get_application_for_token(token)
+    if application.erased_at is not None:
+        raise Http404("This application was erased.")
+    try:
+        archive = data_export.build_archive(application)
+    except FileNotFoundError:
+        logger.exception("An evidence file of %s is missing from storage.", application.reference)
+        return render(request, "vetting/data_unavailable.html", {"token": token}, status=503)
+    workflow.record_data_export(application, request=request)
+    response = FileResponse(
+        archive,
+        as_attachment=True,
+        filename=f"application-{application.reference}.zip",
+        content_type="application/zip",
+    )
+    response["Cache-Control"] = "private, no-store"
+    return response
+
+
+@require_http_methods(["GET", "POST"])
+def erase(request: HttpRequest, token: str) -> HttpResponse:
+    """GET explains and asks for confirmation; POST erases."""
+    application = _get_application_for_token(token)
+    error = workflow.erasure_refusal(application)
+    if request.method == "POST" and error is None:
+        try:
+            workflow.erase_application(application, request=request)
+        except workflow.WorkflowError as refusal:
+            error = str(refusal)
+        else:
+            return redirect("vetting:status", token=token)
+    return render(
+        request,
+        "vetting/erase.html",
+        {"application": application, "token": token, "error": error},
+        status=409 if error and request.method == "POST" else 200,
     )

@@ -33,6 +33,7 @@ from django.contrib.auth.tokens import default_token_generator
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils import timezone
@@ -42,7 +43,9 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from evidence.models import Evidence
+from evidence.previews import forget_preview
 from evidence.validation import ValidatedUpload
+from notifications.models import OutboundEmail
 from notifications.outbox import queue_email
 from vetting import audit, links, matrix, roles
 from vetting.models import (
@@ -52,6 +55,7 @@ from vetting.models import (
     StaffNote,
     validate_matrix_localpart,
 )
+from vetting.privacy import PRIVACY_NOTICE_VERSION
 
 Status = Application.Status
 
@@ -258,6 +262,7 @@ def submit_application(
             application.status = Status.UNCONFIRMED
             application.source = Application.Source.PUBLIC
             application.consent_given_at = timezone.now()
+            application.privacy_notice_version = PRIVACY_NOTICE_VERSION
             application.save()
             _store_uploads(application, uploads, None, stored)
             audit.record(
@@ -291,6 +296,7 @@ def submit_staff_application(
             application.status = Status.SUBMITTED
             application.source = Application.Source.STAFF
             application.consent_given_at = timezone.now()
+            application.privacy_notice_version = PRIVACY_NOTICE_VERSION
             application.email_confirmed_at = None
             application.save()
             _store_uploads(application, uploads, user, stored)
@@ -383,6 +389,94 @@ def withdraw(application: Application, request: HttpRequest | None = None) -> No
         )
         _applicant_mail("application-withdrawn", locked)
     _refresh(application, locked)
+
+
+# While staff are deciding, the community may forbid erasure (ERASURE_BLOCKED_DURING_REVIEW).
+DECISION_PENDING = frozenset({Status.SUBMITTED, Status.IN_REVIEW, Status.INFO_REQUESTED, Status.RECOMMENDED})
+# What erasure blanks: everything the applicant told us and everything staff wrote about them.
+ERASED_FIELDS = [
+    "full_name",
+    "email",
+    "matrix_username",
+    "phone",
+    "referral",
+    "statement",
+    "information_request",
+    "verification_location",
+    "verification_notes",
+    "decision_reason",
+    "message_to_applicant",
+]
+
+
+def erasure_refusal(application: Application) -> str | None:
+    """Why the applicant may not erase their application now, or None."""
+    if application.erased_at is not None:
+        return _("This application was already erased.")
+    if application.status == Status.INVITED:
+        # A live registration token would outlive the data it was issued for.
+        return _(
+            "Your invitation to the Matrix server is still open. Use it, or write to support to have it "
+            "revoked; then you can erase your application."
+        )
+    if settings.ERASURE_BLOCKED_DURING_REVIEW and application.status in DECISION_PENDING:
+        return _(
+            "Staff are deciding on your application, and this community's policy is to finish that "
+            "first. You can withdraw it now and erase it once it is closed, or write to support."
+        )
+    return None
+
+
+def erase_application(application: Application, request: HttpRequest | None = None) -> None:
+    """The applicant's right to erasure: their evidence, personal fields and staff notes go.
+
+    Kept: the reference, the status, the dates and an anonymised audit trail
+    (the events without their IP addresses and details, still verifiable;
+    vetting.audit.redact). An open application is withdrawn first. Files are
+    deleted after the commit, so a failure leaves rows and files together.
+    """
+    with transaction.atomic():
+        locked = _lock(application)
+        refusal = erasure_refusal(locked)
+        if refusal:
+            raise WorkflowError(refusal)
+        evidence = list(locked.evidence.all())
+        files = [(item.file.storage, item.file.name) for item in evidence]
+        previous = locked.status
+        if locked.status in APPLICANT_WITHDRAWABLE:
+            locked.status = Status.WITHDRAWN
+        for name in ERASED_FIELDS:
+            setattr(locked, name, "")
+        locked.erased_at = timezone.now()
+        locked.save()
+        locked.evidence.all().delete()
+        locked.notes.all().delete()
+        # Mail about this application holds their name and address; mail still queued is dropped.
+        OutboundEmail.objects.filter(to__iexact=application.email).filter(
+            Q(subject__contains=locked.reference) | Q(body_text__contains=locked.reference)
+        ).delete()
+        audit.redact(AuditEvent.objects.filter(target_type="application", target_id=str(locked.pk)))
+        audit.record(
+            "application.erased",
+            actor_kind=AuditEvent.ActorKind.APPLICANT,
+            target=locked,
+            details={"previous_status": previous, "evidence": len(files)},
+        )
+    for storage, name in files:
+        storage.delete(name)
+    for item in evidence:
+        forget_preview(item)
+    _refresh(application, locked)
+
+
+def record_data_export(application: Application, request: HttpRequest | None = None) -> None:
+    """The applicant downloaded their data (vetting.data_export builds the archive)."""
+    audit.record(
+        "application.data_exported",
+        actor_kind=AuditEvent.ActorKind.APPLICANT,
+        target=application,
+        request=request,
+    )
 
 
 # Staff side ----------------------------------------------------------------

@@ -112,11 +112,19 @@ def test_done_page_with_tampered_reference_shows_no_reference(client):
     assert "ABCDEFGH" not in response.content.decode()
 
 
-@pytest.mark.parametrize("missing", ["full_name", "email", "referral", "statement"])
-def test_missing_required_field_shows_error_and_stores_nothing(client, settings, missing):
+@pytest.mark.parametrize(
+    ("missing", "message"),
+    [
+        ("full_name", "Enter your full name."),
+        ("email", "Enter your e-mail address."),
+        ("referral", "Tell us who referred you, or how you know the community."),
+        ("statement", "Tell us why you want to join."),
+    ],
+)
+def test_missing_required_field_shows_error_and_stores_nothing(client, settings, missing, message):
     response = client.post("/apply/", form_data(**{missing: "", "evidence_1": upload("a.pdf", PDF_BYTES)}))
     assert response.status_code == 200
-    assert "This field is required." in response.content.decode()
+    assert message in response.content.decode()
     assert not Application.objects.exists()
     assert not OutboundEmail.objects.exists()
     assert files_on_disk(settings) == []
@@ -133,7 +141,7 @@ def test_missing_consent_is_refused_with_a_clear_message(client):
 
 def test_invalid_email_is_refused(client):
     response = client.post("/apply/", form_data(email="not-an-address"))
-    assert "Enter a valid email address." in response.content.decode()
+    assert "Enter an e-mail address like name@example.org." in response.content.decode()
     assert not Application.objects.exists()
 
 

@@ -1,0 +1,318 @@
+"""The applicant's pages in a real browser: phone and desktop widths, with and without
+JavaScript, client-side checks, upload progress, data rights, and axe-core on every page."""
+
+from __future__ import annotations
+
+import json
+import re
+import zipfile
+
+import pytest
+from PIL import Image
+from playwright.sync_api import expect
+
+from evidence.models import Evidence
+from notifications.models import OutboundEmail
+from tests.browser.test_vetting_flow import link_in, sign_in
+from tests.evidence.test_images import jpeg_with_gps_and_orientation
+from tests.factories import PDF_BYTES
+from vetting import workflow
+from vetting.models import Application, AuditEvent
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+PHONE = {"width": 360, "height": 740}
+DESKTOP = {"width": 1280, "height": 900}
+
+
+@pytest.fixture
+def site(live_server, settings):
+    settings.SITE_URL = live_server.url
+    # Plain-HTTP live server: let the browser keep the cookies.
+    settings.SESSION_COOKIE_SECURE = settings.CSRF_COOKIE_SECURE = False
+    return live_server.url
+
+
+@pytest.fixture
+def files(tmp_path):
+    passport = tmp_path / "passport.pdf"
+    passport.write_bytes(PDF_BYTES)
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(jpeg_with_gps_and_orientation())
+    return {"passport": passport, "photo": photo}
+
+
+def new_page(chromium, viewport=DESKTOP, javascript=True):
+    # bypass_csp: axe-core is injected as an inline script, which a strict CSP would block.
+    context = chromium.new_context(viewport=viewport, java_script_enabled=javascript, bypass_csp=True)
+    return context.new_page()
+
+
+def attach(page, slot: int, path) -> None:
+    """Choose a file in slot `slot`, opening the slot with "Add another file" when the script hid it."""
+    field = page.locator(f"#id_evidence_{slot}")
+    if not field.is_visible():
+        page.get_by_role("button", name="Add another file").click()
+        expect(field).to_be_focused()
+    page.set_input_files(f"#id_evidence_{slot}", str(path))
+
+
+def fill_form(page, name: str = "Robin Browser") -> None:
+    page.fill("#id_full_name", name)
+    page.fill("#id_email", "robin@applicant.example")
+    page.fill("#id_matrix_username", "robin")
+    page.fill("#id_referral", "Sam from the Lisbon meetup")
+    page.fill("#id_statement", "I run the local chapter.")
+    page.check("#id_consent")
+
+
+@pytest.mark.parametrize(("width_name", "viewport"), [("360", PHONE), ("1280", DESKTOP)])
+def test_apply_with_files_at_phone_and_desktop_width(
+    chromium, site, files, width_name, viewport, screenshot, check_accessibility
+):
+    page = new_page(chromium, viewport)
+    page.goto(f"{site}/apply/")
+    check_accessibility(page, f"apply form at {width_name} px")
+    # Nothing may stick out sideways on a phone.
+    assert page.evaluate("document.documentElement.scrollWidth") <= viewport["width"]
+    fill_form(page)
+    attach(page, 1, files["passport"])
+    attach(page, 2, files["photo"])
+    page.fill("#id_note_2", "My ID card")
+    screenshot(page, f"apply-filled-{width_name}")
+    page.get_by_role("button", name="Send application").click()
+    page.wait_for_url(re.compile(r"/apply/done/"))
+    application = Application.objects.get()
+    expect(page.get_by_text(application.reference)).to_be_visible()
+    check_accessibility(page, f"done page at {width_name} px")
+    screenshot(page, f"apply-done-{width_name}")
+    assert Evidence.objects.filter(application=application).count() == 2
+    page.context.close()
+
+
+def test_errors_are_listed_focused_and_linked_then_fixed(chromium, site, screenshot, check_accessibility):
+    page = new_page(chromium, PHONE)
+    page.goto(f"{site}/apply/")
+    page.fill("#id_full_name", "Robin Browser")
+    page.get_by_role("button", name="Send application").click()
+    summary = page.locator("#error-summary")
+    expect(summary).to_be_visible()
+    expect(summary).to_be_focused()
+    screenshot(page, "apply-errors-360")
+    check_accessibility(page, "apply form with errors")
+    summary.get_by_role("link", name="Enter your e-mail address.").click()
+    expect(page.locator("#id_email")).to_be_in_viewport()
+    assert page.get_attribute("#id_email", "aria-invalid") == "true"
+    assert "id_email_error" in page.get_attribute("#id_email", "aria-describedby")
+    fill_form(page)
+    page.get_by_role("button", name="Send application").click()
+    page.wait_for_url(re.compile(r"/apply/done/"))
+    assert Application.objects.count() == 1
+    page.context.close()
+
+
+def test_keyboard_only_applicant_can_reach_every_field_and_send(chromium, site):
+    page = new_page(chromium, DESKTOP)
+    page.goto(f"{site}/apply/")
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="Skip to main content")).to_be_focused()
+    page.keyboard.press("Enter")
+    reached = set()
+    for _ in range(40):
+        page.keyboard.press("Tab")
+        reached.add(page.evaluate("document.activeElement.id || document.activeElement.tagName"))
+    assert {"id_full_name", "id_email", "id_statement", "id_evidence_1", "id_consent", "BUTTON"} <= reached
+    assert "id_website" not in reached  # the honeypot stays out of the way
+    page.context.close()
+
+
+def test_client_side_checks_use_the_server_limits_before_any_upload(chromium, site, tmp_path, settings):
+    program = tmp_path / "setup.exe"
+    program.write_bytes(b"MZ" + bytes(100))
+    empty = tmp_path / "empty.pdf"
+    empty.write_bytes(b"")
+    huge = tmp_path / "huge.pdf"
+    huge.write_bytes(b"%PDF-1.4\n" + bytes(settings.EVIDENCE_MAX_FILE_SIZE))
+    page = new_page(chromium, PHONE)
+    posts = []
+    page.on("request", lambda request: posts.append(request) if request.method == "POST" else None)
+    page.goto(f"{site}/apply/")
+    fill_form(page)
+
+    attach(page, 1, program)
+    expect(page.locator("#id_evidence_1_client_error")).to_have_text(
+        re.compile("“setup.exe” is not an allowed type")
+    )
+    attach(page, 2, empty)
+    expect(page.locator("#id_evidence_2_client_error")).to_have_text("“empty.pdf” is empty.")
+    attach(page, 3, huge)
+    expect(page.locator("#id_evidence_3_client_error")).to_have_text(
+        "“huge.pdf” is too large: each file may be at most 16 MB."
+    )
+    page.get_by_role("button", name="Send application").click()
+    summary = page.locator("#error-summary")
+    expect(summary).to_be_focused()
+    expect(summary.get_by_role("link")).to_have_count(3)
+    assert posts == []
+    assert "id_evidence_1_client_error" in page.get_attribute("#id_evidence_1", "aria-describedby")
+
+    # Choosing an allowed file clears the message.
+    page.set_input_files("#id_evidence_1", [])
+    page.set_input_files("#id_evidence_2", [])
+    page.set_input_files("#id_evidence_3", [])
+    expect(page.locator("#id_evidence_1_client_error")).to_be_hidden()
+    page.get_by_role("button", name="Send application").click()
+    page.wait_for_url(re.compile(r"/apply/done/"))
+    page.context.close()
+
+
+def test_progress_bar_shows_and_button_is_disabled_while_sending(chromium, site, tmp_path, screenshot):
+    statement = tmp_path / "statement.txt"
+    statement.write_bytes(b"I met Sam at the meetup.\n" * 24_000)  # about 600 KB
+    page = new_page(chromium, PHONE)
+    page.goto(f"{site}/apply/")
+    fill_form(page)
+    attach(page, 1, statement)
+    # Slow the upload to about 150 KB/s so the progress can be seen.
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send(
+        "Network.emulateNetworkConditions",
+        {"offline": False, "latency": 20, "downloadThroughput": -1, "uploadThroughput": 150 * 1024},
+    )
+    page.get_by_role("button", name="Send application").click()
+    progress = page.locator(".upload-progress progress")
+    expect(progress).to_be_visible()
+    expect(page.locator("button[type=submit]")).to_be_disabled()
+    page.wait_for_function("document.querySelector('.upload-progress progress').value > 0")
+    screenshot(page, "apply-uploading-360")
+    page.wait_for_url(re.compile(r"/apply/done/"), timeout=30_000)
+    assert Evidence.objects.get().size == statement.stat().st_size
+    page.context.close()
+
+
+def test_form_works_without_javascript(chromium, site, files, screenshot):
+    page = new_page(chromium, PHONE, javascript=False)
+    page.goto(f"{site}/apply/")
+    page.get_by_role("button", name="Send application").click()
+    expect(page.locator("#error-summary")).to_be_visible()
+    expect(page.locator("#error-summary")).to_be_focused()  # autofocus, no script needed
+    screenshot(page, "apply-errors-nojs-360")
+    expect(page.locator("#id_evidence_5")).to_be_visible()  # every slot, no "Add another file"
+    fill_form(page)
+    attach(page, 1, files["photo"])
+    page.get_by_role("button", name="Send application").click()
+    page.wait_for_url(re.compile(r"/apply/done/"))
+    stored = Evidence.objects.get()
+    assert stored.content_type == "image/jpeg"
+    with stored.file.open("rb") as stored_file:
+        assert len(Image.open(stored_file).getexif()) == 0  # the GPS position is gone
+    page.context.close()
+
+
+def test_status_page_walk_download_zip_and_erase(
+    chromium, site, files, agent, server_admin, screenshot, check_accessibility
+):
+    page = new_page(chromium, PHONE)
+    page.goto(f"{site}/apply/")
+    fill_form(page)
+    attach(page, 1, files["photo"])
+    page.get_by_role("button", name="Send application").click()
+    page.wait_for_url(re.compile(r"/apply/done/"))
+    received = OutboundEmail.objects.get(template="application-received")
+    page.goto(link_in(received, "/confirm/"))
+    expect(page.get_by_text("Your application is in the queue.")).to_be_visible()
+    check_accessibility(page, "status page")
+    screenshot(page, "status-360")
+
+    application = Application.objects.get()
+    workflow.claim(application, agent)
+    workflow.request_information(application, server_admin, "Please send a recent photo.")
+    page.reload()
+    expect(page.get_by_text("Please send a recent photo.")).to_be_visible()
+    check_accessibility(page, "status page asking for information")
+    page.fill("#id_message", "Here it is.")
+    attach(page, 1, files["passport"])
+    page.get_by_role("button", name="Send to staff").click()
+    expect(page.get_by_text("your answer was sent to staff")).to_be_visible()
+
+    with page.expect_download() as download_info:
+        page.get_by_role("link", name="Download my data (ZIP file)").click()
+    archive = zipfile.ZipFile(download_info.value.path())
+    own = json.loads(archive.read("application.json"))
+    assert own["full_name"] == "Robin Browser"
+    assert sorted(name for name in archive.namelist() if name.startswith("evidence/")) == [
+        "evidence/1-photo.jpg",
+        "evidence/2-passport.pdf",
+    ]
+    history = [entry["action"] for entry in json.loads(archive.read("history.json"))]
+    assert "application.information_added" in history
+    assert "agent" not in archive.read("history.json").decode().replace("Vetting agent", "")
+
+    page.get_by_role("link", name="Erase my application").click()
+    check_accessibility(page, "erase confirmation")
+    screenshot(page, "erase-360")
+    page.get_by_role("button", name="Yes, erase my application").click()
+    expect(page.get_by_text("You erased this application")).to_be_visible()
+    check_accessibility(page, "erased status page")
+    application.refresh_from_db()
+    assert application.full_name == "" and application.erased_at is not None
+    assert not Evidence.objects.exists()
+    page.context.close()
+
+
+def test_other_public_pages_pass_axe(chromium, site, screenshot, check_accessibility):
+    for width_name, viewport in [("360", PHONE), ("1280", DESKTOP)]:
+        page = new_page(chromium, viewport)
+        for name, path in [("privacy", "/privacy/"), ("not-found", "/status/forged/")]:
+            page.goto(f"{site}{path}")
+            check_accessibility(page, f"{path} at {width_name} px")
+            screenshot(page, f"{name}-{width_name}")
+        page.context.close()
+    application = Application.objects.create(
+        full_name="Alex Example",
+        email="alex@applicant.example",
+        referral="Sam",
+        statement="Hello",
+        consent_given_at="2026-11-28T10:00:00Z",
+        status=Application.Status.SUBMITTED,
+    )
+    from vetting import links
+
+    page = new_page(chromium, PHONE)
+    page.goto(f"{site}/status/{links.status_token(application)}/withdraw/")
+    check_accessibility(page, "withdraw confirmation")
+    page.context.close()
+
+
+def test_main_admin_pages_pass_axe(chromium, site, files, agent, screenshot, check_accessibility):
+    page = new_page(chromium, PHONE)
+    page.goto(f"{site}/apply/")
+    fill_form(page)
+    attach(page, 1, files["photo"])
+    attach(page, 2, files["passport"])
+    page.get_by_role("button", name="Send application").click()
+    page.wait_for_url(re.compile(r"/apply/done/"))
+    page.context.close()
+    application = Application.objects.get()
+    workflow.confirm_email(application)
+
+    staff = new_page(chromium, DESKTOP)
+    staff.goto(f"{site}/admin/login/")
+    check_accessibility(staff, "admin login")
+    sign_in(staff, site, "agent")
+    check_accessibility(staff, "admin index")
+    staff.goto(f"{site}/admin/vetting/application/")
+    check_accessibility(staff, "application list")
+    staff.goto(f"{site}/admin/vetting/application/{application.pk}/change/")
+    preview = staff.locator("img.evidence-preview")
+    preview.scroll_into_view_if_needed()
+    expect(preview).to_be_visible()
+    # The thumbnail really loaded through the preview view (lazy loading: wait for it).
+    staff.wait_for_function(
+        "() => { const img = document.querySelector('img.evidence-preview'); return img.complete && img.naturalWidth > 0; }"
+    )
+    assert AuditEvent.objects.filter(action="evidence.previewed", actor=agent).exists()
+    check_accessibility(staff, "application page")
+    screenshot(staff, "admin-application-1280")
+    staff.context.close()

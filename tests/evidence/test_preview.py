@@ -1,0 +1,60 @@
+"""Staff see image evidence as thumbnails, through the audited preview view only."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from evidence.models import Evidence
+from evidence.validation import validate_upload
+from tests.factories import PDF_BYTES, jpeg_bytes, make_application, upload
+from vetting.models import AuditEvent
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def photo() -> Evidence:
+    return Evidence.objects.store(
+        make_application(), validate_upload(upload("id card.jpg", jpeg_bytes((1200, 800))))
+    )
+
+
+def test_permitted_staff_get_a_small_png_and_it_is_audited(client, agent, photo):
+    client.force_login(agent)
+    response = client.get(f"/evidence/{photo.pk}/preview/")
+    assert response.status_code == 200
+    assert response["Content-Type"] == "image/png"
+    assert response["Cache-Control"] == "private, no-store"
+    assert response["X-Content-Type-Options"] == "nosniff"
+    assert max(Image.open(io.BytesIO(response.content)).size) <= 480
+    event = AuditEvent.objects.get(action="evidence.previewed")
+    assert event.actor == agent and event.target_id == str(photo.pk)
+    # A second look comes from the cache, and is audited again.
+    assert client.get(f"/evidence/{photo.pk}/preview/").content == response.content
+    assert AuditEvent.objects.filter(action="evidence.previewed").count() == 2
+
+
+def test_preview_is_not_for_outsiders_or_anonymous(client, outsider, photo):
+    assert client.get(f"/evidence/{photo.pk}/preview/").status_code == 302
+    client.force_login(outsider)
+    assert client.get(f"/evidence/{photo.pk}/preview/").status_code == 403
+    assert not AuditEvent.objects.filter(action="evidence.previewed").exists()
+
+
+def test_pdfs_have_no_preview_and_the_admin_offers_a_download(client, agent):
+    pdf = Evidence.objects.store(make_application(), validate_upload(upload("passport.pdf", PDF_BYTES)))
+    client.force_login(agent)
+    assert client.get(f"/evidence/{pdf.pk}/preview/").status_code == 404
+    page = client.get(f"/admin/vetting/application/{pdf.application.pk}/change/").content.decode()
+    assert "Download to view" in page
+    assert f'href="/evidence/{pdf.pk}/"' in page
+
+
+def test_admin_page_shows_the_thumbnail_through_the_preview_view(client, agent, photo):
+    client.force_login(agent)
+    page = client.get(f"/admin/vetting/application/{photo.application.pk}/change/").content.decode()
+    assert f'src="/evidence/{photo.pk}/preview/"' in page
+    assert 'alt="Preview of id card.jpg"' in page

@@ -1,0 +1,194 @@
+"""The applicant's rights through the status link: a copy of their data, and erasure."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from evidence.models import Evidence
+from notifications.models import OutboundEmail
+from tests.factories import PDF_BYTES, make_application, upload
+from tests.vetting.test_apply import form_data
+from vetting import audit, links, workflow
+from vetting.models import Application, AuditEvent, StaffNote
+from vetting.privacy import PRIVACY_NOTICE_VERSION
+
+pytestmark = pytest.mark.django_db
+
+
+def apply_with_a_file(client) -> Application:
+    response = client.post("/apply/", {**form_data(), "evidence_1": upload("passport.pdf", PDF_BYTES)})
+    assert response.status_code == 302
+    application = Application.objects.get()
+    workflow.confirm_email(application)
+    return application
+
+
+def status_path(application: Application, suffix: str = "") -> str:
+    return f"/status/{links.status_token(application)}/{suffix}"
+
+
+def open_zip(response) -> zipfile.ZipFile:
+    return zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content)))
+
+
+def test_consent_records_the_privacy_notice_version_and_time(client):
+    application = apply_with_a_file(client)
+    assert application.privacy_notice_version == PRIVACY_NOTICE_VERSION
+    assert application.consent_given_at is not None
+
+
+def test_privacy_notice_states_version_retention_and_rights(client, settings):
+    settings.EVIDENCE_RETENTION_DAYS = 90
+    page = client.get("/privacy/").content.decode()
+    assert f"Version {PRIVACY_NOTICE_VERSION}" in page
+    assert "deleted 90 days after your application is decided" in page
+    assert "PDF and Word files are kept exactly as you send them" in page
+    assert "download your data" in page and "erase your application" in page
+
+
+def test_apply_page_links_the_privacy_notice(client):
+    assert 'href="/privacy/"' in client.get("/apply/").content.decode()
+
+
+def test_get_apply_uses_no_session_and_no_database(client, django_assert_num_queries):
+    with django_assert_num_queries(0):
+        response = client.get("/apply/")
+    assert response.status_code == 200
+    assert "sessionid" not in response.cookies
+    assert not response.wsgi_request.session.accessed
+
+
+def test_download_my_data_has_own_fields_files_and_history_without_staff(client, agent, server_admin):
+    application = apply_with_a_file(client)
+    workflow.claim(application, agent)
+    workflow.add_note(application, agent, "Seemed nervous on the call")
+    workflow.request_information(application, server_admin, "Please send a recent photo.")
+    response = client.get(status_path(application, "my-data/"))
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/zip"
+    assert f"application-{application.reference}.zip" in response["Content-Disposition"]
+    archive = open_zip(response)
+    names = set(archive.namelist())
+    assert {"README.txt", "application.json", "evidence.json", "history.json"} <= names
+    own = json.loads(archive.read("application.json"))
+    assert own["full_name"] == "Alex Example"
+    assert own["privacy_notice_version"] == PRIVACY_NOTICE_VERSION
+    assert own["information_request"] == "Please send a recent photo."
+    assert archive.read("evidence/1-passport.pdf") == PDF_BYTES
+    history = json.loads(archive.read("history.json"))
+    actions = [entry["action"] for entry in history]
+    assert actions[:3] == ["application.submitted", "application.confirmed", "application.claimed"]
+    assert "note.added" not in actions
+    by = {entry["action"]: entry["by"] for entry in history}
+    assert by["application.submitted"] == "You"
+    assert by["application.claimed"] == "Vetting agent"
+    everything = b"".join(archive.read(name) for name in names).decode("utf-8", "replace")
+    for secret in ["agent", "server_admin", "Seemed nervous", "127.0.0.1"]:
+        assert secret not in everything.replace("Vetting agent", "").replace("Server admin", "")
+    assert AuditEvent.objects.filter(action="application.data_exported").count() == 1
+
+
+def test_erase_asks_first_then_deletes_files_and_personal_fields(client, settings, agent):
+    application = apply_with_a_file(client)
+    workflow.claim(application, agent)
+    workflow.add_note(application, agent, "Met at the meetup")
+    stored = Path(settings.EVIDENCE_ROOT) / Evidence.objects.get().file.name
+    assert stored.exists()
+
+    confirm_page = client.get(status_path(application, "erase/"))
+    assert "Yes, erase my application" in confirm_page.content.decode()
+    assert Application.objects.get().erased_at is None
+
+    response = client.post(status_path(application, "erase/"))
+    assert response.status_code == 302
+    application.refresh_from_db()
+    assert application.erased_at is not None
+    assert application.status == Application.Status.WITHDRAWN
+    assert application.reference
+    for field in ("full_name", "email", "matrix_username", "phone", "referral", "statement"):
+        assert getattr(application, field) == ""
+    assert not stored.exists()
+    assert not Evidence.objects.exists()
+    assert not StaffNote.objects.exists()
+    assert not OutboundEmail.objects.filter(to="alex@applicant.example").exists()
+
+    page = client.get(status_path(application)).content.decode()
+    assert "You erased this application" in page
+    assert "Alex Example" not in page
+
+
+def test_erasure_keeps_an_anonymised_audit_trail_that_still_verifies(client, agent):
+    application = apply_with_a_file(client)
+    workflow.claim(application, agent)
+    client.post(status_path(application, "erase/"))
+    events = AuditEvent.objects.filter(target_type="application", target_id=str(application.pk))
+    actions = list(events.order_by("id").values_list("action", flat=True))
+    assert actions == [
+        "application.submitted",
+        "application.confirmed",
+        "application.claimed",
+        "application.erased",
+    ]
+    for event in events.exclude(action="application.erased"):
+        assert event.ip is None and event.details == {}
+    assert audit.find_broken_link() is None
+    assert "Alex" not in json.dumps(list(events.values("details", "ip")))
+
+
+def test_a_changed_redacted_event_still_breaks_the_chain(client):
+    application = apply_with_a_file(client)
+    client.post(status_path(application, "erase/"))
+    AuditEvent.objects.filter(action="application.confirmed").update(action="application.approved")
+    assert audit.find_broken_link() is not None
+
+
+def test_erasure_is_refused_during_review_when_the_community_says_so(client, settings, agent):
+    settings.ERASURE_BLOCKED_DURING_REVIEW = True
+    application = apply_with_a_file(client)
+    workflow.claim(application, agent)
+    page = client.get(status_path(application, "erase/")).content.decode()
+    assert "Staff are deciding on your application" in page
+    response = client.post(status_path(application, "erase/"))
+    assert response.status_code == 409
+    application.refresh_from_db()
+    assert application.erased_at is None and application.full_name == "Alex Example"
+    assert Evidence.objects.count() == 1
+
+
+def test_erasure_is_allowed_during_review_by_default(client, agent):
+    application = apply_with_a_file(client)
+    workflow.claim(application, agent)
+    assert client.post(status_path(application, "erase/")).status_code == 302
+
+
+def test_blocked_policy_still_allows_erasing_a_closed_application(settings):
+    settings.ERASURE_BLOCKED_DURING_REVIEW = True
+    application = make_application(status=Application.Status.WITHDRAWN)
+    workflow.erase_application(application)
+    assert application.erased_at is not None
+
+
+def test_erasure_waits_while_an_invitation_token_is_live(client):
+    application = make_application(status=Application.Status.INVITED)
+    response = client.post(status_path(application, "erase/"))
+    assert response.status_code == 409
+    assert "Your invitation to the Matrix server is still open" in response.content.decode()
+    application.refresh_from_db()
+    assert application.erased_at is None
+
+
+def test_erasing_twice_is_refused_and_download_is_gone(client):
+    application = apply_with_a_file(client)
+    client.post(status_path(application, "erase/"))
+    assert client.post(status_path(application, "erase/")).status_code == 409
+    assert client.get(status_path(application, "my-data/")).status_code == 404
+
+
+def test_data_links_need_a_valid_status_link(client):
+    assert client.get("/status/forged/my-data/").status_code == 404
+    assert client.post("/status/forged/erase/").status_code == 404
