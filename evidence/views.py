@@ -11,6 +11,7 @@ from django.shortcuts import get_object_or_404
 from django.views.decorators.http import require_GET
 
 from evidence.models import Evidence
+from iama_vetting.ratelimits import EVIDENCE_DOWNLOAD, rate_limited
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ def _get_evidence_for_user(request: HttpRequest, evidence_id) -> Evidence:
 
 @require_GET
 @staff_member_required
+@rate_limited(EVIDENCE_DOWNLOAD)
 def download(request: HttpRequest, evidence_id) -> HttpResponse:
     evidence = _get_evidence_for_user(request, evidence_id)
     if settings.EVIDENCE_X_ACCEL_PREFIX:

@@ -10,6 +10,7 @@ import os
 
 import pytest
 from django.contrib.auth.models import Permission
+from django.core.cache import caches
 from django.db import connection
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -60,6 +61,14 @@ def test_switches(settings, tmp_path):
     settings.STATIC_ROOT = tmp_path / "static"
     settings.STATIC_ROOT.mkdir()
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+
+
+@pytest.fixture(autouse=True)
+def fresh_rate_limits():
+    """Every test starts with empty rate-limit counters (the suite posts to /apply/ a lot)."""
+    caches["ratelimit"].clear()
+    yield
+    caches["ratelimit"].clear()
 
 
 def _staff_user(django_user_model, username: str, *permissions: str):

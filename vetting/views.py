@@ -9,6 +9,7 @@ from django.urls import reverse
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_GET, require_http_methods
 
+from iama_vetting.ratelimits import APPLY, rate_limited
 from vetting import workflow
 from vetting.forms import ApplicationForm
 from vetting.models import new_reference
@@ -25,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 
 @require_http_methods(["GET", "POST"])
+@rate_limited(APPLY)
 def apply(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         form = ApplicationForm(request.POST, request.FILES)

@@ -1,0 +1,138 @@
+"""A shared cache that falls back to local memory while it is unreachable.
+
+Used for the rate-limit counters (settings.CACHES["ratelimit"]). When Redis
+refuses, times out or errors, each call is answered by a per-process
+local-memory cache instead: limiting goes on per process (never unlimited,
+never a 500). Redis is tried again RETRY_SECONDS after a failure, and shared
+limiting resumes as soon as it answers. One error is logged per minute.
+
+Configuration: OPTIONS["PRIMARY"] is an ordinary cache configuration (BACKEND,
+LOCATION, KEY_PREFIX, OPTIONS) for the shared cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import redis
+from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
+from django.core.cache.backends.locmem import LocMemCache
+from django.core.cache.backends.redis import RedisCache
+from django.utils.module_loading import import_string
+
+logger = logging.getLogger(__name__)
+
+RETRY_SECONDS = 5.0
+LOG_INTERVAL_SECONDS = 60.0
+# What "unreachable" means: anything the Redis client raises, and socket errors.
+UNREACHABLE = (redis.exceptions.RedisError, OSError)
+
+
+class _Health:
+    """Process-wide state of one primary cache (Django makes a cache object per thread)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.down_until = 0.0
+        self.last_logged = float("-inf")
+        self.down = False
+
+    def usable(self) -> bool:
+        return time.monotonic() >= self.down_until
+
+    def failed(self, error: Exception, location: str) -> None:
+        now = time.monotonic()
+        with self.lock:
+            self.down = True
+            self.down_until = now + RETRY_SECONDS
+            if now - self.last_logged < LOG_INTERVAL_SECONDS:
+                return
+            self.last_logged = now
+        # The error's class, not its text: a connection error can echo the URL with its password.
+        logger.error(
+            "Shared cache %s is unreachable (%s); counting in this process's memory until it returns.",
+            location,
+            type(error).__name__,
+        )
+
+    def succeeded(self, location: str) -> None:
+        if not self.down:
+            return
+        with self.lock:
+            if not self.down:
+                return
+            self.down = False
+        logger.warning("Shared cache %s answers again; shared counting resumed.", location)
+
+
+_health_by_location: dict[str, _Health] = {}
+_health_lock = threading.Lock()
+
+
+def _health_for(location: str) -> _Health:
+    with _health_lock:
+        return _health_by_location.setdefault(location, _Health())
+
+
+class FallbackCache(BaseCache):
+    def __init__(self, location: str, params: dict[str, Any]) -> None:
+        super().__init__(params)
+        primary = dict(params["OPTIONS"]["PRIMARY"])
+        backend = import_string(primary.pop("BACKEND"))
+        primary_location = primary.pop("LOCATION", "")
+        self._primary = backend(primary_location, primary)
+        # For logs: the host part only, never a password in the URL.
+        self._name = f"{primary_location.rpartition('@')[2]} ({primary.get('KEY_PREFIX', '')})"
+        self._health = _health_for(f"{primary_location}|{primary.get('KEY_PREFIX', '')}")
+        # Named, so all threads of the process share the same fallback counters.
+        self._fallback = LocMemCache(f"fallback:{self._name}", {"TIMEOUT": params.get("TIMEOUT", 300)})
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        if self._health.usable():
+            try:
+                result = getattr(self._primary, method)(*args, **kwargs)
+            except UNREACHABLE as error:
+                self._health.failed(error, self._name)
+            else:
+                self._health.succeeded(self._name)
+                return result
+        return getattr(self._fallback, method)(*args, **kwargs)
+
+    def add(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
+        return self._call("add", key, value, timeout, version)
+
+    def get(self, key, default=None, version=None):
+        return self._call("get", key, default, version)
+
+    def set(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
+        return self._call("set", key, value, timeout, version)
+
+    def touch(self, key, timeout=DEFAULT_TIMEOUT, version=None):
+        return self._call("touch", key, timeout, version)
+
+    def delete(self, key, version=None):
+        return self._call("delete", key, version)
+
+    def incr(self, key, delta=1, version=None):
+        return self._call("incr", key, delta, version)
+
+    def has_key(self, key, version=None):
+        return self._call("has_key", key, version)
+
+    def clear(self):
+        """Forget every counter: the fallback's, and the primary's under its own prefix only."""
+        self._fallback.clear()
+        if isinstance(self._primary, RedisCache):
+            # Never FLUSHDB: the Redis database may hold other keys (the default cache).
+            client = self._primary._cache.get_client(write=True)
+            pattern = self._primary.make_key("*")
+            for key in client.scan_iter(match=pattern, count=500):
+                client.delete(key)
+        else:
+            self._primary.clear()
+
+    def close(self, **kwargs):
+        self._primary.close(**kwargs)
