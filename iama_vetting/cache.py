@@ -84,11 +84,13 @@ class FallbackCache(BaseCache):
         backend = import_string(primary.pop("BACKEND"))
         primary_location = primary.pop("LOCATION", "")
         self._primary = backend(primary_location, primary)
-        # For logs: the host part only, never a password in the URL.
-        self._name = f"{primary_location.rpartition('@')[2]} ({primary.get('KEY_PREFIX', '')})"
+        # For logs: host and port only, never a password from the URL.
+        self._name = primary_location.rpartition("@")[2] if "://" in primary_location else primary_location
         self._health = _health_for(f"{primary_location}|{primary.get('KEY_PREFIX', '')}")
         # Named, so all threads of the process share the same fallback counters.
-        self._fallback = LocMemCache(f"fallback:{self._name}", {"TIMEOUT": params.get("TIMEOUT", 300)})
+        self._fallback = LocMemCache(
+            f"fallback:{primary_location}|{primary.get('KEY_PREFIX', '')}", {"TIMEOUT": params.get("TIMEOUT", 300)}
+        )
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         if self._health.usable():

@@ -85,14 +85,21 @@ class RequestContextMiddleware:
             context["path"] = loggable_path(request)
             response["X-Request-ID"] = request.request_id
             duration_ms = round((time.monotonic() - started) * 1000, 1)
-            access_logger.info(
+            status = response.status_code
+            level = logging.ERROR if status >= 500 else logging.WARNING if status >= 400 else logging.INFO
+            access_logger.log(
+                level,
                 "%s %s %s %sms",
                 context["method"],
                 context["path"],
                 response.status_code,
                 duration_ms,
-                extra={"status": response.status_code, "duration_ms": duration_ms},
+                extra={"status": status, "duration_ms": duration_ms},
             )
+            # This line replaces django.request's "Not Found: <path>" style line,
+            # which comes after the context is gone and would show raw tokens.
+            # (An exception is still logged, with its traceback, where it happens.)
+            response._has_been_logged = True
         finally:
             request_context.reset(token)
         return response

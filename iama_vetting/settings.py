@@ -323,7 +323,8 @@ if CACHES["default"]["BACKEND"] == "django.core.cache.backends.redis.RedisCache"
         "OPTIONS": {
             "PRIMARY": {
                 **CACHES["default"],
-                "KEY_PREFIX": "ratelimit",
+                # Change it when several sites share one Redis database.
+                "KEY_PREFIX": env.str("RATELIMIT_KEY_PREFIX", default="rvi-ratelimit"),
                 # Fail fast and without retries: the fallback takes over.
                 "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5, "retry": None},
             },
