@@ -89,7 +89,8 @@ class FallbackCache(BaseCache):
         self._health = _health_for(f"{primary_location}|{primary.get('KEY_PREFIX', '')}")
         # Named, so all threads of the process share the same fallback counters.
         self._fallback = LocMemCache(
-            f"fallback:{primary_location}|{primary.get('KEY_PREFIX', '')}", {"TIMEOUT": params.get("TIMEOUT", 300)}
+            f"fallback:{primary_location}|{primary.get('KEY_PREFIX', '')}",
+            {"TIMEOUT": params.get("TIMEOUT", 300)},
         )
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:

@@ -305,6 +305,9 @@ else:
     CONTENT_SECURITY_POLICY = {"DIRECTIVES": _CSP_STRICT}
     CONTENT_SECURITY_POLICY_REPORT_ONLY = None
 
+# Files browsers ask for at the site root (favicon.ico), served by WhiteNoise.
+WHITENOISE_ROOT = BASE_DIR / "static" / "root"
+
 # security.txt (RFC 9116): where to report a vulnerability.
 SECURITY_CONTACT = env.str("SECURITY_CONTACT", default="mailto:support@rvi.iam-alliance.com")
 

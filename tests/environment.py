@@ -16,3 +16,6 @@ os.environ.setdefault("STAFF_NOTIFY_EMAILS", "queue@staff.example,lead@staff.exa
 # HTTPS; staff 2FA is switched on by the tests that are about it.
 os.environ.setdefault("SECURE_SSL_REDIRECT", "false")
 os.environ.setdefault("STAFF_REQUIRE_2FA", "false")
+# Playwright's sync API runs an event loop in the test thread; Django's
+# async-safety guard would otherwise refuse the ORM in browser tests.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")

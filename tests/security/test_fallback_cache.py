@@ -111,4 +111,3 @@ def test_redis_answers_for_every_process_when_it_is_up(redis_url, redis_key_pref
     assert second.incr("shared") == 2
     second.clear()
     assert first.get("shared") is None
-

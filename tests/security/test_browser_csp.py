@@ -1,0 +1,180 @@
+"""Every page applicants and server admins use runs in Chromium under the production CSP
+with zero violations and zero console errors."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from django_otp.oath import totp
+from django_otp.plugins.otp_totp.models import TOTPDevice
+
+from evidence.models import Evidence
+from evidence.validation import validate_upload
+from iama_vetting.models import CSPViolation
+from notifications.outbox import queue_email
+from tests.factories import PDF_BYTES, make_application, upload
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+# Runs before any page script; the binding reports back even across navigations.
+WATCH_VIOLATIONS = """
+document.addEventListener("securitypolicyviolation", (event) => {
+  window.reportViolation(`${event.effectiveDirective} blocked ${event.blockedURI} at ${event.sourceFile}:${event.lineNumber}`);
+});
+"""
+
+
+class Watched:
+    def __init__(self, page) -> None:
+        self.page = page
+        self.problems: list[str] = []
+        self.expected_error_url: str | None = None
+        page.expose_function("reportViolation", lambda text: self.problems.append(f"CSP: {text}"))
+        page.add_init_script(WATCH_VIOLATIONS)
+        page.on("console", self._console)
+        page.on("pageerror", lambda error: self.problems.append(f"page error: {error}"))
+
+    def _console(self, message) -> None:
+        if message.type != "error":
+            return
+        if message.location.get("url") == self.expected_error_url and message.text.startswith(
+            "Failed to load"
+        ):
+            return  # the error page we asked for
+        self.problems.append(f"console: {message.text} ({message.location.get('url')})")
+
+    def visit(self, url: str, *, status: int = 200) -> None:
+        self.expected_error_url = url if status >= 400 else None
+        response = self.page.goto(url)
+        assert response.status == status, url
+        policy = response.headers["content-security-policy"]
+        assert "'unsafe-inline'" not in policy and "'unsafe-eval'" not in policy
+        self.page.wait_for_load_state("load")
+
+
+@pytest.fixture
+def browser_page():
+    if not CHROMIUM.exists():
+        pytest.skip("needs Debian's Chromium at /usr/bin/chromium (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser.new_page()
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def plain_http(settings):
+    """The live server speaks HTTP: cookies may not demand HTTPS. The CSP stays the production one."""
+    settings.SESSION_COOKIE_SECURE = False
+    settings.CSRF_COOKIE_SECURE = False
+
+
+def admin_data(superadmin) -> dict:
+    application = make_application(full_name="Robin Browser")
+    evidence = Evidence.objects.store(application, validate_upload(upload("id.pdf", PDF_BYTES)))
+    queue_email("application-received", ["robin@applicant.example"], {"application": application})
+    CSPViolation.objects.record("style-src-attr", "inline", "/apply/")
+    return {"application": application, "evidence": evidence}
+
+
+def sign_in_with_two_factor(watched: Watched, base: str, user) -> None:
+    page = watched.page
+    watched.visit(f"{base}/admin/")
+    page.fill("#id_username", user.username)
+    page.fill("#id_password", "a-long-test-password")
+    page.click("input[type=submit]")
+    page.wait_for_url(re.compile(r"/admin/two-factor/setup/"))
+    assert page.locator("img[alt^='QR code']").is_visible()
+    device = TOTPDevice.objects.get(user=user)
+    page.fill("#id_token", f"{totp(device.bin_key, device.step, device.t0, device.digits):06d}")
+    page.click("input[type=submit]")
+    page.wait_for_selector(".backup-codes")
+    page.click("text=Continue to the admin")
+    page.wait_for_url(re.compile(r"/admin/$"))
+
+
+def test_public_pages_run_without_violations(live_server, browser_page, plain_http):
+    watched = Watched(browser_page)
+    base = live_server.url
+    watched.visit(f"{base}/apply/")
+    page = watched.page
+    page.fill("#id_full_name", "Robin Browser")
+    page.fill("#id_email", "robin@applicant.example")
+    page.fill("#id_referral", "Sam")
+    page.fill("#id_statement", "I would like to join.")
+    page.check("#id_consent")
+    page.click("button[type=submit], input[type=submit]")
+    page.wait_for_url(re.compile(r"/apply/done/"))
+    watched.visit(f"{base}/no-such-page/", status=404)
+    watched.visit(f"{base}/.well-known/security.txt")
+    assert watched.problems == []
+
+
+def test_every_admin_page_a_server_admin_uses_runs_without_violations(
+    live_server, browser_page, plain_http, superadmin, settings
+):
+    settings.STAFF_REQUIRE_2FA = True
+    data = admin_data(superadmin)
+    watched = Watched(browser_page)
+    base = live_server.url
+    sign_in_with_two_factor(watched, base, superadmin)
+    application = data["application"]
+    pages = [
+        "/admin/",
+        "/admin/vetting/application/",
+        "/admin/vetting/application/?status=all&q=Robin",
+        f"/admin/vetting/application/{application.pk}/change/",
+        f"/admin/vetting/application/{application.pk}/history/",
+        "/admin/notifications/outboundemail/",
+        f"/admin/notifications/outboundemail/{application.pk and 1}/change/",
+        "/admin/iama_vetting/cspviolation/",
+        "/admin/auth/user/",
+        "/admin/auth/user/add/",
+        f"/admin/auth/user/{superadmin.pk}/change/",
+        f"/admin/auth/user/{superadmin.pk}/password/",
+        "/admin/auth/group/",
+        "/admin/auth/group/add/",
+        "/admin/otp_totp/totpdevice/",
+        "/admin/otp_static/staticdevice/",
+        "/admin/password_change/",
+    ]
+    for path in pages:
+        watched.visit(f"{base}{path}")
+    page = watched.page
+
+    # Scripts that build markup at run time: calendar and clock widgets, the actions bar, the theme toggle.
+    watched.visit(f"{base}/admin/auth/user/{superadmin.pk}/change/")
+    page.click("#calendarlink0")
+    page.click("#clocklink0")
+    page.click("button.theme-toggle")
+    watched.visit(f"{base}/admin/auth/user/")
+    page.check("#action-toggle")
+    watched.visit(f"{base}/admin/auth/group/add/")
+    page.fill("#id_permissions_input", "application")
+    page.click("#id_permissions_add_all")
+    watched.visit(f"{base}/admin/vetting/application/{application.pk}/delete/", status=403)
+    assert watched.problems == []
+
+
+def test_the_watch_catches_a_violation_so_zero_means_zero(live_server, browser_page, plain_http):
+    watched = Watched(browser_page)
+    watched.visit(f"{live_server.url}/apply/")
+    watched.page.evaluate("document.body.setAttribute('style', 'color: red')")
+    watched.page.wait_for_timeout(200)
+    assert any(problem.startswith("CSP: style-src-attr") for problem in watched.problems)
