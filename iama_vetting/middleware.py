@@ -33,12 +33,10 @@ CSP_REPORT_GROUP = "csp-endpoint"
 def loggable_path(request: HttpRequest) -> str:
     """The request path with capability tokens replaced by their parameter name."""
     path = request.path
-    match = getattr(request, "resolver_match", None)
-    if match is None:
-        try:
-            match = resolve(request.path_info)
-        except Resolver404:
-            match = None
+    try:
+        match = resolve(request.path_info)
+    except Resolver404:
+        match = None
     if match is not None:
         for name, value in match.kwargs.items():
             if any(secret in name for secret in SECRET_URL_PARAMETERS):
@@ -76,13 +74,12 @@ class RequestContextMiddleware:
             "user_id": None,
             "client_ip": ratelimits.client_ip(request),
             "method": escape_control_characters(request.method or ""),
-            "path": escape_control_characters(request.path),
+            "path": loggable_path(request),
         }
         token = request_context.set(context)
         try:
             response = self.get_response(request)
             context["user_id"] = _user_id(request)
-            context["path"] = loggable_path(request)
             response["X-Request-ID"] = request.request_id
             duration_ms = round((time.monotonic() - started) * 1000, 1)
             status = response.status_code

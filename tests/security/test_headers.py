@@ -53,7 +53,7 @@ def rate_limited_response(client):
 
 
 def failing_response(settings):
-    settings.ROOT_URLCONF = "tests.security.urls_with_error"
+    settings.ROOT_URLCONF = "tests.security.urls"
     return Client(raise_request_exception=False).get("/fails/", secure=True)
 
 
