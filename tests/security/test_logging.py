@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import io
-from base64 import b32encode
 import json
 import logging
+from base64 import b32encode
 
 import pytest
 from django.test import Client
