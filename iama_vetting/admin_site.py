@@ -131,13 +131,12 @@ class StaffAdminSite(admin.AdminSite):
                 codes = self._confirm(device)
                 otp_login(request, device)
                 # Shown once, right here, and stored nowhere readable: so no redirect.
-                response = self._render(
+                # (never_cache in _signed_in_staff keeps them out of every cache.)
+                return self._render(
                     request, "backup_codes.html", {"codes": codes, "title": _("Your backup codes")}
                 )
-                response["Cache-Control"] = "no-store"
-                return response
             form.add_error("token", WRONG_CODE)
-        response = self._render(
+        return self._render(
             request,
             "setup.html",
             {
@@ -147,8 +146,6 @@ class StaffAdminSite(admin.AdminSite):
                 "secret": b32encode(device.bin_key).decode("ascii"),
             },
         )
-        response["Cache-Control"] = "no-store"
-        return response
 
     @staticmethod
     def _confirm(device: TOTPDevice) -> list[str]:
