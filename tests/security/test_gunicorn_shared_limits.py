@@ -37,10 +37,10 @@ def wait_until_listening(port: int, process: subprocess.Popen) -> None:
         if process.poll() is not None:
             raise RuntimeError("gunicorn exited: " + process.stderr.read())
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/.well-known/security.txt", timeout=1)  # noqa: S310
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/.well-known/security.txt", timeout=5)  # noqa: S310
             return
-        except (urllib.error.URLError, ConnectionError):
-            time.sleep(0.05)
+        except OSError:  # refused, reset or timed out while the workers boot
+            time.sleep(0.1)
     raise RuntimeError("gunicorn did not start")
 
 
