@@ -57,13 +57,17 @@ def failing_response(settings):
     return Client(raise_request_exception=False).get("/fails/", secure=True)
 
 
+def csrf_refused(client, settings):
+    return Client(enforce_csrf_checks=True).post("/apply/", {}, secure=True)
+
+
 RESPONSES = {
     "public page": lambda client, settings: client.get("/apply/", secure=True),
     "404 page": lambda client, settings: client.get("/no-such-page/", secure=True),
-    "403 page": lambda client, settings: client.get("/admin/", secure=True, follow=False),
+    "403 page": csrf_refused,
     "429 page": lambda client, settings: rate_limited_response(client),
     "500 page": lambda client, settings: failing_response(settings),
-    "CSP report (JSON, 204)": lambda client, settings: client.post(
+    "CSP report (JSON, 400)": lambda client, settings: client.post(
         "/csp-report/", "{}", content_type="application/json", secure=True
     ),
     "security.txt": lambda client, settings: client.get("/.well-known/security.txt", secure=True),
@@ -71,9 +75,13 @@ RESPONSES = {
 }
 
 
+STATUSES = {"404 page": 404, "403 page": 403, "429 page": 429, "500 page": 500, "CSP report (JSON, 400)": 400}
+
+
 @pytest.mark.parametrize("kind", RESPONSES)
 def test_every_kind_of_response_carries_the_security_headers(client, settings, kind):
     response = RESPONSES[kind](client, settings)
+    assert response.status_code == STATUSES.get(kind, 200)
     for header, value in COMMON_HEADERS.items():
         assert response[header] == value, header
     policy = directives(response["Content-Security-Policy"])
