@@ -7,6 +7,7 @@ has passed it in this session, no admin page opens for them.
 
 from __future__ import annotations
 
+import logging
 from base64 import b32encode
 from urllib.parse import urlencode
 
@@ -30,6 +31,8 @@ from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from iama_vetting import ratelimits
+
+logger = logging.getLogger(__name__)
 
 BACKUP_CODE_COUNT = 10
 WRONG_CODE = _("That code is not right, or it was used already. Wait for the next code and try again.")
@@ -113,7 +116,9 @@ class StaffAdminSite(admin.AdminSite):
             device = match_token(request.user, form.cleaned_data["token"].strip().replace(" ", ""))
             if device is not None:
                 otp_login(request, device)
+                logger.info("Staff member passed the second step with their %s.", device.name)
                 return HttpResponseRedirect(self._next(request))
+            logger.warning("A wrong second-step code was entered.")
             form.add_error("token", WRONG_CODE)
         return self._render(request, "verify.html", {"form": form, "title": _("Second step: your code")})
 
@@ -130,6 +135,7 @@ class StaffAdminSite(admin.AdminSite):
             if device.verify_token(form.cleaned_data["token"].strip().replace(" ", "")):
                 codes = self._confirm(device)
                 otp_login(request, device)
+                logger.info("Staff member enrolled an authenticator app and got backup codes.")
                 # Shown once, right here, and stored nowhere readable: so no redirect.
                 # (never_cache in _signed_in_staff keeps them out of every cache.)
                 return self._render(
