@@ -1,31 +1,11 @@
 from django.contrib import admin
-from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from iama_vetting import ratelimits
 from iama_vetting import views as security_views
-from iama_vetting.forms import OutboxPasswordResetForm
 
 urlpatterns = [
     path("", include("vetting.urls")),
     path("evidence/", include("evidence.urls")),
-    # Staff password reset (the admin's "Forgotten your password?" link), before the admin's catch-all.
-    path(
-        "admin/password_reset/",
-        ratelimits.rate_limited(ratelimits.PASSWORD_RESET)(
-            auth_views.PasswordResetView.as_view(form_class=OutboxPasswordResetForm)
-        ),
-        name="admin_password_reset",
-    ),
-    path(
-        "admin/password_reset/done/", auth_views.PasswordResetDoneView.as_view(), name="password_reset_done"
-    ),
-    path(
-        "reset/<uidb64>/<token>/",
-        auth_views.PasswordResetConfirmView.as_view(),
-        name="password_reset_confirm",
-    ),
-    path("reset/done/", auth_views.PasswordResetCompleteView.as_view(), name="password_reset_complete"),
     path("admin/", admin.site.urls),
     # Security (issue 5): CSP reports from browsers, RFC 9116 contact.
     path("csp-report/", security_views.csp_report, name="csp_report"),
