@@ -318,6 +318,8 @@ SECURITY_CONTACT = env.str("SECURITY_CONTACT", default="mailto:support@rvi.iam-a
 # RATELIMIT_FAIL_OPEN would not help: it only covers a cache that answers
 # without a value, not one that raises (django-ratelimit #333).
 RATELIMIT_USE_CACHE = "ratelimit"
+# Off only for load tests and fault-injection runs from one address; never in production.
+RATELIMIT_ENABLE = env_bool("RATELIMIT_ENABLE", default=True)
 RATELIMIT_FAIL_OPEN = False
 RATELIMIT_IP_META_KEY = "iama_vetting.ratelimits.client_ip"
 if CACHES["default"]["BACKEND"] == "django.core.cache.backends.redis.RedisCache":

@@ -184,3 +184,8 @@ def test_the_decorator_line_for_new_views_counts_and_refuses(rf):
         return HttpResponse("ok")
 
     assert [view(rf.get("/")).status_code for _ in range(3)] == [200, 200, 429]
+
+
+def test_load_tests_can_switch_limits_off(client, settings):
+    settings.RATELIMIT_ENABLE = False
+    assert {client.post("/apply/", {}).status_code for _ in range(8)} == {200}
