@@ -162,7 +162,7 @@ class DefaultRateLimitMiddleware(MiddlewareMixin):
             return None
         if "admin" in request.resolver_match.namespaces:
             return None
-        retry_after = ratelimits.seconds_until_allowed(request, ratelimits.DEFAULT_ANONYMOUS)
+        retry_after = ratelimits.seconds_until_allowed_by_default_tier(request)
         if retry_after is not None:
             return ratelimits.too_many_requests(request, retry_after)
         return None

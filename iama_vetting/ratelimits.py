@@ -17,10 +17,12 @@ from __future__ import annotations
 import functools
 import ipaddress
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.core.cache import caches
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template.loader import render_to_string
 from django_ratelimit.core import get_usage
@@ -94,8 +96,9 @@ TWO_FACTOR_PER_USER = Limit(
 PASSWORD_RESET = Limit("password-reset", per_minute=3, per_hour=10, per_day=20, methods=("POST",))
 CSP_REPORT = Limit("csp-report", per_minute=60, per_hour=600, per_day=2000, json=True)
 EVIDENCE_DOWNLOAD = Limit("evidence-download", per_minute=60, per_hour=600, per_day=3000, key="user")
-# Every other anonymous view: one tier only, so a public GET costs a single counter.
-DEFAULT_ANONYMOUS = Limit("default", per_minute=120, per_hour=None, per_day=None)
+# Every other anonymous view: one per-minute tier, counted in one round trip
+# (FallbackCache.hit), so a public GET stays cheap.
+DEFAULT_PER_MINUTE = 120
 
 
 def seconds_until_allowed(request: HttpRequest, *limits: Limit) -> int | None:
@@ -110,6 +113,23 @@ def seconds_until_allowed(request: HttpRequest, *limits: Limit) -> int | None:
                 logger.warning("Rate limit %s (%s) exceeded.", group, rate)
                 retry_after = max(retry_after or 1, usage["time_left"])
     return retry_after
+
+
+def seconds_until_allowed_by_default_tier(request: HttpRequest) -> int | None:
+    """Count this request in its client's current minute; the Retry-After if over, else None."""
+    if not settings.RATELIMIT_ENABLE:
+        return None
+    client = client_ip(request)
+    if ":" in client:
+        # Like django-ratelimit: one IPv6 /64 is one client.
+        client = str(ipaddress.ip_network(f"{client}/64", strict=False).network_address)
+    now = int(time.time())
+    window_end = now - now % 60 + 60
+    count = caches[settings.RATELIMIT_USE_CACHE].hit(f"default:{client}:{window_end}", 65)
+    if count > DEFAULT_PER_MINUTE:
+        logger.warning("Rate limit default (%s/m) exceeded.", DEFAULT_PER_MINUTE)
+        return window_end - now
+    return None
 
 
 def too_many_requests(request: HttpRequest, retry_after: int, *, as_json: bool = False) -> HttpResponse:

@@ -322,24 +322,19 @@ RATELIMIT_USE_CACHE = "ratelimit"
 RATELIMIT_ENABLE = env_bool("RATELIMIT_ENABLE", default=True)
 RATELIMIT_FAIL_OPEN = False
 RATELIMIT_IP_META_KEY = "iama_vetting.ratelimits.client_ip"
+_ratelimit_primary = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "ratelimit"}
 if CACHES["default"]["BACKEND"] == "django.core.cache.backends.redis.RedisCache":
-    CACHES["ratelimit"] = {
-        "BACKEND": "iama_vetting.cache.FallbackCache",
-        "OPTIONS": {
-            "PRIMARY": {
-                **CACHES["default"],
-                # Change it when several sites share one Redis database.
-                "KEY_PREFIX": env.str("RATELIMIT_KEY_PREFIX", default="rvi-ratelimit"),
-                # Fail fast and without retries: the fallback takes over.
-                "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5, "retry": None},
-            },
-        },
+    _ratelimit_primary = {
+        **CACHES["default"],
+        # Change it when several sites share one Redis database.
+        "KEY_PREFIX": env.str("RATELIMIT_KEY_PREFIX", default="rvi-ratelimit"),
+        # Fail fast and without retries: the fallback takes over.
+        "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5, "retry": None},
     }
-else:
-    CACHES["ratelimit"] = {
-        "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
-        "LOCATION": "ratelimit",
-    }
+CACHES["ratelimit"] = {
+    "BACKEND": "iama_vetting.cache.FallbackCache",
+    "OPTIONS": {"PRIMARY": _ratelimit_primary},
+}
 
 # Logging: JSON lines in production, readable text in development. Every
 # line carries the request's id, user id, client IP, method and path.

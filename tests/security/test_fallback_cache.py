@@ -111,3 +111,29 @@ def test_redis_answers_for_every_process_when_it_is_up(redis_url, redis_key_pref
     assert second.incr("shared") == 2
     second.clear()
     assert first.get("shared") is None
+
+
+def test_a_public_page_costs_one_redis_command(client, settings, own_redis):
+    import redis
+
+    settings.CACHES = {**settings.CACHES, "ratelimit": fallback_config(own_redis.url)}
+    server = redis.Redis(port=own_redis.port)
+
+    def commands() -> dict[str, int]:
+        stats = server.info("commandstats")
+        return {name: value["calls"] for name, value in stats.items() if name != "cmdstat_info"}
+
+    client.get("/apply/")
+    before = commands()
+    assert client.get("/apply/").status_code == 200
+    after = commands()
+    spent = {name: after[name] - before.get(name, 0) for name in after if after[name] != before.get(name, 0)}
+    # One EVAL from the app; the INCR is counted too, but runs inside that script on the server.
+    assert spent == {"cmdstat_eval": 1, "cmdstat_incr": 1}
+
+
+def test_the_default_tier_falls_back_too(client, settings, own_redis, monotonic):
+    settings.CACHES = {**settings.CACHES, "ratelimit": fallback_config(own_redis.url)}
+    own_redis.stop()
+    statuses = [client.get("/apply/done/").status_code for _ in range(121)]
+    assert statuses == [200] * 120 + [429]

@@ -12,6 +12,7 @@ from django.test import Client
 from evidence.models import Evidence
 from evidence.validation import validate_upload
 from iama_vetting import ratelimits
+from iama_vetting.cache import FallbackCache
 from tests.factories import PDF_BYTES, make_application, upload
 
 pytestmark = pytest.mark.django_db
@@ -157,12 +158,14 @@ def test_every_other_anonymous_view_has_a_default_tier(client):
 
 def test_public_form_get_touches_no_session_no_database_and_one_counter(client, django_assert_num_queries):
     with (
-        mock.patch("iama_vetting.ratelimits.get_usage", wraps=ratelimits.get_usage) as counted,
+        mock.patch("iama_vetting.ratelimits.get_usage") as per_view_tiers,
+        mock.patch.object(FallbackCache, "hit", autospec=True, side_effect=FallbackCache.hit) as hits,
         django_assert_num_queries(0),
     ):
         response = client.get("/apply/")
     assert response.status_code == 200
-    assert counted.call_count == 1
+    assert hits.call_count == 1
+    assert per_view_tiers.call_count == 0
     assert response.wsgi_request.session.accessed is False
     assert "sessionid" not in response.cookies
 
