@@ -96,9 +96,8 @@ TWO_FACTOR_PER_USER = Limit(
 PASSWORD_RESET = Limit("password-reset", per_minute=3, per_hour=10, per_day=20, methods=("POST",))
 CSP_REPORT = Limit("csp-report", per_minute=60, per_hour=600, per_day=2000, json=True)
 EVIDENCE_DOWNLOAD = Limit("evidence-download", per_minute=60, per_hour=600, per_day=3000, key="user")
-# Every other anonymous view: one per-minute tier, counted in one round trip
-# (FallbackCache.hit), so a public GET stays cheap.
-DEFAULT_PER_MINUTE = 120
+# Every other anonymous view: one per-minute tier (settings.RATELIMIT_DEFAULT_PER_MINUTE),
+# counted in one round trip (FallbackCache.hit), so a public GET stays cheap.
 
 
 def seconds_until_allowed(request: HttpRequest, *limits: Limit) -> int | None:
@@ -126,8 +125,8 @@ def seconds_until_allowed_by_default_tier(request: HttpRequest) -> int | None:
     now = int(time.time())
     window_end = now - now % 60 + 60
     count = caches[settings.RATELIMIT_USE_CACHE].hit(f"default:{client}:{window_end}", 65)
-    if count > DEFAULT_PER_MINUTE:
-        logger.warning("Rate limit default (%s/m) exceeded.", DEFAULT_PER_MINUTE)
+    if count > settings.RATELIMIT_DEFAULT_PER_MINUTE:
+        logger.warning("Rate limit default (%s/m) exceeded.", settings.RATELIMIT_DEFAULT_PER_MINUTE)
         return window_end - now
     return None
 

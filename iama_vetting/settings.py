@@ -320,6 +320,8 @@ SECURITY_CONTACT = env.str("SECURITY_CONTACT", default="mailto:support@rvi.iam-a
 RATELIMIT_USE_CACHE = "ratelimit"
 # Off only for load tests and fault-injection runs from one address; never in production.
 RATELIMIT_ENABLE = env_bool("RATELIMIT_ENABLE", default=True)
+# The one tier of every anonymous view without limits of its own, per client IP.
+RATELIMIT_DEFAULT_PER_MINUTE = env_positive_int("RATELIMIT_DEFAULT_PER_MINUTE", 120)
 RATELIMIT_FAIL_OPEN = False
 RATELIMIT_IP_META_KEY = "iama_vetting.ratelimits.client_ip"
 _ratelimit_primary = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "ratelimit"}

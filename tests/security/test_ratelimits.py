@@ -149,11 +149,14 @@ def test_evidence_download_is_limited_per_user_not_per_address(agent, settings):
     assert_rate_limited(browser.get(f"/evidence/{evidence.pk}/", HTTP_X_FORWARDED_FOR="203.0.113.250"))
 
 
-def test_every_other_anonymous_view_has_a_default_tier(client):
+def test_every_other_anonymous_view_has_a_default_tier(client, settings):
+    assert settings.RATELIMIT_DEFAULT_PER_MINUTE == 120
     for _ in range(120):
         assert client.get("/apply/done/").status_code == 200
     assert_rate_limited(client.get("/apply/done/"))
     assert_rate_limited(client.get("/apply/"))
+    settings.RATELIMIT_DEFAULT_PER_MINUTE = 1000
+    assert client.get("/apply/").status_code == 200
 
 
 def test_public_form_get_touches_no_session_no_database_and_one_counter(client, django_assert_num_queries):
