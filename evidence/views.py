@@ -12,6 +12,7 @@ from django.views.decorators.http import require_GET
 
 from evidence.models import Evidence
 from evidence.previews import has_preview, preview_for
+from iama_vetting.ratelimits import EVIDENCE_DOWNLOAD, rate_limited
 from vetting import audit
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ def _get_evidence_for_user(request: HttpRequest, evidence_id) -> Evidence:
 
 @require_GET
 @staff_member_required
+@rate_limited(EVIDENCE_DOWNLOAD)
 def download(request: HttpRequest, evidence_id) -> HttpResponse:
     evidence = _get_evidence_for_user(request, evidence_id)
     audit.record(
@@ -67,6 +69,7 @@ def download(request: HttpRequest, evidence_id) -> HttpResponse:
 
 @require_GET
 @staff_member_required
+@rate_limited(EVIDENCE_DOWNLOAD)
 def preview(request: HttpRequest, evidence_id) -> HttpResponse:
     """A small PNG of image evidence for the admin page; looking at it is audited like a download."""
     evidence = _get_evidence_for_user(request, evidence_id)

@@ -18,6 +18,8 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from iama_vetting import ratelimits
+
 # Both checks together must answer within this many seconds.
 TIMEOUT = 2.0
 
@@ -68,6 +70,7 @@ def run_checks(timeout: float = TIMEOUT) -> dict[str, str]:
     return results
 
 
+@ratelimits.exempt
 @require_GET
 @never_cache
 def healthz(request: HttpRequest) -> JsonResponse:

@@ -10,6 +10,7 @@ import ipaddress
 from pathlib import Path
 
 import environ
+from csp.constants import NONCE, NONE, SELF, UNSAFE_EVAL, UNSAFE_INLINE
 from django.core.exceptions import ImproperlyConfigured
 
 from iama_vetting import maintenance as _maintenance
@@ -71,10 +72,8 @@ SITE_URL = env.str(
 ).rstrip("/")
 
 INSTALLED_APPS = [
-    # The project package itself: operator commands (backup, deploy_config,
-    # maintenance, verify_deployment) live in iama_vetting/management/.
-    "iama_vetting",
-    "django.contrib.admin",
+    # The admin with staff two-factor sign-in (iama_vetting/admin_site.py).
+    "iama_vetting.apps.StaffAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -84,10 +83,19 @@ INSTALLED_APPS = [
     "vetting",
     "evidence",
     "notifications",
+    # Security hardening (issue 5): CSP reports, staff 2FA.
+    "iama_vetting.apps.IamaVettingConfig",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "django_otp.plugins.otp_static",
 ]
 
 MIDDLEWARE = [
+    # First, so every log line of the request, and the access line, carry its id.
+    "iama_vetting.middleware.RequestContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "iama_vetting.middleware.SecurityHeadersMiddleware",
+    "iama_vetting.middleware.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     # Before sessions and the database: maintenance must answer with the database down.
     "iama_vetting.maintenance.MaintenanceModeMiddleware",
@@ -95,9 +103,11 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "iama_vetting.outage.DatabaseOutageMiddleware",
+    "iama_vetting.middleware.DefaultRateLimitMiddleware",
 ]
 
 ROOT_URLCONF = "iama_vetting.urls"
@@ -302,30 +312,147 @@ MATRIX_MAS_CLIENT_SECRET = env.str("MATRIX_MAS_CLIENT_SECRET", default="")
 # when this is true does the applicant's e-mail carry it.
 MATRIX_SEND_TOKEN_TO_APPLICANT = env_bool("MATRIX_SEND_TOKEN_TO_APPLICANT", default=False)
 
-# Sessions and CSRF cookies are sent over HTTPS only in production.
+# ---------------------------------------------------------------------------
+# Security hardening (issue 5): HTTPS, headers, cookies, CSP, rate limits,
+# staff sign-in, logging. The README's "Security" section explains each choice.
+
+# nginx terminates TLS and says so in X-Forwarded-Proto (deploy/ sets it).
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", default=not DEBUG)
+# The load balancer's health check may speak plain HTTP on the private side.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+SECURE_HSTS_SECONDS = 0 if DEBUG else 365 * 24 * 60 * 60
+SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "strict-origin-when-cross-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+# SAMEORIGIN, as CSP frame-ancestors 'self': the site may frame itself.
+X_FRAME_OPTIONS = "SAMEORIGIN"
+# Written by iama_vetting.middleware.SecurityHeadersMiddleware.
+PERMISSIONS_POLICY = "camera=(), microphone=(), geolocation=()"
+SILENCED_SYSTEM_CHECKS = [
+    # W019 asks for X-Frame-Options DENY; SAMEORIGIN is the chosen policy (above).
+    "security.W019",
+    # W021 asks for HSTS preload. The preload list takes only a registrable
+    # domain and binds every subdomain of it: that is decided at the apex
+    # domain, not by this one service on a subdomain.
+    "security.W021",
+]
+
+# Cookies: HTTPS only, not readable by scripts, not sent on cross-site posts.
 SESSION_COOKIE_SECURE = not DEBUG
 CSRF_COOKIE_SECURE = not DEBUG
 SESSION_COOKIE_HTTPONLY = True
+CSRF_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
+# Only staff have sessions (the public pages use none): 8 hours at most,
+# and gone when the browser closes.
+SESSION_COOKIE_AGE = 8 * 60 * 60
+SESSION_EXPIRE_AT_BROWSER_CLOSE = True
 
 # Only `make bench` turns this on: it adds the baseline view of iama_vetting/bench.py.
 BENCH_BARE_VIEW = env_bool("BENCH_BARE_VIEW", default=False)
 
+# Staff two-factor sign-in (TOTP with django-otp, backup codes). Required
+# unless DEBUG; tests switch it per test.
+STAFF_REQUIRE_2FA = env_bool("STAFF_REQUIRE_2FA", default=not DEBUG)
+OTP_TOTP_ISSUER = "IaMA RVI"
+
+# Content Security Policy (django-csp 4). Production: only our own origin,
+# scripts also by per-request nonce; no unsafe-inline anywhere. The
+# middleware adds report-uri/report-to when the host is not local.
+CSP_REPORT_PATH = "/csp-report/"
+_CSP_STRICT = {
+    "default-src": [SELF],
+    "script-src": [SELF, NONCE],
+    "style-src": [SELF],
+    "img-src": [SELF, "data:"],
+    "font-src": [SELF],
+    "connect-src": [SELF],
+    "object-src": [NONE],
+    "base-uri": [SELF],
+    "form-action": [SELF],
+    "frame-ancestors": [SELF],
+    "upgrade-insecure-requests": True,
+}
+if DEBUG:
+    # Development: a permissive policy is enforced, and the production policy
+    # runs report-only beside it, so the console shows what would break.
+    CONTENT_SECURITY_POLICY = {
+        "DIRECTIVES": {
+            "default-src": [SELF, UNSAFE_INLINE, UNSAFE_EVAL, "data:", "blob:"],
+            "frame-ancestors": [SELF],
+        }
+    }
+    CONTENT_SECURITY_POLICY_REPORT_ONLY = {"DIRECTIVES": {**_CSP_STRICT, "upgrade-insecure-requests": False}}
+else:
+    CONTENT_SECURITY_POLICY = {"DIRECTIVES": _CSP_STRICT}
+    CONTENT_SECURITY_POLICY_REPORT_ONLY = None
+
+# Files browsers ask for at the site root (favicon.ico), served by WhiteNoise.
+WHITENOISE_ROOT = BASE_DIR / "static" / "root"
+
+# security.txt (RFC 9116): where to report a vulnerability.
+SECURITY_CONTACT = env.str("SECURITY_CONTACT", default="mailto:support@rvi.iam-alliance.com")
+
+# Rate limits (django-ratelimit; the tiers are in iama_vetting/ratelimits.py).
+# Counters live in the "ratelimit" cache: the shared Redis in production,
+# wrapped by iama_vetting.cache.FallbackCache so that an unreachable Redis
+# means per-process counting, never unlimited and never a 500.
+# RATELIMIT_FAIL_OPEN would not help: it only covers a cache that answers
+# without a value, not one that raises (django-ratelimit #333).
+RATELIMIT_USE_CACHE = "ratelimit"
+# Off only for load tests and fault-injection runs from one address; never in production.
+RATELIMIT_ENABLE = env_bool("RATELIMIT_ENABLE", default=True)
+# The one tier of every anonymous view without limits of its own, per client IP.
+RATELIMIT_DEFAULT_PER_MINUTE = env_positive_int("RATELIMIT_DEFAULT_PER_MINUTE", 120)
+RATELIMIT_FAIL_OPEN = False
+RATELIMIT_IP_META_KEY = "iama_vetting.ratelimits.client_ip"
+_ratelimit_primary = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "ratelimit"}
+if CACHES["default"]["BACKEND"] == "django.core.cache.backends.redis.RedisCache":
+    _ratelimit_primary = {
+        **CACHES["default"],
+        # Change it when several sites share one Redis database.
+        "KEY_PREFIX": env.str("RATELIMIT_KEY_PREFIX", default="rvi-ratelimit"),
+        # Fail fast and without retries: the fallback takes over.
+        "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5, "retry": None},
+    }
+CACHES["ratelimit"] = {
+    "BACKEND": "iama_vetting.cache.FallbackCache",
+    "OPTIONS": {"PRIMARY": _ratelimit_primary},
+}
+
+# Logging: JSON lines in production, readable text in development. Every
+# line carries the request's id, user id, client IP, method and path.
 LOG_LEVEL = env.str("LOG_LEVEL", default="DEBUG" if DEBUG else "INFO").upper()
 if LOG_LEVEL not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
     raise ImproperlyConfigured(f"LOG_LEVEL {LOG_LEVEL!r} is not a logging level.")
+LOG_FORMAT = env.str("LOG_FORMAT", default="text" if DEBUG else "json").lower()
+if LOG_FORMAT not in ("json", "text"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be 'json' or 'text', not {LOG_FORMAT!r}.")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {"request_context": {"()": "iama_vetting.logs.RequestContextFilter"}},
     "formatters": {
-        "text": {"format": "{asctime} {levelname} {name}: {message}", "style": "{"},
+        "json": {"()": "iama_vetting.logs.JSONFormatter"},
+        "text": {"()": "iama_vetting.logs.TextFormatter"},
     },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "text"},
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["request_context"],
+        },
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         # SQL at DEBUG would flood development logs and can show personal data.
         "django.db.backends": {"level": "INFO"},
+        # Our access line (iama_vetting.request) replaces runserver's and
+        # django.request's per-request warnings would only repeat it.
+        "django.server": {"level": "WARNING"},
     },
 }
 

@@ -3,6 +3,8 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from iama_vetting import ratelimits
+from iama_vetting import views as security_views
 from iama_vetting.health import healthz
 from vetting.forms import OutboxPasswordResetForm
 
@@ -13,7 +15,9 @@ urlpatterns = [
     # admin's login page links here. Mail goes through the outbox.
     path(
         "admin/password_reset/",
-        auth_views.PasswordResetView.as_view(form_class=OutboxPasswordResetForm),
+        ratelimits.rate_limited(ratelimits.PASSWORD_RESET)(
+            auth_views.PasswordResetView.as_view(form_class=OutboxPasswordResetForm)
+        ),
         name="admin_password_reset",
     ),
     path(
@@ -27,6 +31,9 @@ urlpatterns = [
     path("reset/done/", auth_views.PasswordResetCompleteView.as_view(), name="password_reset_complete"),
     path("admin/", admin.site.urls),
     path("healthz", healthz, name="healthz"),
+    # Security (issue 5): CSP reports from browsers, RFC 9116 contact.
+    path("csp-report/", security_views.csp_report, name="csp_report"),
+    path(".well-known/security.txt", security_views.security_txt, name="security_txt"),
 ]
 
 if settings.BENCH_BARE_VIEW:

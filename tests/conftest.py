@@ -11,6 +11,7 @@ import os
 import pytest
 from django.apps import apps as django_apps
 from django.contrib.auth.models import Group
+from django.core.cache import caches
 from django.db import connection
 
 from vetting import roles
@@ -65,6 +66,14 @@ def test_switches(settings, tmp_path):
     settings.STATIC_ROOT = tmp_path / "static"
     settings.STATIC_ROOT.mkdir()
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+
+
+@pytest.fixture(autouse=True)
+def fresh_rate_limits():
+    """Every test starts with empty rate-limit counters (the suite posts to /apply/ a lot)."""
+    caches["ratelimit"].clear()
+    yield
+    caches["ratelimit"].clear()
 
 
 def _staff_user(django_user_model, username: str, role: str | None = None):
@@ -146,12 +155,31 @@ def chromium():
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM,
             headless=True,
+            # What this machine's closed network needs: no background traffic, no sandbox as root.
             args=[
                 "--no-sandbox",
                 "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
                 "--disable-background-networking",
                 "--disable-component-update",
+                "--disable-sync",
             ],
         )
         yield browser
         browser.close()
+
+
+@pytest.fixture
+def plain_http(settings):
+    """The live server speaks HTTP: cookies may not demand HTTPS, and nothing can be upgraded to it.
+
+    Otherwise the CSP stays the production one. (upgrade-insecure-requests
+    would send the upload script's same-origin redirect to https://localhost,
+    where nothing listens; in production every request is HTTPS already.)
+    """
+    settings.SESSION_COOKIE_SECURE = False
+    settings.CSRF_COOKIE_SECURE = False
+    directives = dict(settings.CONTENT_SECURITY_POLICY["DIRECTIVES"])
+    assert directives.pop("upgrade-insecure-requests") is True
+    settings.CONTENT_SECURITY_POLICY = {"DIRECTIVES": directives}

@@ -12,3 +12,7 @@ os.environ.setdefault("DEBUG", "false")
 os.environ.setdefault("SESSION_SECRET", "test-session-secret-not-used-anywhere-else")
 os.environ.setdefault("ALLOWED_HOSTS", "testserver,localhost,127.0.0.1")
 os.environ.setdefault("STAFF_NOTIFY_EMAILS", "queue@staff.example,lead@staff.example")
+# Security (issue 5): the test client speaks plain HTTP, so no redirect to
+# HTTPS; staff 2FA is switched on by the tests that are about it.
+os.environ.setdefault("SECURE_SSL_REDIRECT", "false")
+os.environ.setdefault("STAFF_REQUIRE_2FA", "false")

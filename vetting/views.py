@@ -14,7 +14,9 @@ from django.utils.translation import get_language
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_GET, require_http_methods
 
+from iama_vetting import ratelimits
 from iama_vetting.maintenance import upcoming_window
+from iama_vetting.ratelimits import rate_limited
 from vetting import data_export, links, workflow
 from vetting.forms import AddInformationForm, ApplicationForm
 from vetting.models import Application, new_reference
@@ -47,6 +49,7 @@ def _blank_application_page(language: str, maintenance_window: tuple | None = No
 
 
 @require_http_methods(["GET", "POST"])
+@rate_limited(ratelimits.APPLY)
 def apply(request: HttpRequest) -> HttpResponse:
     if request.method == "GET":
         page = _blank_application_page(get_language(), upcoming_window())
@@ -84,6 +87,7 @@ def apply_done(request: HttpRequest) -> HttpResponse:
 
 
 @require_GET
+@rate_limited(ratelimits.CONFIRM_EMAIL)
 def confirm(request: HttpRequest, token: str) -> HttpResponse:
     """The link in the "received" mail: the applicant's click confirms the address."""
     application = links.application_for_confirm_token(token)
@@ -101,6 +105,7 @@ def _get_application_for_token(token: str) -> Application:
 
 
 @require_http_methods(["GET", "POST"])
+@rate_limited(ratelimits.STATUS_PAGE)
 def status(request: HttpRequest, token: str) -> HttpResponse:
     application = _get_application_for_token(token)
     form = None
@@ -139,6 +144,7 @@ def status(request: HttpRequest, token: str) -> HttpResponse:
 
 
 @require_http_methods(["GET", "POST"])
+@rate_limited(ratelimits.STATUS_PAGE)
 def withdraw(request: HttpRequest, token: str) -> HttpResponse:
     """GET asks for confirmation; POST withdraws."""
     application = _get_application_for_token(token)
@@ -172,6 +178,7 @@ def privacy(request: HttpRequest) -> HttpResponse:
 
 
 @require_GET
+@rate_limited(ratelimits.STATUS_PAGE)
 def download_data(request: HttpRequest, token: str) -> HttpResponse:
     """The applicant's own data as a ZIP (vetting.data_export)."""
     application = _get_application_for_token(token)
@@ -194,6 +201,7 @@ def download_data(request: HttpRequest, token: str) -> HttpResponse:
 
 
 @require_http_methods(["GET", "POST"])
+@rate_limited(ratelimits.STATUS_PAGE)
 def erase(request: HttpRequest, token: str) -> HttpResponse:
     """GET explains and asks for confirmation; POST erases."""
     application = _get_application_for_token(token)

@@ -38,11 +38,9 @@ def take_action(page, label: str) -> None:
 
 
 def test_apply_confirm_verify_approve_and_see_it_on_the_status_page(
-    chromium, live_server, settings, tmp_path, agent, server_admin
+    chromium, live_server, plain_http, settings, tmp_path, agent, server_admin
 ):
     settings.SITE_URL = live_server.url
-    # Plain-HTTP live server: let the browser keep the cookies.
-    settings.SESSION_COOKIE_SECURE = settings.CSRF_COOKIE_SECURE = False
     passport = tmp_path / "passport.pdf"
     passport.write_bytes(PDF_BYTES)
 

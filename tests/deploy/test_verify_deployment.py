@@ -16,6 +16,8 @@ def good(settings, tmp_path, monkeypatch):
     """A configuration as deploy/README.md leaves it."""
     secret = secrets.token_urlsafe(50)
     monkeypatch.setenv("SESSION_SECRET", secret)
+    # Set by the browser tests' fixture for this test process, never in a deployment.
+    monkeypatch.delenv("DJANGO_ALLOW_ASYNC_UNSAFE", raising=False)
     settings.SECRET_KEY = secret
     # nginx redirects to HTTPS and sends HSTS; the app says so to check --deploy.
     settings.SECURE_HSTS_SECONDS = 31536000

@@ -1,0 +1,169 @@
+"""The staff admin site: sign-in with a password and, when STAFF_REQUIRE_2FA, a second factor.
+
+The second factor is a TOTP authenticator app (django-otp), enrolled by QR
+code on first sign-in, with ten single-use backup codes. Until a staff member
+has passed it in this session, no admin page opens for them.
+"""
+
+from __future__ import annotations
+
+import logging
+from base64 import b32encode
+from urllib.parse import urlencode
+
+import segno
+from django import forms
+from django.conf import settings
+from django.contrib import admin
+from django.contrib.auth import logout
+from django.db import transaction
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import render
+from django.urls import path, reverse
+from django.utils.decorators import method_decorator
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.translation import gettext_lazy as _
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_POST
+from django_otp import login as otp_login
+from django_otp import match_token, user_has_device
+from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
+from django_otp.plugins.otp_totp.models import TOTPDevice
+
+from iama_vetting import ratelimits
+
+logger = logging.getLogger(__name__)
+
+BACKUP_CODE_COUNT = 10
+WRONG_CODE = _("That code is not right, or it was used already. Wait for the next code and try again.")
+
+
+class CodeForm(forms.Form):
+    token = forms.CharField(
+        label=_("Code"),
+        max_length=16,
+        widget=forms.TextInput(attrs={"autocomplete": "one-time-code", "autofocus": True}),
+    )
+
+
+class StaffAdminSite(admin.AdminSite):
+    site_header = _("IaMA RVI staff")
+    site_title = _("IaMA RVI staff")
+
+    def has_permission(self, request: HttpRequest) -> bool:
+        return super().has_permission(request) and not self.needs_second_factor(request)
+
+    def needs_second_factor(self, request: HttpRequest) -> bool:
+        user = request.user
+        return bool(
+            settings.STAFF_REQUIRE_2FA and user.is_active and user.is_staff and not user.is_verified()
+        )
+
+    @method_decorator(
+        ratelimits.rate_limited(ratelimits.ADMIN_LOGIN_PER_IP, ratelimits.ADMIN_LOGIN_PER_USERNAME)
+    )
+    def login(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
+        if request.method == "GET" and self.needs_second_factor(request):
+            return self._to("admin:two_factor", request)
+        return super().login(request, extra_context)
+
+    def get_urls(self):
+        return [
+            path("two-factor/", self._signed_in_staff(self.two_factor), name="two_factor"),
+            path("two-factor/setup/", self._signed_in_staff(self.two_factor_setup), name="two_factor_setup"),
+            path(
+                "two-factor/sign-out/",
+                self._signed_in_staff(self.two_factor_sign_out),
+                name="two_factor_sign_out",
+            ),
+            *super().get_urls(),
+        ]
+
+    def _signed_in_staff(self, view):
+        """Like admin_view, but for the step between password and second factor."""
+
+        @never_cache
+        def inner(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+            if not (request.user.is_active and request.user.is_staff):
+                return self._to("admin:login", request)
+            return view(request, *args, **kwargs)
+
+        return inner
+
+    def _next(self, request: HttpRequest) -> str:
+        wanted = request.POST.get("next") or request.GET.get("next") or ""
+        if url_has_allowed_host_and_scheme(wanted, {request.get_host()}, require_https=request.is_secure()):
+            return wanted
+        return reverse("admin:index", current_app=self.name)
+
+    def _to(self, name: str, request: HttpRequest) -> HttpResponseRedirect:
+        return HttpResponseRedirect(
+            f"{reverse(name, current_app=self.name)}?{urlencode({'next': self._next(request)})}"
+        )
+
+    def _render(self, request: HttpRequest, template: str, context: dict) -> HttpResponse:
+        context = {**self.each_context(request), "next": self._next(request), **context}
+        return render(request, f"admin/two_factor/{template}", context)
+
+    @method_decorator(ratelimits.rate_limited(ratelimits.TWO_FACTOR_PER_USER))
+    def two_factor(self, request: HttpRequest) -> HttpResponse:
+        if request.user.is_verified():
+            return HttpResponseRedirect(self._next(request))
+        if not user_has_device(request.user):
+            return self._to("admin:two_factor_setup", request)
+        form = CodeForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            device = match_token(request.user, form.cleaned_data["token"].strip().replace(" ", ""))
+            if device is not None:
+                otp_login(request, device)
+                logger.info("Staff member passed the second step with their %s.", device.name)
+                return HttpResponseRedirect(self._next(request))
+            logger.warning("A wrong second-step code was entered.")
+            form.add_error("token", WRONG_CODE)
+        return self._render(request, "verify.html", {"form": form, "title": _("Second step: your code")})
+
+    @method_decorator(ratelimits.rate_limited(ratelimits.TWO_FACTOR_PER_USER))
+    def two_factor_setup(self, request: HttpRequest) -> HttpResponse:
+        user = request.user
+        if user_has_device(user):
+            return self._to("admin:two_factor", request)
+        device = TOTPDevice.objects.filter(user=user, confirmed=False).first()
+        if device is None:
+            device = TOTPDevice.objects.create(user=user, name="Authenticator app", confirmed=False)
+        form = CodeForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            if device.verify_token(form.cleaned_data["token"].strip().replace(" ", "")):
+                codes = self._confirm(device)
+                otp_login(request, device)
+                logger.info("Staff member enrolled an authenticator app and got backup codes.")
+                # Shown once, right here, and stored nowhere readable: so no redirect.
+                # (never_cache in _signed_in_staff keeps them out of every cache.)
+                return self._render(
+                    request, "backup_codes.html", {"codes": codes, "title": _("Your backup codes")}
+                )
+            form.add_error("token", WRONG_CODE)
+        return self._render(
+            request,
+            "setup.html",
+            {
+                "form": form,
+                "title": _("Set up your second step"),
+                "qr_code": segno.make(device.config_url, error="m").svg_data_uri(scale=5),
+                "secret": b32encode(device.bin_key).decode("ascii"),
+            },
+        )
+
+    @staticmethod
+    def _confirm(device: TOTPDevice) -> list[str]:
+        codes = [StaticToken.random_token() for _ in range(BACKUP_CODE_COUNT)]
+        with transaction.atomic():
+            device.confirmed = True
+            device.save(update_fields=["confirmed"])
+            backup = StaticDevice.objects.create(user=device.user, name="Backup codes", confirmed=True)
+            StaticToken.objects.bulk_create(StaticToken(device=backup, token=code) for code in codes)
+        return codes
+
+    @method_decorator(require_POST)
+    def two_factor_sign_out(self, request: HttpRequest) -> HttpResponse:
+        logout(request)
+        return HttpResponseRedirect(reverse("admin:login", current_app=self.name))

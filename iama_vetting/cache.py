@@ -1,0 +1,168 @@
+"""A shared cache that falls back to local memory while it is unreachable.
+
+Used for the rate-limit counters (settings.CACHES["ratelimit"]). When Redis
+refuses, times out or errors, each call is answered by a per-process
+local-memory cache instead: limiting goes on per process (never unlimited,
+never a 500). Redis is tried again RETRY_SECONDS after a failure, and shared
+limiting resumes as soon as it answers. One error is logged per minute.
+
+Configuration: OPTIONS["PRIMARY"] is an ordinary cache configuration (BACKEND,
+LOCATION, KEY_PREFIX, OPTIONS) for the shared cache (local memory in
+development, where it never fails).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
+from django.core.cache.backends.locmem import LocMemCache
+from django.core.cache.backends.redis import RedisCache
+from django.utils.module_loading import import_string
+
+logger = logging.getLogger(__name__)
+
+# Count one event and start the key's lifetime with its first event: one round trip.
+_HIT_SCRIPT = """
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return count
+"""
+RETRY_SECONDS = 5.0
+LOG_INTERVAL_SECONDS = 60.0
+# What "unreachable" means: anything the Redis client raises, and socket errors.
+UNREACHABLE = (redis.exceptions.RedisError, OSError)
+
+
+class _Health:
+    """Process-wide state of one primary cache (Django makes a cache object per thread)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.down_until = 0.0
+        self.last_logged = float("-inf")
+        self.down = False
+
+    def usable(self) -> bool:
+        return time.monotonic() >= self.down_until
+
+    def failed(self, error: Exception, location: str) -> None:
+        now = time.monotonic()
+        with self.lock:
+            self.down = True
+            self.down_until = now + RETRY_SECONDS
+            if now - self.last_logged < LOG_INTERVAL_SECONDS:
+                return
+            self.last_logged = now
+        # The error's class, not its text: a connection error can echo the URL with its password.
+        logger.error(
+            "Shared cache %s is unreachable (%s); counting in this process's memory until it returns.",
+            location,
+            type(error).__name__,
+        )
+
+    def succeeded(self, location: str) -> None:
+        if not self.down:
+            return
+        with self.lock:
+            if not self.down:
+                return
+            self.down = False
+        logger.warning("Shared cache %s answers again; shared counting resumed.", location)
+
+
+_health_by_location: dict[str, _Health] = {}
+_health_lock = threading.Lock()
+
+
+def _health_for(location: str) -> _Health:
+    with _health_lock:
+        return _health_by_location.setdefault(location, _Health())
+
+
+def _hit(cache: BaseCache, key: str, timeout: int) -> int:
+    if isinstance(cache, RedisCache):
+        redis_key = cache.make_and_validate_key(key)
+        return int(cache._cache.get_client(redis_key, write=True).eval(_HIT_SCRIPT, 1, redis_key, timeout))
+    cache.add(key, 0, timeout)
+    return cache.incr(key)
+
+
+class FallbackCache(BaseCache):
+    def __init__(self, location: str, params: dict[str, Any]) -> None:
+        super().__init__(params)
+        primary = dict(params["OPTIONS"]["PRIMARY"])
+        backend = import_string(primary.pop("BACKEND"))
+        primary_location = primary.pop("LOCATION", "")
+        self._primary = backend(primary_location, primary)
+        # For logs: host and port only, never a password from the URL.
+        self._name = primary_location.rpartition("@")[2] if "://" in primary_location else primary_location
+        self._health = _health_for(f"{primary_location}|{primary.get('KEY_PREFIX', '')}")
+        # Named, so all threads of the process share the same fallback counters.
+        self._fallback = LocMemCache(
+            f"fallback:{primary_location}|{primary.get('KEY_PREFIX', '')}",
+            {"TIMEOUT": params.get("TIMEOUT", 300)},
+        )
+
+    def _either(self, operation: Callable[[BaseCache], Any]) -> Any:
+        if self._health.usable():
+            try:
+                result = operation(self._primary)
+            except UNREACHABLE as error:
+                self._health.failed(error, self._name)
+            else:
+                self._health.succeeded(self._name)
+                return result
+        return operation(self._fallback)
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self._either(lambda cache: getattr(cache, method)(*args, **kwargs))
+
+    def hit(self, key: str, timeout: int) -> int:
+        """Count one event under `key` (kept `timeout` seconds from its first event); the new count.
+
+        One round trip to Redis, where django-ratelimit's add-then-incr takes
+        two or three: used for the default tier that every public page pays.
+        """
+        return self._either(lambda cache: _hit(cache, key, timeout))
+
+    def add(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
+        return self._call("add", key, value, timeout, version)
+
+    def get(self, key, default=None, version=None):
+        return self._call("get", key, default, version)
+
+    def set(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
+        return self._call("set", key, value, timeout, version)
+
+    def touch(self, key, timeout=DEFAULT_TIMEOUT, version=None):
+        return self._call("touch", key, timeout, version)
+
+    def delete(self, key, version=None):
+        return self._call("delete", key, version)
+
+    def incr(self, key, delta=1, version=None):
+        return self._call("incr", key, delta, version)
+
+    def has_key(self, key, version=None):
+        return self._call("has_key", key, version)
+
+    def clear(self):
+        """Forget every counter: the fallback's, and the primary's under its own prefix only."""
+        self._fallback.clear()
+        if isinstance(self._primary, RedisCache):
+            # Never FLUSHDB: the Redis database may hold other keys (the default cache).
+            client = self._primary._cache.get_client(write=True)
+            pattern = self._primary.make_key("*")
+            for key in client.scan_iter(match=pattern, count=500):
+                client.delete(key)
+        else:
+            self._primary.clear()
+
+    def close(self, **kwargs):
+        self._primary.close(**kwargs)

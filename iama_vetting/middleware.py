@@ -1,0 +1,170 @@
+"""Project-wide middleware: request context and access log, security headers,
+CSP with domain-aware reporting, and the default rate limit."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable
+
+from csp.middleware import CSPMiddleware, PolicyParts
+from django.conf import settings
+from django.core.exceptions import DisallowedHost
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from django.urls import Resolver404, resolve
+from django.utils.deprecation import MiddlewareMixin
+from django.utils.functional import LazyObject, empty
+
+from iama_vetting import ratelimits
+from iama_vetting.logs import escape_control_characters, request_context
+from iama_vetting.settings import is_local_host
+
+access_logger = logging.getLogger("iama_vetting.request")
+
+# What nginx's $request_id and common tracing ids look like; anything else is replaced.
+REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# URL parameters that are capabilities (signed status links, reset tokens): never logged.
+SECRET_URL_PARAMETERS = ("token", "signed", "uidb64")
+CSP_REPORT_GROUP = "csp-endpoint"
+
+
+def loggable_path(request: HttpRequest) -> str:
+    """The request path with capability tokens replaced by their parameter name."""
+    path = request.path
+    try:
+        match = resolve(request.path_info)
+    except Resolver404:
+        match = None
+    if match is not None:
+        for name, value in match.kwargs.items():
+            if any(secret in name for secret in SECRET_URL_PARAMETERS):
+                path = path.replace(str(value), f"<{name}>")
+    return escape_control_characters(path)
+
+
+def _user_id(request: HttpRequest) -> int | None:
+    """The signed-in user's id, if the request already looked the user up.
+
+    Never triggers the lookup: anonymous public pages must not touch the session.
+    """
+    user = getattr(request, "user", None)
+    if user is None or (isinstance(user, LazyObject) and user._wrapped is empty):
+        return None
+    return user.pk if user.is_authenticated else None
+
+
+class RequestContextMiddleware:
+    """Request id (from the trusted proxy or new), log context, and one access line per request."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        started = time.monotonic()
+        incoming = request.META.get("HTTP_X_REQUEST_ID", "")
+        # Only our own proxy may name the request; a client could otherwise forge log correlation.
+        if settings.TRUSTED_PROXY_COUNT and REQUEST_ID_PATTERN.fullmatch(incoming):
+            request.request_id = incoming
+        else:
+            request.request_id = uuid.uuid4().hex
+        context = {
+            "request_id": request.request_id,
+            "user_id": None,
+            "client_ip": ratelimits.client_ip(request),
+            "method": escape_control_characters(request.method or ""),
+            "path": loggable_path(request),
+        }
+        token = request_context.set(context)
+        try:
+            response = self.get_response(request)
+            context["user_id"] = _user_id(request)
+            response["X-Request-ID"] = request.request_id
+            duration_ms = round((time.monotonic() - started) * 1000, 1)
+            status = response.status_code
+            level = logging.ERROR if status >= 500 else logging.WARNING if status >= 400 else logging.INFO
+            access_logger.log(
+                level,
+                "%s %s %s %sms",
+                context["method"],
+                context["path"],
+                response.status_code,
+                duration_ms,
+                extra={"status": status, "duration_ms": duration_ms},
+            )
+            # This line replaces django.request's "Not Found: <path>" style line,
+            # which comes after the context is gone and would show raw tokens.
+            # (An exception is still logged, with its traceback, where it happens.)
+            response._has_been_logged = True
+        finally:
+            request_context.reset(token)
+        return response
+
+
+class SecurityHeadersMiddleware:
+    """The headers Django's SecurityMiddleware does not write."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        response = self.get_response(request)
+        response.headers.setdefault("Permissions-Policy", settings.PERMISSIONS_POLICY)
+        # "0" turns off the legacy XSS auditor, which could itself be abused to
+        # leak data; the CSP protects instead (README, "Security headers").
+        response.headers.setdefault("X-XSS-Protection", "0")
+        return response
+
+
+def _reports_wanted(request: HttpRequest) -> bool:
+    """CSP reports only from real domains: local development would report to itself."""
+    try:
+        host = request.get_host()
+    except DisallowedHost:
+        return False
+    domain = host[: host.index("]") + 1] if host.startswith("[") else host.split(":")[0]
+    return not is_local_host(domain)
+
+
+class ContentSecurityPolicyMiddleware(CSPMiddleware):
+    """django-csp's middleware, adding report-uri, report-to and Reporting-Endpoints on real domains."""
+
+    def get_policy_parts(
+        self, request: HttpRequest, response: HttpResponseBase, report_only: bool = False
+    ) -> PolicyParts:
+        parts = super().get_policy_parts(request, response, report_only)
+        if _reports_wanted(request):
+            parts.update = {
+                **(parts.update or {}),
+                "report-uri": settings.CSP_REPORT_PATH,
+                "report-to": CSP_REPORT_GROUP,
+            }
+        return parts
+
+    def process_response(self, request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
+        response = super().process_response(request, response)
+        if _reports_wanted(request):
+            endpoint = request.build_absolute_uri(settings.CSP_REPORT_PATH)
+            response.headers.setdefault("Reporting-Endpoints", f'{CSP_REPORT_GROUP}="{endpoint}"')
+        return response
+
+
+class DefaultRateLimitMiddleware(MiddlewareMixin):
+    """One per-minute tier, per client IP, for every view without limits of its own.
+
+    The staff admin is left out: it is behind sign-in, and its sign-in has its own limits.
+    """
+
+    def process_view(self, request: HttpRequest, view_func, view_args, view_kwargs) -> HttpResponse | None:
+        if getattr(view_func, "rate_limit_exempt", False):
+            return None
+        own_limits = getattr(view_func, "rate_limits", ())
+        if any(limit.methods is None or request.method in limit.methods for limit in own_limits):
+            return None
+        if "admin" in request.resolver_match.namespaces:
+            return None
+        retry_after = ratelimits.seconds_until_allowed_by_default_tier(request)
+        if retry_after is not None:
+            return ratelimits.too_many_requests(request, retry_after)
+        return None

@@ -1,0 +1,168 @@
+"""Tiered rate limits on top of django-ratelimit.
+
+Each protected view gets one `Limit`: a per-minute, per-hour and per-day tier
+for one key (the client IP by default). Over any tier the client gets our 429
+page (JSON for machine endpoints) with Retry-After, instead of
+django-ratelimit's 403-type `Ratelimited`. Usage:
+
+    @rate_limited(ratelimits.APPLY)
+    def apply(request): ...
+
+Counters live in the "ratelimit" cache (settings.RATELIMIT_USE_CACHE), which
+is shared Redis in production with a per-process fallback (iama_vetting.cache).
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.core.cache import caches
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.template.loader import render_to_string
+from django_ratelimit.core import get_usage
+
+logger = logging.getLogger(__name__)
+
+MINUTE, HOUR, DAY = "m", "h", "d"
+
+
+def client_ip(request: HttpRequest) -> str:
+    """The client's address, trusting X-Forwarded-For only through our own proxies.
+
+    Each of the TRUSTED_PROXY_COUNT proxies appends the address it saw, so the
+    client is that many entries from the right; anything further left was
+    written by the client and is ignored. Without trusted proxies, or with a
+    malformed header, the TCP peer is the client.
+    """
+    remote = request.META.get("REMOTE_ADDR", "")
+    hops = settings.TRUSTED_PROXY_COUNT
+    if hops:
+        forwarded = [part.strip() for part in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")]
+        if len(forwarded) >= hops:
+            candidate = forwarded[-hops]
+            try:
+                return str(ipaddress.ip_address(candidate))
+            except ValueError:
+                logger.warning("Ignoring a malformed X-Forwarded-For entry from a trusted proxy.")
+    return remote or "0.0.0.0"  # noqa: S104 - a Unix-socket peer has no address; one shared bucket
+
+
+def username_key(group: str, request: HttpRequest) -> str:
+    """The sign-in name as typed, case-folded, so 'Admin' and 'admin' share a bucket."""
+    return request.POST.get("username", "").strip().casefold()[:150]
+
+
+@dataclass(frozen=True)
+class Limit:
+    """Three tiers for one group of requests and one key.
+
+    A tier set to None is not counted. `key` is any django-ratelimit key: "ip", "user", or a callable
+    (group, request) -> str. `methods` None means every method.
+    """
+
+    group: str
+    per_minute: int
+    per_hour: int | None
+    per_day: int | None
+    key: str | Callable[[str, HttpRequest], str] = "ip"
+    methods: tuple[str, ...] | None = None
+    json: bool = False
+
+    def tiers(self) -> list[tuple[str, str]]:
+        return [
+            (f"{self.group}:{period}", f"{count}/{period}")
+            for period, count in ((MINUTE, self.per_minute), (HOUR, self.per_hour), (DAY, self.per_day))
+            if count is not None
+        ]
+
+
+# The limits, per view. The README's "Rate limits" section says why each is what it is.
+APPLY = Limit("apply", per_minute=5, per_hour=20, per_day=50, methods=("POST",))
+STATUS_PAGE = Limit("status", per_minute=30, per_hour=300, per_day=1000)
+CONFIRM_EMAIL = Limit("confirm", per_minute=10, per_hour=50, per_day=200)
+ADMIN_LOGIN_PER_IP = Limit("admin-login-ip", per_minute=10, per_hour=60, per_day=200, methods=("POST",))
+ADMIN_LOGIN_PER_USERNAME = Limit(
+    "admin-login-user", per_minute=5, per_hour=20, per_day=50, key=username_key, methods=("POST",)
+)
+TWO_FACTOR_PER_USER = Limit(
+    "two-factor", per_minute=5, per_hour=20, per_day=50, key="user", methods=("POST",)
+)
+PASSWORD_RESET = Limit("password-reset", per_minute=3, per_hour=10, per_day=20, methods=("POST",))
+CSP_REPORT = Limit("csp-report", per_minute=60, per_hour=600, per_day=2000, json=True)
+EVIDENCE_DOWNLOAD = Limit("evidence-download", per_minute=60, per_hour=600, per_day=3000, key="user")
+# Every other anonymous view: one per-minute tier (settings.RATELIMIT_DEFAULT_PER_MINUTE),
+# counted in one round trip (FallbackCache.hit), so a public GET stays cheap.
+
+
+def seconds_until_allowed(request: HttpRequest, *limits: Limit) -> int | None:
+    """Count this request against every tier; the Retry-After if any is exceeded, else None."""
+    retry_after = None
+    for limit in limits:
+        if limit.methods is not None and request.method not in limit.methods:
+            continue
+        for group, rate in limit.tiers():
+            usage = get_usage(request, group=group, key=limit.key, rate=rate, increment=True)
+            if usage is not None and usage["should_limit"]:
+                logger.warning("Rate limit %s (%s) exceeded.", group, rate)
+                retry_after = max(retry_after or 1, usage["time_left"])
+    return retry_after
+
+
+def seconds_until_allowed_by_default_tier(request: HttpRequest) -> int | None:
+    """Count this request in its client's current minute; the Retry-After if over, else None."""
+    if not settings.RATELIMIT_ENABLE:
+        return None
+    client = client_ip(request)
+    if ":" in client:
+        # Like django-ratelimit: one IPv6 /64 is one client.
+        client = str(ipaddress.ip_network(f"{client}/64", strict=False).network_address)
+    now = int(time.time())
+    window_end = now - now % 60 + 60
+    count = caches[settings.RATELIMIT_USE_CACHE].hit(f"default:{client}:{window_end}", 65)
+    if count > settings.RATELIMIT_DEFAULT_PER_MINUTE:
+        logger.warning("Rate limit default (%s/m) exceeded.", settings.RATELIMIT_DEFAULT_PER_MINUTE)
+        return window_end - now
+    return None
+
+
+def too_many_requests(request: HttpRequest, retry_after: int, *, as_json: bool = False) -> HttpResponse:
+    if as_json:
+        response = JsonResponse({"error": "rate_limited", "retry_after": retry_after}, status=429)
+    else:
+        response = HttpResponse(
+            render_to_string("429.html", {"retry_minutes": -(-retry_after // 60)}, request=request),
+            status=429,
+        )
+    response["Retry-After"] = str(retry_after)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+def rate_limited(*limits: Limit) -> Callable:
+    """Decorate a view with one or more limits; over any tier it answers 429."""
+
+    def decorator(view: Callable) -> Callable:
+        @functools.wraps(view)
+        def wrapped(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+            retry_after = seconds_until_allowed(request, *limits)
+            if retry_after is not None:
+                return too_many_requests(request, retry_after, as_json=any(limit.json for limit in limits))
+            return view(request, *args, **kwargs)
+
+        # Read by DefaultRateLimitMiddleware: this view has its own limits.
+        wrapped.rate_limits = limits
+        return wrapped
+
+    return decorator
+
+
+def exempt(view: Callable) -> Callable:
+    """Leave a view out of every limit (read by DefaultRateLimitMiddleware): /healthz."""
+    view.rate_limit_exempt = True
+    return view

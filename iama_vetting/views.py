@@ -1,0 +1,123 @@
+"""Views of the project itself: the CSP report endpoint and security.txt."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_POST
+
+from iama_vetting import ratelimits
+from iama_vetting.logs import escape_control_characters
+from iama_vetting.models import CSPViolation
+
+logger = logging.getLogger("iama_vetting.csp")
+
+CSP_REPORT_MAX_BYTES = 64 * 1024
+# A reports+json body may batch many reports; more than this in one body is
+# not a browser's doing, and the rest is ignored.
+CSP_REPORT_MAX_ENTRIES = 20
+CSP_REPORT_TYPES = ("application/csp-report", "application/reports+json", "application/json")
+
+
+def _text(value: Any, limit: int) -> str:
+    """A report field as safe, bounded text: control characters escaped, then cut."""
+    return escape_control_characters(str(value or ""))[:limit]
+
+
+def _without_query(uri: str) -> str:
+    """Keep scheme, host and path: query strings can carry tokens. Keywords like 'inline' stay."""
+    parts = urlsplit(uri)
+    if not parts.scheme or not parts.netloc:
+        return uri.split("?")[0].split("#")[0]
+    return f"{parts.scheme}://{parts.netloc}{parts.path}"
+
+
+def _violations(payload: Any) -> list[dict[str, Any]]:
+    """The violation bodies in any of the three formats, as (old-style) csp-report dicts.
+
+    Raises ValueError when the JSON is not shaped like a report.
+    """
+    if isinstance(payload, dict) and isinstance(payload.get("csp-report"), dict):
+        return [payload["csp-report"]]
+    if isinstance(payload, list):
+        violations = []
+        for entry in payload[:CSP_REPORT_MAX_ENTRIES]:
+            if not isinstance(entry, dict) or not isinstance(entry.get("body"), dict):
+                raise ValueError("A report entry has no body.")
+            if entry.get("type") != "csp-violation":
+                continue
+            body = entry["body"]
+            violations.append(
+                {
+                    "effective-directive": body.get("effectiveDirective"),
+                    "blocked-uri": body.get("blockedURL"),
+                    "document-uri": body.get("documentURL") or entry.get("url"),
+                }
+            )
+        return violations
+    raise ValueError("Not a CSP report.")
+
+
+def _normalized(violation: dict[str, Any]) -> tuple[str, str, str]:
+    """(directive, blocked URI, document path), bounded and safe to log and store."""
+    directive = violation.get("effective-directive") or str(violation.get("violated-directive") or "")
+    blocked = _without_query(str(violation.get("blocked-uri") or ""))
+    document_path = urlsplit(str(violation.get("document-uri") or "")).path
+    return _text(str(directive).split(" ")[0], 64), _text(blocked, 512), _text(document_path, 512)
+
+
+@csrf_exempt
+@require_POST
+@ratelimits.rate_limited(ratelimits.CSP_REPORT)
+def csp_report(request: HttpRequest) -> HttpResponse:
+    if request.content_type not in CSP_REPORT_TYPES:
+        return JsonResponse({"error": "unsupported_media_type"}, status=415)
+    try:
+        declared_length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        declared_length = 0
+    if declared_length > CSP_REPORT_MAX_BYTES:
+        return JsonResponse({"error": "too_large"}, status=413)
+    # Read at most one byte past the limit, whatever Content-Length claimed.
+    body = request.read(CSP_REPORT_MAX_BYTES + 1)
+    if len(body) > CSP_REPORT_MAX_BYTES:
+        return JsonResponse({"error": "too_large"}, status=413)
+    try:
+        violations = [_normalized(violation) for violation in _violations(json.loads(body))]
+    except (ValueError, RecursionError):
+        # Not JSON, not UTF-8, nested absurdly deep, or not shaped like a report.
+        return JsonResponse({"error": "invalid_report"}, status=400)
+    for directive, blocked, document_path in violations:
+        logger.warning(
+            "CSP violation: %s blocked %s on %s",
+            directive,
+            blocked,
+            document_path,
+            extra={"csp_directive": directive, "csp_blocked_uri": blocked, "csp_document_uri": document_path},
+        )
+        CSPViolation.objects.record(directive, blocked, document_path)
+    return HttpResponse(status=204)
+
+
+@require_GET
+def security_txt(request: HttpRequest) -> HttpResponse:
+    """RFC 9116. Expires is always a year ahead, so the file never goes stale."""
+    contact = settings.SECURITY_CONTACT
+    if "://" not in contact and not contact.startswith("mailto:"):
+        contact = f"mailto:{contact}"
+    expires = (timezone.now() + timedelta(days=365)).replace(microsecond=0)
+    lines = [
+        f"Contact: {contact}",
+        f"Expires: {expires.strftime('%Y-%m-%dT%H:%M:%SZ')}",
+        "Preferred-Languages: en",
+        f"Canonical: {settings.SITE_URL}/.well-known/security.txt",
+    ]
+    return HttpResponse("\n".join(lines) + "\n", content_type="text/plain; charset=utf-8")

@@ -1,0 +1,139 @@
+"""Rate limits when Redis goes away and comes back: per-process counting, never unlimited, never a 500."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+import pytest
+import time_machine
+
+from iama_vetting import cache as fallback_module
+from iama_vetting.cache import FallbackCache
+from tests.security.conftest import free_port
+
+pytestmark = [pytest.mark.django_db, pytest.mark.redis]
+
+REDIS_BACKEND = "django.core.cache.backends.redis.RedisCache"
+
+
+def fallback_config(url: str, prefix: str = "rl") -> dict:
+    return {
+        "BACKEND": "iama_vetting.cache.FallbackCache",
+        "OPTIONS": {
+            "PRIMARY": {
+                "BACKEND": REDIS_BACKEND,
+                "LOCATION": url,
+                "KEY_PREFIX": prefix,
+                "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5, "retry": None},
+            }
+        },
+    }
+
+
+class FakeMonotonic:
+    """The fallback's own clock (retry delay, one error a minute), moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def monotonic(monkeypatch):
+    clock = FakeMonotonic()
+    monkeypatch.setattr(fallback_module.time, "monotonic", clock)
+    return clock
+
+
+@pytest.fixture(autouse=True)
+def stopped_clock():
+    with time_machine.travel(datetime(2026, 3, 2, 9, 0, tzinfo=UTC), tick=False):
+        yield
+
+
+def cache_errors(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "iama_vetting.cache" and r.levelno == logging.ERROR]
+
+
+def test_limits_go_on_per_process_while_redis_is_down_and_shared_again_after(
+    client, settings, own_redis, monotonic, caplog
+):
+    settings.CACHES = {**settings.CACHES, "ratelimit": fallback_config(own_redis.url)}
+    for _ in range(3):
+        assert client.post("/apply/", {}).status_code == 200
+    assert own_redis.keys(), "the counters live in Redis while it answers"
+
+    own_redis.stop()
+    with caplog.at_level(logging.WARNING, logger="iama_vetting.cache"):
+        # Counting restarts in this process's memory: five more, then refused. Never a 500.
+        statuses = []
+        for _ in range(8):
+            statuses.append(client.post("/apply/", {}).status_code)
+            monotonic.now += 6  # past the retry delay: every request tries Redis again
+    assert statuses == [200] * 5 + [429] * 3
+    assert len(cache_errors(caplog)) == 1, "one error a minute, not one per request"
+
+    caplog.clear()
+    monotonic.now += 61
+    with caplog.at_level(logging.WARNING, logger="iama_vetting.cache"):
+        client.post("/apply/", {}, REMOTE_ADDR="198.51.100.1")
+    assert len(cache_errors(caplog)) == 1, "a minute later the outage is logged again"
+
+    own_redis.start()
+    monotonic.now += 6
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="iama_vetting.cache"):
+        assert client.post("/apply/", {}, REMOTE_ADDR="198.51.100.2").status_code == 200
+    assert own_redis.keys(), "shared counting resumed in Redis"
+    assert any("answers again" in record.getMessage() for record in caplog.records)
+
+
+def test_an_unreachable_redis_never_raises_and_keeps_counting(monotonic, caplog):
+    closed = f"redis://:hunter2-password@127.0.0.1:{free_port()}/0"
+    cache = FallbackCache("", fallback_config(closed, prefix="closed"))
+    with caplog.at_level(logging.ERROR, logger="iama_vetting.cache"):
+        assert cache.add("counter", 1, 60) is True
+    assert "127.0.0.1" in caplog.text
+    assert "hunter2" not in caplog.text
+    assert cache.add("counter", 1, 60) is False
+    assert cache.incr("counter") == 2
+    assert cache.get("counter") == 2
+
+
+def test_redis_answers_for_every_process_when_it_is_up(redis_url, redis_key_prefix):
+    first = FallbackCache("", fallback_config(redis_url, prefix=redis_key_prefix))
+    second = FallbackCache("", fallback_config(redis_url, prefix=redis_key_prefix))
+    first.add("shared", 0, 60)
+    first.incr("shared")
+    assert second.incr("shared") == 2
+    second.clear()
+    assert first.get("shared") is None
+
+
+def test_a_public_page_costs_one_redis_command(client, settings, own_redis):
+    import redis
+
+    settings.CACHES = {**settings.CACHES, "ratelimit": fallback_config(own_redis.url)}
+    server = redis.Redis(port=own_redis.port)
+
+    def commands() -> dict[str, int]:
+        stats = server.info("commandstats")
+        return {name: value["calls"] for name, value in stats.items() if name != "cmdstat_info"}
+
+    client.get("/apply/")
+    before = commands()
+    assert client.get("/apply/").status_code == 200
+    after = commands()
+    spent = {name: after[name] - before.get(name, 0) for name in after if after[name] != before.get(name, 0)}
+    # One EVAL from the app; the INCR is counted too, but runs inside that script on the server.
+    assert spent == {"cmdstat_eval": 1, "cmdstat_incr": 1}
+
+
+def test_the_default_tier_falls_back_too(client, settings, own_redis, monotonic):
+    settings.CACHES = {**settings.CACHES, "ratelimit": fallback_config(own_redis.url)}
+    own_redis.stop()
+    statuses = [client.get("/apply/done/").status_code for _ in range(121)]
+    assert statuses == [200] * 120 + [429]

@@ -1,0 +1,181 @@
+"""Structured logs: JSON lines with the request's context, request ids, and no secrets anywhere."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from base64 import b32encode
+from datetime import UTC, datetime
+
+import pytest
+import time_machine
+from django.test import Client
+from django_otp.oath import totp
+from django_otp.plugins.otp_totp.models import TOTPDevice
+
+from evidence.models import Evidence
+from iama_vetting.logs import JSONFormatter, RequestContextFilter, TextFormatter
+from tests.factories import PDF_BYTES, upload
+from tests.vetting.test_apply import form_data
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def json_log():
+    """Everything logged at DEBUG and up, formatted exactly as production writes it."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JSONFormatter())
+    handler.addFilter(RequestContextFilter())
+    root = logging.getLogger()
+    previous_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    yield stream
+    root.removeHandler(handler)
+    root.setLevel(previous_level)
+
+
+def lines(stream: io.StringIO) -> list[dict]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def access_lines(stream: io.StringIO) -> list[dict]:
+    return [line for line in lines(stream) if line["logger"] == "iama_vetting.request"]
+
+
+def test_each_request_writes_one_json_access_line_with_its_context(client, agent, json_log, settings):
+    settings.TRUSTED_PROXY_COUNT = 1
+    client.force_login(agent)
+    response = client.get("/admin/vetting/application/", HTTP_X_FORWARDED_FOR="203.0.113.5")
+    [line] = access_lines(json_log)
+    assert set(line) >= {
+        "time",
+        "level",
+        "logger",
+        "message",
+        "request_id",
+        "user_id",
+        "client_ip",
+        "method",
+        "path",
+        "status",
+        "duration_ms",
+    }
+    assert line["level"] == "INFO"
+    assert line["user_id"] == agent.pk
+    assert line["client_ip"] == "203.0.113.5"
+    assert (line["method"], line["path"], line["status"]) == ("GET", "/admin/vetting/application/", 200)
+    assert line["request_id"] == response["X-Request-ID"]
+    assert line["duration_ms"] >= 0
+
+
+def test_lines_written_during_a_request_carry_its_id(client, json_log):
+    # Six posts in one stopped minute: the sixth is refused, and the limiter says so in the log.
+    with time_machine.travel(datetime(2026, 3, 2, 9, 0, tzinfo=UTC), tick=False):
+        for _ in range(6):
+            client.post("/apply/", {})
+    warning = next(line for line in lines(json_log) if line["logger"] == "iama_vetting.ratelimits")
+    refused = access_lines(json_log)[-1]
+    assert refused["status"] == 429
+    assert refused["level"] == "WARNING"
+    assert warning["request_id"] == refused["request_id"]
+
+
+def test_request_id_from_the_trusted_proxy_is_kept_and_echoed(client, settings, json_log):
+    settings.TRUSTED_PROXY_COUNT = 1
+    response = client.get("/apply/", HTTP_X_REQUEST_ID="3f2a9c0d8e7b4a61")
+    assert response["X-Request-ID"] == "3f2a9c0d8e7b4a61"
+    assert access_lines(json_log)[0]["request_id"] == "3f2a9c0d8e7b4a61"
+
+
+@pytest.mark.parametrize(
+    "trusted, sent", [(0, "chosen-by-the-client"), (1, "bad id\nwith newline"), (1, "x" * 200)]
+)
+def test_request_id_is_generated_when_absent_untrusted_or_malformed(client, settings, trusted, sent):
+    settings.TRUSTED_PROXY_COUNT = trusted
+    first = client.get("/apply/", HTTP_X_REQUEST_ID=sent)["X-Request-ID"]
+    second = client.get("/apply/")["X-Request-ID"]
+    assert first != sent
+    assert len(first) == 32 and len(second) == 32 and first != second
+
+
+def test_capability_tokens_in_paths_are_not_logged(client, settings, json_log):
+    settings.ROOT_URLCONF = "tests.security.urls"
+    client.get("/status/SECRET-STATUS-TOKEN-123/")
+    client.get("/status/SECRET-STATUS-TOKEN-123/", {"x": 1}, HTTP_HOST="nope.invalid")
+    assert "SECRET-STATUS-TOKEN-123" not in json_log.getvalue()
+    assert access_lines(json_log)[0]["path"] == "/status/<token>/"
+
+
+def test_development_lines_are_readable_text():
+    record = logging.makeLogRecord(
+        {"name": "vetting", "levelname": "INFO", "msg": "Stored %s", "args": ("x",)}
+    )
+    RequestContextFilter().filter(record)
+    line = TextFormatter().format(record)
+    assert line.endswith("INFO vetting [-] Stored x")
+
+
+def test_no_secret_appears_in_logs_or_pages_over_a_full_flow(client, settings, json_log, django_user_model):
+    secrets = {
+        "SESSION_SECRET": "canary-session-secret-5d1f0e9a7c3b2a14e8f6d0c9b7a5e3f1",
+        "SMTP_RELAY_AUTHPW": "canary-smtp-password-8b2e",
+        "MATRIX_ADMIN_TOKEN": "syt_canary_matrix_admin_token_41c7",
+        "staff password": "canary-staff-password-93ad",
+    }
+    settings.SECRET_KEY = secrets["SESSION_SECRET"]
+    settings.SMTP_RELAY_AUTHPW = secrets["SMTP_RELAY_AUTHPW"]
+    settings.MATRIX_ADMIN_TOKEN = secrets["MATRIX_ADMIN_TOKEN"]
+    settings.STAFF_REQUIRE_2FA = True
+    settings.ROOT_URLCONF = "tests.security.urls"
+    staff = django_user_model.objects.create_superuser(
+        "lead", "lead@staff.example", secrets["staff password"]
+    )
+    pages: list[bytes] = []
+
+    def seen(response):
+        pages.append(response.content if not response.streaming else b"".join(response.streaming_content))
+        pages.append(str(response.headers).encode())
+        return response
+
+    # An applicant applies with evidence.
+    done = seen(client.post("/apply/", form_data(evidence_1=upload("passport.pdf", PDF_BYTES))))
+    seen(client.get(done["Location"]))
+    # Staff sign in: a wrong password first, then the right one, then the second factor.
+    staff_client = Client()
+    seen(
+        staff_client.post("/admin/login/", {"username": "lead", "password": secrets["staff password"] + "x"})
+    )
+    seen(staff_client.post("/admin/login/", {"username": "lead", "password": secrets["staff password"]}))
+    seen(staff_client.get("/admin/two-factor/setup/"))
+    device = TOTPDevice.objects.get(user=staff)
+    # The setup page shows this key to its owner, once; logs never do.
+    totp_key = {device.key, b32encode(device.bin_key).decode()}
+    code = f"{totp(device.bin_key, device.step, device.t0, device.digits):06d}"
+    seen(staff_client.post("/admin/two-factor/setup/", {"token": code}))
+    # They review and download the evidence.
+    evidence = Evidence.objects.get()
+    seen(staff_client.get("/admin/vetting/application/"))
+    seen(staff_client.get(f"/admin/vetting/application/{evidence.application_id}/change/"))
+    seen(staff_client.get(f"/evidence/{evidence.pk}/"))
+    seen(staff_client.get("/admin/notifications/outboundemail/"))
+    # A browser reports a violation, and something fails on the server.
+    seen(
+        client.post(
+            "/csp-report/", '{"csp-report": {"blocked-uri": "inline"}}', content_type="application/csp-report"
+        )
+    )
+    seen(Client(raise_request_exception=False).get("/fails/"))
+
+    captured = json_log.getvalue()
+    assert len(access_lines(json_log)) >= 12
+    assert "Traceback" in captured, "the failure itself is logged"
+    everything_shown = b"".join(pages).decode("utf-8", "replace")
+    for name, secret in secrets.items():
+        assert secret not in captured, f"{name} leaked into the logs"
+        assert secret not in everything_shown, f"{name} leaked into a page"
+    for form in totp_key:
+        assert form not in captured, "the TOTP key leaked into the logs"

@@ -1,0 +1,197 @@
+"""Tiered rate limits: 429 with Retry-After, the client IP through trusted proxies only."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from unittest import mock
+
+import pytest
+import time_machine
+from django.test import Client
+
+from evidence.models import Evidence
+from evidence.validation import validate_upload
+from iama_vetting import ratelimits
+from iama_vetting.cache import FallbackCache
+from tests.factories import PDF_BYTES, make_application, upload
+
+pytestmark = pytest.mark.django_db
+
+# A fixed, minute-aligned start, so tiers are crossed on purpose, never by the clock.
+START = datetime(2026, 3, 2, 9, 0, 0, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def clock():
+    """Counting windows start at a per-key offset: a stopped clock keeps a test inside one."""
+    with time_machine.travel(START, tick=False) as traveller:
+        yield traveller
+
+
+def assert_rate_limited(response, *, within: int = 60):
+    assert response.status_code == 429
+    retry_after = int(response["Retry-After"])
+    assert 1 <= retry_after <= within
+    return retry_after
+
+
+def test_application_post_is_limited_at_five_a_minute_with_our_429_page(client):
+    for _ in range(5):
+        assert client.post("/apply/", {}).status_code == 200
+    refused = client.post("/apply/", {})
+    assert_rate_limited(refused)
+    assert "Too many requests" in refused.content.decode()
+    assert refused["Content-Type"].startswith("text/html")
+
+
+def test_hour_and_day_tiers_hold_after_the_minute_is_over(client, clock):
+    for _minute in range(4):
+        for _ in range(5):
+            assert client.post("/apply/", {}).status_code == 200
+        clock.shift(timedelta(minutes=1))
+    # 20 in this hour: the minute is fresh, the hour is not.
+    retry_after = assert_rate_limited(client.post("/apply/", {}), within=3600)
+    assert retry_after > 60
+    clock.move_to(START + timedelta(hours=1, minutes=1))
+    for _hour in range(2):
+        for _minute in range(4):
+            for _ in range(5):
+                client.post("/apply/", {})
+            clock.shift(timedelta(minutes=1))
+        clock.shift(timedelta(hours=1))
+    # 50 today: only tomorrow's window lets this client in again.
+    retry_after = assert_rate_limited(client.post("/apply/", {}), within=86400)
+    assert retry_after > 3600
+
+
+def test_a_spoofed_forwarded_for_does_not_make_a_new_bucket(client, settings):
+    settings.TRUSTED_PROXY_COUNT = 1
+    for number in range(5):
+        # nginx appends the address it saw; everything before it came from the client.
+        response = client.post("/apply/", {}, HTTP_X_FORWARDED_FOR=f"10.9.9.{number}, 203.0.113.7")
+        assert response.status_code == 200
+    assert_rate_limited(client.post("/apply/", {}, HTTP_X_FORWARDED_FOR="10.9.9.200, 203.0.113.7"))
+    # Another real client (another address seen by nginx) has its own bucket.
+    assert client.post("/apply/", {}, HTTP_X_FORWARDED_FOR="203.0.113.8").status_code == 200
+
+
+def test_without_trusted_proxies_forwarded_for_is_ignored(client, settings):
+    settings.TRUSTED_PROXY_COUNT = 0
+    for number in range(5):
+        client.post("/apply/", {}, HTTP_X_FORWARDED_FOR=f"198.51.100.{number}")
+    assert_rate_limited(client.post("/apply/", {}, HTTP_X_FORWARDED_FOR="198.51.100.99"))
+
+
+@pytest.mark.parametrize(
+    ("trusted", "forwarded", "remote", "client_ip"),
+    [
+        (0, "1.1.1.1", "127.0.0.1", "127.0.0.1"),
+        (1, "1.1.1.1, 203.0.113.7", "127.0.0.1", "203.0.113.7"),
+        (2, "1.1.1.1, 203.0.113.7, 10.0.0.2", "10.0.0.3", "203.0.113.7"),
+        (1, "not-an-ip", "127.0.0.1", "127.0.0.1"),
+        (1, "", "127.0.0.1", "127.0.0.1"),
+        (1, "2001:db8::1", "::1", "2001:db8::1"),
+    ],
+)
+def test_client_ip_comes_through_trusted_hops_only(rf, settings, trusted, forwarded, remote, client_ip):
+    settings.TRUSTED_PROXY_COUNT = trusted
+    request = rf.get("/", HTTP_X_FORWARDED_FOR=forwarded, REMOTE_ADDR=remote)
+    assert ratelimits.client_ip(request) == client_ip
+
+
+def test_admin_login_is_limited_per_address(client, agent):
+    for number in range(10):
+        response = client.post("/admin/login/", {"username": f"someone{number}", "password": "wrong"})
+        assert response.status_code == 200
+    assert_rate_limited(
+        client.post("/admin/login/", {"username": "agent", "password": "a-long-test-password"})
+    )
+
+
+def test_admin_login_is_limited_per_username_across_addresses(client, agent, settings):
+    settings.TRUSTED_PROXY_COUNT = 1
+    for number in range(5):
+        client.post(
+            "/admin/login/",
+            {"username": "Agent", "password": "wrong"},
+            HTTP_X_FORWARDED_FOR=f"203.0.113.{number}",
+        )
+    refused = client.post(
+        "/admin/login/",
+        {"username": "agent", "password": "a-long-test-password"},
+        HTTP_X_FORWARDED_FOR="203.0.113.99",
+    )
+    assert_rate_limited(refused)
+    # The sign-in page itself stays reachable.
+    assert client.get("/admin/login/").status_code == 200
+
+
+def test_csp_report_endpoint_answers_json_429(client):
+    for _ in range(60):
+        client.post("/csp-report/", "{}", content_type="application/json")
+    refused = client.post("/csp-report/", "{}", content_type="application/json")
+    assert_rate_limited(refused)
+    assert refused.json()["error"] == "rate_limited"
+    assert refused.json()["retry_after"] == int(refused["Retry-After"])
+
+
+def test_evidence_download_is_limited_per_user_not_per_address(agent, settings):
+    settings.TRUSTED_PROXY_COUNT = 1
+    # As behind nginx: the app answers with X-Accel-Redirect, no file is held open.
+    settings.EVIDENCE_X_ACCEL_PREFIX = "/_protected_evidence/"
+    application = make_application()
+    evidence = Evidence.objects.store(application, validate_upload(upload("id.pdf", PDF_BYTES)))
+    browser = Client()
+    browser.force_login(agent)
+    for number in range(60):
+        response = browser.get(f"/evidence/{evidence.pk}/", HTTP_X_FORWARDED_FOR=f"203.0.113.{number}")
+        assert response.status_code == 200
+    assert_rate_limited(browser.get(f"/evidence/{evidence.pk}/", HTTP_X_FORWARDED_FOR="203.0.113.250"))
+
+
+def test_every_other_anonymous_view_has_a_default_tier(client, settings):
+    assert settings.RATELIMIT_DEFAULT_PER_MINUTE == 120
+    for _ in range(120):
+        assert client.get("/apply/done/").status_code == 200
+    assert_rate_limited(client.get("/apply/done/"))
+    assert_rate_limited(client.get("/apply/"))
+    settings.RATELIMIT_DEFAULT_PER_MINUTE = 1000
+    assert client.get("/apply/").status_code == 200
+
+
+def test_public_form_get_touches_no_session_no_database_and_one_counter(client, django_assert_num_queries):
+    with (
+        mock.patch("iama_vetting.ratelimits.get_usage") as per_view_tiers,
+        mock.patch.object(FallbackCache, "hit", autospec=True, side_effect=FallbackCache.hit) as hits,
+        django_assert_num_queries(0),
+    ):
+        response = client.get("/apply/")
+    assert response.status_code == 200
+    assert hits.call_count == 1
+    assert per_view_tiers.call_count == 0
+    assert response.wsgi_request.session.accessed is False
+    assert "sessionid" not in response.cookies
+
+
+def test_limits_are_per_client(client):
+    for _ in range(5):
+        client.post("/apply/", {})
+    assert client.post("/apply/", {}).status_code == 429
+    assert client.post("/apply/", {}, REMOTE_ADDR="198.51.100.4").status_code == 200
+
+
+def test_the_decorator_line_for_new_views_counts_and_refuses(rf):
+    limit = ratelimits.Limit("new-view", per_minute=2, per_hour=10, per_day=20)
+
+    @ratelimits.rate_limited(limit)
+    def view(request):
+        from django.http import HttpResponse
+
+        return HttpResponse("ok")
+
+    assert [view(rf.get("/")).status_code for _ in range(3)] == [200, 200, 429]
+
+
+def test_load_tests_can_switch_limits_off(client, settings):
+    settings.RATELIMIT_ENABLE = False
+    assert {client.post("/apply/", {}).status_code for _ in range(8)} == {200}

@@ -1,0 +1,176 @@
+"""Staff sign-in with a second factor (TOTP, backup codes) when STAFF_REQUIRE_2FA is on."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+import pytest
+import time_machine
+from django_otp.oath import totp
+from django_otp.plugins.otp_static.models import StaticToken
+from django_otp.plugins.otp_totp.models import TOTPDevice
+
+from tests.security.conftest import PRODUCTION_ENV, run_python
+
+pytestmark = pytest.mark.django_db
+
+PASSWORD = "a-long-test-password"
+
+
+@pytest.fixture
+def two_factor_required(settings):
+    settings.STAFF_REQUIRE_2FA = True
+
+
+def current_code(device: TOTPDevice) -> str:
+    return f"{totp(device.bin_key, device.step, device.t0, device.digits):06d}"
+
+
+def sign_in(client, username: str):
+    return client.post(
+        "/admin/login/?next=/admin/vetting/application/", {"username": username, "password": PASSWORD}
+    )
+
+
+def enrol(client, user) -> list[str]:
+    sign_in(client, user.username)
+    client.get("/admin/two-factor/setup/")
+    device = TOTPDevice.objects.get(user=user)
+    page = client.post("/admin/two-factor/setup/", {"token": current_code(device)}).content.decode()
+    return re.findall(r"<li><code>([a-z2-7]+)</code></li>", page)
+
+
+def test_production_requires_two_factor_by_default_and_development_does_not(tmp_path):
+    script = (
+        "import django; from django.conf import settings; django.setup(); print(settings.STAFF_REQUIRE_2FA)"
+    )
+    production = run_python(["-c", script], tmp_path, **PRODUCTION_ENV)
+    assert production.stdout.strip() == "True", production.stderr
+    development = run_python(["-c", script], tmp_path, DEBUG="true")
+    assert development.stdout.strip() == "False", development.stderr
+
+
+def test_a_password_alone_does_not_open_the_admin(client, agent, two_factor_required):
+    signed_in = sign_in(client, "agent")
+    assert signed_in.status_code == 302
+    queue = client.get("/admin/vetting/application/", follow=True)
+    assert queue.redirect_chain[-1][0].startswith("/admin/two-factor/setup/")
+    assert "Robin" not in queue.content.decode()
+    assert client.get("/admin/vetting/application/").status_code == 302
+
+
+def test_force_login_without_a_second_factor_is_refused_when_required(client, agent, two_factor_required):
+    client.force_login(agent)
+    assert client.get("/admin/vetting/application/").status_code == 302
+
+
+def test_force_login_opens_the_admin_when_two_factor_is_off(client, agent, settings):
+    settings.STAFF_REQUIRE_2FA = False
+    client.force_login(agent)
+    assert client.get("/admin/vetting/application/").status_code == 200
+
+
+def test_enrolment_shows_a_qr_code_and_then_ten_backup_codes_once(client, agent, two_factor_required):
+    sign_in(client, "agent")
+    setup = client.get("/admin/two-factor/setup/")
+    page = setup.content.decode()
+    assert setup.status_code == 200
+    assert 'src="data:image/svg+xml' in page
+    assert "no-store" in setup["Cache-Control"]
+    device = TOTPDevice.objects.get(user=agent)
+    assert not device.confirmed
+
+    # A stopped clock from now on: the session must not expire on the way.
+    with time_machine.travel(datetime.now(tz=UTC), tick=False) as clock:
+        wrong = "000000" if current_code(device) != "000000" else "111111"
+        refused = client.post("/admin/two-factor/setup/", {"token": wrong})
+        assert "That code is not right" in refused.content.decode()
+        clock.shift(5)  # django-otp makes a device wait a moment after a wrong code
+        done = client.post(
+            "/admin/two-factor/setup/", {"token": current_code(device), "next": "/admin/vetting/application/"}
+        )
+    codes = re.findall(r"<li><code>([a-z2-7]+)</code></li>", done.content.decode())
+    assert len(codes) == 10
+    assert "no-store" in done["Cache-Control"]
+    device.refresh_from_db()
+    assert device.confirmed
+    assert client.get("/admin/vetting/application/").status_code == 200
+    # Enrolled: the setup page no longer hands out a new key.
+    assert client.get("/admin/two-factor/setup/").status_code == 302
+
+
+def test_next_sign_in_asks_for_the_code_and_accepts_it(client, agent, two_factor_required):
+    enrol(client, agent)
+    client.logout()
+    sign_in(client, "agent")
+    prompt = client.get("/admin/", follow=True)
+    assert prompt.redirect_chain[-1][0].startswith("/admin/two-factor/?")
+    device = TOTPDevice.objects.get(user=agent)
+    # Codes are single-use: wait for the next time step by rewinding the device's record of the last one.
+    device.last_t = -1
+    device.save()
+    verified = client.post(
+        "/admin/two-factor/?next=/admin/vetting/application/", {"token": current_code(device)}
+    )
+    assert verified.status_code == 302
+    assert verified["Location"] == "/admin/vetting/application/"
+    assert client.get("/admin/vetting/application/").status_code == 200
+
+
+def test_a_backup_code_works_once(client, agent, two_factor_required):
+    codes = enrol(client, agent)
+    client.logout()
+    sign_in(client, "agent")
+    assert client.post("/admin/two-factor/", {"token": codes[0]}).status_code == 302
+    assert client.get("/admin/").status_code == 200
+    assert StaticToken.objects.filter(token=codes[0]).count() == 0
+    client.logout()
+    sign_in(client, "agent")
+    again = client.post("/admin/two-factor/", {"token": codes[0]})
+    assert again.status_code == 200
+    assert "That code is not right" in again.content.decode()
+
+
+def test_code_guessing_is_rate_limited_per_user(client, agent, two_factor_required):
+    with time_machine.travel(datetime(2026, 3, 2, 9, 0, tzinfo=UTC), tick=False):
+        enrol(client, agent)  # the first of five codes this minute
+        client.logout()
+        sign_in(client, "agent")
+        statuses = [client.post("/admin/two-factor/", {"token": "12345678"}).status_code for _ in range(5)]
+    assert statuses == [200] * 4 + [429]
+
+
+def test_half_signed_in_staff_can_sign_out(client, agent, two_factor_required):
+    sign_in(client, "agent")
+    signed_out = client.post("/admin/two-factor/sign-out/")
+    assert signed_out.status_code == 302
+    assert client.get("/admin/two-factor/").status_code == 302
+    assert "_auth_user_id" not in client.session
+
+
+def test_two_factor_pages_need_a_signed_in_staff_member(client, django_user_model, two_factor_required):
+    assert client.get("/admin/two-factor/setup/")["Location"].startswith("/admin/login/")
+    django_user_model.objects.create_user("member", password=PASSWORD)
+    client.login(username="member", password=PASSWORD)
+    assert client.get("/admin/two-factor/setup/")["Location"].startswith("/admin/login/")
+    assert not TOTPDevice.objects.exists()
+
+
+def test_next_never_leaves_the_site(client, agent, two_factor_required):
+    sign_in(client, "agent")
+    client.get("/admin/two-factor/setup/")
+    device = TOTPDevice.objects.get(user=agent)
+    response = client.post(
+        "/admin/two-factor/setup/", {"token": current_code(device), "next": "https://evil.example/"}
+    )
+    assert "evil.example" not in response.content.decode()
+    assert 'href="/admin/"' in response.content.decode()
+
+
+def test_the_production_setting_is_a_boolean_like_every_other(tmp_path):
+    result = run_python(
+        ["-c", "import django; django.setup()"], tmp_path, **PRODUCTION_ENV, STAFF_REQUIRE_2FA="yes"
+    )
+    assert result.returncode != 0
+    assert "STAFF_REQUIRE_2FA must be 'true' or 'false'" in result.stderr
