@@ -31,6 +31,7 @@ from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from iama_vetting import ratelimits
+from vetting import audit
 
 logger = logging.getLogger(__name__)
 
@@ -117,8 +118,18 @@ class StaffAdminSite(admin.AdminSite):
             if device is not None:
                 otp_login(request, device)
                 logger.info("Staff member passed the second step with their %s.", device.name)
+                audit.record(
+                    "user.second_factor_passed",
+                    actor=request.user,
+                    target=request.user,
+                    request=request,
+                    details={"device": device.name},
+                )
                 return HttpResponseRedirect(self._next(request))
             logger.warning("A wrong second-step code was entered.")
+            audit.record(
+                "user.second_factor_failed", actor=request.user, target=request.user, request=request
+            )
             form.add_error("token", WRONG_CODE)
         return self._render(request, "verify.html", {"form": form, "title": _("Second step: your code")})
 
@@ -136,6 +147,7 @@ class StaffAdminSite(admin.AdminSite):
                 codes = self._confirm(device)
                 otp_login(request, device)
                 logger.info("Staff member enrolled an authenticator app and got backup codes.")
+                audit.record("user.second_factor_enrolled", actor=user, target=user, request=request)
                 # Shown once, right here, and stored nowhere readable: so no redirect.
                 # (never_cache in _signed_in_staff keeps them out of every cache.)
                 return self._render(

@@ -40,7 +40,9 @@ class Site:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Site:
     root = tmp_path_factory.mktemp("nginx-site")
-    app = servers.App(root / "app", EVIDENCE_X_ACCEL_PREFIX="/_protected_evidence/").install()
+    app = servers.App(
+        root / "app", EVIDENCE_X_ACCEL_PREFIX="/_protected_evidence/", TRUSTED_PROXY_COUNT="1"
+    ).install()
     cert, key = servers.self_signed_certificate(root)
     app_port, http_port, https_port = servers.free_port(), servers.free_port(), servers.free_port()
     rendered = app.render_deploy(
@@ -169,3 +171,23 @@ def test_healthz_answers_through_nginx(site):
     response = site.get("/healthz")
     assert response.status_code == 200
     assert response.json() == {"database": "ok", "cache": "ok"}
+
+
+def test_the_access_log_keeps_pages_but_not_the_secret_links(site):
+    secret = "ImRlYWRiZWVmIg:1xXJAT:not-a-real-signature"
+    site.get(f"/status/{secret}/")
+    site.get(f"/confirm/{secret}/")
+    site.get(f"/apply/done/?r={secret}")
+    log = (site.config.parent / "iama-rvi-access.log").read_text()
+    assert "/status/<token>/" in log
+    assert "/confirm/<token>/" in log
+    assert "/apply/done/?<query>" in log
+    assert secret not in log
+
+
+def test_nginx_gives_each_request_an_id_the_app_echoes(site):
+    response = site.get("/apply/")
+    request_id = response.headers["X-Request-ID"]
+    assert len(request_id) == 32
+    log = (site.config.parent / "iama-rvi-access.log").read_text()
+    assert f"id={request_id}" in log

@@ -12,6 +12,7 @@ from django_otp.plugins.otp_static.models import StaticToken
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from tests.security.conftest import PRODUCTION_ENV, run_python
+from vetting.models import AuditEvent
 
 pytestmark = pytest.mark.django_db
 
@@ -130,6 +131,13 @@ def test_a_backup_code_works_once(client, agent, two_factor_required):
     again = client.post("/admin/two-factor/", {"token": codes[0]})
     assert again.status_code == 200
     assert "That code is not right" in again.content.decode()
+    trail = list(
+        AuditEvent.objects.filter(action__startswith="user.second_factor")
+        .order_by("id")
+        .values_list("action", flat=True)
+    )
+    assert trail == ["user.second_factor_enrolled", "user.second_factor_passed", "user.second_factor_failed"]
+    assert codes[0] not in str(list(AuditEvent.objects.values_list("details", flat=True)))
 
 
 def test_code_guessing_is_rate_limited_per_user(client, agent, two_factor_required):
