@@ -32,18 +32,30 @@ def _get_evidence_for_user(request: HttpRequest, evidence_id) -> Evidence:
     return get_object_or_404(Evidence.objects.stored().select_related("application"), pk=evidence_id)
 
 
-@require_GET
-@staff_member_required
-@rate_limited(EVIDENCE_DOWNLOAD)
-def download(request: HttpRequest, evidence_id) -> HttpResponse:
-    evidence = _get_evidence_for_user(request, evidence_id)
+def _record_look(request: HttpRequest, evidence: Evidence, action: str) -> None:
+    """Every look at evidence is audited, whoever looks."""
     audit.record(
-        "evidence.downloaded",
+        action,
         actor=request.user,
         target=evidence,
         request=request,
         details={"application": evidence.application.reference},
     )
+
+
+def _private(response: HttpResponse) -> HttpResponse:
+    """Evidence is never sniffed into something else, and never kept by a cache."""
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Cache-Control"] = "private, no-store"
+    return response
+
+
+@require_GET
+@staff_member_required
+@rate_limited(EVIDENCE_DOWNLOAD)
+def download(request: HttpRequest, evidence_id) -> HttpResponse:
+    evidence = _get_evidence_for_user(request, evidence_id)
+    _record_look(request, evidence, "evidence.downloaded")
     if settings.EVIDENCE_X_ACCEL_PREFIX and settings.EVIDENCE_STORAGE == "local":
         # nginx serves the bytes from its internal location; the app only decides.
         response = HttpResponse(content_type=evidence.content_type)
@@ -62,9 +74,7 @@ def download(request: HttpRequest, evidence_id) -> HttpResponse:
         if not response.has_header("Content-Length"):
             response["Content-Length"] = str(evidence.size)
     response["Content-Disposition"] = attachment_header(evidence.original_name)
-    response["X-Content-Type-Options"] = "nosniff"
-    response["Cache-Control"] = "private, no-store"
-    return response
+    return _private(response)
 
 
 @require_GET
@@ -83,15 +93,7 @@ def preview(request: HttpRequest, evidence_id) -> HttpResponse:
     except ValidationError:
         logger.error("Evidence %s cannot be decoded for a preview.", evidence.pk)
         raise Http404("This image cannot be previewed; download it instead.") from None
-    audit.record(
-        "evidence.previewed",
-        actor=request.user,
-        target=evidence,
-        request=request,
-        details={"application": evidence.application.reference},
-    )
+    _record_look(request, evidence, "evidence.previewed")
     response = HttpResponse(image, content_type="image/png")
     response["Content-Disposition"] = "inline"
-    response["X-Content-Type-Options"] = "nosniff"
-    response["Cache-Control"] = "private, no-store"
-    return response
+    return _private(response)

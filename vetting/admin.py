@@ -19,6 +19,7 @@ from vetting import (
     admin_staff,  # noqa: F401  (registers the staff accounts page)
     workflow,
 )
+from vetting.admin_readonly import ReadOnlyModelAdmin
 from vetting.forms import (
     InformationRequestForm,
     InvitationForm,
@@ -413,7 +414,7 @@ class ApplicationAdmin(admin.ModelAdmin):
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
+class AuditEventAdmin(ReadOnlyModelAdmin):
     """The audit trail: readable by permitted staff, changeable by nobody, superusers included."""
 
     list_display = ["created_at", "actor_kind", "actor_name", "action", "target_type", "target_id", "ip"]
@@ -422,29 +423,11 @@ class AuditEventAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     readonly_fields = [field.name for field in AuditEvent._meta.fields]
 
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
-
 
 @admin.register(StaffNote)
-class StaffNoteAdmin(admin.ModelAdmin):
+class StaffNoteAdmin(ReadOnlyModelAdmin):
     """Notes are added on the application's page; here they can only be read."""
 
     list_display = ["application", "author", "created_at"]
     list_select_related = ["application", "author"]
     readonly_fields = ["application", "author", "text", "created_at"]
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False

@@ -20,6 +20,7 @@ from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
 from vetting import matrix, workflow
+from vetting.admin_readonly import ReadOnlyModelAdmin
 from vetting.models import Application, Invitation
 
 ISSUE_PERMISSION = "vetting.issue_invitation"
@@ -49,7 +50,9 @@ def _raw_response_field(show: bool):
 
 
 @admin.register(Invitation)
-class InvitationAdmin(admin.ModelAdmin):
+class InvitationAdmin(ReadOnlyModelAdmin):
+    """Invitations change only through the workflow (its buttons and actions)."""
+
     list_filter = ["state", "redemption_check", "backend"]
     list_select_related = ["application", "issued_by"]
     search_fields = ["application__reference", "matrix_username"]
@@ -123,16 +126,6 @@ class InvitationAdmin(admin.ModelAdmin):
                 '<strong class="invitation-flag">⚠ {}</strong>', invitation.get_redemption_check_display()
             )
         return invitation.get_redemption_check_display()
-
-    # Invitations change only through the workflow.
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
     def has_issue_permission(self, request) -> bool:
         return _may_see_tokens(request)

@@ -590,26 +590,30 @@ def request_information(
     _refresh(application, locked)
 
 
+def _record_decision(locked: Application, user, status: str, reason: str = "", message: str = "") -> None:
+    locked.status = status
+    locked.decided_by = user
+    locked.decided_at = timezone.now()
+    locked.decision_reason = reason
+    locked.message_to_applicant = message
+    locked.save(
+        update_fields=[
+            "status",
+            "decided_by",
+            "decided_at",
+            "decision_reason",
+            "message_to_applicant",
+            "updated_at",
+        ]
+    )
+
+
 def approve(application: Application, user, request: HttpRequest | None = None) -> None:
     seen = application.status
     with transaction.atomic():
         locked = _lock(application)
         _check("approve", locked, seen, user)
-        locked.status = Status.APPROVED
-        locked.decided_by = user
-        locked.decided_at = timezone.now()
-        locked.decision_reason = ""
-        locked.message_to_applicant = ""
-        locked.save(
-            update_fields=[
-                "status",
-                "decided_by",
-                "decided_at",
-                "decision_reason",
-                "message_to_applicant",
-                "updated_at",
-            ]
-        )
+        _record_decision(locked, user, Status.APPROVED)
         audit.record("application.approved", actor=user, target=locked, request=request)
         _applicant_mail("application-approved", locked)
     _refresh(application, locked)
@@ -630,21 +634,7 @@ def reject(
     with transaction.atomic():
         locked = _lock(application)
         _check("reject", locked, seen, user)
-        locked.status = Status.REJECTED
-        locked.decided_by = user
-        locked.decided_at = timezone.now()
-        locked.decision_reason = reason
-        locked.message_to_applicant = message_to_applicant.strip()
-        locked.save(
-            update_fields=[
-                "status",
-                "decided_by",
-                "decided_at",
-                "decision_reason",
-                "message_to_applicant",
-                "updated_at",
-            ]
-        )
+        _record_decision(locked, user, Status.REJECTED, reason, message_to_applicant.strip())
         audit.record(
             "application.rejected",
             actor=user,
