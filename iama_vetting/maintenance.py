@@ -10,6 +10,7 @@ one stat() and, only while the file exists, one small read.
 from __future__ import annotations
 
 import calendar
+import functools
 import json
 import os
 import re
@@ -70,6 +71,7 @@ class Window:
             year, month = (year + 1, 1) if month == 12 else (year, month + 1)
 
 
+@functools.lru_cache(maxsize=4)  # read on every public page: parse each setting once
 def parse_window(text: str) -> Window | None:
     """Parse MAINTENANCE_WINDOW; empty means no planned window."""
     text = " ".join(text.lower().split())

@@ -58,17 +58,36 @@ def test_web_unit_runs_gunicorn_without_control_socket_as_the_given_user(tmp_pat
     assert "EnvironmentFile=/etc/iama-rvi/env\n" in unit
 
 
-@pytest.mark.parametrize("unit", ["rvi-web.service", "rvi-backup.service", "rvi-purge-evidence.service"])
+@pytest.mark.parametrize(
+    "unit",
+    [
+        "rvi-web.service",
+        "rvi-mail.service",
+        "rvi-backup.service",
+        "rvi-purge-evidence.service",
+        "rvi-purge-unconfirmed.service",
+        "rvi-sync-invitations.service",
+    ],
+)
 def test_every_service_is_hardened_and_writes_only_its_own_root(tmp_path, unit):
     text = (render(tmp_path / "out") / "systemd" / unit).read_text()
     for line in ("NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes", "UMask=0027"):
         assert line + "\n" in text
     writable = re.findall(r"^ReadWritePaths=(.*)$", text, flags=re.MULTILINE)
-    assert writable in (["/var/lib/iama-rvi/evidence"], ["/var/lib/iama-rvi/backups"])
+    assert writable in ([], ["/var/lib/iama-rvi/evidence"], ["/var/lib/iama-rvi/backups"])
+
+
+def test_the_mail_worker_runs_the_outbox_loop_and_stops_gracefully(tmp_path):
+    unit = (render(tmp_path / "out") / "systemd" / "rvi-mail.service").read_text()
+    assert "manage.py send_outbox --loop\n" in unit
+    assert "KillSignal=SIGTERM\n" in unit
+    assert "Restart=always\n" in unit
 
 
 def test_backup_runs_daily_at_two_and_purge_daily(tmp_path):
     out = render(tmp_path / "out")
+    assert "OnCalendar=hourly\n" in (out / "systemd" / "rvi-sync-invitations.timer").read_text()
+    assert "OnCalendar=*-*-* 03:30:00 UTC\n" in (out / "systemd" / "rvi-purge-unconfirmed.timer").read_text()
     assert "OnCalendar=*-*-* 02:00:00 UTC\n" in (out / "systemd" / "rvi-backup.timer").read_text()
     assert "OnCalendar=*-*-* 04:30:00 UTC\n" in (out / "systemd" / "rvi-purge-evidence.timer").read_text()
 

@@ -176,3 +176,13 @@ def test_requests_over_plain_http_are_redirected_to_https_in_production(client, 
     assert response["Location"] == "https://testserver/apply/"
     behind_nginx = client.get("/apply/", HTTP_X_FORWARDED_PROTO="https")
     assert behind_nginx.status_code == 200
+
+
+def test_the_policy_built_once_is_the_one_django_csp_builds(client, settings):
+    from csp.utils import build_policy
+
+    first = client.get("/apply/")["Content-Security-Policy"]
+    second = client.get("/privacy/")["Content-Security-Policy"]
+    assert first == second == build_policy()
+    settings.CONTENT_SECURITY_POLICY = {"DIRECTIVES": {"default-src": ["'none'"]}}
+    assert client.get("/apply/")["Content-Security-Policy"] == "default-src 'none'"
