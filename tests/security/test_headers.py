@@ -183,6 +183,8 @@ def test_the_policy_built_once_is_the_one_django_csp_builds(client, settings):
 
     first = client.get("/apply/")["Content-Security-Policy"]
     second = client.get("/privacy/")["Content-Security-Policy"]
-    assert first == second == build_policy()
+    reporting = {"report-uri": "/csp-report/", "report-to": "csp-endpoint"}  # testserver is a real domain
+    assert first == second == build_policy(update=reporting)
     settings.CONTENT_SECURITY_POLICY = {"DIRECTIVES": {"default-src": ["'none'"]}}
-    assert client.get("/apply/")["Content-Security-Policy"] == "default-src 'none'"
+    assert client.get("/apply/")["Content-Security-Policy"] == build_policy(update=reporting)
+    assert client.get("/apply/")["Content-Security-Policy"].startswith("default-src 'none'")
