@@ -209,5 +209,5 @@ class DefaultRateLimitMiddleware(MiddlewareMixin):
             return None
         retry_after = ratelimits.seconds_until_allowed_by_default_tier(request)
         if retry_after is not None:
-            return ratelimits.too_many_requests(request, retry_after)
+            return ratelimits.too_many_requests(request, retry_after, limit_name=ratelimits.DEFAULT_TIER_NAME)
         return None

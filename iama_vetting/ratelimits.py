@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from django.conf import settings
 from django.core.cache import caches
@@ -96,6 +97,20 @@ TWO_FACTOR_PER_USER = Limit(
 PASSWORD_RESET = Limit("password-reset", per_minute=3, per_hour=10, per_day=20, methods=("POST",))
 CSP_REPORT = Limit("csp-report", per_minute=60, per_hour=600, per_day=2000, json=True)
 EVIDENCE_DOWNLOAD = Limit("evidence-download", per_minute=60, per_hour=600, per_day=3000, key="user")
+# Read by security_report, which counts refusals per limit.
+ALL_LIMITS = (
+    APPLY,
+    STATUS_PAGE,
+    CONFIRM_EMAIL,
+    ADMIN_LOGIN_PER_IP,
+    ADMIN_LOGIN_PER_USERNAME,
+    TWO_FACTOR_PER_USER,
+    PASSWORD_RESET,
+    CSP_REPORT,
+    EVIDENCE_DOWNLOAD,
+)
+DEFAULT_TIER_NAME = "default"
+
 # Every other anonymous view: one per-minute tier (settings.RATELIMIT_DEFAULT_PER_MINUTE),
 # counted in one round trip (FallbackCache.hit), so a public GET stays cheap.
 
@@ -131,7 +146,24 @@ def seconds_until_allowed_by_default_tier(request: HttpRequest) -> int | None:
     return None
 
 
-def too_many_requests(request: HttpRequest, retry_after: int, *, as_json: bool = False) -> HttpResponse:
+REFUSALS_KEPT_SECONDS = 8 * 24 * 3600  # a week of hourly counts for security_report, and a day more
+
+
+def refusals_key(limit_name: str, hour: datetime) -> str:
+    return f"refusals:{limit_name}:{hour:%Y%m%d%H}"
+
+
+def count_refusal(limit_name: str) -> None:
+    """Hourly count of refusals per limit, in the shared store; read by `security_report`."""
+    caches[settings.RATELIMIT_USE_CACHE].hit(
+        refusals_key(limit_name, datetime.now(UTC)), REFUSALS_KEPT_SECONDS
+    )
+
+
+def too_many_requests(
+    request: HttpRequest, retry_after: int, *, limit_name: str, as_json: bool = False
+) -> HttpResponse:
+    count_refusal(limit_name)
     if as_json:
         response = JsonResponse({"error": "rate_limited", "retry_after": retry_after}, status=429)
     else:
@@ -152,7 +184,12 @@ def rate_limited(*limits: Limit) -> Callable:
         def wrapped(request: HttpRequest, *args, **kwargs) -> HttpResponse:
             retry_after = seconds_until_allowed(request, *limits)
             if retry_after is not None:
-                return too_many_requests(request, retry_after, as_json=any(limit.json for limit in limits))
+                return too_many_requests(
+                    request,
+                    retry_after,
+                    limit_name=limits[0].group,
+                    as_json=any(limit.json for limit in limits),
+                )
             return view(request, *args, **kwargs)
 
         # Read by DefaultRateLimitMiddleware: this view has its own limits.
