@@ -133,6 +133,18 @@ TEMPLATES = [
 # connection pool. The pool owns connection lifetime, so CONN_MAX_AGE stays 0
 # (Django refuses a pool with persistent connections).
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            # Take the write lock when a transaction begins: a read that turns into a
+            # write would otherwise fail at once with "database is locked" when two
+            # requests write together (two staff downloading evidence, say).
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+            # Readers never wait for the writer.
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
+    )
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     # With a pool, Django checks each connection as it leaves the pool (one

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import ssl
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,6 +120,17 @@ def test_staff_download_arrives_through_x_accel_with_the_right_bytes_and_headers
     assert headers.getlist("Cache-Control") == ["private, no-store"]
     # The bytes came from nginx, not the app: the app never names the file path.
     assert "X-Accel-Redirect" not in headers
+
+
+def test_staff_downloading_at_the_same_time_all_get_their_files(site):
+    """Each download writes an audit event: concurrent writers must wait their turn, not fail."""
+
+    def download(_number: int) -> int:
+        return site.get(f"/evidence/{site.evidence_id}/", cookies={"sessionid": site.session_key}).status_code
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        statuses = list(pool.map(download, range(30)))
+    assert statuses == [200] * 30
 
 
 def test_download_without_a_staff_session_gets_no_bytes(site):
