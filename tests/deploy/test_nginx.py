@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import ssl
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,12 +186,23 @@ def test_healthz_answers_through_nginx(site):
     assert response.json() == {"database": "ok", "cache": "ok"}
 
 
+def access_log_with(site: Site, *expected: str) -> str:
+    """nginx writes a request's log line just after answering it: wait a moment for it."""
+    log_file = site.config.parent / "iama-rvi-access.log"
+    for _attempt in range(50):
+        log = log_file.read_text()
+        if all(text in log for text in expected):
+            break
+        time.sleep(0.05)
+    return log
+
+
 def test_the_access_log_keeps_pages_but_not_the_secret_links(site):
     secret = "ImRlYWRiZWVmIg:1xXJAT:not-a-real-signature"
     site.get(f"/status/{secret}/")
     site.get(f"/confirm/{secret}/")
     site.get(f"/apply/done/?r={secret}")
-    log = (site.config.parent / "iama-rvi-access.log").read_text()
+    log = access_log_with(site, "/status/<token>/", "/confirm/<token>/", "/apply/done/?<query>")
     assert "/status/<token>/" in log
     assert "/confirm/<token>/" in log
     assert "/apply/done/?<query>" in log
@@ -201,5 +213,5 @@ def test_nginx_gives_each_request_an_id_the_app_echoes(site):
     response = site.get("/apply/")
     request_id = response.headers["X-Request-ID"]
     assert len(request_id) == 32
-    log = (site.config.parent / "iama-rvi-access.log").read_text()
+    log = access_log_with(site, f"id={request_id}")
     assert f"id={request_id}" in log
