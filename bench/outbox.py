@@ -4,9 +4,9 @@ The relay is a local aiosmtpd server in a process of its own that requires
 STARTTLS and AUTH, as SMTP2GO does, so a new connection costs what it costs
 in production minus the network's round trips: TCP, TLS handshake, EHLO
 twice, AUTH. Both runs go through the real worker (`send_outbox --once`) on
-a fresh SQLite database (or BENCH_DATABASE_URL, a scratch database: the
-benchmark refuses one that holds real mail); "one connection per mail"
-is the worker with --batch-size 1. Run with `make bench`.
+a fresh PostgreSQL database of its own on 127.0.0.1 (or BENCH_DATABASE_URL,
+a scratch database: the benchmark refuses one that holds real mail); "one
+connection per mail" is the worker with --batch-size 1. Run with `make bench`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 
 MAILS = 1_000
 BATCH_SIZE = 100
+DATABASE = "rvi_bench_outbox"
 
 
 def serve(certificates, control: Connection) -> None:
@@ -41,9 +42,14 @@ def serve(certificates, control: Connection) -> None:
 
 
 def main() -> None:
+    from bench.pages import fresh_database
     from tests.smtp_server import RELAY_PASSWORD, RELAY_USER, make_certificates
 
     workdir = Path(tempfile.mkdtemp(prefix="rvi-bench-"))
+    database_url = os.environ.get("BENCH_DATABASE_URL")
+    if not database_url:
+        fresh_database(DATABASE)
+        database_url = f"postgres://postgres@127.0.0.1:5432/{DATABASE}"
     atexit.register(shutil.rmtree, workdir, ignore_errors=True)
     certificates = make_certificates(workdir / "tls")
     control, server_end = multiprocessing.Pipe()
@@ -56,7 +62,7 @@ def main() -> None:
             "DEBUG": "false",
             "SESSION_SECRET": "benchmark-only-secret",
             "ALLOWED_HOSTS": "localhost",
-            "DATABASE_URL": os.environ.get("BENCH_DATABASE_URL", f"sqlite:///{workdir / 'bench.sqlite3'}"),
+            "DATABASE_URL": database_url,
             "EVIDENCE_ROOT": str(workdir / "evidence"),
             "STATIC_ROOT": str(workdir / "static"),
             "SMTP_RELAY_HOST": "127.0.0.1",

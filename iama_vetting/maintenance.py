@@ -56,10 +56,7 @@ class Window:
         return days[-1] if self.ordinal == -1 else days[self.ordinal - 1]
 
     def occurrence(self, year: int, month: int) -> tuple[datetime, datetime]:
-        day = self._day(year, month)
-        start = datetime(day.year, day.month, day.day, *self.start, tzinfo=UTC)
-        end = datetime(day.year, day.month, day.day, *self.end, tzinfo=UTC)
-        return start, end
+        return _occurrence(self, year, month)
 
     def next_after(self, moment: datetime) -> tuple[datetime, datetime]:
         """The first window that has not ended yet at `moment`."""
@@ -69,6 +66,15 @@ class Window:
             if end > moment:
                 return start, end
             year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+
+
+# Asked on every public page: each month's window is worked out once.
+@functools.lru_cache(maxsize=16)
+def _occurrence(window: Window, year: int, month: int) -> tuple[datetime, datetime]:
+    day = window._day(year, month)
+    start = datetime(day.year, day.month, day.day, *window.start, tzinfo=UTC)
+    end = datetime(day.year, day.month, day.day, *window.end, tzinfo=UTC)
+    return start, end
 
 
 @functools.lru_cache(maxsize=4)  # read on every public page: parse each setting once

@@ -1,8 +1,10 @@
 """Project-wide middleware: request context and access log, security headers,
-CSP with domain-aware reporting, and the default rate limit."""
+CSP with domain-aware reporting, the default rate limit, and the staff
+middleware that the public pages skip."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -12,11 +14,16 @@ from collections.abc import Callable
 from csp.constants import HEADER, HEADER_REPORT_ONLY
 from csp.middleware import CheckableLazyObject, CSPMiddleware, PolicyParts
 from django.conf import settings
+from django.contrib.auth import middleware as auth_middleware
+from django.contrib.messages import middleware as messages_middleware
+from django.contrib.sessions import middleware as sessions_middleware
 from django.core.exceptions import DisallowedHost
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
-from django.urls import Resolver404, resolve
-from django.utils.deprecation import MiddlewareMixin
+from django.urls import Resolver404, ResolverMatch, resolve
 from django.utils.functional import LazyObject, empty
+from django_otp import middleware as otp_middleware
 
 from iama_vetting import ratelimits
 from iama_vetting.logs import escape_control_characters, request_context
@@ -33,16 +40,27 @@ CSP_REPORT_GROUP = "csp-endpoint"
 
 def loggable_path(request: HttpRequest) -> str:
     """The request path with capability tokens replaced by their parameter name."""
-    path = request.path
-    try:
-        match = resolve(request.path_info)
-    except Resolver404:
-        match = None
+    return _loggable_path(request.path, request.path_info)
+
+
+@functools.lru_cache(maxsize=512)
+def _loggable_path(path: str, path_info: str) -> str:
+    match = _resolve(path_info, settings.ROOT_URLCONF)
     if match is not None:
         for name, value in match.kwargs.items():
             if any(secret in name for secret in SECRET_URL_PARAMETERS):
                 path = path.replace(str(value), f"<{name}>")
     return escape_control_characters(path)
+
+
+# Resolving costs more than the rest of the access line, and the access line
+# and the default rate limit both need it before Django resolves: once per path.
+@functools.lru_cache(maxsize=512)
+def _resolve(path_info: str, urlconf: str) -> ResolverMatch | None:
+    try:
+        return resolve(path_info, urlconf)
+    except Resolver404:
+        return None
 
 
 def _user_id(request: HttpRequest) -> int | None:
@@ -124,6 +142,11 @@ def _reports_wanted(request: HttpRequest) -> bool:
         host = request.get_host()
     except DisallowedHost:
         return False
+    return _is_public_host(host)
+
+
+@functools.lru_cache(maxsize=64)  # hosts have passed ALLOWED_HOSTS: a handful
+def _is_public_host(host: str) -> bool:
     domain = host[: host.index("]") + 1] if host.startswith("[") else host.split(":")[0]
     return not is_local_host(domain)
 
@@ -144,70 +167,147 @@ class ContentSecurityPolicyMiddleware(CSPMiddleware):
         return parts
 
     def process_response(self, request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
+        reports_wanted = _reports_wanted(request)
         if self._same_for_every_request(request, response):
-            self._add_cached_policy(request, response)
+            self._add_cached_policy(request, response, reports_wanted)
         else:
             response = super().process_response(request, response)
-        if _reports_wanted(request):
+        if reports_wanted:
             endpoint = request.build_absolute_uri(settings.CSP_REPORT_PATH)
             response.headers.setdefault("Reporting-Endpoints", f'{CSP_REPORT_GROUP}="{endpoint}"')
         return response
-
-    # Without a nonce or a per-view policy the headers are the same on every
-    # response: django-csp would rebuild them each time (a measurable share of
-    # the busiest page, see bench/pages.py), so build them once per policy.
-    _PER_RESPONSE_POLICY = (
-        "_csp_config", "_csp_update", "_csp_replace", "_csp_exempt",
-        "_csp_config_ro", "_csp_update_ro", "_csp_replace_ro", "_csp_exempt_ro",
-    )  # fmt: skip
 
     def _same_for_every_request(self, request: HttpRequest, response: HttpResponseBase) -> bool:
         return (
             not settings.DEBUG
             and getattr(request, "_csp_nonce", None) is None
-            and not any(hasattr(response, name) for name in self._PER_RESPONSE_POLICY)
+            and _PER_RESPONSE_POLICY.isdisjoint(vars(response))
             # Excluded paths would make the header depend on the path: leave those to django-csp.
-            and not any(
-                (getattr(settings, name, None) or {}).get("EXCLUDE_URL_PREFIXES")
-                for name in ("CONTENT_SECURITY_POLICY", "CONTENT_SECURITY_POLICY_REPORT_ONLY")
-            )
+            and not _policy_excludes_paths()
         )
 
-    def _add_cached_policy(self, request: HttpRequest, response: HttpResponseBase) -> None:
-        key = (
-            _reports_wanted(request),
-            repr(getattr(settings, "CONTENT_SECURITY_POLICY", None)),
-            repr(getattr(settings, "CONTENT_SECURITY_POLICY_REPORT_ONLY", None)),
-        )
-        headers = _POLICY_HEADERS.get(key)
+    def _add_cached_policy(
+        self, request: HttpRequest, response: HttpResponseBase, reports_wanted: bool
+    ) -> None:
+        headers = _POLICY_HEADERS.get(reports_wanted)
         if headers is None:
             built = super().process_response(request, HttpResponse())
             headers = {name: built[name] for name in (HEADER, HEADER_REPORT_ONLY) if name in built}
-            _POLICY_HEADERS[key] = headers
+            _POLICY_HEADERS[reports_wanted] = headers
         for name, value in headers.items():
             response.headers.setdefault(name, value)
         # As django-csp does: a nonce asked for after the header is written is an error.
         request.csp_nonce = CheckableLazyObject(self._csp_nonce_post_response)
 
 
-_POLICY_HEADERS: dict[tuple, dict[str, str]] = {}
+# Without a nonce or a per-view policy the headers are the same on every
+# response: django-csp would rebuild them each time (a measurable share of
+# the busiest page, see bench/pages.py), so they are built once, with and
+# without reporting, and built again only when a test changes the policy.
+_POLICY_HEADERS: dict[bool, dict[str, str]] = {}
+# What django-csp's decorators put on a response to change its policy.
+_PER_RESPONSE_POLICY = frozenset(
+    prefix + suffix
+    for prefix in ("_csp_config", "_csp_update", "_csp_replace", "_csp_exempt")
+    for suffix in ("", "_ro")
+)
 
 
-class DefaultRateLimitMiddleware(MiddlewareMixin):
+@functools.cache
+def _policy_excludes_paths() -> bool:
+    return any(
+        (getattr(settings, name, None) or {}).get("EXCLUDE_URL_PREFIXES")
+        for name in ("CONTENT_SECURITY_POLICY", "CONTENT_SECURITY_POLICY_REPORT_ONLY")
+    )
+
+
+@receiver(setting_changed)
+def _forget_built_policies(*, setting: str, **kwargs) -> None:
+    if setting.startswith("CONTENT_SECURITY_POLICY") or setting == "CSP_REPORT_PATH":
+        _POLICY_HEADERS.clear()
+        _policy_excludes_paths.cache_clear()
+
+
+class DefaultRateLimitMiddleware:
     """One per-minute tier, per client IP, for every view without limits of its own.
 
     The staff admin is left out: it is behind sign-in, and its sign-in has its own limits.
+    It sits near the top of MIDDLEWARE on purpose: the count is sent to the
+    shared store as the request comes in, and the answer read in
+    process_view, just before the view runs, so the round trip overlaps the
+    other middleware's work instead of adding to it.
     """
 
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        match = _resolve(request.path_info, settings.ROOT_URLCONF)
+        if match is None or not _in_default_tier(request, match):
+            return self.get_response(request)
+        retry_after = functools.cache(ratelimits.count_in_default_tier(request))
+        request.rvi_default_tier_retry_after = retry_after
+        try:
+            return self.get_response(request)
+        finally:
+            # Read even when no view ran (a redirect, maintenance): the answer must not stay unread.
+            retry_after()
+
     def process_view(self, request: HttpRequest, view_func, view_args, view_kwargs) -> HttpResponse | None:
-        if getattr(view_func, "rate_limit_exempt", False):
-            return None
-        own_limits = getattr(view_func, "rate_limits", ())
-        if any(limit.methods is None or request.method in limit.methods for limit in own_limits):
-            return None
-        if "admin" in request.resolver_match.namespaces:
-            return None
-        retry_after = ratelimits.seconds_until_allowed_by_default_tier(request)
-        if retry_after is not None:
-            return ratelimits.too_many_requests(request, retry_after, limit_name=ratelimits.DEFAULT_TIER_NAME)
+        retry_after = getattr(request, "rvi_default_tier_retry_after", None)
+        seconds = retry_after() if retry_after else None
+        if seconds is not None:
+            return ratelimits.too_many_requests(request, seconds, limit_name=ratelimits.DEFAULT_TIER_NAME)
         return None
+
+
+def _in_default_tier(request: HttpRequest, match: ResolverMatch) -> bool:
+    if getattr(match.func, "rate_limit_exempt", False):
+        return False
+    own_limits = getattr(match.func, "rate_limits", ())
+    if any(limit.methods is None or request.method in limit.methods for limit in own_limits):
+        return False
+    return "admin" not in match.namespaces
+
+
+# The public pages are for anonymous applicants: they never have a session,
+# a signed-in user or messages. Skipping the four staff middleware below on
+# them is about a tenth of the busiest page's cost (bench/pages.py), and no
+# public page can start a session by mistake. Any other path gets them all.
+PUBLIC_PATH_PREFIXES = (
+    "/apply/",
+    "/confirm/",
+    "/status/",
+    "/privacy/",
+    "/healthz",
+    "/csp-report/",
+    "/.well-known/",
+    "/static/",
+)
+
+
+def is_public_path(path_info: str) -> bool:
+    return path_info == "/" or path_info.startswith(PUBLIC_PATH_PREFIXES)
+
+
+class _StaffPathsOnly:
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        if is_public_path(request.path_info):
+            return self.get_response(request)
+        return super().__call__(request)
+
+
+class SessionMiddleware(_StaffPathsOnly, sessions_middleware.SessionMiddleware):
+    pass
+
+
+class AuthenticationMiddleware(_StaffPathsOnly, auth_middleware.AuthenticationMiddleware):
+    pass
+
+
+class OTPMiddleware(_StaffPathsOnly, otp_middleware.OTPMiddleware):
+    pass
+
+
+class MessageMiddleware(_StaffPathsOnly, messages_middleware.MessageMiddleware):
+    pass

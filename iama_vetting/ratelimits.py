@@ -129,21 +129,30 @@ def seconds_until_allowed(request: HttpRequest, *limits: Limit) -> int | None:
     return retry_after
 
 
-def seconds_until_allowed_by_default_tier(request: HttpRequest) -> int | None:
-    """Count this request in its client's current minute; the Retry-After if over, else None."""
+def count_in_default_tier(request: HttpRequest) -> Callable[[], int | None]:
+    """Count this request in its client's current minute.
+
+    Returns a function that waits for the count and gives the Retry-After if
+    the client is over the default tier, else None: the count travels to the
+    shared store while the caller goes on.
+    """
     if not settings.RATELIMIT_ENABLE:
-        return None
+        return lambda: None
     client = client_ip(request)
     if ":" in client:
         # Like django-ratelimit: one IPv6 /64 is one client.
         client = str(ipaddress.ip_network(f"{client}/64", strict=False).network_address)
     now = int(time.time())
     window_end = now - now % 60 + 60
-    count = caches[settings.RATELIMIT_USE_CACHE].hit(f"default:{client}:{window_end}", 65)
-    if count > settings.RATELIMIT_DEFAULT_PER_MINUTE:
-        logger.warning("Rate limit default (%s/m) exceeded.", settings.RATELIMIT_DEFAULT_PER_MINUTE)
-        return window_end - now
-    return None
+    count = caches[settings.RATELIMIT_USE_CACHE].hit_later(f"default:{client}:{window_end}", 65)
+
+    def retry_after() -> int | None:
+        if count() > settings.RATELIMIT_DEFAULT_PER_MINUTE:
+            logger.warning("Rate limit default (%s/m) exceeded.", settings.RATELIMIT_DEFAULT_PER_MINUTE)
+            return window_end - now
+        return None
+
+    return retry_after
 
 
 REFUSALS_KEPT_SECONDS = 8 * 24 * 3600  # a week of hourly counts for security_report, and a day more

@@ -93,21 +93,23 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # First, so every log line of the request, and the access line, carry its id.
     "iama_vetting.middleware.RequestContextMiddleware",
+    # Second, so the shared store counts the request while the rest of the chain runs.
+    "iama_vetting.middleware.DefaultRateLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "iama_vetting.middleware.SecurityHeadersMiddleware",
     "iama_vetting.middleware.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     # Before sessions and the database: maintenance must answer with the database down.
     "iama_vetting.maintenance.MaintenanceModeMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
+    # Django's and django-otp's, skipped on the public pages (no sessions there).
+    "iama_vetting.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django_otp.middleware.OTPMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
+    "iama_vetting.middleware.AuthenticationMiddleware",
+    "iama_vetting.middleware.OTPMiddleware",
+    "iama_vetting.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "iama_vetting.outage.DatabaseOutageMiddleware",
-    "iama_vetting.middleware.DefaultRateLimitMiddleware",
 ]
 
 ROOT_URLCONF = "iama_vetting.urls"
@@ -362,6 +364,10 @@ CSRF_COOKIE_SAMESITE = "Lax"
 # and gone when the browser closes.
 SESSION_COOKIE_AGE = 8 * 60 * 60
 SESSION_EXPIRE_AT_BROWSER_CLOSE = True
+# The CSRF cookie also ends with the browser (Django's default keeps it a
+# year): a form needs it only while it is open, and nothing then marks a
+# visitor's browser for a year.
+CSRF_COOKIE_AGE = None
 
 # Only `make bench` turns this on: it adds the baseline view of iama_vetting/bench.py.
 BENCH_BARE_VIEW = env_bool("BENCH_BARE_VIEW", default=False)

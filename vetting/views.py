@@ -6,7 +6,6 @@ import logging
 from django.conf import settings
 from django.core import signing
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
-from django.middleware.csrf import get_token
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
@@ -15,6 +14,7 @@ from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_GET, require_http_methods
 
 from iama_vetting import ratelimits
+from iama_vetting.csrf import get_token
 from iama_vetting.maintenance import upcoming_window
 from iama_vetting.ratelimits import rate_limited
 from vetting import data_export, links, workflow

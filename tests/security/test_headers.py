@@ -162,6 +162,8 @@ def test_production_cookies_are_secure_httponly_and_samesite(client, superadmin)
     assert csrf_cookie["secure"]
     assert csrf_cookie["httponly"]
     assert csrf_cookie["samesite"] == "Lax"
+    # Kept until the browser closes, not for a year.
+    assert csrf_cookie["max-age"] == "" and csrf_cookie["expires"] == ""
 
 
 def test_staff_sessions_last_eight_hours_and_end_with_the_browser(settings):
@@ -188,3 +190,27 @@ def test_the_policy_built_once_is_the_one_django_csp_builds(client, settings):
     settings.CONTENT_SECURITY_POLICY = {"DIRECTIVES": {"default-src": ["'none'"]}}
     assert client.get("/apply/")["Content-Security-Policy"] == build_policy(update=reporting)
     assert client.get("/apply/")["Content-Security-Policy"].startswith("default-src 'none'")
+
+
+def test_every_public_page_is_sessionless_and_staff_pages_are_not(client, superadmin):
+    from django.urls import URLPattern, get_resolver
+
+    from iama_vetting.middleware import is_public_path
+
+    public_patterns = [
+        "/" + str(pattern.pattern).replace("<str:token>", "t")
+        for pattern in get_resolver("vetting.urls").url_patterns
+        if isinstance(pattern, URLPattern)
+    ]
+    assert "/apply/" in public_patterns
+    # A new applicant page must be added to PUBLIC_PATH_PREFIXES, or it would carry staff sessions.
+    assert [path for path in public_patterns if not is_public_path(path)] == []
+    for staff_path in ("/admin/", "/admin/login/", "/evidence/1/", "/reset/x/y/", "/unknown/"):
+        assert not is_public_path(staff_path)
+
+    client.force_login(superadmin)
+    assert client.get("/admin/").wsgi_request.user == superadmin
+    public = client.get("/privacy/")
+    assert public.status_code == 200
+    assert not hasattr(public.wsgi_request, "user")
+    assert not hasattr(public.wsgi_request, "session")

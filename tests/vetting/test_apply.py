@@ -267,6 +267,7 @@ def test_the_blank_form_touches_no_database_and_no_session(client, django_assert
     with django_assert_num_queries(0):
         response = client.get("/apply/")
     assert "sessionid" not in response.cookies
+    assert not hasattr(response.wsgi_request, "session")
     assert "csrftoken" in response.cookies
 
 

@@ -55,14 +55,6 @@ def test_apply_page_links_the_privacy_notice(client):
     assert 'href="/privacy/"' in client.get("/apply/").content.decode()
 
 
-def test_get_apply_uses_no_session_and_no_database(client, django_assert_num_queries):
-    with django_assert_num_queries(0):
-        response = client.get("/apply/")
-    assert response.status_code == 200
-    assert "sessionid" not in response.cookies
-    assert not response.wsgi_request.session.accessed
-
-
 def test_download_my_data_has_own_fields_files_and_history_without_staff(client, agent, server_admin):
     application = apply_with_a_file(client)
     workflow.claim(application, agent)
