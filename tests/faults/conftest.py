@@ -97,10 +97,6 @@ def app_server(
 
 @pytest.fixture
 def gunicorn_on_postgres(transactional_db, settings, collected_static, tmp_path):
-    from django.db import connection
-
-    if connection.vendor != "postgresql":
-        pytest.skip("needs PostgreSQL: set DATABASE_URL=postgres://...")
     evidence_root = tmp_path / "evidence"
     with app_server(settings, collected_static, evidence_root, tmp_path / "gunicorn.log") as base_url:
         yield base_url, evidence_root

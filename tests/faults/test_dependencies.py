@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from django.db import connection
 
 from notifications.models import OutboundEmail
 from tests.faults.conftest import app_server
@@ -30,15 +29,9 @@ from vetting.models import Application, Invitation
 pytestmark = [pytest.mark.faults, pytest.mark.postgres]
 
 
-def needs_postgres() -> None:
-    if connection.vendor != "postgresql":
-        pytest.skip("needs PostgreSQL: set DATABASE_URL=postgres://...")
-
-
 def test_redis_unreachable_during_load_falls_back_without_errors(
     transactional_db, settings, collected_static, tmp_path
 ):
-    needs_postgres()
     redis_server = RedisServer(tmp_path)
     redis_server.start()
     log = tmp_path / "gunicorn.log"
@@ -85,7 +78,6 @@ def test_redis_unreachable_during_load_falls_back_without_errors(
 
 
 def test_smtp_relay_down_for_the_whole_run_then_up_delivers_every_mail_once(transactional_db, tmp_path):
-    needs_postgres()
     certificates = make_certificates(tmp_path)
     recorder = Recorder()
     relay = SMTPTestServer(recorder, certificates)  # made, not started: the relay is down
@@ -174,7 +166,6 @@ def test_homeserver_500_then_recovering_leaves_exactly_one_token(
     inviting_admin,
     settings,
 ):
-    needs_postgres()
     before = {token.token for token in matrix.get_client().list_tokens()}
     proxy = FlakyProxy(synapse.url, failures=1 + len(matrix.RETRY_DELAYS))  # more than one call's retries
     settings.MATRIX_HOMESERVER_URL = proxy.url

@@ -138,8 +138,6 @@ def tiny_disk(tmp_path):
 def test_full_disk_gives_a_clear_error_and_keeps_nothing(
     transactional_db, settings, collected_static, tmp_path, tiny_disk
 ):
-    if connection.vendor != "postgresql":
-        pytest.skip("needs PostgreSQL: set DATABASE_URL=postgres://...")
     evidence_root = tiny_disk / "evidence"
     big = PDF_BYTES + b"%" + b"x" * 400_000 + b"\n"
     with app_server(settings, collected_static, evidence_root, tmp_path / "gunicorn.log") as base_url:
