@@ -40,12 +40,8 @@ CSP_REPORT_GROUP = "csp-endpoint"
 
 def loggable_path(request: HttpRequest) -> str:
     """The request path with capability tokens replaced by their parameter name."""
-    return _loggable_path(request.path, request.path_info)
-
-
-@functools.lru_cache(maxsize=512)
-def _loggable_path(path: str, path_info: str) -> str:
-    match = _resolve(path_info, settings.ROOT_URLCONF)
+    path = request.path
+    match = _resolve(request.path_info, settings.ROOT_URLCONF)
     if match is not None:
         for name, value in match.kwargs.items():
             if any(secret in name for secret in SECRET_URL_PARAMETERS):
