@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -19,17 +19,22 @@ pytestmark = pytest.mark.redis
 
 
 def post_report(port: int) -> int:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/csp-report/",
-        data=b"{}",
-        headers={"Content-Type": "application/json", "Connection": "close"},
-        method="POST",
-    )
+    """POST a report whose body arrives after a pause.
+
+    A sync worker blocks reading the body, so concurrent reports are spread over both workers
+    however fast each one answers.
+    """
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - our own local server
-            return response.status
-    except urllib.error.HTTPError as error:
-        return error.code
+        connection.putrequest("POST", "/csp-report/")
+        connection.putheader("Content-Type", "application/json")
+        connection.putheader("Content-Length", "2")
+        connection.endheaders()
+        time.sleep(0.05)
+        connection.send(b"{}")
+        return connection.getresponse().status
+    finally:
+        connection.close()
 
 
 def wait_until_listening(port: int, process: subprocess.Popen) -> None:
