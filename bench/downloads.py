@@ -1,18 +1,20 @@
 """Evidence download throughput: nginx X-Accel-Redirect vs nginx static vs the app streaming.
 
-Run: .venv/bin/python bench/downloads.py [--duration 5] [--repeat 3] [--connections 4]
+Run: .venv/bin/python -m bench.downloads [--duration 5] [--repeat 3] [--connections 4]
 
 Starts, on 127.0.0.1 ports chosen now, two gunicorns running the app (one
-answering with X-Accel-Redirect, one streaming the file itself) behind Debian's
-nginx with the rendered site and a self-signed certificate, and measures with
-`wrk` (Debian package) over HTTPS, as a signed-in vetting agent:
+answering with X-Accel-Redirect, one streaming the file itself) on a fresh
+PostgreSQL database of its own, behind Debian's nginx with the rendered site
+and a self-signed certificate, and measures with `wrk` (Debian package) over
+HTTPS, as a signed-in vetting agent:
 
 - x-accel: /evidence/<uuid>/ -> app checks permission -> nginx sends the file
 - static:  nginx serves the same bytes from /static/ (no app, no check): the ceiling
 - stream:  /evidence/<uuid>/ -> the app reads the file and streams it through nginx
 
-Prints MB/s (the median of --repeat runs, as the machine is shared) for 1 MB
-and 16 MB files and each way's ratio to x-accel.
+After a warm-up of each, the three alternate for --repeat rounds (the machine
+is shared and its speed drifts); prints the median MB/s for 1 MB and 16 MB
+files and each way's ratio to x-accel.
 Every server stops when the run ends; nothing outside a temporary directory is touched.
 """
 
@@ -40,8 +42,10 @@ import django  # noqa: E402
 
 django.setup()
 
+from bench.pages import fresh_database  # noqa: E402
 from tests.deploy import servers  # noqa: E402
 
+DATABASE = "rvi_bench_downloads"
 SIZES = {"1 MB": 1024 * 1024, "16 MB": 16 * 1024 * 1024}
 UNITS = {"B": 1 / 1024 / 1024, "KB": 1 / 1024, "MB": 1.0, "GB": 1024.0}
 
@@ -61,10 +65,15 @@ print(json.dumps(stored))
 """
 
 
-def median_wrk(url: str, session: str, args: argparse.Namespace) -> float:
-    # A first second to warm the workers up (imports, templates, connections), not counted.
-    wrk(url, session, 1, args.connections)
-    return statistics.median(wrk(url, session, args.duration, args.connections) for _ in range(args.repeat))
+def alternate(urls: dict[str, str], session: str, args: argparse.Namespace) -> dict[str, float]:
+    """Median MB/s per variant, measured A B C A B C after a second's warm-up of each."""
+    for url in urls.values():
+        wrk(url, session, 1, args.connections)
+    speeds: dict[str, list[float]] = {variant: [] for variant in urls}
+    for _ in range(args.repeat):
+        for variant, url in urls.items():
+            speeds[variant].append(wrk(url, session, args.duration, args.connections))
+    return {variant: statistics.median(measured) for variant, measured in speeds.items()}
 
 
 def wrk(url: str, session: str, duration: int, connections: int) -> float:
@@ -109,11 +118,18 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="rvi-bench-") as directory, ExitStack() as running:
         root = Path(directory)
         # Throughput, not limits: one address downloads far more than EVIDENCE_DOWNLOAD allows.
+        fresh_database(DATABASE)
+        database = {"DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{DATABASE}"}
         accel_app = servers.App(
-            root / "app", EVIDENCE_X_ACCEL_PREFIX="/_protected_evidence/", RATELIMIT_ENABLE="false"
+            root / "app",
+            EVIDENCE_X_ACCEL_PREFIX="/_protected_evidence/",
+            RATELIMIT_ENABLE="false",
+            **database,
         ).install()
         # Same database and files, but the app streams the bytes itself.
-        stream_app = servers.App(root / "app", EVIDENCE_X_ACCEL_PREFIX="", RATELIMIT_ENABLE="false")
+        stream_app = servers.App(
+            root / "app", EVIDENCE_X_ACCEL_PREFIX="", RATELIMIT_ENABLE="false", **database
+        )
         stored = accel_app.shell_json(STORE_CODE % (SIZES,))
         session = accel_app.staff_session()
         (accel_app.static_root / "bench").mkdir()
@@ -156,18 +172,17 @@ def main() -> int:
 
         rows = []
         for label, (pk, _name) in stored.items():
-            speeds = {
-                "x-accel": median_wrk(f"https://localhost:{https_port}/evidence/{pk}/", session, args),
-                "static": median_wrk(
-                    f"https://localhost:{https_port}/static/bench/{label[:-3]}mb.pdf", session, args
-                ),
-                "stream": median_wrk(f"https://localhost:{stream_port}/evidence/{pk}/", session, args),
+            urls = {
+                "x-accel": f"https://localhost:{https_port}/evidence/{pk}/",
+                "static": f"https://localhost:{https_port}/static/bench/{label[:-3]}mb.pdf",
+                "stream": f"https://localhost:{stream_port}/evidence/{pk}/",
             }
+            speeds = alternate(urls, session, args)
             rows.append((label, speeds))
 
     print(
-        f"Evidence downloads over HTTPS, wrk {args.connections} connections, median of {args.repeat} x "
-        f"{args.duration} s, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end"
+        f"Evidence downloads over HTTPS, wrk {args.connections} connections, median of {args.repeat} alternating "
+        f"rounds of {args.duration} s, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end"
     )
     print()
     print(

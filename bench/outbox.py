@@ -96,11 +96,11 @@ def main() -> None:
         """Queue `mails` mails, send them with the worker, return the seconds it took."""
         OutboundEmail.objects.filter(template="benchmark").delete()
         OutboundEmail.objects.bulk_create(
-            OutboundEmail(
-                to=f"bench{number}@example.org",
-                subject=f"Benchmark mail {number}",
-                body_text="A benchmark mail.\n" * 20,
-                body_html="<p>A benchmark mail.</p>" * 20,
+            OutboundEmail.compose(
+                f"bench{number}@example.org",
+                f"Benchmark mail {number}",
+                "A benchmark mail.\n" * 20,
+                "<p>A benchmark mail.</p>" * 20,
                 template="benchmark",
             )
             for number in range(mails)
@@ -114,7 +114,9 @@ def main() -> None:
         delivered, connections = control.recv()
         expected_connections = -(-mails // variants[label])
         if (delivered, connections) != (mails, expected_connections):
-            sys.exit(f"{label}: the server received {delivered} of {mails} mails on {connections} connections")
+            sys.exit(
+                f"{label}: the server received {delivered} of {mails} mails on {connections} connections"
+            )
         return elapsed
 
     try:

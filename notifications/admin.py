@@ -25,7 +25,8 @@ class OutboundEmailAdmin(admin.ModelAdmin):
     search_fields = ["to", "subject"]
     date_hierarchy = "created_at"
     ordering = ["-created_at"]
-    readonly_fields = [field.name for field in OutboundEmail._meta.fields]
+    # The built message repeats the bodies as raw bytes: the bodies are what people read.
+    readonly_fields = [field.name for field in OutboundEmail._meta.fields if field.name != "message"]
     actions = ["retry_now", "cancel"]
 
     def get_fields(self, request, obj=None):

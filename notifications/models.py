@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import email.message
 from datetime import datetime, timedelta
+from email.parser import BytesHeaderParser
 
 from django.conf import settings
-from django.core.mail import EmailMultiAlternatives
+from django.core.mail import EmailMessage, EmailMultiAlternatives
 from django.db import models, transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -20,6 +22,39 @@ RETRY_DELAYS: tuple[timedelta, ...] = (
     timedelta(hours=6),
     *[timedelta(hours=12)] * 5,
 )
+
+
+def build_message(to: str, subject: str, body_text: str, body_html: str) -> bytes:
+    """The whole message, headers and MIME parts, as the relay receives it (CRLF line ends)."""
+    message = EmailMultiAlternatives(subject, body_text, settings.DEFAULT_FROM_EMAIL, [to])
+    if body_html:
+        message.attach_alternative(body_html, "text/html")
+    return message.message().as_bytes(linesep="\r\n")
+
+
+class _BuiltMIME(email.message.Message):
+    """Headers parsed for reading; as_bytes() gives back the built bytes unchanged."""
+
+    built: bytes
+
+    # The signature of Django's SafeMIME classes, which is what its mail backends call.
+    def as_bytes(self, unixfrom: bool = False, linesep: str = "\n") -> bytes:
+        return self.built.replace(b"\r\n", linesep.encode())
+
+
+class BuiltEmail(EmailMessage):
+    """An outbox mail for Django's mail backends, sent as the bytes built when it was queued."""
+
+    def __init__(self, mail: OutboundEmail, connection=None) -> None:
+        super().__init__(
+            subject=mail.subject, from_email=settings.DEFAULT_FROM_EMAIL, to=[mail.to], connection=connection
+        )
+        self.built = bytes(mail.message)
+
+    def message(self) -> _BuiltMIME:
+        mime = BytesHeaderParser(_class=_BuiltMIME).parsebytes(self.built)
+        mime.built = self.built
+        return mime
 
 
 class OutboundEmailQuerySet(models.QuerySet):
@@ -83,6 +118,9 @@ class OutboundEmail(models.Model):
     subject = models.CharField(_("subject"), max_length=255)
     body_text = models.TextField(_("text body"))
     body_html = models.TextField(_("HTML body"), blank=True)
+    # Built once, when queued: every attempt sends the same bytes, Message-ID
+    # and Date included, so a receiving server can tell a retry from a new mail.
+    message = models.BinaryField(_("message as sent"))
     # Template name, so the admin can tell applicant mail from staff mail.
     template = models.CharField(_("template"), max_length=100)
     status = models.CharField(
@@ -105,21 +143,28 @@ class OutboundEmail(models.Model):
         ordering = ["created_at"]
         verbose_name = _("outbound e-mail")
         indexes = [models.Index(fields=["status", "next_attempt_at"])]
+        constraints = [
+            # A row made without compose() would send an empty mail.
+            models.CheckConstraint(condition=~Q(message=b""), name="outboundemail_message_built"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.subject} → {self.to}"
 
-    def as_message(self, connection=None) -> EmailMultiAlternatives:
-        message = EmailMultiAlternatives(
-            subject=self.subject,
-            body=self.body_text,
-            from_email=settings.DEFAULT_FROM_EMAIL,
-            to=[self.to],
-            connection=connection,
+    @classmethod
+    def compose(cls, to: str, subject: str, body_text: str, body_html: str, template: str) -> OutboundEmail:
+        """An unsaved mail with its message built."""
+        return cls(
+            to=to,
+            subject=subject,
+            body_text=body_text,
+            body_html=body_html,
+            template=template,
+            message=build_message(to, subject, body_text, body_html),
         )
-        if self.body_html:
-            message.attach_alternative(self.body_html, "text/html")
-        return message
+
+    def as_message(self, connection=None) -> BuiltEmail:
+        return BuiltEmail(self, connection)
 
     def _finish(self, worker: str, **fields) -> bool:
         """Record an attempt's outcome, unless this worker's claim was lost meanwhile."""

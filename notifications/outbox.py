@@ -44,16 +44,12 @@ def queue_email(name: str, to: Iterable[str], context: dict) -> list[OutboundEma
     for address in addresses:
         validate_email(address)
     subject, body_text, body_html = render_email(name, context)
-    return [
-        OutboundEmail.objects.create(
-            to=address,
-            subject=subject,
-            body_text=body_text,
-            body_html=body_html,
-            template=name,
-        )
-        for address in addresses
+    mails = [
+        OutboundEmail.compose(address, subject, body_text, body_html, template=name) for address in addresses
     ]
+    for mail in mails:
+        mail.save()
+    return mails
 
 
 @dataclass

@@ -33,9 +33,9 @@ def test_summarises_failed_sign_ins_refusals_csp_mails_and_homeserver_errors(cli
     for _attempt in range(7):  # APPLY allows 5 a minute
         client.post("/apply/", {})
     CSPViolation.objects.record("script-src-elem", "https://evil.example/x.js", "/apply/")
-    OutboundEmail.objects.create(
-        to="a@x.example", subject="s", body_text="b", template="t", status=OutboundEmail.Status.FAILED
-    )
+    failed = OutboundEmail.compose("a@x.example", "s", "b", "", template="t")
+    failed.status = OutboundEmail.Status.FAILED
+    failed.save()
     audit.record("invitation.issue_failed", target=make_application(), details={"reason": "unauthorised"})
 
     text = report()

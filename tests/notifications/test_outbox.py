@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import IntegrityError, transaction
 
 from notifications.models import OutboundEmail
 from notifications.outbox import queue_email
@@ -71,3 +71,13 @@ def test_queueing_sends_nothing_even_after_commit(settings, django_capture_on_co
         queue_email("application-received", [application.email], {"application": application})
     assert callbacks == []
     assert OutboundEmail.objects.get().status == OutboundEmail.Status.QUEUED
+
+
+def test_the_message_is_built_once_when_queued_and_a_row_without_one_cannot_be_stored():
+    application = make_application()
+    [queued] = queue_email("application-received", [application.email], {"application": application})
+    built = bytes(queued.message)
+    assert queued.as_message().message().as_bytes(linesep="\r\n") == built
+    assert f"To: {application.email}\r\n".encode() in built
+    with pytest.raises(IntegrityError), transaction.atomic():
+        OutboundEmail.objects.create(to="a@example.org", subject="s", body_text="b", template="t")

@@ -186,6 +186,7 @@ def test_a_4xx_reply_is_retried_later_and_then_delivered(smtp_server, use_relay)
     smtp_server.recorder.replies.append("451 4.3.0 Please try again later")
     use_relay(smtp_server.port)
     [mail] = queue_mails(1)
+    built_when_queued = bytes(mail.message)
 
     with pytest.raises(CommandError):
         run_worker()
@@ -197,7 +198,10 @@ def test_a_4xx_reply_is_retried_later_and_then_delivered(smtp_server, use_relay)
 
     a_while_later()
     run_worker()
-    assert len(smtp_server.recorder.received) == 1
+    [received] = smtp_server.recorder.received
+    # The retry is the same message, Message-ID and Date included, byte for byte.
+    assert received.content.rstrip(b"\r\n") == built_when_queued.rstrip(b"\r\n")
+    assert b"\r\nMessage-ID: <" in received.content
     mail.refresh_from_db()
     assert mail.status == OutboundEmail.Status.SENT
 
