@@ -3,6 +3,7 @@ from __future__ import annotations
 import email.message
 from datetime import datetime, timedelta
 from email.parser import BytesHeaderParser
+from email.utils import make_msgid, parseaddr
 
 from django.conf import settings
 from django.core.mail import EmailMessage, EmailMultiAlternatives
@@ -26,7 +27,16 @@ RETRY_DELAYS: tuple[timedelta, ...] = (
 
 def build_message(to: str, subject: str, body_text: str, body_html: str) -> bytes:
     """The whole message, headers and MIME parts, as the relay receives it (CRLF line ends)."""
-    message = EmailMultiAlternatives(subject, body_text, settings.DEFAULT_FROM_EMAIL, [to])
+    # The sender's domain, not this host's name (Django's default), which may
+    # be "localhost" and counts against the mail with spam filters.
+    sender_domain = parseaddr(settings.DEFAULT_FROM_EMAIL)[1].rpartition("@")[2]
+    message = EmailMultiAlternatives(
+        subject,
+        body_text,
+        settings.DEFAULT_FROM_EMAIL,
+        [to],
+        headers={"Message-ID": make_msgid(domain=sender_domain)},
+    )
     if body_html:
         message.attach_alternative(body_html, "text/html")
     return message.message().as_bytes(linesep="\r\n")

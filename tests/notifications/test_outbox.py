@@ -79,5 +79,6 @@ def test_the_message_is_built_once_when_queued_and_a_row_without_one_cannot_be_s
     built = bytes(queued.message)
     assert queued.as_message().message().as_bytes(linesep="\r\n") == built
     assert f"To: {application.email}\r\n".encode() in built
+    assert queued.as_message().message()["Message-ID"].endswith("@rvi.iam-alliance.com>")
     with pytest.raises(IntegrityError), transaction.atomic():
         OutboundEmail.objects.create(to="a@example.org", subject="s", body_text="b", template="t")
