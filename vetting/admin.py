@@ -295,14 +295,13 @@ class ApplicationAdmin(admin.ModelAdmin):
             ),
         ] + super().get_urls()
 
-    def change_view(self, request, object_id, form_url="", extra_context=None):
-        application = self.get_object(request, object_id)
-        extra_context = extra_context or {}
-        if application is not None:
-            extra_context["transitions"] = workflow.allowed_actions(application, request.user)
-            extra_context["notes"] = application.notes.select_related("author")
-            extra_context["can_add_note"] = request.user.has_perm("vetting.add_staffnote")
-        return super().change_view(request, object_id, form_url, extra_context)
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        # `obj` is the application the change view already loaded: no second query for it.
+        if obj is not None:
+            context["transitions"] = workflow.allowed_actions(obj, request.user)
+            context["notes"] = obj.notes.select_related("author")
+            context["can_add_note"] = request.user.has_perm("vetting.add_staffnote")
+        return super().render_change_form(request, context, add, change, form_url, obj)
 
     def _application_or_404(self, request, object_id) -> Application:
         application = self.get_object(request, object_id)

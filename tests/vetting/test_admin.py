@@ -77,3 +77,13 @@ def test_staff_without_permission_cannot_see_the_queue(client, outsider):
     make_application()
     client.force_login(outsider)
     assert client.get("/admin/vetting/application/").status_code == 403
+
+
+def test_the_change_page_loads_the_application_once(client, agent):
+    application = make_application()
+    client.force_login(agent)
+    with CaptureQueriesContext(connection) as queries:
+        response = client.get(f"/admin/vetting/application/{application.pk}/change/")
+    assert response.status_code == 200
+    by_pk = f'WHERE "vetting_application"."id" = {application.pk} LIMIT'
+    assert sum(by_pk in query["sql"] for query in queries) == 1
