@@ -1,7 +1,8 @@
-"""Property-based tests: whatever people or bots send, no 500 and nothing half-stored."""
+"""Property-based tests: whatever people, browsers or bots send, no 500 and nothing half-stored."""
 
 from __future__ import annotations
 
+import json
 import string
 from urllib.parse import quote
 
@@ -11,6 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from evidence.validation import DISPLAY_NAME_MAX_LENGTH, display_name
+from iama_vetting.models import CSPViolation
+from iama_vetting.views import CSP_REPORT_MAX_ENTRIES, CSP_REPORT_TYPES
 from notifications.models import OutboundEmail
 from tests.factories import make_application
 from vetting import links
@@ -79,3 +82,58 @@ def test_tampered_status_links_are_404_never_500(client, settings, noise, positi
         assert response.status_code == 200
     else:
         assert response.status_code == 404
+
+
+# Report text as browsers and forgers may send it: any character, lone
+# surrogates included (JSON's "\ud800" escapes decode to them).
+report_text = st.text(alphabet=st.characters() | st.integers(0xD800, 0xDFFF).map(chr), max_size=80)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | report_text,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(report_text, children, max_size=4),
+    max_leaves=20,
+)
+report_field = json_values | st.sampled_from(["https://evil.example/x.js?t=1", "inline", "http://[", "data"])
+old_style_report = st.fixed_dictionaries(
+    {
+        "csp-report": st.dictionaries(
+            st.sampled_from(["document-uri", "violated-directive", "effective-directive", "blocked-uri"]),
+            report_field,
+        )
+    }
+)
+reporting_api_reports = st.lists(
+    st.fixed_dictionaries(
+        {
+            "type": st.sampled_from(["csp-violation", "deprecation"]) | report_text,
+            "url": report_field,
+            "body": st.dictionaries(
+                st.sampled_from(["documentURL", "effectiveDirective", "blockedURL", "disposition"]),
+                report_field,
+            ),
+        }
+    ),
+    max_size=25,
+)
+reports_as_json = st.one_of(old_style_report, reporting_api_reports, json_values).map(json.dumps)
+# Not empty: Django's test client drops the Content-Type of an empty body.
+csp_report_bodies = reports_as_json | st.binary(min_size=1, max_size=200)
+
+
+@web
+@given(csp_report_bodies, st.sampled_from(CSP_REPORT_TYPES))
+def test_any_csp_report_body_is_answered_without_error_and_only_bounded_text_is_kept(
+    client, settings, body, content_type
+):
+    settings.RATELIMIT_ENABLE = False
+    CSPViolation.objects.all().delete()
+    response = client.post("/csp-report/", body, content_type=content_type)
+    assert response.status_code in (204, 400)
+    kept = list(CSPViolation.objects.all())
+    if response.status_code == 400:
+        assert kept == []
+    assert len(kept) <= CSP_REPORT_MAX_ENTRIES
+    for violation in kept:
+        for field in ("directive", "blocked", "document_path"):
+            value = getattr(violation, field)
+            assert len(value) <= CSPViolation._meta.get_field(field).max_length
+            assert value.isprintable(), value
