@@ -41,16 +41,11 @@ FAULTS_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/rvi_faults
 faults: $(VENV)/.dev-installed
 	DATABASE_URL=$${DATABASE_URL:-$(FAULTS_DATABASE_URL)} $(BIN)/python -m pytest -m faults $(PYTEST_ARGS)
 
-# Benchmarks, not tests: each module prints its own result (pages, uploads and
-# admin also go to bench/results.md). They need PostgreSQL and Redis on
-# 127.0.0.1 and Debian's wrk. Another benchmark is one more line:
-# BENCHMARKS += bench.<module>
-BENCHMARKS := bench.outbox
-BENCHMARKS += bench.pages
-BENCHMARKS += bench.downloads
-
+# Benchmarks, not tests (bench/__main__.py lists them): each prints its
+# measurements, then one table of the targets; all also go to bench/results.md.
+# They need PostgreSQL and Redis on 127.0.0.1, Debian's wrk and nginx.
 bench: $(VENV)/.dev-installed
-	@for benchmark in $(BENCHMARKS); do $(BIN)/python -m $$benchmark || exit 1; done
+	$(BIN)/python -m bench
 
 # Known vulnerabilities in the pinned requirements (pip-audit). Says plainly when
 # its vulnerability database cannot be reached: exit 2, "NOT AUDITED".

@@ -14,7 +14,7 @@ HTTPS, as a signed-in vetting agent:
 
 After a warm-up of each, the three alternate for --repeat rounds (the machine
 is shared and its speed drifts); prints the median MB/s for 1 MB and 16 MB
-files and each way's ratio to x-accel.
+files X-Accel's ratio to static and streaming's to X-Accel.
 Every server stops when the run ends; nothing outside a temporary directory is touched.
 """
 
@@ -42,6 +42,7 @@ import django  # noqa: E402
 
 django.setup()
 
+from bench import Target, finish  # noqa: E402
 from bench.pages import fresh_database  # noqa: E402
 from tests.deploy import servers  # noqa: E402
 
@@ -104,7 +105,7 @@ def wrk(url: str, session: str, duration: int, connections: int) -> float:
     return float(match[1]) * UNITS[match[2]]
 
 
-def main() -> int:
+def main() -> list[Target]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, default=5, help="seconds per measurement")
     parser.add_argument("--repeat", type=int, default=3, help="measurements per cell; the median is shown")
@@ -112,8 +113,7 @@ def main() -> int:
     args = parser.parse_args()
     for tool in ("wrk", servers.NGINX, "openssl"):
         if not shutil.which(tool) and not Path(tool).exists():
-            print(f"{tool} is missing: apt-get install wrk nginx-light openssl", file=sys.stderr)
-            return 2
+            raise SystemExit(f"{tool} is missing: apt-get install wrk nginx-light openssl")
 
     with tempfile.TemporaryDirectory(prefix="rvi-bench-") as directory, ExitStack() as running:
         root = Path(directory)
@@ -186,17 +186,25 @@ def main() -> int:
     )
     print()
     print(
-        "| file | nginx X-Accel (MB/s) | nginx static (MB/s) | app streaming (MB/s) | static / X-Accel | stream / X-Accel |"
+        "| file | nginx X-Accel (MB/s) | nginx static (MB/s) | app streaming (MB/s) | X-Accel ÷ static | stream ÷ X-Accel |"
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for label, speeds in rows:
         accel = speeds["x-accel"]
         print(
             f"| {label} | {accel:.1f} | {speeds['static']:.1f} | {speeds['stream']:.1f} "
-            f"| {speeds['static'] / accel:.2f} | {speeds['stream'] / accel:.2f} |"
+            f"| {accel / speeds['static']:.2f} | {speeds['stream'] / accel:.2f} |"
         )
-    return 0
+    return [
+        Target(
+            f"evidence X-Accel ÷ nginx static, {label}",
+            f"{speeds['x-accel'] / speeds['static']:.2f}×",
+            "≥ 0.95×",
+            speeds["x-accel"] / speeds["static"] >= 0.95,
+        )
+        for label, speeds in rows
+    ]
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    finish(main())

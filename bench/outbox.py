@@ -25,6 +25,8 @@ from io import StringIO
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+from bench import Target, finish
+
 MAILS = 1_000
 ROUNDS = 3
 WARM_UP_MAILS = 100
@@ -46,7 +48,7 @@ def serve(certificates, control: Connection) -> None:
     server.stop()
 
 
-def main() -> None:
+def main() -> list[Target]:
     from bench.pages import fresh_database
     from tests.smtp_server import RELAY_PASSWORD, RELAY_USER, make_certificates
 
@@ -134,9 +136,8 @@ def main() -> None:
                 f"({MAILS / median:6.1f} mails/s, {-(-MAILS // batch_size)} SMTP connections)"
             )
         ratio = statistics.median(seconds["one connection per mail"]) / statistics.median(seconds["batched"])
-        print(
-            f"outbox, batched ({BATCH_SIZE} per connection) is {ratio:.1f}x faster than one connection per mail"
-        )
+        name = f"outbox, batched ({BATCH_SIZE} per connection) ÷ one connection per mail"
+        return [Target(name, f"{ratio:.1f}×", "≥ 5×", ratio >= 5)]
     finally:
         OutboundEmail.objects.filter(template="benchmark").delete()
         control.send("stop")
@@ -144,4 +145,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    finish(main())
