@@ -14,7 +14,7 @@ HTTPS, as a signed-in vetting agent:
 
 After a warm-up of each, the three alternate for --repeat rounds (the machine
 is shared and its speed drifts); prints the median MB/s for 1 MB and 16 MB
-files X-Accel's ratio to static and streaming's to X-Accel.
+files, X-Accel's ratio to static and streaming's to X-Accel.
 Every server stops when the run ends; nothing outside a temporary directory is touched.
 """
 
@@ -117,9 +117,9 @@ def main() -> list[Target]:
 
     with tempfile.TemporaryDirectory(prefix="rvi-bench-") as directory, ExitStack() as running:
         root = Path(directory)
-        # Throughput, not limits: one address downloads far more than EVIDENCE_DOWNLOAD allows.
         fresh_database(DATABASE)
         database = {"DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{DATABASE}"}
+        # Throughput, not limits: one address downloads far more than EVIDENCE_DOWNLOAD allows.
         accel_app = servers.App(
             root / "app",
             EVIDENCE_X_ACCEL_PREFIX="/_protected_evidence/",

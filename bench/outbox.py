@@ -14,6 +14,7 @@ Run with `make bench`.
 from __future__ import annotations
 
 import atexit
+import math
 import multiprocessing
 import os
 import shutil
@@ -114,7 +115,7 @@ def main() -> list[Target]:
         elapsed = time.perf_counter() - started
         control.send("count")
         delivered, connections = control.recv()
-        expected_connections = -(-mails // variants[label])
+        expected_connections = math.ceil(mails / variants[label])
         if (delivered, connections) != (mails, expected_connections):
             sys.exit(
                 f"{label}: the server received {delivered} of {mails} mails on {connections} connections"
@@ -133,7 +134,7 @@ def main() -> list[Target]:
             median = statistics.median(seconds[label])
             print(
                 f"outbox, {label:<24} {MAILS} mails in {median:6.2f} s, median of {ROUNDS} "
-                f"({MAILS / median:6.1f} mails/s, {-(-MAILS // batch_size)} SMTP connections)"
+                f"({MAILS / median:6.1f} mails/s, {math.ceil(MAILS / batch_size)} SMTP connections)"
             )
         ratio = statistics.median(seconds["one connection per mail"]) / statistics.median(seconds["batched"])
         name = f"outbox, batched ({BATCH_SIZE} per connection) ÷ one connection per mail"
