@@ -27,7 +27,6 @@ def test_mail_queued_before_messages_were_built_gets_its_message_and_is_sent_as_
     )
 
     executor = MigrationExecutor(connection)
-    executor.loader.build_graph()
     executor.migrate([after])
 
     mail = OutboundEmail.objects.get(pk=queued.pk)
