@@ -13,7 +13,6 @@ development, where it never fails).
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import threading
@@ -82,29 +81,36 @@ def _health_for(location: str) -> _Health:
 
 
 def _hit(cache: BaseCache, key: str, timeout: int) -> int:
+    if isinstance(cache, RedisCache):
+        connection = _hit_connection(cache)
+        _send_redis_hit(connection, cache.make_key(key), timeout)
+        return _read_redis_hit(connection)
     cache.add(key, 0, timeout)
     return cache.incr(key)
 
 
-def _send_redis_hit(cache: RedisCache, key: str, timeout: int) -> redis.Connection:
-    """INCR and EXPIRE, pipelined on this thread's own connection; the replies are read later.
+def _hit_connection(cache: RedisCache) -> redis.Connection:
+    """This thread's own connection for counting.
 
-    Every public page pays for this call, so it skips the client's pool: a
+    Every public page pays for a count, so it skips the client's pool: a
     checkout costs a lock and a poll() on the socket, a third of the call.
-    EXPIRE on every hit only moves the end of a key that callers already
-    scope to one window, and works on any Redis version.
     """
     connection = getattr(cache, "_rvi_hit_connection", None)
     if connection is None or connection.pid != os.getpid():
         # Writes always go to the first server, as in Django's backend.
         pool = cache._cache._get_connection_pool(write=True)
         connection = pool.connection_class(**pool.connection_kwargs)
-        connection.rvi_replies_pending = False
+        connection.rvi_pending_hit = None
         cache._rvi_hit_connection = connection
-    if connection.rvi_replies_pending:
-        # An earlier count was never read: its replies would answer this one.
-        connection.disconnect()
-    redis_key = cache.make_key(key)
+    return connection
+
+
+def _send_redis_hit(connection: redis.Connection, redis_key: str, timeout: int) -> None:
+    """INCR and EXPIRE, pipelined: one round trip; the replies are read by `_read_redis_hit`.
+
+    EXPIRE on every hit only moves the end of a key that callers already
+    scope to one window, and works on any Redis version.
+    """
     try:
         connection.send_packed_command(
             connection.pack_commands([("INCR", redis_key), ("EXPIRE", redis_key, timeout)])
@@ -112,8 +118,6 @@ def _send_redis_hit(cache: RedisCache, key: str, timeout: int) -> redis.Connecti
     except BaseException:
         connection.disconnect()
         raise
-    connection.rvi_replies_pending = True
-    return connection
 
 
 def _read_redis_hit(connection: redis.Connection) -> int:
@@ -121,9 +125,9 @@ def _read_redis_hit(connection: redis.Connection) -> int:
         count = connection.read_response()
         connection.read_response()
     except BaseException:
+        # A reply left unread would answer the next call's question.
         connection.disconnect()
         raise
-    connection.rvi_replies_pending = False
     return int(count)
 
 
@@ -158,37 +162,50 @@ class FallbackCache(BaseCache):
         return self._either(lambda cache: getattr(cache, method)(*args, **kwargs))
 
     def hit(self, key: str, timeout: int) -> int:
-        """Count one event under `key`; the new count. See `hit_later`."""
-        return self.hit_later(key, timeout)()
-
-    def hit_later(self, key: str, timeout: int) -> Callable[[], int]:
-        """Count one event under `key` now; the returned function gives the new count.
+        """Count one event under `key`; the new count.
 
         One round trip to Redis, where django-ratelimit's add-then-incr takes
-        two or three: used for the default tier that every public page pays.
-        The count is sent at once and its answer read only when asked for,
-        so the caller can do other work during the round trip. The key's
-        expiry is pushed to `timeout` seconds on every hit, so put the window
-        in the key. Call the function once, from the same thread.
+        two or three. The key's expiry is pushed to `timeout` seconds on
+        every hit, so put the window in the key.
         """
+        self.read_pending_hit()
+        return self._either(lambda cache: _hit(cache, key, timeout))
+
+    def hit_later(self, key: str, timeout: int, on_count: Callable[[int], None]) -> None:
+        """Count one event under `key` without waiting for Redis to answer.
+
+        The count is sent now; `on_count(new count)` is called when this
+        thread next uses `hit`, `hit_later` or `read_pending_hit`, by which
+        time the answer has long arrived, so no caller waits for the round
+        trip. Without Redis, `on_count` is called at once.
+        """
+        self.read_pending_hit()
         if isinstance(self._primary, RedisCache) and self._health.usable():
+            connection = _hit_connection(self._primary)
             try:
-                connection = _send_redis_hit(self._primary, key, timeout)
+                _send_redis_hit(connection, self._primary.make_key(key), timeout)
             except UNREACHABLE as error:
                 self._health.failed(error, self._name)
             else:
-                return functools.partial(self._redis_answer, connection, key, timeout)
-        count = self._either(lambda cache: _hit(cache, key, timeout))
-        return lambda: count
+                connection.rvi_pending_hit = (key, timeout, on_count)
+                return
+        on_count(self._either(lambda cache: _hit(cache, key, timeout)))
 
-    def _redis_answer(self, connection: redis.Connection, key: str, timeout: int) -> int:
+    def read_pending_hit(self) -> None:
+        """Read the answer to this thread's last `hit_later`, if not read yet, and pass it on."""
+        connection = getattr(self._primary, "_rvi_hit_connection", None)
+        if connection is None or connection.rvi_pending_hit is None:
+            return
+        key, timeout, on_count = connection.rvi_pending_hit
+        connection.rvi_pending_hit = None
         try:
             count = _read_redis_hit(connection)
         except UNREACHABLE as error:
             self._health.failed(error, self._name)
-            return _hit(self._fallback, key, timeout)
-        self._health.succeeded(self._name)
-        return count
+            count = _hit(self._fallback, key, timeout)
+        else:
+            self._health.succeeded(self._name)
+        on_count(count)
 
     def add(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
         return self._call("add", key, value, timeout, version)

@@ -228,10 +228,10 @@ class DefaultRateLimitMiddleware:
     """One per-minute tier, per client IP, for every view without limits of its own.
 
     The staff admin is left out: it is behind sign-in, and its sign-in has its own limits.
-    It sits near the top of MIDDLEWARE on purpose: the count is sent to the
-    shared store as the request comes in, and the answer read in
-    process_view, just before the view runs, so the round trip overlaps the
-    other middleware's work instead of adding to it.
+    The refusal is decided in process_view from what this process already
+    knows, so the 429 passes through every middleware like any page; the
+    request is counted in the shared store when the server closes the
+    response, after the client has it (ratelimits.DefaultTierMinute).
     """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
@@ -239,19 +239,19 @@ class DefaultRateLimitMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponseBase:
         match = _resolve(request.path_info, settings.ROOT_URLCONF)
-        if match is None or not _in_default_tier(request, match):
+        if not settings.RATELIMIT_ENABLE or match is None or not _in_default_tier(request, match):
             return self.get_response(request)
-        retry_after = functools.cache(ratelimits.count_in_default_tier(request))
-        request.rvi_default_tier_retry_after = retry_after
-        try:
-            return self.get_response(request)
-        finally:
-            # Read even when no view ran (a redirect, maintenance): the answer must not stay unread.
-            retry_after()
+        minute = request.rvi_default_tier_minute = ratelimits.DefaultTierMinute.of(request)
+        response = self.get_response(request)
+        # A refused request is not counted: this process knows the client is over already.
+        if response.status_code != 429:
+            # Django runs these when the server closes the response, as it does to close files.
+            response._resource_closers.append(minute.count)
+        return response
 
     def process_view(self, request: HttpRequest, view_func, view_args, view_kwargs) -> HttpResponse | None:
-        retry_after = getattr(request, "rvi_default_tier_retry_after", None)
-        seconds = retry_after() if retry_after else None
+        minute = getattr(request, "rvi_default_tier_minute", None)
+        seconds = minute.seconds_refused() if minute else None
         if seconds is not None:
             return ratelimits.too_many_requests(request, seconds, limit_name=ratelimits.DEFAULT_TIER_NAME)
         return None

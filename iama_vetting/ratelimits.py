@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 
 from django.conf import settings
 from django.core.cache import caches
+from django.core.cache.backends.locmem import LocMemCache
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template.loader import render_to_string
 from django_ratelimit.core import get_usage
@@ -111,9 +112,6 @@ ALL_LIMITS = (
 )
 DEFAULT_TIER_NAME = "default"
 
-# Every other anonymous view: one per-minute tier (settings.RATELIMIT_DEFAULT_PER_MINUTE),
-# counted in one round trip (FallbackCache.hit), so a public GET stays cheap.
-
 
 def seconds_until_allowed(request: HttpRequest, *limits: Limit) -> int | None:
     """Count this request against every tier; the Retry-After if any is exceeded, else None."""
@@ -129,30 +127,56 @@ def seconds_until_allowed(request: HttpRequest, *limits: Limit) -> int | None:
     return retry_after
 
 
-def count_in_default_tier(request: HttpRequest) -> Callable[[], int | None]:
-    """Count this request in its client's current minute.
+# Every other anonymous view: one per-minute tier (settings.RATELIMIT_DEFAULT_PER_MINUTE).
+# The public form is the busiest page and this tier only guards against floods,
+# so its count is kept off the page's time: a request is counted in the shared
+# store once its response is sent, and the answer is read as the process's
+# next request comes in. A process refuses a client once a count it made
+# reached the limit, until that minute ends. So within one process the limit
+# is exact, and across P worker processes at most P - 1 more requests get
+# through in a minute (each process learns from its own next count).
+clients_over_default_tier = LocMemCache(
+    "rvi-clients-over-default-tier", {"TIMEOUT": 60, "OPTIONS": {"MAX_ENTRIES": 10_000}}
+)
 
-    Returns a function that waits for the count and gives the Retry-After if
-    the client is over the default tier, else None: the count travels to the
-    shared store while the caller goes on.
-    """
-    if not settings.RATELIMIT_ENABLE:
-        return lambda: None
-    client = client_ip(request)
-    if ":" in client:
-        # Like django-ratelimit: one IPv6 /64 is one client.
-        client = str(ipaddress.ip_network(f"{client}/64", strict=False).network_address)
-    now = int(time.time())
-    window_end = now - now % 60 + 60
-    count = caches[settings.RATELIMIT_USE_CACHE].hit_later(f"default:{client}:{window_end}", 65)
 
-    def retry_after() -> int | None:
-        if count() > settings.RATELIMIT_DEFAULT_PER_MINUTE:
-            logger.warning("Rate limit default (%s/m) exceeded.", settings.RATELIMIT_DEFAULT_PER_MINUTE)
-            return window_end - now
-        return None
+@dataclass(frozen=True)
+class DefaultTierMinute:
+    """A client's current minute in the default tier."""
 
-    return retry_after
+    key: str
+    ends_at: int
+
+    @classmethod
+    def of(cls, request: HttpRequest) -> DefaultTierMinute:
+        client = client_ip(request)
+        if ":" in client:
+            # Like django-ratelimit: one IPv6 /64 is one client.
+            client = str(ipaddress.ip_network(f"{client}/64", strict=False).network_address)
+        now = int(time.time())
+        ends_at = now - now % 60 + 60
+        return cls(f"default:{client}:{ends_at}", ends_at)
+
+    def seconds_refused(self) -> int | None:
+        """The Retry-After if this process has counted the client to the limit this minute, else None."""
+        caches[settings.RATELIMIT_USE_CACHE].read_pending_hit()
+        if clients_over_default_tier.get(self.key, 0) < settings.RATELIMIT_DEFAULT_PER_MINUTE:
+            return None
+        logger.warning("Rate limit default (%s/m) exceeded.", settings.RATELIMIT_DEFAULT_PER_MINUTE)
+        return max(1, self.ends_at - int(time.time()))
+
+    def count(self) -> None:
+        """Count one request in the shared store, without waiting for its answer."""
+        try:
+            caches[settings.RATELIMIT_USE_CACHE].hit_later(self.key, 65, self._remember)
+        except Exception:
+            # Called when the response closes, where Django would drop the error unseen.
+            logger.exception("Counting a request in the default rate-limit tier failed.")
+
+    def _remember(self, count: int) -> None:
+        """At the limit, this process refuses the client until the minute ends."""
+        if count >= settings.RATELIMIT_DEFAULT_PER_MINUTE:
+            clients_over_default_tier.set(self.key, count, max(1, self.ends_at - int(time.time())))
 
 
 REFUSALS_KEPT_SECONDS = 8 * 24 * 3600  # a week of hourly counts for security_report, and a day more

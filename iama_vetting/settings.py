@@ -93,7 +93,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # First, so every log line of the request, and the access line, carry its id.
     "iama_vetting.middleware.RequestContextMiddleware",
-    # Second, so the shared store counts the request while the rest of the chain runs.
+    # Second, so a request answered by any later middleware (maintenance) is counted too.
     "iama_vetting.middleware.DefaultRateLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "iama_vetting.middleware.SecurityHeadersMiddleware",

@@ -14,6 +14,7 @@ from django.contrib.auth.models import Group
 from django.core.cache import caches
 from django.db import connection
 
+from iama_vetting import ratelimits
 from vetting import roles
 from vetting.roles import sync_role_groups
 
@@ -72,8 +73,10 @@ def test_switches(settings, tmp_path):
 def fresh_rate_limits():
     """Every test starts with empty rate-limit counters (the suite posts to /apply/ a lot)."""
     caches["ratelimit"].clear()
+    ratelimits.clients_over_default_tier.clear()
     yield
     caches["ratelimit"].clear()
+    ratelimits.clients_over_default_tier.clear()
 
 
 def _staff_user(django_user_model, username: str, role: str | None = None):

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from wsgiref.util import setup_testing_defaults
 
 import pytest
 import time_machine
+from django.core.cache import caches
+from django.core.handlers.wsgi import WSGIHandler
 
 from iama_vetting import cache as fallback_module
 from iama_vetting.cache import FallbackCache
@@ -165,7 +168,41 @@ def test_a_request_answered_before_its_view_still_reads_its_count(client, settin
     maintenance.switch_off()
     assert client.get("/apply/done/").status_code == 200
 
+    caches["ratelimit"].read_pending_hit()
     # Every count reached Redis, and the app's connection was never dropped:
     # no reply was left unread to answer a later request's question.
     assert [int(server.get(key)) for key in server.keys("*default:*")] == [3]
     assert server.info("stats")["total_connections_received"] == connections
+
+
+def test_a_public_page_is_counted_after_its_response_is_sent(settings, own_redis):
+    """The count stays off the page's time: it reaches Redis when the server closes the response."""
+    import redis
+
+    settings.CACHES = {**settings.CACHES, "ratelimit": fallback_config(own_redis.url)}
+    server = redis.Redis(port=own_redis.port)
+    environ = {"PATH_INFO": "/apply/", "HTTP_HOST": "testserver"}
+    setup_testing_defaults(environ)
+    statuses = []
+    response = WSGIHandler()(environ, lambda status, headers: statuses.append(status))
+    body = b"".join(response)
+    assert statuses == ["200 OK"] and b"<form" in body
+    assert server.keys("*default:*") == []
+
+    response.close()  # what gunicorn does once the client has every byte
+    caches["ratelimit"].read_pending_hit()  # as the worker's next request does
+    assert [int(server.get(key)) for key in server.keys("*default:*")] == [1]
+
+
+def test_a_count_redis_never_answered_is_counted_in_memory(client, settings, own_redis, monotonic, caplog):
+    import redis
+
+    settings.CACHES = {**settings.CACHES, "ratelimit": fallback_config(own_redis.url)}
+    assert client.get("/apply/done/").status_code == 200  # connected, and its count read
+    redis.Redis(port=own_redis.port).client_pause(10_000)
+    assert client.get("/apply/done/").status_code == 200  # its count is sent but never answered
+    own_redis.stop()
+    # The next request finds no answer: that count goes to memory with the rest.
+    statuses = [client.get("/apply/done/").status_code for _ in range(120)]
+    assert statuses == [200] * 119 + [429]
+    assert len(cache_errors(caplog)) == 1

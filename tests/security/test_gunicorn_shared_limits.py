@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from django_ratelimit.core import _get_window
@@ -18,20 +21,20 @@ from tests.security.conftest import PRODUCTION_ENV, PROJECT_DIR, free_port
 pytestmark = pytest.mark.redis
 
 
-def post_report(port: int) -> int:
-    """POST a report whose body arrives after a pause.
+def slow_request(port: int, method: str, path: str, body: bytes = b"") -> int:
+    """Send a request whose end arrives after a pause; its status.
 
-    A sync worker blocks reading the body, so concurrent reports are spread over both workers
-    however fast each one answers.
+    A sync worker blocks reading the request, so concurrent requests are
+    spread over both workers however fast each one answers.
     """
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        connection.putrequest("POST", "/csp-report/")
-        connection.putheader("Content-Type", "application/json")
-        connection.putheader("Content-Length", "2")
-        connection.endheaders()
+        connection.putrequest(method, path)
+        if body:
+            connection.putheader("Content-Type", "application/json")
+        connection.putheader("Content-Length", str(len(body)))
         time.sleep(0.05)
-        connection.send(b"{}")
+        connection.endheaders(body)
         return connection.getresponse().status
     finally:
         connection.close()
@@ -49,7 +52,11 @@ def wait_until_listening(port: int, process: subprocess.Popen) -> None:
     raise RuntimeError("gunicorn did not start")
 
 
-def test_two_workers_count_against_one_shared_limit(redis_url, redis_key_prefix, tmp_path):
+@contextlib.contextmanager
+def two_workers(
+    redis_url: str, redis_key_prefix: str, tmp_path: Path, **settings: str
+) -> Iterator[list[str]]:
+    """gunicorn with two sync workers sharing one Redis; yields its port, then its access lines."""
     port = free_port()
     environment = {
         **PRODUCTION_ENV,
@@ -64,7 +71,13 @@ def test_two_workers_count_against_one_shared_limit(redis_url, redis_key_prefix,
         "REDIS_URL": redis_url,
         "RATELIMIT_KEY_PREFIX": redis_key_prefix,
         "LOG_LEVEL": "ERROR",
+        **settings,
     }
+    # Our 429 page links the stylesheet, which needs the collected files' manifest.
+    subprocess.run(
+        [sys.executable, "manage.py", "collectstatic", "--no-input", "--verbosity", "0"],
+        cwd=PROJECT_DIR, env=environment, check=True,
+    )  # fmt: skip
     process = subprocess.Popen(
         [
             sys.executable, "-m", "gunicorn", "iama_vetting.wsgi",
@@ -78,25 +91,57 @@ def test_two_workers_count_against_one_shared_limit(redis_url, redis_key_prefix,
         stderr=subprocess.PIPE,
         text=True,
     )  # fmt: skip
+    access_lines: list[str] = []
     try:
         wait_until_listening(port, process)
-        limit = ratelimits.CSP_REPORT.per_minute
-        # Start well inside this client's minute window, so the burst counts in one window.
-        seconds_left = _get_window("127.0.0.1", 60) - time.time()
-        if seconds_left < 10:
-            time.sleep(seconds_left + 1)
-        # Concurrent, so both workers are busy and each takes a share.
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            statuses = list(pool.map(lambda _: post_report(port), range(limit + 20)))
+        yield port, access_lines
     finally:
         process.terminate()
         output, _ = process.communicate(timeout=30)
-    workers = {
-        line.split()[0]
-        for line in output.splitlines()
-        if line.startswith("worker=") and "path=/csp-report/" in line
-    }
+        access_lines += [line for line in output.splitlines() if line.startswith("worker=")]
+
+
+def workers_answering(access_lines: list[str], path: str) -> set[str]:
+    return {line.split()[0] for line in access_lines if f"path={path}" in line}
+
+
+def start_well_inside_the_minute(window_end: float) -> None:
+    """So that a burst counts in one window."""
+    seconds_left = window_end - time.time()
+    if seconds_left < 10:
+        time.sleep(seconds_left + 1)
+
+
+def test_two_workers_count_against_one_shared_limit(redis_url, redis_key_prefix, tmp_path):
+    with two_workers(redis_url, redis_key_prefix, tmp_path) as (port, access_lines):
+        limit = ratelimits.CSP_REPORT.per_minute
+        start_well_inside_the_minute(_get_window("127.0.0.1", 60))
+        # Concurrent, so both workers are busy and each takes a share.
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            statuses = list(
+                pool.map(lambda _: slow_request(port, "POST", "/csp-report/", b"{}"), range(limit + 20))
+            )
+    workers = workers_answering(access_lines, "/csp-report/")
     assert len(workers) == 2, f"both workers must have answered, saw {workers}"
     # Counted once across workers: exactly `limit` got through (400: "{}" is no report), the rest 429.
     assert statuses.count(400) == limit
     assert statuses.count(429) == 20
+
+
+def test_two_workers_let_at_most_one_request_past_the_default_tier(redis_url, redis_key_prefix, tmp_path):
+    """Counted after each response: a worker learns the client is over from its own next count."""
+    limit = 10
+    with two_workers(redis_url, redis_key_prefix, tmp_path, RATELIMIT_DEFAULT_PER_MINUTE=str(limit)) as (
+        port,
+        access_lines,
+    ):
+        start_well_inside_the_minute(time.time() - time.time() % 60 + 60)
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            statuses = list(
+                pool.map(lambda _: slow_request(port, "GET", "/.well-known/security.txt"), range(limit + 20))
+            )
+    workers = workers_answering(access_lines, "/.well-known/security.txt")
+    assert len(workers) == 2, f"both workers must have answered, saw {workers}"
+    assert set(statuses) == {200, 429}
+    # Exact in one worker; the other may let one more through before its own count tells it.
+    assert limit <= statuses.count(200) <= limit + 1
