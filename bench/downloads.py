@@ -14,7 +14,9 @@ HTTPS, as a signed-in vetting agent:
 
 After a warm-up of each, the three alternate for --repeat rounds (the machine
 is shared and its speed drifts); prints the median MB/s for 1 MB and 16 MB
-files, X-Accel's ratio to static and streaming's to X-Accel.
+files, X-Accel's ratio to static and streaming's to X-Accel. Then, one
+request at a time, the p50 of nginx sending 1 MB and of the app's answer
+alone (gunicorn without nginx): the time X-Accel adds to every download.
 Every server stops when the run ends; nothing outside a temporary directory is touched.
 """
 
@@ -44,6 +46,7 @@ django.setup()
 
 from bench import Target, finish  # noqa: E402
 from bench.pages import fresh_database  # noqa: E402
+from bench.pages import wrk as wrk_latency  # noqa: E402
 from tests.deploy import servers  # noqa: E402
 
 DATABASE = "rvi_bench_downloads"
@@ -179,6 +182,19 @@ def main() -> list[Target]:
             }
             speeds = alternate(urls, session, args)
             rows.append((label, speeds))
+        # What X-Accel adds to every download, whatever its size: the app's own answer.
+        one_mb_pk = stored["1 MB"][0]
+        one_at_a_time = {
+            "nginx static, 1 MB": wrk_latency(
+                f"https://localhost:{https_port}/static/bench/1mb.pdf", args.duration, connections=1
+            ),
+            "the app's answer alone (gunicorn, no nginx)": wrk_latency(
+                f"http://127.0.0.1:{accel_port}/evidence/{one_mb_pk}/",
+                args.duration,
+                connections=1,
+                headers={"Cookie": f"sessionid={session}", "Host": "localhost", "X-Forwarded-Proto": "https"},
+            ),
+        }
 
     print(
         f"Evidence downloads over HTTPS, wrk {args.connections} connections, median of {args.repeat} alternating "
@@ -195,6 +211,13 @@ def main() -> list[Target]:
             f"| {label} | {accel:.1f} | {speeds['static']:.1f} | {speeds['stream']:.1f} "
             f"| {accel / speeds['static']:.2f} | {speeds['stream'] / accel:.2f} |"
         )
+    print()
+    print("One download at a time: what an X-Accel download adds to nginx's own time")
+    print()
+    print("| request | p50 ms | p99 ms |")
+    print("| --- | ---: | ---: |")
+    for name, latency in one_at_a_time.items():
+        print(f"| {name} | {latency['p50']:.2f} | {latency['p99']:.2f} |")
     return [
         Target(
             f"evidence X-Accel ÷ nginx static, {label}",
