@@ -194,7 +194,8 @@ class FallbackCache(BaseCache):
     def read_pending_hit(self) -> None:
         """Read the answer to this thread's last `hit_later`, if not read yet, and pass it on."""
         connection = getattr(self._primary, "_rvi_hit_connection", None)
-        if connection is None or connection.rvi_pending_hit is None:
+        # A forked worker never reads its parent's socket: it counts on a connection of its own.
+        if connection is None or connection.rvi_pending_hit is None or connection.pid != os.getpid():
             return
         key, timeout, on_count = connection.rvi_pending_hit
         connection.rvi_pending_hit = None
