@@ -206,3 +206,17 @@ def test_a_count_redis_never_answered_is_counted_in_memory(client, settings, own
     statuses = [client.get("/apply/done/").status_code for _ in range(120)]
     assert statuses == [200] * 119 + [429]
     assert len(cache_errors(caplog)) == 1
+
+
+def test_a_refused_request_is_not_counted_again(client, settings, own_redis):
+    import redis
+
+    settings.CACHES = {**settings.CACHES, "ratelimit": fallback_config(own_redis.url)}
+    settings.RATELIMIT_DEFAULT_PER_MINUTE = 3
+    statuses = [client.get("/apply/done/").status_code for _ in range(6)]
+    caches["ratelimit"].read_pending_hit()
+    assert statuses == [200, 200, 200, 429, 429, 429]
+    server = redis.Redis(port=own_redis.port)
+    assert [int(server.get(key)) for key in server.keys("*:default:127.0.0.1:*")] == [3]
+    # Refusals have their own hourly count, for security_report.
+    assert [int(server.get(key)) for key in server.keys("*:refusals:default:*")] == [3]

@@ -198,3 +198,10 @@ def test_the_decorator_line_for_new_views_counts_and_refuses(rf):
 def test_load_tests_can_switch_limits_off(client, settings):
     settings.RATELIMIT_ENABLE = False
     assert {client.post("/apply/", {}).status_code for _ in range(8)} == {200}
+
+
+def test_a_count_that_fails_after_the_response_is_logged_and_the_page_still_served(client, caplog):
+    with mock.patch.object(FallbackCache, "hit_later", side_effect=RuntimeError("store bug")):
+        response = client.get("/apply/")
+    assert response.status_code == 200
+    assert "Counting a request in the default rate-limit tier failed." in caplog.text
