@@ -23,16 +23,18 @@ CHROMIUM = "/usr/bin/chromium"
 
 
 def pytest_collection_modifyitems(config, items):
-    if connection.vendor == "postgresql":
-        return
-    needs_postgres = [item for item in items if item.get_closest_marker("postgres")]
-    if IN_CI:
+    if IN_CI and connection.vendor != "postgresql":
         # .ci/run runs the suite a second time on PostgreSQL; these run there.
+        needs_postgres = [item for item in items if item.get_closest_marker("postgres")]
         config.hook.pytest_deselected(items=needs_postgres)
         items[:] = [item for item in items if not item.get_closest_marker("postgres")]
-    else:
-        for item in needs_postgres:
-            item.add_marker(pytest.mark.skip(reason="needs PostgreSQL: set DATABASE_URL=postgres://..."))
+
+
+@pytest.fixture(autouse=True)
+def postgres_when_marked(request):
+    """A test marked `postgres` runs only when the configured database is PostgreSQL."""
+    if request.node.get_closest_marker("postgres") and connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL: set DATABASE_URL=postgres://...")
 
 
 _skipped_in_ci: list[str] = []
