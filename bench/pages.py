@@ -36,6 +36,8 @@ DATABASE = "rvi_bench"
 DATABASE_URL = f"postgres://postgres@127.0.0.1:5432/{DATABASE}"
 REDIS_URL = "redis://127.0.0.1:6379/7"
 SIZES = [10, 1_000, 10_000]
+LIMITER_ROUNDS = 9
+LIMITER_SECONDS = 3
 MB = 1024 * 1024
 
 
@@ -157,16 +159,25 @@ def _millis(text: str) -> float:
 
 def alternate(variants: dict[str, str], rounds: int, seconds: int, **options) -> dict[str, dict]:
     """A B A B …: each variant's median over `rounds`, after one warm-up each."""
+    return {
+        name: medians(results)
+        for name, results in alternate_runs(variants, rounds, seconds, **options).items()
+    }
+
+
+def alternate_runs(variants: dict[str, str], rounds: int, seconds: int, **options) -> dict[str, list[dict]]:
+    """A B A B …: each variant's wrk result in every round, after one warm-up each."""
     for url in variants.values():
         wrk(url, 2, **options)
     runs: dict[str, list[dict]] = {name: [] for name in variants}
     for _round in range(rounds):
         for name, url in variants.items():
             runs[name].append(wrk(url, seconds, **options))
-    return {
-        name: {key: statistics.median(run[key] for run in results) for key in ("rps", "p50", "p99")}
-        for name, results in runs.items()
-    }
+    return runs
+
+
+def medians(results: list[dict]) -> dict:
+    return {key: statistics.median(result[key] for result in results) for key in ("rps", "p50", "p99")}
 
 
 def csrf_pair(base: str) -> tuple[str, str]:
@@ -350,13 +361,22 @@ def main() -> list[Target]:
             ratio = pages["GET /apply/"]["rps"] / pages["bare view"]["rps"]
             # The limiter's latency: one request at a time, so that no queue
             # in front of the workers hides or inflates the round trip to Redis.
-            one_at_a_time = alternate(
+            # Many short rounds, each ratio taken within its round: this
+            # machine's speed drifts by more than the limiter costs.
+            limiter_runs = alternate_runs(
                 {"GET /apply/": f"{base}/apply/", "GET /apply/, limits off": f"{base_off}/apply/"},
-                options.rounds,
-                options.seconds,
+                LIMITER_ROUNDS,
+                LIMITER_SECONDS,
                 connections=1,
             )
-            overhead = one_at_a_time["GET /apply/"]["p50"] / one_at_a_time["GET /apply/, limits off"]["p50"]
+            one_at_a_time = {name: medians(results) for name, results in limiter_runs.items()}
+            round_ratios = sorted(
+                on["p50"] / off["p50"]
+                for on, off in zip(
+                    limiter_runs["GET /apply/"], limiter_runs["GET /apply/, limits off"], strict=True
+                )
+            )
+            overhead = statistics.median(round_ratios)
             throughput_cost = pages["GET /apply/"]["rps"] / pages["GET /apply/, limits off"]["rps"]
             lines += [
                 "| page, 8 connections | req/s | p50 ms | p99 ms |",
@@ -373,6 +393,8 @@ def main() -> list[Target]:
                     for name, r in one_at_a_time.items()
                 ),
                 "",
+                f"- rate limits on ÷ off, p50 at 1 connection, in each of {LIMITER_ROUNDS} rounds of "
+                f"{LIMITER_SECONDS} s: " + ", ".join(f"{ratio:.2f}" for ratio in round_ratios),
                 f"- rate limits on ÷ off, req/s at 8 connections: {throughput_cost:.2f}×",
                 "",
             ]
@@ -406,7 +428,12 @@ def main() -> list[Target]:
     }
     return [
         Target("GET /apply/ ÷ bare view, req/s", f"{ratio:.2f}×", "≥ 0.5×", ratio >= 0.5),
-        Target("rate limits on ÷ off, p50 at 1 connection", f"{overhead:.2f}×", "≤ 1.1×", overhead <= 1.1),
+        Target(
+            "rate limits on ÷ off, p50 at 1 connection (median of the rounds' ratios)",
+            f"{overhead:.2f}×",
+            "≤ 1.1×",
+            overhead <= 1.1,
+        ),
         Target("worker RSS growth, 20 × 16 MB POSTs", f"{peak - idle:.1f} MB", "≤ 8 MB", peak - idle <= 8),
         Target(
             "admin queries at " + " / ".join(f"{size:,}" for size in SIZES) + " applications",

@@ -36,6 +36,8 @@ urlpatterns = [
     path(".well-known/security.txt", security_views.security_txt, name="security_txt"),
 ]
 
+handler500 = security_views.server_error
+
 if settings.BENCH_BARE_VIEW:
     from iama_vetting import bench
 

@@ -1,4 +1,4 @@
-"""Views of the project itself: the CSP report endpoint and security.txt."""
+"""Views of the project itself: the CSP report endpoint, security.txt and the 500 page."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseServerError, JsonResponse
+from django.template.loader import render_to_string
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
@@ -121,3 +122,17 @@ def security_txt(request: HttpRequest) -> HttpResponse:
         f"Canonical: {settings.SITE_URL}/.well-known/security.txt",
     ]
     return HttpResponse("\n".join(lines) + "\n", content_type="text/plain; charset=utf-8")
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """Our 500 page (urls.handler500), without its stylesheet if even that fails.
+
+    The stylesheet's name comes from the collected files' manifest; when the
+    manifest lacks it, Django's own handler fails too, and gunicorn answers
+    with its bare "Internal Server Error".
+    """
+    try:
+        return HttpResponseServerError(render_to_string("500.html"))
+    except Exception:
+        logging.getLogger(__name__).exception("The 500 page could not be rendered with its stylesheet.")
+        return HttpResponseServerError(render_to_string("500.html", {"without_stylesheet": True}))

@@ -40,10 +40,10 @@ def slow_request(port: int, method: str, path: str, body: bytes = b"") -> int:
         connection.close()
 
 
-def wait_until_listening(port: int, process: subprocess.Popen) -> None:
+def wait_until_listening(port: int, process: subprocess.Popen, errors: Path) -> None:
     for _ in range(200):
         if process.poll() is not None:
-            raise RuntimeError("gunicorn exited: " + process.stderr.read())
+            raise RuntimeError("gunicorn exited: " + errors.read_text())
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/.well-known/security.txt", timeout=5)  # noqa: S310
             return
@@ -78,27 +78,29 @@ def two_workers(
         [sys.executable, "manage.py", "collectstatic", "--no-input", "--verbosity", "0"],
         cwd=PROJECT_DIR, env=environment, check=True,
     )  # fmt: skip
-    process = subprocess.Popen(
-        [
-            sys.executable, "-m", "gunicorn", "iama_vetting.wsgi",
-            "--workers", "2", "--bind", f"127.0.0.1:{port}",
-            # The worker's pid on each access line shows both workers answered.
-            "--access-logfile", "-", "--access-logformat", "worker=%(p)s status=%(s)s path=%(U)s",
-        ],
-        cwd=PROJECT_DIR,
-        env=environment,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
+    # Files, not pipes: nobody reads a pipe while the test runs, and a full one blocks gunicorn.
+    access_log, errors = tmp_path / "gunicorn-access.log", tmp_path / "gunicorn-errors.log"
+    with access_log.open("w") as access_out, errors.open("w") as errors_out:
+        process = subprocess.Popen(
+            [
+                sys.executable, "-m", "gunicorn", "iama_vetting.wsgi",
+                "--workers", "2", "--bind", f"127.0.0.1:{port}",
+                # The worker's pid on each access line shows both workers answered.
+                "--access-logfile", "-", "--access-logformat", "worker=%(p)s status=%(s)s path=%(U)s",
+            ],
+            cwd=PROJECT_DIR,
+            env=environment,
+            stdout=access_out,
+            stderr=errors_out,
+        )  # fmt: skip
     access_lines: list[str] = []
     try:
-        wait_until_listening(port, process)
+        wait_until_listening(port, process, errors)
         yield port, access_lines
     finally:
         process.terminate()
-        output, _ = process.communicate(timeout=30)
-        access_lines += [line for line in output.splitlines() if line.startswith("worker=")]
+        process.wait(timeout=30)
+        access_lines += [line for line in access_log.read_text().splitlines() if line.startswith("worker=")]
 
 
 def workers_answering(access_lines: list[str], path: str) -> set[str]:

@@ -58,3 +58,28 @@ def test_server_error_page_renders_without_a_request_context():
     page = render_to_string("500.html")
     assert "Something went wrong on our side" in page
     assert "Nothing you sent was kept half-way" in page
+
+
+def test_a_server_error_shows_our_page_even_when_its_stylesheet_has_no_collected_name(
+    client, settings, tmp_path, monkeypatch
+):
+    settings.DEBUG = False
+    # Collected files without a manifest: the stylesheet's hashed name cannot be found.
+    settings.STATIC_ROOT = tmp_path
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.ManifestStaticFilesStorage"},
+    }
+
+    def broken_page(*args, **kwargs):
+        raise RuntimeError("a bug in a page")
+
+    monkeypatch.setattr("vetting.views.render", broken_page)
+    client.raise_request_exception = False
+
+    response = client.get("/privacy/")
+
+    assert response.status_code == 500
+    page = response.content.decode()
+    assert "Something went wrong on our side" in page
+    assert "stylesheet" not in page
