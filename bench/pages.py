@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import redis
 import requests
 
 from bench import Target, finish
@@ -165,15 +166,44 @@ def alternate(variants: dict[str, str], rounds: int, seconds: int, **options) ->
     }
 
 
-def alternate_runs(variants: dict[str, str], rounds: int, seconds: int, **options) -> dict[str, list[dict]]:
-    """A B A B …: each variant's wrk result in every round, after one warm-up each."""
+def alternate_runs(
+    variants: dict[str, str],
+    rounds: int,
+    seconds: int,
+    masters: dict[str, subprocess.Popen] | None = None,
+    **options,
+) -> dict[str, list[dict]]:
+    """A B A B …: each variant's wrk result in every round, after one warm-up each.
+
+    With `masters` (gunicorn per variant), each result also has the CPU time
+    per request of the variant's workers and of Redis, in µs.
+    """
     for url in variants.values():
         wrk(url, 2, **options)
     runs: dict[str, list[dict]] = {name: [] for name in variants}
     for _round in range(rounds):
         for name, url in variants.items():
-            runs[name].append(wrk(url, seconds, **options))
+            before = cpu_seconds(masters[name]) if masters else None
+            result = wrk(url, seconds, **options)
+            if before is not None:
+                served = result["rps"] * seconds
+                worker, store = (
+                    (after - earlier) / served * 1e6
+                    for after, earlier in zip(cpu_seconds(masters[name]), before, strict=True)
+                )
+                result |= {"worker CPU": worker, "Redis CPU": store}
+            runs[name].append(result)
     return runs
+
+
+def cpu_seconds(master: subprocess.Popen) -> tuple[float, float]:
+    """CPU time used so far by gunicorn's workers, and by the Redis server."""
+    ticks = 0
+    for pid in worker_pids(master):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    info = redis.Redis.from_url(REDIS_URL).info("cpu")
+    return ticks / os.sysconf("SC_CLK_TCK"), info["used_cpu_sys"] + info["used_cpu_user"]
 
 
 def medians(results: list[dict]) -> dict:
@@ -348,7 +378,7 @@ def main() -> list[Target]:
         # for the overhead of limiting and for the POST and admin measurements,
         # which send more from one address than any real limit allows.
         unlimited = {**env, "RATELIMIT_ENABLE": "false"}
-        with gunicorn(env) as (base, _master), gunicorn(unlimited) as (base_off, master_off):
+        with gunicorn(env) as (base, master), gunicorn(unlimited) as (base_off, master_off):
             pages = alternate(
                 {
                     "GET /apply/": f"{base}/apply/",
@@ -367,8 +397,16 @@ def main() -> list[Target]:
                 {"GET /apply/": f"{base}/apply/", "GET /apply/, limits off": f"{base_off}/apply/"},
                 LIMITER_ROUNDS,
                 LIMITER_SECONDS,
+                masters={"GET /apply/": master, "GET /apply/, limits off": master_off},
                 connections=1,
             )
+            cpu_per_request = {
+                name: {
+                    part: statistics.median(result[part] for result in results)
+                    for part in ("worker CPU", "Redis CPU")
+                }
+                for name, results in limiter_runs.items()
+            }
             one_at_a_time = {name: medians(results) for name, results in limiter_runs.items()}
             round_ratios = sorted(
                 on["p50"] / off["p50"]
@@ -395,6 +433,11 @@ def main() -> list[Target]:
                 "",
                 f"- rate limits on ÷ off, p50 at 1 connection, in each of {LIMITER_ROUNDS} rounds of "
                 f"{LIMITER_SECONDS} s: " + ", ".join(f"{ratio:.2f}" for ratio in round_ratios),
+                "- CPU time per request at 1 connection (median of the rounds): "
+                + "; ".join(
+                    f"{name}: workers {cpu['worker CPU']:.0f} µs, Redis {cpu['Redis CPU']:.0f} µs"
+                    for name, cpu in cpu_per_request.items()
+                ),
                 f"- rate limits on ÷ off, req/s at 8 connections: {throughput_cost:.2f}×",
                 "",
             ]

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
@@ -80,6 +82,9 @@ class ClaimFilter(admin.SimpleListFilter):
             return queryset.filter(claimed_by__isnull=True)
         return queryset
 
+
+# On an application's page; an address that applied hundreds of times must not make it slow.
+EARLIER_APPLICATIONS_SHOWN = 10
 
 APPLICANT_FIELDS = [
     "reference",
@@ -225,16 +230,27 @@ class ApplicationAdmin(admin.ModelAdmin):
         same_person = Q(email__iexact=application.email)
         if application.matrix_username:
             same_person |= Q(matrix_username=application.matrix_username)
-        others = (
+        # One more than shown tells whether there are more, without a count.
+        others = list(
             Application.objects.filter(same_person)
             .exclude(pk=application.pk)
             .order_by("-created_at")
-            .only("pk", "reference", "status", "created_at")
+            .only("pk", "reference", "status", "created_at")[: EARLIER_APPLICATIONS_SHOWN + 1]
         )
         if not others:
             return _("None")
+        more = ""
+        if len(others) > EARLIER_APPLICATIONS_SHOWN:
+            others = others[:EARLIER_APPLICATIONS_SHOWN]
+            more = format_html(
+                '<p>{} <a href="{}?{}">{}</a></p>',
+                _("Only the %(shown)d most recent are shown.") % {"shown": EARLIER_APPLICATIONS_SHOWN},
+                reverse("admin:vetting_application_changelist"),
+                urlencode({"email__iexact": application.email}),
+                _("All applications from this e-mail address"),
+            )
         return format_html(
-            "<ul>{}</ul>",
+            "<ul>{}</ul>{}",
             format_html_join(
                 "",
                 '<li><a href="{}">{}</a> · {} · {}</li>',
@@ -248,6 +264,7 @@ class ApplicationAdmin(admin.ModelAdmin):
                     for other in others
                 ),
             ),
+            more,
         )
 
     @admin.display(description=_("Matrix invitations (as last synced)"))

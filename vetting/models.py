@@ -9,6 +9,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import IntegrityError, models, transaction
+from django.db.models.functions import Upper
 from django.utils.translation import gettext_lazy as _
 
 # Crockford's base32 without look-alike letters: easy to read aloud or type.
@@ -181,6 +182,8 @@ class Application(models.Model):
                 name="application_score_1_to_5",
             ),
         ]
+        # Earlier applications from the same address are looked up case-insensitively (email__iexact).
+        indexes = [models.Index(Upper("email"), name="application_email_upper")]
 
     def __str__(self) -> str:
         return f"{self.reference} {self.full_name}"

@@ -222,3 +222,22 @@ def test_dashboard_shows_counts_oldest_waiting_and_a_chart_without_script(client
     assert "Median time from confirmation to decision" in page
     assert page.count('<rect class="bar"') == 12
     assert "<script" not in page.split('id="vetting-dashboard"')[1].split("</svg>")[0]
+
+
+def test_an_address_with_many_earlier_applications_shows_the_most_recent_and_links_to_all(client, agent):
+    from vetting.admin import EARLIER_APPLICATIONS_SHOWN
+
+    earlier = [
+        make_application(email="flood@applicant.example") for _ in range(EARLIER_APPLICATIONS_SHOWN + 2)
+    ]
+    current = make_application(email="Flood@Applicant.example")
+    client.force_login(agent)
+
+    page = client.get(change_url(current)).content.decode()
+
+    newest_first = sorted(earlier, key=lambda application: application.created_at, reverse=True)
+    shown = [application for application in earlier if f"{application.reference}</a> · " in page]
+    assert shown == sorted(newest_first[:EARLIER_APPLICATIONS_SHOWN], key=earlier.index)
+    link = re.search(r'<a href="([^"]+)">All applications from this e-mail address</a>', page)
+    listed = client.get(link.group(1).replace("&amp;", "&")).content.decode()
+    assert all(application.reference in listed for application in [*earlier, current])
