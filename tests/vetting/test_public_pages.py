@@ -61,7 +61,7 @@ def test_server_error_page_renders_without_a_request_context():
 
 
 def test_a_server_error_shows_our_page_even_when_its_stylesheet_has_no_collected_name(
-    client, settings, tmp_path, monkeypatch
+    client, settings, tmp_path, monkeypatch, caplog
 ):
     settings.DEBUG = False
     # Collected files without a manifest: the stylesheet's hashed name cannot be found.
@@ -83,3 +83,4 @@ def test_a_server_error_shows_our_page_even_when_its_stylesheet_has_no_collected
     page = response.content.decode()
     assert "Something went wrong on our side" in page
     assert "stylesheet" not in page
+    assert "The 500 page could not be rendered with its stylesheet." in caplog.messages
