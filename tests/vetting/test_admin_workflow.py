@@ -10,6 +10,7 @@ from evidence.models import Evidence
 from tests.factories import PDF_BYTES, make_application, upload
 from tests.vetting.test_workflow import recommended_by
 from vetting import workflow
+from vetting.admin import EARLIER_APPLICATIONS_SHOWN
 from vetting.models import Application, AuditEvent, StaffNote
 
 pytestmark = pytest.mark.django_db
@@ -225,8 +226,6 @@ def test_dashboard_shows_counts_oldest_waiting_and_a_chart_without_script(client
 
 
 def test_an_address_with_many_earlier_applications_shows_the_most_recent_and_links_to_all(client, agent):
-    from vetting.admin import EARLIER_APPLICATIONS_SHOWN
-
     earlier = [
         make_application(email="flood@applicant.example") for _ in range(EARLIER_APPLICATIONS_SHOWN + 2)
     ]
