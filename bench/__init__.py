@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from pathlib import Path
 
 # Set by `python -m bench`: where each benchmark hands over its targets.
 TARGETS_FILE = "BENCH_TARGETS_FILE"
@@ -28,3 +29,9 @@ def finish(targets: list[Target]) -> None:
         with open(path, "a") as out:
             for target in targets:
                 out.write(json.dumps(dataclasses.asdict(target)) + "\n")
+
+
+def cpu_seconds_of(pid: int) -> float:
+    """CPU time (user and system) used so far by process `pid`, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime

@@ -8,18 +8,22 @@ a fresh PostgreSQL database of its own on 127.0.0.1 (or BENCH_DATABASE_URL,
 a scratch database: the benchmark refuses one that holds real mail); "one
 connection per mail" is the worker with --batch-size 1. After a warm-up of
 each, the two alternate for ROUNDS rounds; the target is checked against
-the median of the rounds' ratios, each taken within its round.
+the median of the rounds' ratios, each taken within its round. The CPU time
+per mail of the worker, the relay and PostgreSQL shows where a mail's time
+goes: the three take turns, so their sum is about that time.
 Run with `make bench`.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import math
 import multiprocessing
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,13 +31,23 @@ from io import StringIO
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from bench import Target, finish
+from bench import Target, cpu_seconds_of, finish
 
 MAILS = 1_000
 ROUNDS = 5
 WARM_UP_MAILS = 100
 BATCH_SIZE = 100
 DATABASE = "rvi_bench_outbox"
+
+
+def postgres_cpu_seconds() -> dict[int, float]:
+    """CPU time used so far by each of the PostgreSQL server's processes on this machine."""
+    pids = subprocess.run(["pgrep", "-u", "postgres"], capture_output=True, text=True).stdout.split()
+    seconds = {}
+    for pid in map(int, pids):
+        with contextlib.suppress(OSError):  # a backend that ended meanwhile
+            seconds[pid] = cpu_seconds_of(pid)
+    return seconds
 
 
 def serve(certificates, control: Connection) -> None:
@@ -97,8 +111,13 @@ def main() -> list[Target]:
         sys.exit("BENCH_DATABASE_URL holds real mail; the benchmark needs a scratch database.")
     variants = {"batched": BATCH_SIZE, "one connection per mail": 1}
 
-    def send(label: str, mails: int) -> float:
-        """Queue `mails` mails, send them with the worker, return the seconds it took."""
+    def send(label: str, mails: int) -> dict[str, float]:
+        """Queue `mails` mails and send them with the worker.
+
+        Returns the seconds it took, and the CPU time per mail (ms) of the
+        worker, the relay and PostgreSQL: they take turns, so their sum is
+        about a mail's time.
+        """
         OutboundEmail.objects.filter(template="benchmark").delete()
         # Every run starts from the same table: without this, the dead rows of
         # earlier runs slow each claim's scan, more with every round, and mostly
@@ -117,9 +136,17 @@ def main() -> list[Target]:
         )
         control.send("reset")
         control.recv()
+        cpu_before = (cpu_seconds_of(os.getpid()), cpu_seconds_of(server.pid), postgres_cpu_seconds())
         started = time.perf_counter()
         call_command("send_outbox", "--once", "--batch-size", str(variants[label]), stdout=StringIO())
         elapsed = time.perf_counter() - started
+        worker_after, relay_after, postgres_after = (
+            cpu_seconds_of(os.getpid()),
+            cpu_seconds_of(server.pid),
+            postgres_cpu_seconds(),
+        )
+        worker_before, relay_before, postgres_before = cpu_before
+        postgres = sum(after - postgres_before.get(pid, 0.0) for pid, after in postgres_after.items())
         control.send("count")
         delivered, connections = control.recv()
         expected_connections = math.ceil(mails / variants[label])
@@ -127,22 +154,39 @@ def main() -> list[Target]:
             sys.exit(
                 f"{label}: the server received {delivered} of {mails} mails on {connections} connections"
             )
-        return elapsed
+        return {
+            "seconds": elapsed,
+            "worker": (worker_after - worker_before) / mails * 1000,
+            "relay": (relay_after - relay_before) / mails * 1000,
+            "PostgreSQL": postgres / mails * 1000,
+        }
 
     try:
         for label in variants:
             send(label, WARM_UP_MAILS)
-        seconds: dict[str, list[float]] = {label: [] for label in variants}
+        runs: dict[str, list[dict[str, float]]] = {label: [] for label in variants}
         # A B A B: the machine's speed drifts, and both variants see the drift.
         for _ in range(ROUNDS):
             for label in variants:
-                seconds[label].append(send(label, MAILS))
+                runs[label].append(send(label, MAILS))
+        seconds = {label: [run["seconds"] for run in label_runs] for label, label_runs in runs.items()}
         for label, batch_size in variants.items():
             median = statistics.median(seconds[label])
             print(
                 f"outbox, {label:<24} {MAILS} mails in {median:6.2f} s, median of {ROUNDS} "
                 f"({MAILS / median:6.1f} mails/s, {math.ceil(MAILS / batch_size)} SMTP connections)"
             )
+        print(
+            "outbox, CPU time per mail (median of the rounds): "
+            + "; ".join(
+                f"{label}: "
+                + ", ".join(
+                    f"{part} {statistics.median(run[part] for run in label_runs):.2f} ms"
+                    for part in ("worker", "relay", "PostgreSQL")
+                )
+                for label, label_runs in runs.items()
+            )
+        )
         # Each round's ratio within the round: the machine's speed drifts between rounds.
         round_ratios = sorted(
             one / batched

@@ -28,7 +28,7 @@ from pathlib import Path
 import redis
 import requests
 
-from bench import Target, finish
+from bench import Target, cpu_seconds_of, finish
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -198,12 +198,9 @@ def alternate_runs(
 
 def cpu_seconds(master: subprocess.Popen) -> tuple[float, float]:
     """CPU time used so far by gunicorn's workers, and by the Redis server."""
-    ticks = 0
-    for pid in worker_pids(master):
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    workers = sum(cpu_seconds_of(pid) for pid in worker_pids(master))
     info = redis.Redis.from_url(REDIS_URL).info("cpu")
-    return ticks / os.sysconf("SC_CLK_TCK"), info["used_cpu_sys"] + info["used_cpu_user"]
+    return workers, info["used_cpu_sys"] + info["used_cpu_user"]
 
 
 def medians(results: list[dict]) -> dict:
