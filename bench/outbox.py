@@ -40,13 +40,21 @@ BATCH_SIZE = 100
 DATABASE = "rvi_bench_outbox"
 
 
-def postgres_cpu_seconds() -> dict[int, float]:
-    """CPU time used so far by each of the PostgreSQL server's processes on this machine."""
-    pids = subprocess.run(["pgrep", "-u", "postgres"], capture_output=True, text=True).stdout.split()
+CPU_PARTS = ("worker", "relay", "PostgreSQL")
+
+
+def cpu_seconds_by_process(relay_pid: int) -> dict[tuple[str, int], float]:
+    """CPU time used so far by the worker (this process), the relay, and each PostgreSQL process."""
+    postgres = subprocess.run(["pgrep", "-u", "postgres"], capture_output=True, text=True).stdout.split()
+    processes = [
+        ("worker", os.getpid()),
+        ("relay", relay_pid),
+        *(("PostgreSQL", int(pid)) for pid in postgres),
+    ]
     seconds = {}
-    for pid in map(int, pids):
-        with contextlib.suppress(OSError):  # a backend that ended meanwhile
-            seconds[pid] = cpu_seconds_of(pid)
+    for part, pid in processes:
+        with contextlib.suppress(OSError):  # a PostgreSQL backend that ended meanwhile
+            seconds[part, pid] = cpu_seconds_of(pid)
     return seconds
 
 
@@ -136,17 +144,13 @@ def main() -> list[Target]:
         )
         control.send("reset")
         control.recv()
-        cpu_before = (cpu_seconds_of(os.getpid()), cpu_seconds_of(server.pid), postgres_cpu_seconds())
+        cpu_before = cpu_seconds_by_process(server.pid)
         started = time.perf_counter()
         call_command("send_outbox", "--once", "--batch-size", str(variants[label]), stdout=StringIO())
         elapsed = time.perf_counter() - started
-        worker_after, relay_after, postgres_after = (
-            cpu_seconds_of(os.getpid()),
-            cpu_seconds_of(server.pid),
-            postgres_cpu_seconds(),
-        )
-        worker_before, relay_before, postgres_before = cpu_before
-        postgres = sum(after - postgres_before.get(pid, 0.0) for pid, after in postgres_after.items())
+        cpu_used = dict.fromkeys(CPU_PARTS, 0.0)
+        for (part, pid), used in cpu_seconds_by_process(server.pid).items():
+            cpu_used[part] += used - cpu_before.get((part, pid), 0.0)
         control.send("count")
         delivered, connections = control.recv()
         expected_connections = math.ceil(mails / variants[label])
@@ -154,12 +158,7 @@ def main() -> list[Target]:
             sys.exit(
                 f"{label}: the server received {delivered} of {mails} mails on {connections} connections"
             )
-        return {
-            "seconds": elapsed,
-            "worker": (worker_after - worker_before) / mails * 1000,
-            "relay": (relay_after - relay_before) / mails * 1000,
-            "PostgreSQL": postgres / mails * 1000,
-        }
+        return {"seconds": elapsed} | {part: cpu / mails * 1000 for part, cpu in cpu_used.items()}
 
     try:
         for label in variants:
@@ -182,7 +181,7 @@ def main() -> list[Target]:
                 f"{label}: "
                 + ", ".join(
                     f"{part} {statistics.median(run[part] for run in label_runs):.2f} ms"
-                    for part in ("worker", "relay", "PostgreSQL")
+                    for part in CPU_PARTS
                 )
                 for label, label_runs in runs.items()
             )
