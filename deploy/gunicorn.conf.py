@@ -16,6 +16,7 @@ max_requests_jitter = 200
 forwarded_allow_ips = "127.0.0.1"
 # Heartbeat files in RAM, not on a disk that may stall.
 worker_tmp_dir = "/dev/shm"  # noqa: S108 - only heartbeat files, no data
-# Access log to the journal; the app's own logging goes there too.
-accesslog = "-"
+# No access log: gunicorn's would write each request line and Referer, status and
+# reset tokens included, to the journal. The app writes the access line, tokens masked.
+accesslog = None
 errorlog = "-"

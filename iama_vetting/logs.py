@@ -2,7 +2,9 @@
 
 RequestContextMiddleware (iama_vetting.middleware) fills `request_context`
 for the duration of a request; RequestContextFilter copies it onto every
-record, so any log line written while serving a request names that request.
+record, so any log line written while serving a request names that request,
+and masks the capability tokens of the request's path wherever the line
+repeats them (Django's "Forbidden (CSRF …): <path>", "Internal Server Error: <path>").
 Fields a caller passes with `extra=` are kept as top-level JSON keys.
 """
 
@@ -36,6 +38,33 @@ _STANDARD_ATTRIBUTES = set(vars(logging.makeLogRecord({}))) | {
 }
 
 
+# Signed status links and reset tokens are far longer; a shorter value (a
+# uidb64) is no secret, and replacing it wherever it occurs would garble the line.
+_MIN_SECRET_LENGTH = 16
+_exception_formatter = logging.Formatter()
+
+
+def _mask_url_secrets(record: logging.LogRecord, secrets: list[tuple[str, str]]) -> None:
+    """Replace the request's capability tokens wherever the record repeats them."""
+    secrets = [(name, value) for name, value in secrets if len(value) >= _MIN_SECRET_LENGTH]
+    if not secrets:
+        return
+
+    def masked(text: str) -> str:
+        for name, value in secrets:
+            text = text.replace(value, f"<{name}>")
+        return text
+
+    try:
+        message = record.getMessage()
+    except Exception:  # A bad format string is logging's to report, when it formats.
+        return
+    if (new_message := masked(message)) != message:
+        record.msg, record.args = new_message, ()
+    if record.exc_info:
+        record.exc_text = masked(record.exc_text or _exception_formatter.formatException(record.exc_info))
+
+
 def escape_control_characters(value: str) -> str:
     """Make a client-supplied value safe for a log line: no newlines or terminal escapes."""
     return "".join(
@@ -49,6 +78,7 @@ class RequestContextFilter(logging.Filter):
         for field in CONTEXT_FIELDS:
             if not hasattr(record, field):
                 setattr(record, field, context.get(field))
+        _mask_url_secrets(record, context.get("url_secrets", []))
         return True
 
 
@@ -66,7 +96,8 @@ class JSONFormatter(logging.Formatter):
             if key not in _STANDARD_ATTRIBUTES and not key.startswith("_"):
                 entry[key] = value
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            # exc_text is the traceback RequestContextFilter has masked, when it had to.
+            entry["exception"] = record.exc_text or self.formatException(record.exc_info)
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
         return json.dumps(entry, default=str, ensure_ascii=False)

@@ -38,14 +38,23 @@ SECRET_URL_PARAMETERS = ("token", "signed", "uidb64")
 CSP_REPORT_GROUP = "csp-endpoint"
 
 
+def url_secrets(request: HttpRequest) -> list[tuple[str, str]]:
+    """(parameter name, value) of each capability token in the request's path."""
+    match = _resolve(request.path_info, settings.ROOT_URLCONF)
+    if match is None:
+        return []
+    return [
+        (name, str(value))
+        for name, value in match.kwargs.items()
+        if any(secret in name for secret in SECRET_URL_PARAMETERS)
+    ]
+
+
 def loggable_path(request: HttpRequest) -> str:
     """The request path with capability tokens replaced by their parameter name."""
     path = request.path
-    match = _resolve(request.path_info, settings.ROOT_URLCONF)
-    if match is not None:
-        for name, value in match.kwargs.items():
-            if any(secret in name for secret in SECRET_URL_PARAMETERS):
-                path = path.replace(str(value), f"<{name}>")
+    for name, value in url_secrets(request):
+        path = path.replace(value, f"<{name}>")
     return escape_control_characters(path)
 
 
@@ -90,6 +99,9 @@ class RequestContextMiddleware:
             "client_ip": ratelimits.client_ip(request),
             "method": escape_control_characters(request.method or ""),
             "path": loggable_path(request),
+            # Not a log field: RequestContextFilter masks these wherever a line repeats them
+            # (Django's "Forbidden (CSRF …): <path>", "Internal Server Error: <path>", tracebacks).
+            "url_secrets": url_secrets(request),
         }
         token = request_context.set(context)
         try:

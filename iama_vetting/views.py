@@ -17,6 +17,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from iama_vetting import ratelimits
 from iama_vetting.logs import escape_control_characters
+from iama_vetting.middleware import loggable_path
 from iama_vetting.models import CSPViolation
 
 logger = logging.getLogger("iama_vetting.csp")
@@ -26,6 +27,9 @@ CSP_REPORT_MAX_BYTES = 64 * 1024
 # not a browser's doing, and the rest is ignored.
 CSP_REPORT_MAX_ENTRIES = 20
 CSP_REPORT_TYPES = ("application/csp-report", "application/reports+json", "application/json")
+# Longer than any path gunicorn accepts (its request line is at most 4094
+# bytes); bounds what masking resolves and caches.
+CSP_REPORT_MAX_PATH = 4096
 
 
 def _text(value: Any, limit: int) -> str:
@@ -33,12 +37,21 @@ def _text(value: Any, limit: int) -> str:
     return escape_control_characters(str(value or ""))[:limit]
 
 
-def _without_query(uri: str) -> str:
-    """Keep scheme, host and path: query strings can carry tokens. Keywords like 'inline' stay."""
+def _masked_path(path: str) -> str:
+    """A reported page's path with its capability tokens masked, as the access line shows it."""
+    page = HttpRequest()
+    page.path = page.path_info = path[:CSP_REPORT_MAX_PATH]
+    return loggable_path(page)
+
+
+def _loggable_uri(uri: str) -> str:
+    """Scheme, host and path, tokens masked: query strings and our status and reset paths
+    carry tokens. Keywords like 'inline' stay."""
     parts = urlsplit(uri)
     if not parts.scheme or not parts.netloc:
-        return uri.split("?")[0].split("#")[0]
-    return f"{parts.scheme}://{parts.netloc}{parts.path}"
+        bare = uri.split("?")[0].split("#")[0]
+        return _masked_path(bare) if bare.startswith("/") else bare
+    return f"{parts.scheme}://{parts.netloc}{_masked_path(parts.path)}"
 
 
 def _violations(payload: Any) -> list[dict[str, Any]]:
@@ -70,8 +83,8 @@ def _violations(payload: Any) -> list[dict[str, Any]]:
 def _normalized(violation: dict[str, Any]) -> tuple[str, str, str]:
     """(directive, blocked URI, document path), bounded and safe to log and store."""
     directive = violation.get("effective-directive") or str(violation.get("violated-directive") or "")
-    blocked = _without_query(str(violation.get("blocked-uri") or ""))
-    document_path = urlsplit(str(violation.get("document-uri") or "")).path
+    blocked = _loggable_uri(str(violation.get("blocked-uri") or ""))
+    document_path = _masked_path(urlsplit(str(violation.get("document-uri") or "")).path)
     return _text(str(directive).split(" ")[0], 64), _text(blocked, 512), _text(document_path, 512)
 
 

@@ -5,16 +5,26 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+import secrets
+import shutil
 import stat
+import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
+from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.db import connection
 from django.utils import timezone
+from psycopg import sql
 
-from iama_vetting.management.commands.backup import libpq_environment
+from evidence.models import Evidence
+from evidence.validation import validate_upload
+from iama_vetting.management.commands.backup import libpq_environment, postgres_params
+from tests.factories import PDF_BYTES, upload
 from vetting.models import Application
 
 
@@ -32,6 +42,13 @@ def make_application() -> Application:
         statement="Hello",
         consent_given_at=timezone.now(),
     )
+
+
+@pytest.fixture(autouse=True)
+def evidence_root(settings):
+    """As deploy/README.md leaves it: the evidence root exists."""
+    settings.EVIDENCE_ROOT.mkdir(parents=True, exist_ok=True)
+    return settings.EVIDENCE_ROOT
 
 
 def database_backup(directory):
@@ -102,6 +119,38 @@ def test_rotation_deletes_only_our_backups_older_than_the_limit(tmp_path):
     assert recent.exists() and unrelated.exists()
 
 
+def unmount(root) -> None:
+    shutil.rmtree(root)
+
+
+def empty(root) -> None:
+    shutil.rmtree(root)
+    root.mkdir()
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (unmount, "does not exist or is not a directory"),
+        (empty, "holds no files, but 1 evidence rows have one"),
+    ],
+)
+@pytest.mark.django_db
+def test_a_missing_or_emptied_evidence_root_is_refused_and_no_backup_is_written_or_rotated(
+    tmp_path, evidence_root, damage, message
+):
+    Evidence.objects.store(make_application(), validate_upload(upload("passport.pdf", PDF_BYTES), note=""))
+    directory = tmp_path / "backups"
+    directory.mkdir()
+    stamp = (datetime.now(UTC) - timedelta(days=20)).strftime("%Y%m%dT%H%M%SZ")
+    old = directory / f"rvi-evidence-{stamp}.tar.gz"
+    old.write_text("the last good archive")
+    damage(evidence_root)
+    with pytest.raises(CommandError, match=f"{message}.*Nothing was changed"):
+        run_backup("--dir", str(directory))
+    assert [path.name for path in directory.iterdir()] == [old.name]
+
+
 def test_keep_days_below_one_is_refused(tmp_path):
     with pytest.raises(CommandError, match="at least 1"):
         call_command("backup", "--dir", str(tmp_path), "--keep-days", "0")
@@ -136,3 +185,54 @@ def test_postgres_backup_then_verify_round_trip(tmp_path):
     verified = io.StringIO()
     call_command("backup", "--verify", str(backup), stdout=verified)
     assert "Backup verified" in verified.getvalue()
+
+
+def documented_restore_command() -> str:
+    """The pg_restore line of deploy/README.md's "Backups and restore", continuation lines joined."""
+    guide = (settings.BASE_DIR / "deploy" / "README.md").read_text()
+    section = guide.split("## Backups and restore", 1)[1].split("\n## ", 1)[0]
+    found = re.search(r"sudo -u postgres pg_restore(?:[^`\n\\]|\\\n)*", section)
+    assert found, "deploy/README.md no longer shows the restore command"
+    return found[0].replace("\\\n", " ")
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("runuser") is None, reason="needs root and runuser")
+def test_the_documented_restore_works_on_a_backup_only_its_owner_can_read(tmp_path):
+    """As on the server: the dump is 0600 in a 0700 directory, and pg_restore runs as another user."""
+    make_application()
+    backups = tmp_path / "backups"
+    run_backup("--dir", str(backups))
+    dump = database_backup(backups)
+    scratch = f"rvi_restore_{secrets.token_hex(6)}"
+    params = postgres_params(connection.settings_dict, dbname="postgres")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PG")}
+    for key, variable in (
+        ("host", "PGHOST"),
+        ("port", "PGPORT"),
+        ("user", "PGUSER"),
+        ("password", "PGPASSWORD"),
+    ):
+        if key in params:
+            env[variable] = str(params[key])
+    with psycopg.connect(**params, autocommit=True) as conn:
+        role = conn.execute("SELECT current_user").fetchone()[0]
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch)))
+    # `nobody` stands in for the postgres user: it may not read the backups either.
+    # The database and role are this server's scratch ones instead of rvi's.
+    command = (
+        documented_restore_command()
+        .replace("sudo -u postgres", "runuser -u nobody --")
+        .replace("--role=rvi_owner", f"--role={role}")
+        .replace(" -d rvi ", f" -d {scratch} ")
+    )
+    command = re.sub(r"\S*(rvi-db-<time>|<file>)\.dump", str(dump), command)
+    try:
+        result = subprocess.run(["sh", "-c", command], cwd="/", env=env, capture_output=True, text=True)
+        assert result.returncode == 0, f"{command}\n{result.stderr}"
+        with psycopg.connect(**{**params, "dbname": scratch}) as conn:
+            assert conn.execute("SELECT count(*) FROM vetting_application").fetchone()[0] == 1
+    finally:
+        with psycopg.connect(**params, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(scratch)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+import runpy
 import shutil
 import subprocess
 import sys
@@ -156,3 +157,36 @@ def test_rvi_manage_script_is_valid_shell_running_manage_py_as_the_user(tmp_path
     text = script.read_text()
     assert "--uid=rvi" in text and "--property=EnvironmentFile=/etc/iama-rvi/env" in text
     assert "/srv/iama-rvi/.venv/bin/python /srv/iama-rvi/manage.py" in text
+
+
+def test_env_example_carries_this_hosts_values(tmp_path):
+    out = render(
+        tmp_path / "out",
+        domain="rvi.myhost.org",
+        app_dir="/opt/rvi",
+        venv="/opt/rvi/.venv",
+        state_dir="/data/rvi",
+        db_user="rvi_app",
+        db_name="rvi_prod",
+        https_port=8443,
+    )
+    text = (out / ".env.example").read_text()
+    values = dict(re.findall(r"^([A-Z][A-Z0-9_]+)=(.*)$", text, flags=re.MULTILINE))
+    assert values["ALLOWED_HOSTS"] == "rvi.myhost.org"
+    assert values["CSRF_TRUSTED_ORIGINS"] == "https://rvi.myhost.org:8443"
+    assert values["SITE_URL"] == "https://rvi.myhost.org:8443"
+    assert values["DATABASE_URL"] == "postgres://rvi_app:CHANGE-ME@127.0.0.1:5432/rvi_prod"
+    assert values["EVIDENCE_ROOT"] == "/data/rvi/evidence"
+    assert values["EVIDENCE_X_ACCEL_PREFIX"] == "/_protected_evidence/"
+    assert values["STATIC_ROOT"] == "/opt/rvi/staticfiles"
+    assert values["BACKUP_DIR"] == "/data/rvi/backups"
+    assert values["MAINTENANCE_FILE"] == "/data/rvi/maintenance.json"
+    assert "rvi.example.org" not in text and "/var/lib/iama-rvi" not in text
+
+
+def test_gunicorn_writes_no_access_log(tmp_path):
+    """Its request line and Referer would carry status and reset tokens to the journal."""
+    config = runpy.run_path(str(render(tmp_path / "out") / "gunicorn.conf.py"))
+    assert config.get("accesslog") is None
+    assert "access_log_format" not in config
+    assert config["errorlog"] == "-"

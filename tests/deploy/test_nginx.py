@@ -148,11 +148,25 @@ def test_internal_evidence_location_requested_directly_is_404(site):
     assert site.evidence_bytes[:8] not in response.content
 
 
-def test_dotfiles_are_never_served(site):
+@pytest.mark.parametrize(
+    "path",
+    ["/static/.env", "/static/.well-known/security.txt", "/.env", "/.git/config", "/.well-known/.env"],
+)
+def test_dotfiles_are_never_served(site, path):
     (site.app.static_root / ".env").write_text("SESSION_SECRET=leak")
-    response = site.get("/static/.env")
+    (site.app.static_root / ".well-known").mkdir(exist_ok=True)
+    (site.app.static_root / ".well-known" / "security.txt").write_text("Contact: leak")
+    response = site.get(path)
     assert response.status_code in (403, 404)
     assert b"leak" not in response.content
+
+
+def test_security_txt_is_served_by_the_app_through_nginx(site):
+    response = site.get("/.well-known/security.txt")
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "text/plain; charset=utf-8"
+    assert response.text.startswith("Contact: mailto:")
+    assert "Canonical: " in response.text
 
 
 def test_static_files_are_served_by_nginx_with_long_expiry(site):
@@ -206,6 +220,27 @@ def test_the_access_log_keeps_pages_but_not_the_secret_links(site):
     assert "/status/<token>/" in log
     assert "/confirm/<token>/" in log
     assert "/apply/done/?<query>" in log
+    assert secret not in log
+
+
+def test_gunicorn_writes_no_token_to_its_output(site):
+    """What gunicorn prints goes to the journal: no request line or Referer with a token."""
+    secret = "ImRlYWRiZWVmIg:1xXJAT:gunicorn-canary-signature"
+    referer = {"Referer": f"https://localhost:{site.https_port}/status/{secret}/"}
+    site.get(f"/status/{secret}/", headers=referer)
+    site.get(f"/confirm/{secret}/", headers=referer)
+    site.get(f"/reset/MQ/{secret}/", headers=referer)
+    [log_file] = site.app.root.glob("gunicorn-*.log")
+    expected = ('"/status/<token>/"', '"/confirm/<token>/"', '"/reset/<uidb64>/<token>/"')
+    for _attempt in range(100):
+        log = log_file.read_text()
+        if all(path in log for path in expected):
+            break
+        time.sleep(0.05)
+    # The app's access lines are in; gunicorn would write its own just after each response.
+    time.sleep(0.5)
+    log = log_file.read_text()
+    assert all(path in log for path in expected), log[-2000:]
     assert secret not in log
 
 

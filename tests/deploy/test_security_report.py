@@ -6,9 +6,11 @@ import io
 from datetime import timedelta
 
 import pytest
+from django.core.cache import caches
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
+from iama_vetting import ratelimits
 from iama_vetting.models import CSPViolation
 from notifications.models import OutboundEmail
 from tests.conftest import STAFF_PASSWORD
@@ -67,3 +69,24 @@ def test_mail_goes_to_every_active_superadmin(superadmin, django_user_model):
 def test_a_bad_window_is_refused_clearly(since):
     with pytest.raises(CommandError, match="--since takes hours or days"):
         report("--since", since)
+
+
+@pytest.mark.parametrize("since", ["999999999d", "99999999999h", "999999999999d"])
+def test_a_window_reaching_before_the_calendar_is_refused_clearly(since):
+    with pytest.raises(CommandError, match="reaches back before the year 1"):
+        report("--since", since)
+
+
+def test_a_number_too_long_for_any_window_is_refused_clearly():
+    with pytest.raises(CommandError, match="--since takes hours or days"):
+        report("--since", "9" * 5000 + "d")
+
+
+def test_a_long_window_asks_the_cache_only_for_the_refusal_counts_still_kept(monkeypatch, settings):
+    cache = caches[settings.RATELIMIT_USE_CACHE]
+    asked: list[int] = []
+    get_many = cache.get_many
+    monkeypatch.setattr(cache, "get_many", lambda keys: asked.append(len(keys)) or get_many(keys))
+    assert "IaMA RVI security report, last 3650d" in report("--since", "3650d")
+    limits = 1 + len(ratelimits.ALL_LIMITS)
+    assert asked and asked[0] <= limits * (ratelimits.REFUSALS_KEPT_SECONDS // 3600 + 2)

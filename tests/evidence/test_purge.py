@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import time
 from datetime import timedelta
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from evidence.models import Evidence
+from evidence.storage import EvidenceStorage
 from evidence.validation import validate_upload
 from tests.factories import PDF_BYTES, make_application, upload
 from vetting.models import Application, AuditEvent
@@ -105,16 +107,82 @@ def test_removes_old_orphan_files_but_not_ones_that_may_be_uploading_now():
     assert os.path.exists(new_orphan) and os.path.exists(path_of(kept))
 
 
-def test_removes_rows_whose_file_is_missing():
+def test_keeps_rows_whose_file_is_missing_and_fails_until_told_to_remove_them():
+    store_for("submitted", 0)
     lost = store_for("submitted", 0)
     os.remove(path_of(lost))
-    output = purge()
+    out = io.StringIO()
+    with pytest.raises(CommandError, match="1 evidence rows have no file .*--remove-missing"):
+        call_command("purge_evidence", stdout=out)
+    assert f"evidence {lost.pk} has no file" in out.getvalue()
+    assert "1 evidence rows whose file is missing were kept (see --remove-missing)." in out.getvalue()
+    assert Evidence.objects.filter(pk=lost.pk).exists()
+    assert not AuditEvent.objects.filter(action="evidence.missing_file_row_removed").exists()
+
+
+def test_removes_rows_whose_file_is_missing_when_told():
+    kept = store_for("submitted", 0)
+    lost = store_for("submitted", 0)
+    os.remove(path_of(lost))
+    output = purge("--remove-missing")
     assert f"evidence {lost.pk} has no file" in output
     assert "1 evidence rows whose file is missing were removed." in output
     assert not Evidence.objects.filter(pk=lost.pk).exists()
+    assert Evidence.objects.filter(pk=kept.pk).exists()
     assert AuditEvent.objects.filter(
         action="evidence.missing_file_row_removed", target_id=str(lost.pk)
     ).exists()
+
+
+def unmount(root) -> None:
+    shutil.rmtree(root)
+
+
+def empty(root) -> None:
+    shutil.rmtree(root)
+    root.mkdir()
+
+
+def replace_with_a_file(root) -> None:
+    shutil.rmtree(root)
+    root.write_text("not a directory")
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (unmount, "does not exist or is not a directory"),
+        (replace_with_a_file, "does not exist or is not a directory"),
+        (empty, "holds no files, but 2 evidence rows have one"),
+    ],
+)
+@pytest.mark.parametrize("options", [[], ["--dry-run"], ["--remove-missing"]])
+def test_a_missing_or_emptied_evidence_root_is_refused_and_nothing_changes(
+    settings, damage, message, options
+):
+    old = store_for("rejected", 400)
+    store_for("submitted", 0)
+    damage(settings.EVIDENCE_ROOT)
+    out = io.StringIO()
+    with pytest.raises(CommandError, match=f"{message}.*Nothing was changed"):
+        call_command("purge_evidence", *options, stdout=out)
+    assert out.getvalue() == ""
+    assert Evidence.objects.stored().count() == 2
+    old.refresh_from_db()
+    assert old.purged_at is None
+    assert not AuditEvent.objects.filter(action__startswith="evidence.").exists()
+
+
+def test_an_unreadable_evidence_root_is_refused_and_nothing_changes(monkeypatch):
+    store_for("submitted", 0)
+
+    def refuse(self, path):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(EvidenceStorage, "listdir", refuse)
+    with pytest.raises(CommandError, match="cannot be read .*Permission denied.*Nothing was changed"):
+        purge()
+    assert Evidence.objects.stored().count() == 1
 
 
 def test_purged_evidence_cannot_be_downloaded(client, agent):
@@ -124,5 +192,7 @@ def test_purged_evidence_cannot_be_downloaded(client, agent):
     assert client.get(f"/evidence/{evidence.pk}/").status_code == 404
 
 
-def test_runs_on_an_empty_installation():
+def test_runs_on_an_empty_installation(settings):
+    # As deploy/README.md leaves it: the evidence root exists and holds nothing yet.
+    settings.EVIDENCE_ROOT.mkdir(parents=True)
     assert "0 evidence files" in purge()

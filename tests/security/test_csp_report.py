@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 
 import pytest
+from django.core.management import call_command
 
 from iama_vetting.models import CSPViolation
 
@@ -166,3 +168,38 @@ def test_violations_are_read_only_in_the_admin(client, superadmin):
     client.post(f"/admin/iama_vetting/cspviolation/{violation.pk}/change/", {"count": 0})
     violation.refresh_from_db()
     assert violation.count == 1
+
+
+STATUS_TOKEN = "ImRlYWRiZWVmIg:1xXJAT:csp-canary-signature"
+
+
+@pytest.mark.parametrize(
+    ("page", "masked"),
+    [
+        (f"/status/{STATUS_TOKEN}/", "/status/<token>/"),
+        (f"/status/{STATUS_TOKEN}/withdraw/", "/status/<token>/withdraw/"),
+        (f"/confirm/{STATUS_TOKEN}/", "/confirm/<token>/"),
+        (f"/reset/MQ/{STATUS_TOKEN}/", "/reset/<uidb64>/<token>/"),
+    ],
+)
+@pytest.mark.parametrize("report_format", ["csp-report", "reports+json"])
+def test_tokens_in_reported_urls_are_neither_logged_nor_stored(client, caplog, page, masked, report_format):
+    url = f"https://rvi.example.org{page}"
+    if report_format == "csp-report":
+        body = {"csp-report": {"document-uri": url, "effective-directive": "form-action", "blocked-uri": url}}
+    else:
+        entry = reporting_api_entry("form-action", url)
+        entry["url"] = url
+        del entry["body"]["documentURL"]
+        body = [entry]
+    with caplog.at_level(logging.WARNING, logger="iama_vetting.csp"):
+        assert post_report(client, body, f"application/{report_format}").status_code == 204
+    violation = CSPViolation.objects.get()
+    assert violation.document_path == masked
+    assert violation.blocked == f"https://rvi.example.org{masked}"
+    assert STATUS_TOKEN not in caplog.text
+    assert STATUS_TOKEN not in str(vars(caplog.records[-1]))
+    out = io.StringIO()
+    call_command("security_report", stdout=out)
+    assert f"form-action blocked https://rvi.example.org{masked} on {masked}: 1 report(s)" in out.getvalue()
+    assert STATUS_TOKEN not in out.getvalue()

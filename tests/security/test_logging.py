@@ -10,14 +10,16 @@ from datetime import UTC, datetime
 
 import pytest
 import time_machine
+from django.db import OperationalError
 from django.test import Client
 from django_otp.oath import totp
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from evidence.models import Evidence
 from iama_vetting.logs import JSONFormatter, RequestContextFilter, TextFormatter
-from tests.factories import PDF_BYTES, upload
+from tests.factories import PDF_BYTES, make_application, upload
 from tests.vetting.test_apply import form_data
+from vetting.links import status_token
 
 pytestmark = pytest.mark.django_db
 
@@ -179,3 +181,52 @@ def test_no_secret_appears_in_logs_or_pages_over_a_full_flow(client, settings, j
         assert secret not in everything_shown, f"{name} leaked into a page"
     for form in totp_key:
         assert form not in captured, "the TOTP key leaked into the logs"
+
+
+def fail_with(error):
+    def withdraw(application, request=None):
+        raise error
+
+    return withdraw
+
+
+@pytest.mark.parametrize(
+    ("send", "logger", "message"),
+    [
+        (
+            lambda path, token: Client(enforce_csrf_checks=True).post(path),
+            "django.security.csrf",
+            "Forbidden (CSRF cookie not set.): /status/<token>/withdraw/",
+        ),
+        (
+            lambda path, token: Client(enforce_csrf_checks=True).post(
+                path, secure=True, HTTP_REFERER=f"https://elsewhere.example/status/{token}/"
+            ),
+            "django.security.csrf",
+            "Forbidden (Referer checking failed - https://elsewhere.example/status/<token>/ does not "
+            "match any trusted origins.): /status/<token>/withdraw/",
+        ),
+        (
+            lambda path, token: Client(raise_request_exception=False).post(path),
+            "django.request",
+            "Internal Server Error: /status/<token>/withdraw/",
+        ),
+        (
+            lambda path, token: Client().post(path),
+            "iama_vetting.outage",
+            "Database unavailable for POST /status/<token>/withdraw/: OperationalError",
+        ),
+    ],
+    ids=["csrf-cookie", "csrf-referer", "server-error", "database-down"],
+)
+def test_other_loggers_show_the_masked_path_never_the_token(json_log, monkeypatch, send, logger, message):
+    token = status_token(make_application())
+    error = OperationalError("gone") if logger == "iama_vetting.outage" else RuntimeError(f"no {token}")
+    monkeypatch.setattr("vetting.workflow.withdraw", fail_with(error))
+    send(f"/status/{token}/withdraw/", token)
+    [line] = [line for line in lines(json_log) if line["logger"] == logger]
+    assert line["message"] == message
+    assert line["path"] == "/status/<token>/withdraw/"
+    assert token not in json_log.getvalue()
+    if logger == "django.request":
+        assert "Traceback" in line["exception"] and "no <token>" in line["exception"]

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 from django.conf import settings
+from django.core.files.storage import Storage
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 from django.utils import timezone
@@ -16,19 +18,52 @@ from vetting import audit
 ORPHAN_MIN_AGE = timedelta(hours=1)
 
 
+def refuse_unavailable_evidence(storage: Storage) -> None:
+    """Raise CommandError unless the evidence store is there and holds files when rows say it should.
+
+    An unmounted volume reads as an empty store, which would make every row's
+    file look missing. Also used by the backup command, whose archive of an
+    empty store would otherwise replace the good ones as they age out.
+    """
+    unchanged = "Nothing was changed."
+    if settings.EVIDENCE_STORAGE == "local":
+        root = Path(settings.EVIDENCE_ROOT)
+        if not root.is_dir():
+            raise CommandError(
+                f"The evidence root {root} does not exist or is not a directory: is its volume "
+                f"mounted? {unchanged}"
+            )
+    try:
+        first_file = next(stored_names(storage), None)
+    except OSError as error:
+        raise CommandError(f"The evidence store cannot be read ({error}). {unchanged}") from error
+    rows = Evidence.objects.stored().count()
+    if first_file is None and rows:
+        raise CommandError(
+            f"The evidence store holds no files, but {rows} evidence rows have one: is its volume "
+            f"mounted? {unchanged}"
+        )
+
+
 class Command(BaseCommand):
     help = (
         "Delete the evidence files of applications decided (rejected, withdrawn, joined) more than "
         "EVIDENCE_RETENTION_DAYS ago, keeping each row's SHA-256, type and size; also remove stored "
-        "files that have no row and rows whose file is missing."
+        "files that have no row, and list rows whose file is missing (removed only with --remove-missing)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--dry-run", action="store_true", help="Only count what would be removed.")
+        parser.add_argument(
+            "--remove-missing",
+            action="store_true",
+            help="Also delete the rows of evidence whose file is missing, once you know why it is.",
+        )
 
-    def handle(self, *args, dry_run: bool = False, **options) -> None:
+    def handle(self, *args, dry_run: bool = False, remove_missing: bool = False, **options) -> None:
         verb = "would be" if dry_run else "were"
         storage = evidence_storage()
+        refuse_unavailable_evidence(storage)
         now = timezone.now()
 
         due = list(Evidence.objects.due_for_purge(now).select_related("application").order_by("uploaded_at"))
@@ -57,7 +92,7 @@ class Command(BaseCommand):
 
         known = set(Evidence.objects.stored().values_list("file", flat=True))
         orphans, recent = [], 0
-        for name in self.stored_files(storage):
+        for name in stored_names(storage):
             if name in known:
                 continue
             if now - storage.get_modified_time(name) < ORPHAN_MIN_AGE:
@@ -79,7 +114,9 @@ class Command(BaseCommand):
         ]
         for evidence in missing:
             self.stdout.write(f"  evidence {evidence.pk} has no file ({evidence.file.name})")
-        if not dry_run:
+        # A missing file means a lost disk, a partial restore or a half-mounted volume:
+        # its row is the only trace left, so it goes only when an operator says so.
+        if remove_missing and not dry_run:
             for evidence in missing:
                 with transaction.atomic():
                     audit.record(
@@ -88,15 +125,17 @@ class Command(BaseCommand):
                         details={"file": evidence.file.name},
                     )
                     evidence.delete()
-        self.stdout.write(f"{len(missing)} evidence rows whose file is missing {verb} removed.")
+        outcome = "removed" if remove_missing else "kept (see --remove-missing)"
+        self.stdout.write(f"{len(missing)} evidence rows whose file is missing {verb} {outcome}.")
+        problems = []
         if failed:
-            raise CommandError(
+            problems.append(
                 f"{failed} evidence files could not be purged; they are kept and retried next run."
             )
-
-    def stored_files(self, storage) -> list[str]:
-        try:
-            return list(stored_names(storage))
-        except FileNotFoundError:
-            # No evidence root yet: nothing has ever been stored.
-            return []
+        if missing and not remove_missing:
+            problems.append(
+                f"{len(missing)} evidence rows have no file (listed above): find out why and restore "
+                "the files, or delete the rows with --remove-missing."
+            )
+        if problems:
+            raise CommandError(" ".join(problems))

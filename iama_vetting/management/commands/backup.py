@@ -18,6 +18,9 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 
+from evidence.management.commands.purge_evidence import refuse_unavailable_evidence
+from evidence.storage import evidence_storage
+
 # Only files named like this are ever rotated away; anything else in the directory is left alone.
 BACKUP_NAME_RE = re.compile(r"^rvi-(db|evidence)-(?P<stamp>\d{8}T\d{6}Z)\.")
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
@@ -131,6 +134,10 @@ class Command(BaseCommand):
             return
         if options["keep_days"] < 1:
             raise CommandError("--keep-days must be at least 1.")
+        if settings.EVIDENCE_STORAGE == "local":
+            # Before anything is written or rotated: an archive of an unmounted evidence
+            # volume would be empty, and the good archives would age out behind it.
+            refuse_unavailable_evidence(evidence_storage())
         directory = (options["dir"] or settings.BACKUP_DIR).resolve()
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         now = datetime.now(UTC)
@@ -216,8 +223,7 @@ class Command(BaseCommand):
         partial = target.with_name(target.name + ".partial")
         try:
             with private_file(partial) as output, tarfile.open(fileobj=output, mode="w:gz") as archive:
-                if root.is_dir():
-                    archive.add(root, arcname="evidence")
+                archive.add(root, arcname="evidence")
         except BaseException:
             partial.unlink(missing_ok=True)
             raise

@@ -145,6 +145,7 @@ class Command(BaseCommand):
                 options["evidence_root"] or f"{state_dir}/evidence", "--evidence-root"
             ),
             "backup_dir": safe_path(options["backup_dir"] or f"{state_dir}/backups", "--backup-dir"),
+            "maintenance_file": f"{state_dir}/maintenance.json",
             "nginx_log_dir": safe_path(options["nginx_log_dir"], "--nginx-log-dir"),
             "static_root": safe_path(options["static_root"] or f"{app_dir}/staticfiles", "--static-root"),
             "tls_certificate": safe_path(

@@ -21,17 +21,26 @@ HOMESERVER_ERRORS = ["invitation.issue_failed", "invitation.revoke_failed", "inv
 TOP = 10
 
 
-def parse_since(text: str) -> timedelta:
-    match = re.fullmatch(r"(\d+)([hd])", text.strip())
+def window_start(text: str, now: datetime) -> datetime:
+    """`now` less the --since window (24h, 7d, …)."""
+    # At most 12 digits: int() refuses numbers of thousands of digits with a ValueError of its own.
+    match = re.fullmatch(r"(\d{1,12})([hd])", text.strip())
     if not match or int(match[1]) == 0:
         raise CommandError(f"--since takes hours or days, like 24h or 7d, not {text!r}.")
     amount, unit = int(match[1]), match[2]
-    return timedelta(hours=amount) if unit == "h" else timedelta(days=amount)
+    try:
+        return now - (timedelta(hours=amount) if unit == "h" else timedelta(days=amount))
+    except OverflowError:
+        raise CommandError(
+            f"--since {text.strip()} reaches back before the year 1: give a shorter window, like 30d."
+        ) from None
 
 
 def rate_limit_refusals(since: datetime, now: datetime) -> dict[str, int]:
     """Refusals per limit, from the hourly counters the limiter keeps in the shared store."""
     names = [ratelimits.DEFAULT_TIER_NAME, *(limit.group for limit in ratelimits.ALL_LIMITS)]
+    # Older counters have expired: a long --since must not ask the cache for every hour of years.
+    since = max(since, now - timedelta(seconds=ratelimits.REFUSALS_KEPT_SECONDS))
     hours = []
     hour = since.replace(minute=0, second=0, microsecond=0)
     while hour <= now:
@@ -59,7 +68,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, since: str, mail: bool, **options) -> None:
         now = timezone.now()
-        start = now - parse_since(since)
+        start = window_start(since, now)
         report = self.gather(start, now.astimezone(UTC))
         text = self.render(report, since)
         self.stdout.write(text)
