@@ -8,7 +8,7 @@ from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from evidence.storage import evidence_storage
+from evidence.storage import delete_left_behind, evidence_storage
 from evidence.validation import ValidatedUpload
 
 
@@ -47,7 +47,7 @@ class EvidenceManager(models.Manager.from_queryset(EvidenceQuerySet)):
             stored_name = storage.save(name, upload.file)
         except BaseException:
             # A write that fails half-way (disk full) leaves a partial file behind.
-            storage.delete(name)
+            delete_left_behind(storage, name)
             raise
         try:
             return self.create(
@@ -62,7 +62,7 @@ class EvidenceManager(models.Manager.from_queryset(EvidenceQuerySet)):
                 uploaded_by=uploaded_by,
             )
         except BaseException:
-            storage.delete(stored_name)
+            delete_left_behind(storage, stored_name)
             raise
 
 

@@ -1,14 +1,19 @@
 from __future__ import annotations
 
+import functools
+import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
-from botocore.exceptions import ClientError
+from boto3.exceptions import Boto3Error
+from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
 from django.core.files.storage import FileSystemStorage, Storage, storages
 from storages.backends.s3 import S3Storage
 from storages.utils import clean_name
+
+logger = logging.getLogger(__name__)
 
 
 class EvidenceStorage(FileSystemStorage):
@@ -40,6 +45,24 @@ class EvidenceStorage(FileSystemStorage):
         return self.open(name, "rb")
 
 
+# What boto3 raises when S3 cannot be reached, refuses, or has no credentials
+# (S3UploadFailedError, ClientError, EndpointConnectionError, NoCredentialsError…).
+S3_FAILURES = (Boto3Error, BotoCoreError, ClientError)
+
+
+def _as_os_error(method: Callable) -> Callable:
+    """Raise S3 failures as OSError, as local disk does: callers handle both with one except."""
+
+    @functools.wraps(method)
+    def wrapper(self, name: str, *args, **kwargs):
+        try:
+            return method(self, name, *args, **kwargs)
+        except S3_FAILURES as error:
+            raise OSError(f"S3 {method.__name__} of {name!r} failed: {error}") from error
+
+    return wrapper
+
+
 class S3EvidenceStorage(S3Storage):
     """Evidence on S3 (EVIDENCE_STORAGE=s3), under the same <2 hex>/<uuid>.<ext> keys.
 
@@ -59,6 +82,16 @@ class S3EvidenceStorage(S3Storage):
             }
         )
 
+    # Every method that talks to S3; the views and purge_evidence catch OSError.
+    _open = _as_os_error(S3Storage._open)
+    _save = _as_os_error(S3Storage._save)
+    delete = _as_os_error(S3Storage.delete)
+    exists = _as_os_error(S3Storage.exists)
+    listdir = _as_os_error(S3Storage.listdir)
+    size = _as_os_error(S3Storage.size)
+    get_modified_time = _as_os_error(S3Storage.get_modified_time)
+
+    @_as_os_error
     def open_stream(self, name: str) -> BinaryIO:
         """The object's body, read from S3 chunk by chunk as the response is sent."""
         key = self._normalize_name(clean_name(name))
@@ -77,6 +110,19 @@ def stored_names(storage: Storage, directory: str = "") -> Iterator[str]:
         yield f"{directory}/{file}" if directory else file
     for child in directories:
         yield from stored_names(storage, f"{directory}/{child}" if directory else child)
+
+
+def delete_left_behind(storage: Storage, name: str) -> None:
+    """Delete a file that a failed or undone change left behind, as far as storage allows.
+
+    Cleanup must not stop at the first failure, nor hide the error that made
+    it necessary: a file it cannot delete is logged, and purge_evidence's
+    sweep of files without a row removes it later.
+    """
+    try:
+        storage.delete(name)
+    except OSError:
+        logger.exception("Could not delete the evidence file %s; purge_evidence will remove it.", name)
 
 
 def evidence_storage() -> Storage:

@@ -6,7 +6,9 @@ when both name one of the allowed types.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import tempfile
 import unicodedata
 import zipfile
 from dataclasses import dataclass
@@ -15,12 +17,28 @@ import magic
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.files import File
-from django.core.files.uploadedfile import UploadedFile
+from django.core.files.uploadedfile import TemporaryUploadedFile, UploadedFile
 from django.utils.translation import gettext as _
 
 from evidence.images import IMAGE_FORMATS, strip_metadata
 
 DOCX_TYPE = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+# Text that libmagic names more precisely but that is still harmless plain text:
+# CSV, a saved e-mail or news post, a PGP-signed statement, JSON, and prose with a
+# line starting "C " (libmagic's Fortran guess). Never HTML, SVG, XML or scripts.
+PLAIN_TEXT_TYPES = frozenset(
+    {
+        "text/plain",
+        "text/csv",
+        "text/tab-separated-values",
+        "message/rfc822",
+        "message/news",
+        "text/PGP",
+        "application/pgp-signature",
+        "application/json",
+        "text/x-fortran",
+    }
+)
 
 # extension -> (type we record, types libmagic may report for such a file)
 ALLOWED_TYPES: dict[str, tuple[str, frozenset[str]]] = {
@@ -32,10 +50,12 @@ ALLOWED_TYPES: dict[str, tuple[str, frozenset[str]]] = {
     "doc": ("application/msword", frozenset({"application/msword"})),
     # libmagic reports some valid DOCX files as plain zip; _is_docx decides.
     "docx": (DOCX_TYPE, frozenset({DOCX_TYPE, "application/zip"})),
-    "txt": ("text/plain", frozenset({"text/plain"})),
+    "txt": ("text/plain", PLAIN_TEXT_TYPES),
 }
 ALLOWED_EXTENSIONS_TEXT = ", ".join(ALLOWED_TYPES)
 
+# How much of the start libmagic reads; formats with an index (Word's OLE
+# directory) are followed through the file beyond it (see _sniff).
 SNIFF_BYTES = 64 * 1024
 DISPLAY_NAME_MAX_LENGTH = 255
 
@@ -49,6 +69,27 @@ _KIND_NAMES = {
     "application/javascript": "a script",
     "text/javascript": "a script",
     "application/zip": "a zip archive",
+    "text/xml": "an XML document",
+    "application/xml": "an XML document",
+    "text/x-shellscript": "a script",
+    "text/x-script.python": "a script",
+    "text/x-php": "a script",
+    "text/x-perl": "a script",
+    "text/x-ruby": "a script",
+    "text/rtf": "a rich-text (RTF) document",
+    "application/pdf": "a PDF document",
+    "image/jpeg": "a JPEG image",
+    "image/png": "a PNG image",
+    "image/gif": "a GIF image",
+    "application/msword": "an older Word document (.doc)",
+    "text/plain": "plain text",
+    "application/vnd.ms-excel": "an Excel spreadsheet",
+    "application/vnd.ms-powerpoint": "a PowerPoint presentation",
+    "application/x-msi": "a Windows installer",
+    "application/vnd.ms-msi": "a Windows installer",
+    # Office containers libmagic could not place as Word, Excel or PowerPoint.
+    "application/x-ole-storage": "an unrecognised Office file",
+    "application/vnd.ms-office": "an unrecognised Office file",
 }
 
 
@@ -93,6 +134,52 @@ def _is_docx(upload: UploadedFile) -> bool:
     return "[Content_Types].xml" in names and "word/document.xml" in names
 
 
+@functools.cache
+def _sniffer() -> magic.Magic:
+    sniffer = magic.Magic(mime=True)
+    # libmagic's own default is 7 MB in memory per file; the OLE directory is read by offset anyway.
+    sniffer.setparam(magic.MAGIC_PARAM_BYTES_MAX, SNIFF_BYTES)
+    return sniffer
+
+
+def _sniff(upload: UploadedFile) -> str:
+    """The type libmagic finds, reading the file itself rather than a copy of its start.
+
+    From a file libmagic follows a Word file's OLE directory wherever it lies; from
+    the first bytes alone it sees only "x-ole-storage" once the directory is past them.
+    """
+    if isinstance(upload, TemporaryUploadedFile):
+        # Every real upload (FILE_UPLOAD_HANDLERS keeps them on disk).
+        found = _sniffer().from_file(upload.temporary_file_path())
+    else:
+        with tempfile.TemporaryFile() as copy:
+            for chunk in upload.chunks():
+                copy.write(chunk)
+            copy.seek(0)
+            found = _sniffer().from_descriptor(copy.fileno())
+    # Reading a file, libmagic's ELF check appends remarks: "application/x-executable, no program header".
+    return found.split(",", 1)[0].strip()
+
+
+def _content_mismatch(name: str, extension: str, sniffed: str) -> ValidationError:
+    found = _KIND_NAMES.get(sniffed)
+    params = {"name": name, "found": found, "extension": extension}
+    # A MIME type means nothing to an applicant: name what we found only when we can say it in words.
+    if extension == "txt":
+        message = (
+            _("“%(name)s” is not plain text: it looks like %(found)s.")
+            if found
+            else _("“%(name)s” is not plain text.")
+        )
+    elif found:
+        message = _(
+            "“%(name)s” does not contain what its name says: it looks like %(found)s, not a .%(extension)s file."
+        )
+    else:
+        message = _("“%(name)s” does not contain what its name says: it is not a .%(extension)s file.")
+    return ValidationError(message, params=params, code="content_mismatch")
+
+
 def validate_upload(upload: UploadedFile, note: str = "") -> ValidatedUpload:
     """Check one uploaded file; raise ValidationError naming the file if it is refused."""
     name = display_name(upload.name)
@@ -112,21 +199,13 @@ def validate_upload(upload: UploadedFile, note: str = "") -> ValidatedUpload:
             code="too_large",
         )
 
-    upload.seek(0)
-    sniffed = magic.from_buffer(upload.read(SNIFF_BYTES), mime=True)
+    sniffed = _sniff(upload)
     recorded_type, accepted_types = ALLOWED_TYPES[extension]
     content_ok = sniffed in accepted_types
     if content_ok and extension == "docx":
         content_ok = _is_docx(upload)
     if not content_ok:
-        found = _KIND_NAMES.get(sniffed, _("a file of type %(type)s") % {"type": sniffed})
-        raise ValidationError(
-            _(
-                "“%(name)s” does not contain what its name says: it looks like %(found)s, not a .%(extension)s file."
-            ),
-            params={"name": name, "found": found, "extension": extension},
-            code="content_mismatch",
-        )
+        raise _content_mismatch(name, extension, sniffed)
 
     stored: File = upload
     if recorded_type in IMAGE_FORMATS:

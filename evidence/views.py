@@ -43,6 +43,18 @@ def _record_look(request: HttpRequest, evidence: Evidence, action: str) -> None:
     )
 
 
+def _storage_unreachable(evidence: Evidence) -> HttpResponse:
+    """S3 down or a disk error: the file may well be there, so not a 404, and not a bug."""
+    logger.exception("Evidence %s could not be read from storage.", evidence.pk)
+    response = HttpResponse(
+        "The evidence storage cannot be reached right now. Try again in a minute.",
+        content_type="text/plain; charset=utf-8",
+        status=503,
+    )
+    response["Retry-After"] = "60"
+    return _private(response)
+
+
 def _private(response: HttpResponse) -> HttpResponse:
     """Evidence is never sniffed into something else, and never kept by a cache."""
     response["X-Content-Type-Options"] = "nosniff"
@@ -70,6 +82,8 @@ def download(request: HttpRequest, evidence_id) -> HttpResponse:
         except FileNotFoundError:
             logger.error("Evidence %s has a row but no file in storage.", evidence.pk)
             raise Http404("This evidence file is missing from storage.") from None
+        except OSError:
+            return _storage_unreachable(evidence)
         response = FileResponse(stored_file, content_type=evidence.content_type)
         if not response.has_header("Content-Length"):
             response["Content-Length"] = str(evidence.size)
@@ -90,6 +104,8 @@ def preview(request: HttpRequest, evidence_id) -> HttpResponse:
     except FileNotFoundError:
         logger.error("Evidence %s has a row but no file on disk.", evidence.pk)
         raise Http404("This evidence file is missing from storage.") from None
+    except OSError:
+        return _storage_unreachable(evidence)
     except ValidationError:
         logger.error("Evidence %s cannot be decoded for a preview.", evidence.pk)
         raise Http404("This image cannot be previewed; download it instead.") from None

@@ -68,6 +68,16 @@ class StaffAdminSite(admin.AdminSite):
             return self._to("admin:two_factor", request)
         return super().login(request, extra_context)
 
+    def password_change(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
+        """Staff changing their own password: audited like a reset or a password set for them."""
+        with transaction.atomic():
+            response = super().password_change(request, extra_context)
+            if request.method == "POST" and response.status_code == 302:
+                audit.record(
+                    "staff.password_changed", actor=request.user, target=request.user, request=request
+                )
+        return response
+
     def get_urls(self):
         return [
             path("two-factor/", self._signed_in_staff(self.two_factor), name="two_factor"),

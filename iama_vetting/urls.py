@@ -6,6 +6,7 @@ from django.urls import include, path
 from iama_vetting import ratelimits
 from iama_vetting import views as security_views
 from iama_vetting.health import healthz
+from vetting.admin_staff import StaffPasswordResetConfirmView
 from vetting.forms import OutboxPasswordResetForm
 
 urlpatterns = [
@@ -25,7 +26,7 @@ urlpatterns = [
     ),
     path(
         "reset/<uidb64>/<token>/",
-        auth_views.PasswordResetConfirmView.as_view(),
+        StaffPasswordResetConfirmView.as_view(),
         name="password_reset_confirm",
     ),
     path("reset/done/", auth_views.PasswordResetCompleteView.as_view(), name="password_reset_complete"),

@@ -227,9 +227,14 @@ class ApplicationAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("from the same e-mail or Matrix username"))
     def earlier_applications(self, application: Application) -> str:
-        same_person = Q(email__iexact=application.email)
+        # Erasure blanks these fields: a blank one matches every other erased application, not the person.
+        same_person = Q()
+        if application.email:
+            same_person |= Q(email__iexact=application.email)
         if application.matrix_username:
             same_person |= Q(matrix_username=application.matrix_username)
+        if not same_person:
+            return _("None")
         # One more than shown tells whether there are more, without a count.
         others = list(
             Application.objects.filter(same_person)
@@ -242,13 +247,18 @@ class ApplicationAdmin(admin.ModelAdmin):
         more = ""
         if len(others) > EARLIER_APPLICATIONS_SHOWN:
             others = others[:EARLIER_APPLICATIONS_SHOWN]
-            more = format_html(
-                '<p>{} <a href="{}?{}">{}</a></p>',
-                _("Only the %(shown)d most recent are shown.") % {"shown": EARLIER_APPLICATIONS_SHOWN},
-                reverse("admin:vetting_application_changelist"),
-                urlencode({"email__iexact": application.email}),
-                _("All applications from this e-mail address"),
-            )
+            shown = _("Only the %(shown)d most recent are shown.") % {"shown": EARLIER_APPLICATIONS_SHOWN}
+            more = format_html("<p>{}</p>", shown)
+            if application.email:
+                # Every status: the list's default filter shows only open applications.
+                query = {"email__iexact": application.email, StatusFilter.parameter_name: StatusFilter.ALL}
+                more = format_html(
+                    '<p>{} <a href="{}?{}">{}</a></p>',
+                    shown,
+                    reverse("admin:vetting_application_changelist"),
+                    urlencode(query),
+                    _("All applications from this e-mail address"),
+                )
         return format_html(
             "<ul>{}</ul>{}",
             format_html_join(
@@ -317,6 +327,10 @@ class ApplicationAdmin(admin.ModelAdmin):
         if obj is not None:
             context["transitions"] = workflow.allowed_actions(obj, request.user)
             context["notes"] = obj.notes.select_related("author")
+            # Newest first (the model's ordering); two queries whatever the number of answers.
+            context["information_replies"] = obj.information_replies.prefetch_related("evidence")
+            # Without it the evidence inline is hidden too: the answers then only count their files.
+            context["can_view_evidence"] = request.user.has_perm("evidence.view_evidence")
             context["can_add_note"] = request.user.has_perm("vetting.add_staffnote")
         return super().render_change_form(request, context, add, change, form_url, obj)
 

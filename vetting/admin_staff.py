@@ -2,14 +2,19 @@
 
 Server admins manage vetting agents; superadmins manage everyone and approve
 accounts that server admins created. Every change goes through vetting.workflow.
+People choose their own password through a mailed link; only a superadmin may
+set someone else's, and both are audited.
 """
 
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
+from django.contrib.auth.views import PasswordResetConfirmView
 from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -24,7 +29,8 @@ SERVER_ADMIN_FIELDSETS = [
     (None, {"fields": ["username", "email", "first_name", "last_name"]}),
     (_("Status"), {"fields": ["is_active", "groups", "last_login", "date_joined"]}),
 ]
-SERVER_ADMIN_READONLY = ["username", "is_active", "groups", "last_login", "date_joined"]
+# The e-mail address receives the password-reset link: whoever could change it could take the account.
+SERVER_ADMIN_READONLY = ["username", "email", "is_active", "groups", "last_login", "date_joined"]
 
 
 class StaffUserAdmin(UserAdmin):
@@ -57,6 +63,30 @@ class StaffUserAdmin(UserAdmin):
         if obj is not None and not request.user.is_superuser and not roles.is_only_agent(obj):
             return False
         return super().has_change_permission(request, obj)
+
+    def user_change_password(self, request, id, form_url=""):
+        """Django's set-password page: superadmins only, and audited.
+
+        Whoever sets a password can sign in as that person, and so defeat the
+        four-eyes rule; everyone else gets a set-password link by e-mail.
+        """
+        if not request.user.is_superuser:
+            raise PermissionDenied
+        user = self.get_object(request, unquote(id))
+        before = user.password if user is not None else None
+        with transaction.atomic():
+            response = super().user_change_password(request, id, form_url)
+            if user is not None and request.method == "POST":
+                user.refresh_from_db(fields=["password"])
+                if user.password != before:
+                    audit.record(
+                        "staff.password_set",
+                        actor=request.user,
+                        target=user,
+                        request=request,
+                        details={"usable": user.has_usable_password()},
+                    )
+        return response
 
     def save_model(self, request, obj, form, change) -> None:
         super().save_model(request, obj, form, change)
@@ -164,3 +194,13 @@ class StaffUserAdmin(UserAdmin):
 
 admin.site.unregister(User)
 admin.site.register(User, StaffUserAdmin)
+
+
+class StaffPasswordResetConfirmView(PasswordResetConfirmView):
+    """The page behind set-password and reset links; the chosen password is audited as the user's act."""
+
+    def form_valid(self, form):
+        with transaction.atomic():
+            response = super().form_valid(form)
+            audit.record("staff.password_reset", actor=form.user, target=form.user, request=self.request)
+        return response

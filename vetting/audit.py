@@ -15,6 +15,7 @@ from django.db import models, transaction
 from django.http import HttpRequest
 from django.utils import timezone
 
+from iama_vetting.ratelimits import client_ip
 from vetting.models import AuditChainHead, AuditEvent
 
 GENESIS_HASH = "0" * 64
@@ -111,7 +112,8 @@ def record(
             action=action,
             target_type=target_type,
             target_id=target_id,
-            ip=request.META.get("REMOTE_ADDR") if request is not None else None,
+            # The client behind our proxies, as the request logs record it.
+            ip=client_ip(request) if request is not None else None,
             details=mask_secrets(details or {}),
             previous_hash=head.last_hash,
         )

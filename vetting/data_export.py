@@ -1,8 +1,9 @@
 """The applicant's "download my data": a ZIP of what they gave us and what happened to it.
 
-It holds their own fields, their evidence files as stored, and the history of
-their application from the audit trail. Never staff notes, staff reasons or
-staff names: a staff action shows the actor's role only.
+It holds their own fields and answers to staff, their evidence files as
+stored, and the history of their application from the audit trail. Never
+staff notes, staff reasons or staff names: a staff action shows the actor's
+role only.
 """
 
 from __future__ import annotations
@@ -67,9 +68,23 @@ def _history(application: Application) -> list[dict]:
     return history
 
 
-def _value(application: Application, name: str):
-    value = getattr(application, name)
+def _value(instance, name: str):
+    value = getattr(instance, name)
     return value.isoformat() if hasattr(value, "isoformat") else value
+
+
+def _answers(application: Application, paths: dict) -> list[dict]:
+    """What the applicant answered to each request for information, oldest first."""
+    replies = application.information_replies.order_by("created_at", "pk").prefetch_related("evidence")
+    return [
+        {
+            "sent_at": reply.created_at.isoformat(),
+            "question": reply.question,
+            "answer": reply.text,
+            "evidence": [paths[item.pk] for item in reply.evidence.all() if item.pk in paths],
+        }
+        for reply in replies
+    ]
 
 
 def build_archive(application: Application) -> tempfile.SpooledTemporaryFile:
@@ -87,28 +102,33 @@ def build_archive(application: Application) -> tempfile.SpooledTemporaryFile:
             )
             % {"reference": application.reference},
         )
-        own = {name: _value(application, name) for name in OWN_FIELDS}
-        own["status_display"] = str(application.get_status_display())
-        archive.writestr("application.json", json.dumps(own, indent=2, ensure_ascii=False))
         listing = []
-        for number, evidence in enumerate(application.evidence.all(), start=1):
+        paths = {}
+        for evidence in application.evidence.all():
+            entry = {
+                "original_name": evidence.original_name,
+                "type": evidence.content_type,
+                "size": evidence.size,
+                "sha256": evidence.sha256,
+                "note": evidence.note,
+                "uploaded_at": evidence.uploaded_at.isoformat(),
+            }
+            if not evidence.file.name:
+                # Purged after the retention period: the row is kept as proof, the file is gone.
+                listing.append({"file": None, **entry, "purged_at": _value(evidence, "purged_at")})
+                continue
             # The number keeps two files of the same name apart.
-            path = f"evidence/{number}-{evidence.original_name}"
+            path = f"evidence/{len(paths) + 1}-{evidence.original_name}"
             with evidence.file.open("rb") as stored, archive.open(path, "w") as target:
                 for chunk in iter(lambda stored=stored: stored.read(64 * 1024), b""):
                     target.write(chunk)
-            listing.append(
-                {
-                    "file": path,
-                    "original_name": evidence.original_name,
-                    "type": evidence.content_type,
-                    "size": evidence.size,
-                    "sha256": evidence.sha256,
-                    "note": evidence.note,
-                    "uploaded_at": evidence.uploaded_at.isoformat(),
-                }
-            )
+            paths[evidence.pk] = path
+            listing.append({"file": path, **entry})
         archive.writestr("evidence.json", json.dumps(listing, indent=2, ensure_ascii=False))
+        own = {name: _value(application, name) for name in OWN_FIELDS}
+        own["status_display"] = str(application.get_status_display())
+        own["answers"] = _answers(application, paths)
+        archive.writestr("application.json", json.dumps(own, indent=2, ensure_ascii=False))
         archive.writestr("history.json", json.dumps(_history(application), indent=2, ensure_ascii=False))
     archive_file.seek(0)
     return archive_file

@@ -5,7 +5,7 @@ from django.conf import settings
 from django.contrib.auth.forms import PasswordResetForm
 from django.utils.translation import gettext_lazy as _
 
-from evidence.validation import ALLOWED_TYPES, ValidatedUpload, validate_upload
+from evidence.validation import ALLOWED_TYPES, ValidatedUpload, display_name, validate_upload
 from vetting.models import MATRIX_LOCALPART_MAX_LENGTH, Application, validate_matrix_localpart
 
 EVIDENCE_SLOTS = range(1, settings.EVIDENCE_MAX_FILES + 1)
@@ -45,13 +45,27 @@ class EvidenceFieldsMixin:
         uploads = []
         for slot in EVIDENCE_SLOTS:
             upload = cleaned_data.get(f"evidence_{slot}")
-            if not upload:
-                continue
-            try:
-                uploads.append(validate_upload(upload, note=cleaned_data.get(f"note_{slot}", "")))
-            except forms.ValidationError as error:
-                self.add_error(f"evidence_{slot}", error)
+            note = cleaned_data.get(f"note_{slot}", "")
+            if upload:
+                try:
+                    uploads.append(validate_upload(upload, note=note))
+                except forms.ValidationError as error:
+                    self.add_error(f"evidence_{slot}", error)
+            elif note.strip() and not self.files.get(f"evidence_{slot}"):
+                # Otherwise the note would be dropped without a word (there is no file to keep it with).
+                error = _("Note %(number)s has no file: choose the file it describes, or clear the note.")
+                self.add_error(
+                    f"note_{slot}",
+                    forms.ValidationError(error, params={"number": slot}, code="note_without_file"),
+                )
         self.validated_uploads = uploads
+
+    @property
+    def files_to_choose_again(self) -> list[str]:
+        """The files chosen for a post that comes back with errors: browsers never fill them in again."""
+        if not self.is_bound or not self.errors:
+            return []
+        return [display_name(upload.name) for key in self.files for upload in self.files.getlist(key)]
 
 
 APPLICANT_FIELDS = ["full_name", "email", "matrix_username", "phone", "referral", "statement"]
@@ -221,7 +235,8 @@ class StaffAccountForm(forms.Form):
     """Creating a staff account in the admin: no password field, ever (a set-password link is mailed)."""
 
     username = forms.CharField(label=_("Username"), max_length=150)
-    email = forms.EmailField(label=_("E-mail address"))
+    # User.email's column; Django's EmailValidator would let up to 320 characters through.
+    email = forms.EmailField(label=_("E-mail address"), max_length=254)
     role = forms.ChoiceField(label=_("Role"))
 
     def __init__(self, *args, allowed_roles: list[tuple[str, str]], **kwargs) -> None:

@@ -222,6 +222,28 @@ class StaffNote(models.Model):
         return f"Note by {self.author} on {self.created_at:%Y-%m-%d %H:%M}"
 
 
+class InformationReply(models.Model):
+    """The applicant's answer to a request for information, read by staff on the application's page."""
+
+    application = models.ForeignKey(Application, on_delete=models.CASCADE, related_name="information_replies")
+    # The next request overwrites Application.information_request: each answer keeps its question.
+    question = models.TextField(_("question"), blank=True)
+    # Empty when the applicant answered with files only.
+    text = models.TextField(_("answer"), max_length=5000, blank=True)
+    evidence = models.ManyToManyField(
+        "evidence.Evidence", verbose_name=_("evidence sent with it"), blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(_("sent at"), auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = _("answer to a request for information")
+        verbose_name_plural = _("answers to requests for information")
+
+    def __str__(self) -> str:
+        return f"Answer on {self.created_at:%Y-%m-%d %H:%M}"
+
+
 class AuditEvent(models.Model):
     """Append-only record of who did what; each row hashes its predecessor (vetting.audit)."""
 

@@ -186,8 +186,9 @@ def download_data(request: HttpRequest, token: str) -> HttpResponse:
         raise Http404("This application was erased.")
     try:
         archive = data_export.build_archive(application)
-    except FileNotFoundError:
-        logger.exception("An evidence file of %s is missing from storage.", application.reference)
+    except OSError:
+        # Missing, or S3 unreachable (evidence.storage raises its failures as OSError).
+        logger.exception("An evidence file of %s could not be read from storage.", application.reference)
         return render(request, "vetting/data_unavailable.html", {"token": token}, status=503)
     workflow.record_data_export(application, request=request)
     response = FileResponse(

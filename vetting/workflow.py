@@ -22,6 +22,7 @@ e-mails in that same transaction: it applies completely or not at all.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -44,6 +45,7 @@ from django.utils.translation import gettext_lazy
 
 from evidence.models import Evidence
 from evidence.previews import forget_preview
+from evidence.storage import delete_left_behind
 from evidence.validation import ValidatedUpload
 from notifications.models import OutboundEmail
 from notifications.outbox import queue_email
@@ -51,6 +53,7 @@ from vetting import audit, links, matrix, roles
 from vetting.models import (
     Application,
     AuditEvent,
+    InformationReply,
     Invitation,
     StaffNote,
     validate_matrix_localpart,
@@ -240,7 +243,7 @@ def _store_uploads(
 
 def _delete_files(stored: list[Evidence]) -> None:
     for evidence in stored:
-        evidence.file.storage.delete(evidence.file.name)
+        delete_left_behind(evidence.file.storage, evidence.file.name)
 
 
 # Applicant side ------------------------------------------------------------
@@ -354,6 +357,11 @@ def add_information(
             if not uploads and not message.strip():
                 raise WorkflowError(_("Add a file or write a message."))
             _store_uploads(locked, uploads, None, stored)
+            # Staff read the answer on the application's page (the audit trail is not theirs to read).
+            reply = InformationReply.objects.create(
+                application=locked, question=locked.information_request, text=message.strip()
+            )
+            reply.evidence.set(stored)
             locked.status = Status.SUBMITTED
             locked.claimed_by = None
             locked.claimed_at = None
@@ -428,7 +436,7 @@ def erasure_refusal(application: Application) -> str | None:
 
 
 def erase_application(application: Application, request: HttpRequest | None = None) -> None:
-    """The applicant's right to erasure: their evidence, personal fields and staff notes go.
+    """The applicant's right to erasure: their evidence, answers, personal fields and staff notes go.
 
     Kept: the reference, the status, the dates and an anonymised audit trail
     (the events without their IP addresses and details, still verifiable;
@@ -441,7 +449,8 @@ def erase_application(application: Application, request: HttpRequest | None = No
         if refusal:
             raise WorkflowError(refusal)
         evidence = list(locked.evidence.all())
-        files = [(item.file.storage, item.file.name) for item in evidence]
+        # Evidence purged under retention keeps its row but has no file left to delete.
+        files = [(item.file.storage, item.file.name) for item in evidence if item.file.name]
         previous = locked.status
         if locked.status in APPLICANT_WITHDRAWABLE:
             locked.status = Status.WITHDRAWN
@@ -450,6 +459,7 @@ def erase_application(application: Application, request: HttpRequest | None = No
         locked.erased_at = timezone.now()
         locked.save()
         locked.evidence.all().delete()
+        locked.information_replies.all().delete()
         locked.notes.all().delete()
         # Mail about this application holds their name and address; mail still queued is dropped.
         OutboundEmail.objects.filter(to__iexact=application.email).filter(
@@ -460,10 +470,10 @@ def erase_application(application: Application, request: HttpRequest | None = No
             "application.erased",
             actor_kind=AuditEvent.ActorKind.APPLICANT,
             target=locked,
-            details={"previous_status": previous, "evidence": len(files)},
+            details={"previous_status": previous, "evidence": len(evidence)},
         )
     for storage, name in files:
-        storage.delete(name)
+        delete_left_behind(storage, name)
     for item in evidence:
         forget_preview(item)
     _refresh(application, locked)
@@ -704,7 +714,7 @@ def purge_unconfirmed(older_than) -> int:
             locked.delete()
         # After the commit: a failed delete leaves rows and files together.
         for storage, name in files:
-            storage.delete(name)
+            delete_left_behind(storage, name)
         purged += 1
     return purged
 
@@ -749,6 +759,14 @@ def create_staff_account(username: str, email: str, role: str, *, created_by=Non
             raise WorkflowError(_("Server admins can create vetting agent accounts only."))
     username = username.strip()
     email = User.objects.normalize_email(email.strip())
+    # Past the columns' limits PostgreSQL refuses the row with a DataError.
+    for name, value in (("username", username), ("email", email)):
+        field = User._meta.get_field(name)
+        if len(value) > field.max_length:
+            raise WorkflowError(
+                _("The %(field)s can have at most %(limit)d characters; this one has %(length)d.")
+                % {"field": field.verbose_name, "limit": field.max_length, "length": len(value)}
+            )
     try:
         User.username_validator(username)
         validate_email(email)
@@ -876,6 +894,9 @@ def _issue(name: str, application: Application, user, matrix_username: str | Non
             now = timezone.now()
             # Re-issuing after the clock ran out, before sync_invitations noticed.
             for stale in locked.invitations.live().select_for_update():
+                # A token gone from the server has no use left to record (the sync treats it alike).
+                with contextlib.suppress(matrix.NotFound):
+                    _refuse_if_used(client, stale)
                 stale.state = Invitation.State.EXPIRED
                 stale.save(update_fields=["state"])
             account = client.get_account(username)
@@ -884,6 +905,7 @@ def _issue(name: str, application: Application, user, matrix_username: str | Non
                     _("The Matrix account %(user_id)s exists already: choose another username.")
                     % {"user_id": account.user_id}
                 )
+            _refuse_username_held_elsewhere(username, locked)
             expires_at = now + timedelta(days=settings.MATRIX_TOKEN_VALID_DAYS)
             attempted = matrix.new_token()
             created = client.create_token(attempted, expires_at)
@@ -942,6 +964,41 @@ def _issue(name: str, application: Application, user, matrix_username: str | Non
     return invitation
 
 
+def _refuse_username_held_elsewhere(username: str, application: Application) -> None:
+    """Refuse a username that another application's live token already promises.
+
+    Case-insensitive, as Synapse refuses a localpart taken in another case.
+    Only this application's row is locked: two admins issuing one username for
+    two applications at the same moment could still both pass.
+    """
+    holder = (
+        Invitation.objects.live()
+        .filter(matrix_username__iexact=username)
+        .exclude(application=application)
+        .select_related("application")
+        .first()
+    )
+    if holder is not None:
+        raise WorkflowError(
+            _(
+                "Application %(reference)s has a live invitation for the Matrix username %(username)s: "
+                "choose another username, or revoke that invitation first."
+            )
+            % {"reference": holder.application.reference, "username": username}
+        )
+
+
+def _refuse_if_used(client, invitation: Invitation) -> None:
+    """Refuse to let go of a token the homeserver says was used: sync_invitations must record it."""
+    if client.get_token(invitation.server_id).used_up:
+        raise WorkflowError(
+            _(
+                "This invitation was already used to create an account: choose "
+                "“Sync now” on the invitation list to record it."
+            )
+        )
+
+
 def _invitation_mails(invitation: Invitation, application: Application, user, server_name: str) -> None:
     context = {
         "invitation": invitation,
@@ -986,13 +1043,7 @@ def revoke_invitation(
             already_gone = False
             if invitation is not None:
                 try:
-                    if client.get_token(invitation.server_id).used_up:
-                        raise WorkflowError(
-                            _(
-                                "This invitation was already used to create an account: choose "
-                                "“Sync now” on the invitation list to record it."
-                            )
-                        )
+                    _refuse_if_used(client, invitation)
                     client.revoke_token(invitation.server_id)
                 except matrix.NotFound:
                     already_gone = True

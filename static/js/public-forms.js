@@ -163,9 +163,14 @@
     return true;
   }
 
+  // The request never carries the #fragment, so its responseURL never has one.
+  function withoutFragment(url) {
+    return url.split("#")[0];
+  }
+
   function send(form) {
     var request = new XMLHttpRequest();
-    var target = form.action;
+    var target = withoutFragment(form.action);
     request.open("POST", target);
     request.upload.addEventListener("progress", function (event) {
       if (event.lengthComputable) {

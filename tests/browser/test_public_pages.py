@@ -15,8 +15,8 @@ from evidence.models import Evidence
 from notifications.models import OutboundEmail
 from tests.browser.test_vetting_flow import link_in, sign_in
 from tests.evidence.test_images import jpeg_with_gps_and_orientation
-from tests.factories import PDF_BYTES
-from vetting import workflow
+from tests.factories import HTML_BYTES, PDF_BYTES, make_application
+from vetting import links, workflow
 from vetting.models import Application, AuditEvent
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -108,6 +108,52 @@ def test_errors_are_listed_focused_and_linked_then_fixed(chromium, site, screens
     page.get_by_role("button", name="Send application").click()
     page.wait_for_url(re.compile(r"/apply/done/"))
     assert Application.objects.count() == 1
+    page.context.close()
+
+
+def test_after_an_error_the_applicant_is_asked_to_choose_their_files_again(
+    chromium, site, files, check_accessibility
+):
+    page = new_page(chromium, PHONE)
+    page.goto(f"{site}/apply/")
+    fill_form(page)
+    page.fill("#id_statement", "")
+    attach(page, 1, files["passport"])
+    page.fill("#id_note_1", "Front page")
+    page.get_by_role("button", name="Send application").click()
+    summary = page.locator("#error-summary")
+    expect(summary).to_be_focused()
+    summary.get_by_role("link", name="Choose your files again").click()
+    expect(page.locator("#id_evidence_1")).to_be_in_viewport()
+    expect(page.locator("#choose-files-again")).to_contain_text("You had chosen: passport.pdf.")
+    expect(page.locator("#id_note_1")).to_have_value("Front page")
+    check_accessibility(page, "apply form asking for the files again")
+    page.fill("#id_statement", "I run the local chapter.")
+    attach(page, 1, files["passport"])
+    page.get_by_role("button", name="Send application").click()
+    page.wait_for_url(re.compile(r"/apply/done/"))
+    assert Evidence.objects.get().note == "Front page"
+    page.context.close()
+
+
+def test_status_page_opened_at_a_fragment_keeps_the_errors_and_the_typed_answer(chromium, site, tmp_path):
+    application = make_application(
+        status=Application.Status.INFO_REQUESTED, information_request="Please send a recent photo."
+    )
+    # Passes the script's checks (name and size); only the server sees it is a web page.
+    fake = tmp_path / "photo.pdf"
+    fake.write_bytes(HTML_BYTES)
+    page = new_page(chromium, PHONE)
+    # "Skip to main content" leaves #main in the address bar.
+    page.goto(f"{site}/status/{links.status_token(application)}/#main")
+    page.fill("#id_message", "Here is my photo.")
+    attach(page, 1, fake)
+    page.get_by_role("button", name="Send to staff").click()
+    expect(page.locator("#error-summary")).to_contain_text("“photo.pdf” does not contain what its name says")
+    expect(page.locator("#id_message")).to_have_value("Here is my photo.")
+    application.refresh_from_db()
+    assert application.status == Application.Status.INFO_REQUESTED
+    assert not Evidence.objects.exists()
     page.context.close()
 
 

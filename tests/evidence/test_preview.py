@@ -58,3 +58,15 @@ def test_admin_page_shows_the_thumbnail_through_the_preview_view(client, agent, 
     page = client.get(f"/admin/vetting/application/{photo.application.pk}/change/").content.decode()
     assert f'src="/evidence/{photo.pk}/preview/"' in page
     assert 'alt="Preview of id card.jpg"' in page
+
+
+def test_unreadable_storage_gets_a_503_saying_so_and_no_audited_look(client, agent, photo, monkeypatch):
+    def unreachable(self, name, mode="rb"):
+        raise OSError("S3 _open of 'x.jpg' failed: Could not connect to the endpoint URL")
+
+    monkeypatch.setattr(type(photo.file.storage), "open", unreachable)
+    client.force_login(agent)
+    response = client.get(f"/evidence/{photo.pk}/preview/")
+    assert response.status_code == 503
+    assert "The evidence storage cannot be reached right now" in response.content.decode()
+    assert not AuditEvent.objects.filter(action="evidence.previewed").exists()

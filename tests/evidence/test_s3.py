@@ -10,9 +10,16 @@ from collections.abc import Iterator
 
 import pytest
 import requests
+from botocore.config import Config
 from django.core.files.base import ContentFile
 
+from evidence.models import Evidence
+from evidence.validation import validate_upload
 from tests.deploy import servers
+from tests.factories import PDF_BYTES, make_application, upload
+from tests.vetting.test_apply import form_data
+from tests.vetting.test_data_rights import status_path
+from vetting.models import Application
 
 pytestmark = [
     pytest.mark.s3,
@@ -60,16 +67,19 @@ def bucket(s3_endpoint):
     bucket.delete()
 
 
-def storage_for(endpoint: str):
+def storage_for(endpoint: str, **options):
     from evidence.storage import S3EvidenceStorage
 
     return S3EvidenceStorage(
-        bucket_name=BUCKET,
-        location="evidence",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        access_key=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        secret_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        **{
+            "bucket_name": BUCKET,
+            "location": "evidence",
+            "endpoint_url": endpoint,
+            "region_name": "us-east-1",
+            "access_key": CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            "secret_key": CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+            **options,
+        }
     )
 
 
@@ -84,6 +94,68 @@ def test_s3_storage_never_overwrites_a_name(s3_endpoint, bucket):
 def test_s3_storage_reports_a_missing_object_as_file_not_found(s3_endpoint, bucket):
     with pytest.raises(FileNotFoundError):
         storage_for(s3_endpoint).open_stream("ab/nothing.pdf")
+
+
+def test_a_missing_bucket_or_a_stopped_server_reaches_callers_as_os_error(s3_endpoint):
+    missing_bucket = storage_for(s3_endpoint, bucket_name="no-such-bucket")
+    with pytest.raises(OSError, match="NoSuchBucket"):
+        missing_bucket.save("ab/x.pdf", ContentFile(PDF_BYTES))
+    with pytest.raises(OSError, match="NoSuchBucket"):
+        missing_bucket.listdir("")
+
+    # Nothing listens on a fresh port: the S3 server is down. One attempt keeps the test quick.
+    stopped = storage_for(
+        f"http://127.0.0.1:{servers.free_port()}",
+        client_config=Config(retries={"total_max_attempts": 1}, connect_timeout=2),
+    )
+    with pytest.raises(OSError, match="Could not connect"):
+        stopped.save("ab/x.pdf", ContentFile(PDF_BYTES))
+
+
+@pytest.mark.django_db
+def test_apply_with_a_missing_bucket_gets_the_friendly_message_and_keeps_nothing(
+    s3_endpoint, client, monkeypatch
+):
+    monkeypatch.setattr(
+        Evidence._meta.get_field("file"), "storage", storage_for(s3_endpoint, bucket_name="no-such-bucket")
+    )
+    response = client.post(
+        "/apply/",
+        form_data(evidence_1=upload("id.pdf", PDF_BYTES), evidence_2=upload("letter.pdf", PDF_BYTES)),
+    )
+    assert response.status_code == 503
+    assert "We could not store your files just now, so nothing was kept." in response.content.decode()
+    assert not Application.objects.exists()
+    assert not Evidence.objects.exists()
+
+
+@pytest.mark.django_db
+def test_with_s3_unreachable_downloads_answer_503_and_nothing_is_lost(
+    s3_endpoint, bucket, client, agent, monkeypatch
+):
+    field = Evidence._meta.get_field("file")
+    monkeypatch.setattr(field, "storage", storage_for(s3_endpoint))
+    application = make_application()
+    evidence = Evidence.objects.store(application, validate_upload(upload("id.pdf", PDF_BYTES)))
+    # Nothing listens on a fresh port: the S3 server is down.
+    stopped = storage_for(
+        f"http://127.0.0.1:{servers.free_port()}",
+        client_config=Config(retries={"total_max_attempts": 1}, connect_timeout=2),
+    )
+    monkeypatch.setattr(field, "storage", stopped)
+
+    client.force_login(agent)
+    download = client.get(f"/evidence/{evidence.pk}/")
+    assert download.status_code == 503
+    assert download["Retry-After"]
+    assert "The evidence storage cannot be reached right now" in download.content.decode()
+    client.logout()
+    export = client.get(status_path(application, "my-data/"))
+    assert export.status_code == 503
+    assert "Your data is not available right now" in export.content.decode()
+
+    assert Evidence.objects.filter(pk=evidence.pk, purged_at__isnull=True).exists()
+    assert storage_for(s3_endpoint).exists(evidence.file.name)
 
 
 def test_apply_download_and_purge_with_evidence_on_s3(s3_endpoint, bucket, tmp_path):

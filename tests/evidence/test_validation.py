@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import hashlib
+import struct
 
 import pytest
 from django.core.exceptions import ValidationError
+from django.core.files.uploadedfile import TemporaryUploadedFile
 
 from evidence.validation import display_name, validate_upload
 from tests.factories import (
@@ -21,6 +23,82 @@ from tests.factories import (
 )
 
 SIXTEEN_MB = 16 * 1024 * 1024
+
+SECTOR = 512
+FREE = NO_STREAM = 0xFFFFFFFF
+END_OF_CHAIN = 0xFFFFFFFE
+FAT_SECTOR = 0xFFFFFFFD
+
+
+def ole_bytes(stream_name: str, stream_size: int) -> bytes:
+    """An OLE compound file (the container of .doc, .xls, .msi) holding one stream.
+
+    Laid out as Word often does: the allocation table, the stream's data, and only
+    then the directory that names the stream, so a big stream puts it past 64 KB.
+    """
+    data_sectors = -(-stream_size // SECTOR)
+    fat_sectors = 1
+    while fat_sectors * 128 < fat_sectors + data_sectors + 1:
+        fat_sectors += 1
+    directory = fat_sectors + data_sectors
+    fat = [FAT_SECTOR] * fat_sectors + [*range(fat_sectors + 1, directory), END_OF_CHAIN, END_OF_CHAIN]
+    fat += [FREE] * (fat_sectors * 128 - len(fat))
+    header = struct.pack(
+        "<8s16s5H6s9I109I",
+        b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1",
+        bytes(16),
+        0x3E,  # minor version
+        3,  # major version: 512-byte sectors
+        0xFFFE,  # little-endian
+        9,  # sector size 2**9
+        6,  # mini sector size 2**6
+        bytes(6),
+        0,  # directory sectors (always 0 in version 3)
+        fat_sectors,
+        directory,  # first directory sector
+        0,
+        4096,  # streams smaller than this live in the mini stream
+        END_OF_CHAIN,  # no mini allocation table
+        0,
+        END_OF_CHAIN,  # no extra allocation-table list
+        0,
+        *range(fat_sectors),
+        *[FREE] * (109 - fat_sectors),
+    )
+
+    def entry(
+        name: str, kind: int, child: int = NO_STREAM, start: int = END_OF_CHAIN, size: int = 0
+    ) -> bytes:
+        encoded = (name + "\0").encode("utf-16-le") if name else b""
+        return struct.pack(
+            "<64sHBB3I16sIQQIQ",
+            encoded,
+            len(encoded),
+            kind,
+            1,
+            NO_STREAM,
+            NO_STREAM,
+            child,
+            bytes(16),
+            0,
+            0,
+            0,
+            start,
+            size,
+        )
+
+    data = (b"Sam met Alex at the Lisbon meetup. " * (stream_size // 35 + 1))[:stream_size]
+    entries = entry("Root Entry", 5, child=1) + entry(stream_name, 2, start=fat_sectors, size=stream_size)
+    entries += entry("", 0) * 2
+    return header + struct.pack(f"<{len(fat)}I", *fat) + data.ljust(data_sectors * SECTOR, b"\0") + entries
+
+
+def on_disk(name: str, content: bytes) -> TemporaryUploadedFile:
+    """An upload as FILE_UPLOAD_HANDLERS gives it to the form: in a temporary file."""
+    uploaded = TemporaryUploadedFile(name, "application/octet-stream", len(content), None)
+    uploaded.write(content)
+    uploaded.seek(0)
+    return uploaded
 
 
 @pytest.mark.parametrize(
@@ -58,7 +136,7 @@ def test_accepts_allowed_file_whose_content_matches_its_name(name, content, reco
         ("photo.png", HTML_BYTES, "an HTML page"),
         ("photo.png", SVG_BYTES, "an SVG image"),
         ("photo.png", ELF_BYTES, "a program"),
-        ("photo.jpg", PDF_BYTES, "application/pdf"),
+        ("photo.jpg", PDF_BYTES, "a PDF document"),
         ("notes.txt", HTML_BYTES, "an HTML page"),
     ],
 )
@@ -68,6 +146,79 @@ def test_refuses_file_whose_content_is_not_what_its_name_says(name, content, fou
     message = caught.value.messages[0]
     assert f"“{name}”" in message
     assert found in message
+
+
+@pytest.mark.parametrize("make_upload", [upload, on_disk], ids=["in-memory", "on-disk"])
+@pytest.mark.parametrize("stream_size", [8_000, 100_000, 3_000_000])
+def test_accepts_word_doc_wherever_its_directory_lies(make_upload, stream_size):
+    content = ole_bytes("WordDocument", stream_size)
+    validated = validate_upload(make_upload("letter.doc", content))
+    assert validated.content_type == "application/msword"
+    assert validated.size == len(content)
+
+
+@pytest.mark.parametrize("make_upload", [upload, on_disk], ids=["in-memory", "on-disk"])
+@pytest.mark.parametrize(
+    ("stream_name", "found"),
+    [("Workbook", "an Excel spreadsheet"), ("Contents", "an unrecognised Office file")],
+)
+def test_refuses_other_office_files_renamed_doc_in_words(make_upload, stream_name, found):
+    with pytest.raises(ValidationError) as caught:
+        validate_upload(make_upload("letter.doc", ole_bytes(stream_name, 100_000)))
+    assert caught.value.messages == [
+        f"“letter.doc” does not contain what its name says: it looks like {found}, not a .doc file."
+    ]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"name,date,place\nAlex,2025-03-01,Lisbon\nSam,2025-04-02,Porto\n",
+        b"From: Sam <sam@example.org>\nTo: Alex <alex@example.org>\nSubject: Alex\n"
+        b"Date: Mon, 3 Mar 2025 10:00:00 +0000\nMessage-ID: <1@example.org>\n\nI vouch for Alex.\n",
+        b"-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA256\n\nI vouch for Alex.\n"
+        b"-----BEGIN PGP SIGNATURE-----\n\niQEzBAEBCAAdFiEE\n=abcd\n-----END PGP SIGNATURE-----\n",
+        b'{"name": "Alex", "met": "Lisbon"}\n',
+        b"C and I met Alex in Lisbon.\n",
+    ],
+    ids=["csv", "saved-email", "pgp-signed", "json", "prose-libmagic-calls-fortran"],
+)
+def test_accepts_plain_text_that_libmagic_names_more_precisely(content):
+    validated = validate_upload(upload("statement.txt", content))
+    assert validated.content_type == "text/plain"
+    assert validated.file.read() == content
+
+
+@pytest.mark.parametrize(
+    ("content", "found"),
+    [
+        (HTML_BYTES, "an HTML page"),
+        (SVG_BYTES, "an SVG image"),
+        (b'<?xml version="1.0"?><note>hi</note>\n', "an XML document"),
+        (b"#!/bin/sh\necho hi\n", "a script"),
+        (b"#!/usr/bin/env python3\nprint('hi')\n", "a script"),
+        (b"<?php echo 'hi'; ?>\n", "a script"),
+        (PDF_BYTES, "a PDF document"),
+    ],
+)
+def test_refuses_txt_that_is_not_plain_text_saying_so_in_words(content, found):
+    with pytest.raises(ValidationError) as caught:
+        validate_upload(upload("statement.txt", content))
+    assert caught.value.messages == [f"“statement.txt” is not plain text: it looks like {found}."]
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("statement.txt", "“statement.txt” is not plain text."),
+        ("passport.pdf", "“passport.pdf” does not contain what its name says: it is not a .pdf file."),
+    ],
+)
+def test_refusal_of_a_kind_we_cannot_name_shows_no_mime_type(name, message):
+    gzip_bytes = b"\x1f\x8b\x08\x00" + bytes(6) + b"\x03\x00" + bytes(8)
+    with pytest.raises(ValidationError) as caught:
+        validate_upload(upload(name, gzip_bytes))
+    assert caught.value.messages == [message]
 
 
 def test_refuses_javascript_renamed_pdf():

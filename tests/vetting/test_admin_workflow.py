@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from django.utils import timezone
 
 from evidence.models import Evidence
 from tests.factories import PDF_BYTES, make_application, upload
@@ -240,3 +241,33 @@ def test_an_address_with_many_earlier_applications_shows_the_most_recent_and_lin
     link = re.search(r'<a href="([^"]+)">All applications from this e-mail address</a>', page)
     listed = client.get(link.group(1).replace("&amp;", "&")).content.decode()
     assert all(application.reference in listed for application in [*earlier, current])
+
+
+def test_the_link_to_all_applications_from_an_address_lists_the_decided_ones_too(client, agent):
+    rejected = [
+        make_application(email="again@applicant.example", status=Status.REJECTED)
+        for _ in range(EARLIER_APPLICATIONS_SHOWN + 1)
+    ]
+    current = make_application(email="again@applicant.example")
+    client.force_login(agent)
+
+    page = client.get(change_url(current)).content.decode()
+
+    link = re.search(r'<a href="([^"]+)">All applications from this e-mail address</a>', page)
+    listed = client.get(link.group(1).replace("&amp;", "&")).content.decode()
+    assert all(application.reference in listed for application in rejected)
+
+
+def test_erased_applications_are_not_taken_for_the_same_person(client, agent):
+    erased = [
+        make_application(
+            email="", full_name="", matrix_username="", status=Status.WITHDRAWN, erased_at=timezone.now()
+        )
+        for _ in range(EARLIER_APPLICATIONS_SHOWN + 1)
+    ]
+    client.force_login(agent)
+
+    page = client.get(change_url(erased[0])).content.decode()
+
+    assert not [other for other in erased[1:] if f"{other.reference}</a> · " in page]
+    assert "All applications from this e-mail address" not in page

@@ -11,6 +11,8 @@ from django.core import mail
 from evidence.models import Evidence
 from evidence.storage import EvidenceStorage
 from notifications.models import OutboundEmail
+from tests.evidence.test_storage import S3_ERROR_IDS, S3_ERRORS, FailingS3Storage
+from tests.evidence.test_validation import ole_bytes
 from tests.factories import HTML_BYTES, PDF_BYTES, TEXT_BYTES, png_bytes, upload
 from vetting.models import Application
 
@@ -250,6 +252,66 @@ def test_nothing_is_left_behind_when_storing_the_second_of_three_files_fails(cli
     assert not Evidence.objects.exists()
     assert not OutboundEmail.objects.exists()
     assert files_on_disk(settings) == []
+
+
+def test_a_word_document_whose_directory_lies_past_64_kb_is_accepted(client):
+    letter = ole_bytes("WordDocument", 100_000)
+    assert client.post("/apply/", form_data(evidence_1=upload("letter.doc", letter))).status_code == 302
+    evidence = Evidence.objects.get()
+    assert evidence.content_type == "application/msword"
+    assert evidence.size == len(letter)
+
+
+@pytest.mark.parametrize("error", S3_ERRORS, ids=S3_ERROR_IDS)
+def test_an_s3_failure_gets_the_friendly_message_and_keeps_nothing(client, monkeypatch, error):
+    monkeypatch.setattr(Evidence._meta.get_field("file"), "storage", FailingS3Storage(error))
+    response = client.post("/apply/", form_data(evidence_1=upload("id.pdf", PDF_BYTES)))
+    assert response.status_code == 503
+    page = response.content.decode()
+    assert "We could not store your files just now, so nothing was kept." in page
+    assert "Choose your files again" in page
+    assert not Application.objects.exists()
+    assert not OutboundEmail.objects.exists()
+
+
+def test_a_note_without_its_file_is_an_error_on_that_note_and_stores_nothing(client):
+    response = client.post("/apply/", form_data(note_1="My passport", note_3=" "))
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert page.count("Note 1 has no file: choose the file it describes, or clear the note.") == 2
+    assert '<a href="#id_note_1">' in page
+    assert 'id="id_note_1_error"' in page
+    assert "Note 3" not in page  # a blank note is no note
+    assert not Application.objects.exists()
+
+
+def test_after_an_error_the_form_asks_to_choose_the_chosen_files_again_naming_them(client, settings):
+    response = client.post(
+        "/apply/",
+        form_data(
+            statement="",
+            evidence_1=upload("passport.pdf", PDF_BYTES),
+            note_1="front page",
+            evidence_2=upload("<img src=x>.txt", TEXT_BYTES),
+        ),
+    )
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert (
+        '<a href="#id_evidence_1">Choose your files again: they are not kept when the form has a problem.</a>'
+        in page
+    )
+    assert "You had chosen: passport.pdf, &lt;img src=x&gt;.txt." in page
+    assert "<img src=x>" not in page
+    assert 'value="front page"' in page  # the note is kept, beside the file to choose again
+    assert not Application.objects.exists()
+    assert files_on_disk(settings) == []
+
+
+def test_an_error_without_chosen_files_does_not_ask_for_files(client):
+    page = client.post("/apply/", form_data(statement="")).content.decode()
+    assert "Tell us why you want to join." in page
+    assert "Choose your files again" not in page
 
 
 def test_nothing_is_left_behind_when_the_transaction_fails_after_all_files(client, settings):

@@ -88,6 +88,18 @@ def test_sign_in_and_out_are_recorded(client, agent):
     ]
 
 
+def test_events_record_the_client_behind_our_proxy_not_the_proxy(client, agent, settings):
+    settings.TRUSTED_PROXY_COUNT = 1
+    # nginx appends the peer it saw; the entry before it was written by the client and is not trusted.
+    client.post(
+        "/admin/login/",
+        {"username": "agent", "password": STAFF_PASSWORD},
+        REMOTE_ADDR="127.0.0.1",
+        HTTP_X_FORWARDED_FOR="198.51.100.7, 203.0.113.5",
+    )
+    assert AuditEvent.objects.get(action="user.login").ip == "203.0.113.5"
+
+
 def test_nobody_can_change_or_delete_an_event_in_the_admin_not_even_a_superadmin(client, superadmin, agent):
     make_trail(agent)
     event = AuditEvent.objects.order_by("id").first()

@@ -96,6 +96,29 @@ def test_a_taken_username_is_refused_before_any_token_exists(approved, inviting_
     assert_unchanged(approved)
 
 
+@pytest.mark.parametrize("held_as", ["alex", "Alex"])
+def test_a_username_another_applications_live_token_promises_is_refused(
+    held_as, approved, agent, server_admin, inviting_admin, fake_synapse
+):
+    holder = issue(approved, inviting_admin)
+    # Synapse refuses a localpart taken in another case, so a row stored as "Alex" holds "alex" too.
+    Invitation.objects.filter(pk=holder.pk).update(matrix_username=held_as)
+    second = recommended_by(agent)
+    workflow.approve(second, server_admin)
+
+    with pytest.raises(
+        workflow.WorkflowError,
+        match=f"Application {approved.reference} has a live invitation for the Matrix username alex",
+    ):
+        workflow.issue_invitation(second, inviting_admin, "alex")
+    assert list(fake_synapse.tokens) == [holder.token]
+    assert_unchanged(second)
+
+    # Once that token is revoked the username is free again.
+    workflow.revoke_invitation(approved, inviting_admin)
+    assert workflow.issue_invitation(second, inviting_admin, "alex").matrix_username == "alex"
+
+
 def test_without_any_username_the_admin_is_asked_for_one(agent, server_admin, inviting_admin, fake_synapse):
     application = recommended_by(agent)
     workflow.approve(application, server_admin)
@@ -243,6 +266,28 @@ def test_reissue_is_possible_once_the_clock_has_run_out(approved, inviting_admin
     first.refresh_from_db()
     assert first.state == Invitation.State.EXPIRED
     assert second.state == Invitation.State.PENDING
+
+
+def test_reissue_after_expiry_refuses_while_the_old_token_was_used_unrecorded(
+    approved, inviting_admin, fake_synapse
+):
+    first = issue(approved, inviting_admin)
+    # They registered in time, under another name; sync_invitations has not run since.
+    fake_synapse.register(first.token, "alex.b")
+    with time_machine.travel(first.expires_at + timedelta(minutes=1)):
+        with pytest.raises(workflow.WorkflowError, match="already used to create an account"):
+            workflow.reissue_invitation(approved, inviting_admin)
+        assert list(fake_synapse.tokens) == [first.token]
+        assert_unchanged(approved)
+        first.refresh_from_db()
+        assert first.state == Invitation.State.PENDING
+
+        # The sync the message points to records the redemption (and flags the other name).
+        assert workflow.sync_invitations().completed == 1
+    first.refresh_from_db()
+    approved.refresh_from_db()
+    assert (first.state, first.redemption_check) == (Invitation.State.COMPLETED, Invitation.Check.MISMATCH)
+    assert approved.status == Status.JOINED
 
 
 # Following tokens -------------------------------------------------------------

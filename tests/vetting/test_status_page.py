@@ -4,10 +4,12 @@ import datetime
 
 import pytest
 import time_machine
+from botocore.exceptions import NoCredentialsError
 from django.core import signing
 
 from evidence.models import Evidence
 from notifications.models import OutboundEmail
+from tests.evidence.test_storage import FailingS3Storage
 from tests.factories import HTML_BYTES, PDF_BYTES, make_application, upload
 from vetting import links
 from vetting.models import Application
@@ -134,6 +136,27 @@ def test_a_spoofed_file_on_the_status_page_is_refused_and_nothing_changes(client
     assert not Evidence.objects.exists()
 
 
+def test_the_answer_form_posts_to_the_status_page_itself_not_to_the_address_bar(client):
+    # The upload script posts to the form's action: a #fragment in the address bar must not reach it.
+    application = make_application(status=Status.INFO_REQUESTED, information_request="Send your ID.")
+    # One token: a signed link made in another second differs.
+    path = status_path(application)
+    page = client.get(path).content.decode()
+    assert f'<form method="post" action="{path}"' in page
+
+
+def test_an_s3_failure_on_the_status_page_gets_the_friendly_message_and_nothing_changes(client, monkeypatch):
+    monkeypatch.setattr(Evidence._meta.get_field("file"), "storage", FailingS3Storage(NoCredentialsError()))
+    application = make_application(status=Status.INFO_REQUESTED, information_request="Send your ID.")
+    response = client.post(
+        status_path(application), {"message": "Here", "evidence_1": upload("id.pdf", PDF_BYTES)}
+    )
+    assert "We could not store your files just now, so nothing was kept." in response.content.decode()
+    application.refresh_from_db()
+    assert application.status == Status.INFO_REQUESTED
+    assert not Evidence.objects.exists()
+
+
 def test_an_empty_answer_is_refused(client):
     application = make_application(status=Status.INFO_REQUESTED, information_request="Send your ID.")
     response = client.post(status_path(application), {"message": "  "})
@@ -171,3 +194,24 @@ def test_withdrawing_a_rejected_application_explains_why_not(client):
     response = client.post(f"{status_path(application)}withdraw/")
     assert response.status_code == 409
     assert "can no longer be withdrawn" in response.content.decode()
+
+
+def test_an_answer_with_a_note_but_no_file_asks_for_the_file_and_changes_nothing(client):
+    application = make_application(status=Status.INFO_REQUESTED, information_request="Send your ID.")
+    response = client.post(status_path(application), {"message": "Here", "note_1": "my passport"})
+    assert response.status_code == 200
+    assert "Note 1 has no file: choose the file it describes, or clear the note." in response.content.decode()
+    application.refresh_from_db()
+    assert application.status == Status.INFO_REQUESTED
+
+
+def test_after_an_error_the_answer_form_asks_to_choose_the_files_again(client):
+    application = make_application(status=Status.INFO_REQUESTED, information_request="Send your ID.")
+    response = client.post(
+        status_path(application),
+        {"message": "x" * 5001, "evidence_1": upload("passport.pdf", PDF_BYTES), "note_1": "my passport"},
+    )
+    page = response.content.decode()
+    assert response.status_code == 200
+    assert "Choose your files again before sending" in page and "You had chosen: passport.pdf." in page
+    assert not Evidence.objects.exists()

@@ -1,0 +1,140 @@
+"""The staff accounts page: who may set passwords and e-mail addresses, and how long details may be."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth import authenticate, get_user_model
+from django.core.management import CommandError, call_command
+
+from notifications.models import OutboundEmail
+from tests.conftest import STAFF_PASSWORD
+from tests.vetting.test_staff_accounts import NEW_PASSWORD, set_password_link
+from vetting import roles, workflow
+from vetting.models import AuditEvent
+
+pytestmark = pytest.mark.django_db
+User = get_user_model()
+
+
+def password_url(user) -> str:
+    return f"/admin/auth/user/{user.pk}/password/"
+
+
+def new_password(**extra) -> dict:
+    return {"password1": NEW_PASSWORD, "password2": NEW_PASSWORD, "usable_password": "true", **extra}
+
+
+def address_of_length(length: int) -> str:
+    """A valid e-mail address exactly `length` characters long (DNS labels stay under 64)."""
+    labels, remaining = [], length - len("x@example")
+    while remaining:
+        chunk = min(64, remaining)
+        if remaining - chunk == 1:
+            chunk -= 1  # a label needs a character besides its dot
+        labels.append("b" * (chunk - 1) + ".")
+        remaining -= chunk
+    return "x@" + "".join(labels) + "example"
+
+
+def test_a_server_admin_cannot_set_an_agents_password(client, server_admin, agent):
+    client.force_login(server_admin)
+    assert client.get(password_url(agent)).status_code == 403
+    assert client.post(password_url(agent), new_password()).status_code == 403
+    assert authenticate(username="agent", password=STAFF_PASSWORD) == agent
+    assert not AuditEvent.objects.filter(action="staff.password_set").exists()
+
+
+def test_a_superadmin_setting_a_password_is_audited_without_the_password(client, superadmin, agent):
+    client.force_login(superadmin)
+    mismatched = client.post(password_url(agent), new_password(password2="something else entirely"))
+    assert mismatched.status_code == 200
+    assert not AuditEvent.objects.filter(action="staff.password_set").exists()
+
+    assert client.post(password_url(agent), new_password()).status_code == 302
+    assert authenticate(username="agent", password=NEW_PASSWORD) == agent
+    event = AuditEvent.objects.get(action="staff.password_set")
+    assert (event.actor, event.target_type, event.target_id) == (superadmin, "user", str(agent.pk))
+    assert event.details == {"usable": True}
+
+
+def test_a_server_admin_cannot_redirect_an_agents_reset_link_by_changing_the_address(
+    client, server_admin, agent
+):
+    client.force_login(server_admin)
+    change_url = f"/admin/auth/user/{agent.pk}/change/"
+    assert 'name="email"' not in client.get(change_url).content.decode()
+    client.post(change_url, {"email": "server_admin@staff.example", "first_name": "Agent"})
+    agent.refresh_from_db()
+    assert (agent.email, agent.first_name) == ("agent@staff.example", "Agent")
+
+
+def test_choosing_a_password_through_a_reset_link_is_audited_as_the_persons_own_act(client, agent, settings):
+    client.post("/admin/password_reset/", {"email": "agent@staff.example"})
+    link = set_password_link(OutboundEmail.objects.get(template="staff-password-reset"))
+    form_page = client.get(link.replace(settings.SITE_URL, ""), follow=True)
+    assert not AuditEvent.objects.filter(action="staff.password_reset").exists()
+
+    client.post(
+        form_page.redirect_chain[-1][0], {"new_password1": NEW_PASSWORD, "new_password2": NEW_PASSWORD}
+    )
+    assert authenticate(username="agent", password=NEW_PASSWORD) == agent
+    event = AuditEvent.objects.get(action="staff.password_reset")
+    assert (event.actor, event.target_id, event.details) == (agent, str(agent.pk), {})
+
+
+def test_the_add_form_refuses_an_address_longer_than_the_column(client, server_admin):
+    client.force_login(server_admin)
+    response = client.post(
+        "/admin/auth/user/add/",
+        {"username": "newbie", "email": address_of_length(255), "role": roles.VETTING_AGENT},
+    )
+    assert response.status_code == 200
+    assert "at most 254 characters" in response.content.decode()
+    assert not User.objects.filter(username="newbie").exists()
+
+
+@pytest.mark.parametrize(
+    ("username", "email", "message"),
+    [
+        ("u" * 151, "long@staff.example", "The username can have at most 150 characters; this one has 151."),
+        (
+            "long",
+            address_of_length(255),
+            "The email address can have at most 254 characters; this one has 255.",
+        ),
+    ],
+)
+def test_create_staff_refuses_overlong_details_with_a_message_not_a_traceback(username, email, message):
+    with pytest.raises(CommandError) as refused:
+        call_command("create_staff", username, email, "--role", roles.VETTING_AGENT)
+    assert str(refused.value) == message
+    assert not User.objects.exists()
+
+
+@pytest.mark.postgres
+def test_on_postgresql_the_longest_details_fit_and_longer_ones_are_refused_not_a_database_error():
+    user = workflow.create_staff_account("u" * 150, address_of_length(254), roles.VETTING_AGENT)
+    assert (len(user.username), len(user.email)) == (150, 254)
+    with pytest.raises(workflow.WorkflowError, match="at most 254"):
+        workflow.create_staff_account("other", address_of_length(255), roles.VETTING_AGENT)
+    with pytest.raises(workflow.WorkflowError, match="at most 150"):
+        workflow.create_staff_account("u" * 151, "other@staff.example", roles.VETTING_AGENT)
+    assert User.objects.count() == 1
+
+
+def test_changing_ones_own_password_is_audited_without_the_password(client, agent):
+    client.force_login(agent)
+    wrong_old = {
+        "old_password": "not it at all",
+        "new_password1": NEW_PASSWORD,
+        "new_password2": NEW_PASSWORD,
+    }
+    assert client.post("/admin/password_change/", wrong_old).status_code == 200
+    assert not AuditEvent.objects.filter(action="staff.password_changed").exists()
+
+    change = {"old_password": STAFF_PASSWORD, "new_password1": NEW_PASSWORD, "new_password2": NEW_PASSWORD}
+    assert client.post("/admin/password_change/", change).status_code == 302
+    assert authenticate(username="agent", password=NEW_PASSWORD) == agent
+    event = AuditEvent.objects.get(action="staff.password_changed")
+    assert (event.actor, event.target_type, event.target_id) == (agent, "user", str(agent.pk))
+    assert NEW_PASSWORD not in str(event.details)
