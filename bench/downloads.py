@@ -80,6 +80,19 @@ def alternate(urls: dict[str, str], session: str, args: argparse.Namespace) -> d
     return {variant: statistics.median(measured) for variant, measured in speeds.items()}
 
 
+def check_sends_the_file(url: str, session: str, size: int, cert: Path) -> None:
+    """wrk counts a redirect (to the sign-in page, say) as a success: make sure each URL sends the file."""
+    import requests  # A dev requirement, like the bench itself.
+
+    response = requests.get(
+        url, cookies={"sessionid": session}, verify=str(cert), allow_redirects=False, timeout=30
+    )
+    if response.status_code != 200 or len(response.content) != size:
+        raise RuntimeError(
+            f"{url} answered {response.status_code} with {len(response.content)} bytes, not the file"
+        )
+
+
 def wrk(url: str, session: str, duration: int, connections: int) -> float:
     """MB/s that wrk measured for `url`."""
     result = subprocess.run(  # noqa: S603 - Debian's wrk against 127.0.0.1
@@ -180,6 +193,8 @@ def main() -> list[Target]:
                 "static": f"https://localhost:{https_port}/static/bench/{label[:-3]}mb.pdf",
                 "stream": f"https://localhost:{stream_port}/evidence/{pk}/",
             }
+            for url in urls.values():
+                check_sends_the_file(url, session, SIZES[label], cert)
             speeds = alternate(urls, session, args)
             rows.append((label, speeds))
         # What X-Accel adds to every download, whatever its size: the app's own answer.

@@ -4,7 +4,6 @@ import logging
 from urllib.parse import quote
 
 from django.conf import settings
-from django.contrib.admin.views.decorators import staff_member_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
@@ -12,6 +11,7 @@ from django.views.decorators.http import require_GET
 
 from evidence.models import Evidence
 from evidence.previews import has_preview, preview_for
+from iama_vetting.admin_site import admin_access_required
 from iama_vetting.ratelimits import EVIDENCE_DOWNLOAD, rate_limited
 from vetting import audit
 
@@ -63,7 +63,7 @@ def _private(response: HttpResponse) -> HttpResponse:
 
 
 @require_GET
-@staff_member_required
+@admin_access_required
 @rate_limited(EVIDENCE_DOWNLOAD)
 def download(request: HttpRequest, evidence_id) -> HttpResponse:
     evidence = _get_evidence_for_user(request, evidence_id)
@@ -92,7 +92,7 @@ def download(request: HttpRequest, evidence_id) -> HttpResponse:
 
 
 @require_GET
-@staff_member_required
+@admin_access_required
 @rate_limited(EVIDENCE_DOWNLOAD)
 def preview(request: HttpRequest, evidence_id) -> HttpResponse:
     """A small PNG of image evidence for the admin page; looking at it is audited like a download."""

@@ -7,8 +7,10 @@ has passed it in this session, no admin page opens for them.
 
 from __future__ import annotations
 
+import functools
 import logging
 from base64 import b32encode
+from collections.abc import Callable
 from urllib.parse import urlencode
 
 import segno
@@ -16,6 +18,7 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import logout
+from django.contrib.auth.views import redirect_to_login
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
@@ -37,6 +40,25 @@ logger = logging.getLogger(__name__)
 
 BACKUP_CODE_COUNT = 10
 WRONG_CODE = _("That code is not right, or it was used already. Wait for the next code and try again.")
+
+
+def admin_access_required(view: Callable) -> Callable:
+    """For staff views outside /admin/ (evidence downloads): the admin's own test, second factor included.
+
+    Django's staff_member_required checks only is_active and is_staff, so a
+    session past the password step alone would pass it. Not admin_view either:
+    its never_cache would replace the views' own Cache-Control.
+    """
+
+    @functools.wraps(view)
+    def wrapped(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        if not admin.site.has_permission(request):
+            return redirect_to_login(
+                request.get_full_path(), reverse("admin:login", current_app=admin.site.name)
+            )
+        return view(request, *args, **kwargs)
+
+    return wrapped
 
 
 class CodeForm(forms.Form):

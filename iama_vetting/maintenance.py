@@ -23,9 +23,22 @@ from django.http import HttpRequest, HttpResponse
 from django.template.loader import render_to_string
 from django.utils import timezone
 
-# Paths that keep working in maintenance mode: staff sign in to the admin and
-# download evidence, the load balancer still gets an honest health answer.
-EXEMPT_PREFIXES = ("/admin/", "/evidence/", "/healthz", "/static/")
+# Paths that keep working in maintenance mode: staff sign in to the admin,
+# download evidence and follow the set-password links the admin mails them
+# (/reset/); the load balancer still gets an honest health answer,
+# security.txt still names the contact, and browsers still report CSP
+# violations (the admin is in use). With the database stopped those needing
+# it answer DatabaseOutageMiddleware's 503, as the admin does; a CSP report
+# is logged before it is stored.
+EXEMPT_PREFIXES = (
+    "/admin/",
+    "/evidence/",
+    "/reset/",
+    "/healthz",
+    "/static/",
+    "/.well-known/",
+    "/csp-report/",
+)
 NOTICE_BEFORE = timedelta(hours=48)
 # Retry-After when the end is unknown or already past.
 DEFAULT_RETRY_AFTER = 600

@@ -58,6 +58,19 @@ def loggable_path(request: HttpRequest) -> str:
     return escape_control_characters(path)
 
 
+# A route's parameters by name only, as tokens are masked: "<str:token>" and "(?P<token>…)" become "<token>".
+_ROUTE_PARAMETER = re.compile(r"<(?:\w+:)?(\w+)>|\(\?P<(\w+)>[^)]*\)")
+
+
+def page_route(path_info: str) -> str | None:
+    """The named route a path resolves to, like '/status/<token>/'; None when it is none of our pages."""
+    match = _resolve(path_info, settings.ROOT_URLCONF)
+    if match is None or match.url_name is None:
+        return None
+    route = _ROUTE_PARAMETER.sub(lambda parameter: f"<{parameter[1] or parameter[2]}>", match.route)
+    return "/" + route.replace("^", "").replace("$", "")
+
+
 # Resolving costs more than the rest of the access line, and the access line
 # and the default rate limit both need it before Django resolves: once per path.
 @functools.lru_cache(maxsize=512)
@@ -237,39 +250,39 @@ def _forget_built_policies(*, setting: str, **kwargs) -> None:
 
 
 class DefaultRateLimitMiddleware:
-    """One per-minute tier, per client IP, for every view without limits of its own.
+    """One per-minute tier, per client IP, for every view without limits of its own,
+    and for every path that matches no view (a 404 page or a missing-slash redirect
+    costs as much as a page).
 
     The staff admin is left out: it is behind sign-in, and its sign-in has its own limits.
-    The refusal is decided in process_view from what this process already
-    knows, so the 429 passes through every middleware like any page; the
-    request is counted in the shared store when the server closes the
-    response, after the client has it (ratelimits.DefaultTierMinute).
+    The refusal is decided from what this process already knows; the request
+    is counted in the shared store when the server closes the response, after
+    the client has it (ratelimits.DefaultTierMinute). It sits inside the
+    header middleware, so a 429 carries the headers of any page, and after
+    WhiteNoise, so static files are not counted.
     """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponseBase:
-        match = _resolve(request.path_info, settings.ROOT_URLCONF)
-        if not settings.RATELIMIT_ENABLE or match is None or not _in_default_tier(request, match):
+        if not settings.RATELIMIT_ENABLE or not _in_default_tier(request):
             return self.get_response(request)
-        minute = request.rvi_default_tier_minute = ratelimits.DefaultTierMinute.of(request)
+        minute = ratelimits.DefaultTierMinute.of(request)
+        seconds = minute.seconds_refused()
+        if seconds is not None:
+            # Not counted again: this process knows the client is over already.
+            return ratelimits.too_many_requests(request, seconds, limit_name=ratelimits.DEFAULT_TIER_NAME)
         response = self.get_response(request)
-        # A refused request is not counted: this process knows the client is over already.
-        if response.status_code != 429:
-            # Django runs these when the server closes the response, as it does to close files.
-            response._resource_closers.append(minute.count)
+        # Django runs these when the server closes the response, as it does to close files.
+        response._resource_closers.append(minute.count)
         return response
 
-    def process_view(self, request: HttpRequest, view_func, view_args, view_kwargs) -> HttpResponse | None:
-        minute = getattr(request, "rvi_default_tier_minute", None)
-        seconds = minute.seconds_refused() if minute else None
-        if seconds is not None:
-            return ratelimits.too_many_requests(request, seconds, limit_name=ratelimits.DEFAULT_TIER_NAME)
-        return None
 
-
-def _in_default_tier(request: HttpRequest, match: ResolverMatch) -> bool:
+def _in_default_tier(request: HttpRequest) -> bool:
+    match = _resolve(request.path_info, settings.ROOT_URLCONF)
+    if match is None:
+        return True
     if getattr(match.func, "rate_limit_exempt", False):
         return False
     own_limits = getattr(match.func, "rate_limits", ())

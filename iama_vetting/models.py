@@ -1,9 +1,18 @@
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.db import IntegrityError, models, transaction
 from django.db.models import F
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
+
+# Anyone can post reports: past this many kinds, new ones are counted in one
+# overflow row (the log still names each). security_report forgets kinds not
+# seen for KEPT_DAYS, which makes room again.
+MAX_KINDS = 1000
+OVERFLOW = "(overflow)"
+KEPT_DAYS = 30
 
 
 class CSPViolationManager(models.Manager):
@@ -13,6 +22,11 @@ class CSPViolationManager(models.Manager):
         same = self.filter(directive=directive, blocked=blocked, document_path=document_path)
         if same.update(count=F("count") + 1, last_seen=now):
             return
+        if self.count() >= MAX_KINDS:
+            directive = blocked = document_path = OVERFLOW
+            same = self.filter(directive=OVERFLOW, blocked=OVERFLOW, document_path=OVERFLOW)
+            if same.update(count=F("count") + 1, last_seen=now):
+                return
         try:
             with transaction.atomic():
                 self.create(
@@ -26,6 +40,11 @@ class CSPViolationManager(models.Manager):
         except IntegrityError:
             # Another worker created the row between our update and insert.
             same.update(count=F("count") + 1, last_seen=now)
+
+    def forget_unseen_since(self, moment: datetime) -> int:
+        """Delete the kinds not reported since `moment`; how many."""
+        deleted, _by_model = self.filter(last_seen__lt=moment).delete()
+        return deleted
 
 
 class CSPViolation(models.Model):

@@ -18,6 +18,7 @@ import functools
 import ipaddress
 import logging
 import time
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -55,9 +56,20 @@ def client_ip(request: HttpRequest) -> str:
     return remote or "0.0.0.0"  # noqa: S104 - a Unix-socket peer has no address; one shared bucket
 
 
+def _folded(value: str) -> str:
+    """NFKC, then case-folded, as Django compares e-mail addresses in its password reset:
+    look-alikes that reach the same account ('ｅv_agent', 'Ev_agent') share one bucket."""
+    return unicodedata.normalize("NFKC", value.strip()).casefold()
+
+
 def username_key(group: str, request: HttpRequest) -> str:
-    """The sign-in name as typed, case-folded, so 'Admin' and 'admin' share a bucket."""
-    return request.POST.get("username", "").strip().casefold()[:150]
+    """The sign-in name: Django's UsernameField NFKC-normalises it before authenticating."""
+    return _folded(request.POST.get("username", ""))[:150]
+
+
+def email_key(group: str, request: HttpRequest) -> str:
+    """The address a password reset is asked for."""
+    return _folded(request.POST.get("email", ""))[:254]
 
 
 @dataclass(frozen=True)
@@ -96,6 +108,9 @@ TWO_FACTOR_PER_USER = Limit(
     "two-factor", per_minute=5, per_hour=20, per_day=50, key="user", methods=("POST",)
 )
 PASSWORD_RESET = Limit("password-reset", per_minute=3, per_hour=10, per_day=20, methods=("POST",))
+PASSWORD_RESET_PER_ADDRESS = Limit(
+    "password-reset-address", per_minute=2, per_hour=5, per_day=10, key=email_key, methods=("POST",)
+)
 CSP_REPORT = Limit("csp-report", per_minute=60, per_hour=600, per_day=2000, json=True)
 EVIDENCE_DOWNLOAD = Limit("evidence-download", per_minute=60, per_hour=600, per_day=3000, key="user")
 # Read by security_report, which counts refusals per limit.
@@ -107,6 +122,7 @@ ALL_LIMITS = (
     ADMIN_LOGIN_PER_USERNAME,
     TWO_FACTOR_PER_USER,
     PASSWORD_RESET,
+    PASSWORD_RESET_PER_ADDRESS,
     CSP_REPORT,
     EVIDENCE_DOWNLOAD,
 )

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import environ
 from csp.constants import NONCE, NONE, SELF, UNSAFE_EVAL, UNSAFE_INLINE
-from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import ImproperlyConfigured, ValidationError
+from django.core.validators import validate_email
 
 from iama_vetting import maintenance as _maintenance
 
@@ -26,6 +27,11 @@ def env_bool(name: str, default: bool) -> bool:
     if raw not in ("true", "false"):
         raise ImproperlyConfigured(f"{name} must be 'true' or 'false', not {raw!r}.")
     return raw == "true"
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    """Comma-separated values; spaces around the commas and empty entries (a trailing comma) are ignored."""
+    return [entry.strip() for entry in env.list(name, default=default) if entry.strip()]
 
 
 def env_positive_int(name: str, default: int) -> int:
@@ -58,14 +64,14 @@ if not SECRET_KEY:
         raise ImproperlyConfigured("SESSION_SECRET must be set when DEBUG is off.")
     SECRET_KEY = "insecure-development-key-only-used-when-DEBUG-is-true"  # noqa: S105
 
-ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"] if DEBUG else [])
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"] if DEBUG else [])
 if not DEBUG and not ALLOWED_HOSTS:
     raise ImproperlyConfigured("ALLOWED_HOSTS must be set when DEBUG is off.")
 if DEBUG and not all(is_local_host(host) for host in ALLOWED_HOSTS):
     raise ImproperlyConfigured(
         "DEBUG is on with a public host in ALLOWED_HOSTS: refusing to start. Set DEBUG=false in production."
     )
-CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", default=[])
 # Absolute links in e-mails (status page, admin) start with this.
 SITE_URL = env.str(
     "SITE_URL", default="http://127.0.0.1:8000" if DEBUG else f"https://{ALLOWED_HOSTS[0].lstrip('.')}"
@@ -93,12 +99,15 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # First, so every log line of the request, and the access line, carry its id.
     "iama_vetting.middleware.RequestContextMiddleware",
-    # Second, so a request answered by any later middleware (maintenance) is counted too.
-    "iama_vetting.middleware.DefaultRateLimitMiddleware",
+    # The header middleware come before anything that can answer by itself (static
+    # files, the 429, maintenance), so every response carries the headers.
     "django.middleware.security.SecurityMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "iama_vetting.middleware.SecurityHeadersMiddleware",
     "iama_vetting.middleware.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # After WhiteNoise (static files are not counted), before maintenance (its answers are).
+    "iama_vetting.middleware.DefaultRateLimitMiddleware",
     # Before sessions and the database: maintenance must answer with the database down.
     "iama_vetting.maintenance.MaintenanceModeMiddleware",
     # Django's and django-otp's, skipped on the public pages (no sessions there).
@@ -108,7 +117,6 @@ MIDDLEWARE = [
     "iama_vetting.middleware.AuthenticationMiddleware",
     "iama_vetting.middleware.OTPMiddleware",
     "iama_vetting.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "iama_vetting.outage.DatabaseOutageMiddleware",
 ]
 
@@ -266,7 +274,7 @@ if TRUSTED_PROXY_COUNT < 0:
 SMTP_RELAY_HOST = env.str("SMTP_RELAY_HOST", default="mail.smtp2go.com")
 try:
     SMTP_RELAY_PORTS = [
-        int(port) for port in env.list("SMTP_RELAY_PORTS", default=["2525", "8025", "587", "80"])
+        int(port) for port in env_list("SMTP_RELAY_PORTS", default=["2525", "8025", "587", "80"])
     ]
 except ValueError as error:
     raise ImproperlyConfigured("SMTP_RELAY_PORTS must be port numbers separated by commas.") from error
@@ -289,7 +297,17 @@ if SMTP_CA_FILE and not Path(SMTP_CA_FILE).is_file():
     raise ImproperlyConfigured(f"SMTP_CA_FILE {SMTP_CA_FILE!r} is not a readable file.")
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="IaMA RVI Support <support@rvi.iam-alliance.com>")
 SERVER_EMAIL = DEFAULT_FROM_EMAIL
-STAFF_NOTIFY_EMAILS = env.list("STAFF_NOTIFY_EMAILS", default=[])
+# Bare addresses, comma-separated. A bad entry must stop start-up: queue_email
+# would refuse it inside confirm_email, and every confirmation link would fail.
+STAFF_NOTIFY_EMAILS = env_list("STAFF_NOTIFY_EMAILS", default=[])
+for _entry in STAFF_NOTIFY_EMAILS:
+    try:
+        validate_email(_entry)
+    except ValidationError as error:
+        raise ImproperlyConfigured(
+            f"STAFF_NOTIFY_EMAILS: {_entry!r} is not an e-mail address; list bare addresses "
+            "(name@example.org), separated by commas."
+        ) from error
 EMAIL_BACKEND = (
     "django.core.mail.backends.console.EmailBackend"
     if DEBUG and not SMTP_RELAY_AUTHPW

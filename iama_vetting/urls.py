@@ -16,7 +16,7 @@ urlpatterns = [
     # admin's login page links here. Mail goes through the outbox.
     path(
         "admin/password_reset/",
-        ratelimits.rate_limited(ratelimits.PASSWORD_RESET)(
+        ratelimits.rate_limited(ratelimits.PASSWORD_RESET, ratelimits.PASSWORD_RESET_PER_ADDRESS)(
             auth_views.PasswordResetView.as_view(form_class=OutboxPasswordResetForm)
         ),
         name="admin_password_reset",

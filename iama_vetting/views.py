@@ -17,7 +17,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from iama_vetting import ratelimits
 from iama_vetting.logs import escape_control_characters
-from iama_vetting.middleware import loggable_path
+from iama_vetting.middleware import loggable_path, page_route
 from iama_vetting.models import CSPViolation
 
 logger = logging.getLogger("iama_vetting.csp")
@@ -30,6 +30,8 @@ CSP_REPORT_TYPES = ("application/csp-report", "application/reports+json", "appli
 # Longer than any path gunicorn accepts (its request line is at most 4094
 # bytes); bounds what masking resolves and caches.
 CSP_REPORT_MAX_PATH = 4096
+# Stored for a reported page that is none of ours: anyone can post any page.
+OTHER_PAGE = "(other)"
 
 
 def _text(value: Any, limit: int) -> str:
@@ -52,6 +54,18 @@ def _loggable_uri(uri: str) -> str:
         bare = uri.split("?")[0].split("#")[0]
         return _masked_path(bare) if bare.startswith("/") else bare
     return f"{parts.scheme}://{parts.netloc}{_masked_path(parts.path)}"
+
+
+def _blocked_origin(uri: str) -> str:
+    """What the table keeps of a blocked URI: its origin, the scheme of a data: or blob:
+    URL, 'self' for a bare path, or the browser's keyword ('inline', 'eval')."""
+    parts = urlsplit(uri)
+    if parts.scheme and parts.netloc:
+        # Never a user:password@ that someone put in a URL.
+        return f"{parts.scheme}://{parts.netloc.rpartition('@')[2].lower()}"
+    if parts.scheme:
+        return parts.scheme
+    return "self" if uri.startswith("/") else uri
 
 
 def _violations(payload: Any) -> list[dict[str, Any]]:
@@ -80,12 +94,29 @@ def _violations(payload: Any) -> list[dict[str, Any]]:
     raise ValueError("Not a CSP report.")
 
 
-def _normalized(violation: dict[str, Any]) -> tuple[str, str, str]:
-    """(directive, blocked URI, document path), bounded and safe to log and store."""
+def _directive(violation: dict[str, Any]) -> str:
     directive = violation.get("effective-directive") or str(violation.get("violated-directive") or "")
+    return _text(str(directive).split(" ")[0], 64)
+
+
+def _document_path(violation: dict[str, Any]) -> str:
+    return urlsplit(str(violation.get("document-uri") or "")).path[:CSP_REPORT_MAX_PATH]
+
+
+def _normalized(violation: dict[str, Any]) -> tuple[str, str, str]:
+    """(directive, blocked URI, document path) for the log: bounded, tokens masked."""
     blocked = _loggable_uri(str(violation.get("blocked-uri") or ""))
-    document_path = _masked_path(urlsplit(str(violation.get("document-uri") or "")).path)
-    return _text(str(directive).split(" ")[0], 64), _text(blocked, 512), _text(document_path, 512)
+    return _directive(violation), _text(blocked, 512), _text(_masked_path(_document_path(violation)), 512)
+
+
+def _kind(violation: dict[str, Any]) -> tuple[str, str, str]:
+    """(directive, blocked origin, page route) for the table: the log keeps the details.
+
+    Paths of blocked files and pages that are none of ours would let one
+    client add a row per report; an origin and our routes are few.
+    """
+    blocked = _text(_blocked_origin(str(violation.get("blocked-uri") or "")), 512)
+    return _directive(violation), blocked, page_route(_document_path(violation)) or OTHER_PAGE
 
 
 @csrf_exempt
@@ -105,11 +136,13 @@ def csp_report(request: HttpRequest) -> HttpResponse:
     if len(body) > CSP_REPORT_MAX_BYTES:
         return JsonResponse({"error": "too_large"}, status=413)
     try:
-        violations = [_normalized(violation) for violation in _violations(json.loads(body))]
+        violations = [
+            (_normalized(violation), _kind(violation)) for violation in _violations(json.loads(body))
+        ]
     except (ValueError, RecursionError):
         # Not JSON, not UTF-8, nested absurdly deep, or not shaped like a report.
         return JsonResponse({"error": "invalid_report"}, status=400)
-    for directive, blocked, document_path in violations:
+    for (directive, blocked, document_path), kind in violations:
         logger.warning(
             "CSP violation: %s blocked %s on %s",
             directive,
@@ -117,7 +150,7 @@ def csp_report(request: HttpRequest) -> HttpResponse:
             document_path,
             extra={"csp_directive": directive, "csp_blocked_uri": blocked, "csp_document_uri": document_path},
         )
-        CSPViolation.objects.record(directive, blocked, document_path)
+        CSPViolation.objects.record(*kind)
     return HttpResponse(status=204)
 
 

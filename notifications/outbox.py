@@ -86,7 +86,8 @@ def send_batch(worker: str, size: int, should_stop: Callable[[], bool] = lambda:
 
     Returns None when no mail was due. Each mail ends sent, queued for a
     retry (connection failures, 4xx), failed (5xx, an impossible address) or,
-    when the worker stops or its lease runs short, handed back unsent.
+    when the worker stops, its lease runs short or the connection is lost,
+    handed back unsent.
     """
     mails = OutboundEmail.objects.claim(worker, size)
     if not mails:
@@ -117,8 +118,10 @@ def send_batch(worker: str, size: int, should_stop: Callable[[], bool] = lambda:
                     _fail(mail, worker, describe(error), tally)
                     continue
                 _retry(mail, worker, describe(error), tally)
-                if code is None:
-                    # The connection itself broke: the rest wait for the next batch.
+                # No reply code: the connection broke. 421: the relay is closing it,
+                # and smtplib has already hung up. Either way the next mail would
+                # fail unsent and be charged an attempt; the rest wait for the next batch.
+                if code is None or code == 421:
                     tally.released += sum(rest.release(worker) for rest in mails[index + 1 :])
                     break
             else:

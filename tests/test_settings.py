@@ -15,7 +15,8 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 PRINT_SETTINGS = (
     "import json, django; from django.conf import settings; django.setup(); "
     "print(json.dumps({'DEBUG': settings.DEBUG, 'DATABASES': settings.DATABASES, "
-    "'CACHES': settings.CACHES, 'LOG_LEVEL': settings.LOG_LEVEL}, default=str))"
+    "'CACHES': settings.CACHES, 'LOG_LEVEL': settings.LOG_LEVEL, 'ALLOWED_HOSTS': settings.ALLOWED_HOSTS, "
+    "'CSRF_TRUSTED_ORIGINS': settings.CSRF_TRUSTED_ORIGINS}, default=str))"
 )
 
 
@@ -141,3 +142,15 @@ def test_collectstatic_builds_the_hashed_files_whitenoise_serves(tmp_path):
     assert hashed != "css/site.css"
     assert (static_root / hashed).is_file()
     assert (static_root / "admin" / "css" / "base.css").is_file()
+
+
+def test_lists_may_have_spaces_after_the_commas_and_a_trailing_comma():
+    result = load_settings(
+        SESSION_SECRET="s" * 50,
+        ALLOWED_HOSTS="rvi.example.org, www.rvi.example.org,",
+        CSRF_TRUSTED_ORIGINS=" https://rvi.example.org , https://www.rvi.example.org",
+    )
+    assert result.returncode == 0, result.stderr
+    settings = json.loads(result.stdout)
+    assert settings["ALLOWED_HOSTS"] == ["rvi.example.org", "www.rvi.example.org"]
+    assert settings["CSRF_TRUSTED_ORIGINS"] == ["https://rvi.example.org", "https://www.rvi.example.org"]

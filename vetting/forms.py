@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import unicodedata
+
 from django import forms
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import PasswordResetForm
 from django.utils.translation import gettext_lazy as _
 
@@ -248,7 +251,20 @@ class OutboxPasswordResetForm(PasswordResetForm):
     """Django's password reset, for staff only, with the link mailed through the outbox."""
 
     def get_users(self, email):
-        return (user for user in super().get_users(email) if user.is_staff)
+        # Django's form skips accounts without a usable password, but a new staff
+        # member has none until they follow the set-password link; once it has
+        # expired, this form is their way to a new one. Inactive accounts (awaiting
+        # a superadmin's approval, or deactivated) still get nothing.
+        User = get_user_model()
+        field = User.get_email_field_name()
+        users = User._default_manager.filter(
+            **{f"{field}__iexact": email, "is_active": True, "is_staff": True}
+        )
+        # As Django does: the database's case-insensitive match is not enough (CVE-2019-19844).
+        folded = unicodedata.normalize("NFKC", email).casefold()
+        return (
+            user for user in users if unicodedata.normalize("NFKC", getattr(user, field)).casefold() == folded
+        )
 
     def send_mail(
         self,

@@ -160,6 +160,9 @@ def guard_reason(name: str, application: Application, user) -> str | None:
         and not may_release_any
     ):
         return _("Only the person who claimed this application can do that.")
+    if name == "reopen" and application.erased_at is not None:
+        # Erasure is final: the person asked us to forget them, and nobody is left to tell.
+        return _("This application was erased at the applicant's request, so it cannot be reopened.")
     if name in ("approve", "reject") and application.verification_recorded_by_id == user.pk:
         return _(
             "You recorded the verification of this application, so another person must decide it "
@@ -227,6 +230,10 @@ def _refresh(application: Application, locked: Application) -> None:
 
 
 def _applicant_mail(name: str, application: Application, **context) -> None:
+    # Erasure blanked the address. An erased application reopened before reopening
+    # was refused can still be decided; it just tells nobody.
+    if application.erased_at is not None:
+        return
     queue_email(
         name,
         [application.email],
@@ -461,10 +468,15 @@ def erase_application(application: Application, request: HttpRequest | None = No
         locked.evidence.all().delete()
         locked.information_replies.all().delete()
         locked.notes.all().delete()
-        # Mail about this application holds their name and address; mail still queued is dropped.
-        OutboundEmail.objects.filter(to__iexact=application.email).filter(
-            Q(subject__contains=locked.reference) | Q(body_text__contains=locked.reference)
-        ).delete()
+        # Every mail about this application holds their name, staff mail included:
+        # mail not yet sent is never sent, a sent copy is not kept. Applicant mail
+        # names the reference or carries the status link (the token mail only the
+        # link). Mail a worker is sending stays: deleting it would not stop it.
+        OutboundEmail.objects.filter(
+            Q(subject__contains=locked.reference)
+            | Q(body_text__contains=locked.reference)
+            | Q(body_text__contains=links.status_token(locked))
+        ).exclude(status=OutboundEmail.Status.SENDING).delete()
         audit.redact(AuditEvent.objects.filter(target_type="application", target_id=str(locked.pk)))
         audit.record(
             "application.erased",
@@ -1000,6 +1012,10 @@ def _refuse_if_used(client, invitation: Invitation) -> None:
 
 
 def _invitation_mails(invitation: Invitation, application: Application, user, server_name: str) -> None:
+    # Off by default: the token then travels only through the admin's two messages.
+    # Never to an address nobody confirmed (staff-entered): a typo would hand the
+    # token to a stranger; the admin hands it over as usual instead.
+    to_applicant = settings.MATRIX_SEND_TOKEN_TO_APPLICANT and application.email_confirmed_at is not None
     context = {
         "invitation": invitation,
         "token": invitation.token,
@@ -1007,12 +1023,11 @@ def _invitation_mails(invitation: Invitation, application: Application, user, se
         "homeserver_url": settings.MATRIX_HOMESERVER_URL,
         "tell_by": invitation.tell_by,
         "admin_url": links.admin_url(application),
-        "token_sent_to_applicant": settings.MATRIX_SEND_TOKEN_TO_APPLICANT,
+        "token_sent_to_applicant": to_applicant,
     }
     if user.email:
         queue_email("invitation-issued", [user.email], {"application": application, **context})
-    # Off by default: the token then travels only through the admin's two messages.
-    if settings.MATRIX_SEND_TOKEN_TO_APPLICANT:
+    if to_applicant:
         _applicant_mail("invitation-token", application, **context)
 
 

@@ -268,18 +268,23 @@ def nginx(config: Path, port: int) -> Iterator[None]:
         stop(process)
 
 
+# Signed in with both steps, as STAFF_REQUIRE_2FA (on without DEBUG) requires for evidence.
 STAFF_SESSION_CODE = f"""
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
 from django.contrib.auth.models import Permission, User
 from django.contrib.sessions.backends.db import SessionStore
+from django_otp import DEVICE_ID_SESSION_KEY
+from django_otp.plugins.otp_totp.models import TOTPDevice
 user, _ = User.objects.get_or_create(username="agent", defaults={{"is_staff": True}})
 user.set_password("{STAFF_PASSWORD}")
 user.save()
 user.user_permissions.add(Permission.objects.get(codename="view_evidence"))
+device, _ = TOTPDevice.objects.get_or_create(user=user, defaults={{"name": "phone", "confirmed": True}})
 session = SessionStore()
 session[SESSION_KEY] = str(user.pk)
 session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
 session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+session[DEVICE_ID_SESSION_KEY] = device.persistent_id
 session.create()
 print(session.session_key)
 """

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import io
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from django.contrib.auth.tokens import default_token_generator
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management import CommandError, call_command
+from django.utils.encoding import force_bytes
+from django.utils.http import urlsafe_base64_encode
 
 from iama_vetting import maintenance
 
@@ -48,6 +52,33 @@ def test_staff_can_still_sign_in_to_the_admin_while_on(client, agent):
     response = client.post("/admin/login/", {"username": "agent", "password": "a-long-test-password"})
     assert response.status_code == 302
     assert client.get("/admin/").status_code == 200
+
+
+def test_set_password_links_from_staff_mails_work_while_on(client, agent):
+    """The admin mails these links (reset, new account) and stays open: so do they."""
+    command("on")
+    uid = urlsafe_base64_encode(force_bytes(agent.pk))
+    link = client.get(f"/reset/{uid}/{default_token_generator.make_token(agent)}/")
+    assert link.status_code == 302
+    form = client.get(link["Location"])
+    assert form.status_code == 200
+    new_password = "a-new-and-long-test-password"
+    done = client.post(link["Location"], {"new_password1": new_password, "new_password2": new_password})
+    assert done["Location"] == "/reset/done/"
+    assert client.get("/reset/done/").status_code == 200
+    agent.refresh_from_db()
+    assert agent.check_password(new_password)
+
+
+def test_security_txt_and_csp_reports_answer_while_on(client, django_assert_num_queries):
+    command("on")
+    with django_assert_num_queries(0):
+        contact = client.get("/.well-known/security.txt")
+    assert contact.status_code == 200
+    assert contact.content.startswith(b"Contact: ")
+    report = {"csp-report": {"document-uri": "https://rvi.example.org/admin/", "blocked-uri": "inline"}}
+    answer = client.post("/csp-report/", json.dumps(report), content_type="application/csp-report")
+    assert answer.status_code == 204
 
 
 def test_off_restores_the_public_pages(client):

@@ -43,7 +43,11 @@ class Site:
 def site(tmp_path_factory) -> Site:
     root = tmp_path_factory.mktemp("nginx-site")
     app = servers.App(
-        root / "app", EVIDENCE_X_ACCEL_PREFIX="/_protected_evidence/", TRUSTED_PROXY_COUNT="1"
+        root / "app",
+        EVIDENCE_X_ACCEL_PREFIX="/_protected_evidence/",
+        TRUSTED_PROXY_COUNT="1",
+        # As in production: evidence only for a session past both sign-in steps.
+        STAFF_REQUIRE_2FA="true",
     ).install()
     cert, key = servers.self_signed_certificate(root)
     app_port, http_port, https_port = servers.free_port(), servers.free_port(), servers.free_port()
@@ -174,6 +178,28 @@ def test_static_files_are_served_by_nginx_with_long_expiry(site):
     response = site.get(f"/static/css/{css.name}")
     assert response.status_code == 200
     assert "max-age=31536000" in response.headers["Cache-Control"]
+
+
+def test_static_files_carry_the_security_headers_the_app_sends(site):
+    """A location's add_header drops the server's: /static/ must repeat every one, once."""
+    css = next(path for path in site.app.static_root.glob("css/site.*.css"))
+    static = site.get(f"/static/css/{css.name}").raw.headers
+    app = site.get("/.well-known/security.txt").raw.headers
+    for name in (
+        "Strict-Transport-Security",
+        "X-Content-Type-Options",
+        "X-Frame-Options",
+        "Referrer-Policy",
+        "Permissions-Policy",
+        "Cross-Origin-Opener-Policy",
+        "X-XSS-Protection",
+    ):
+        assert len(app.getlist(name)) == 1, name
+        assert static.getlist(name) == app.getlist(name), name
+    # The same policy as the app's, whose directives come in no fixed order.
+    [static_policy] = static.getlist("Content-Security-Policy")
+    [app_policy] = app.getlist("Content-Security-Policy")
+    assert sorted(static_policy.split("; ")) == sorted(app_policy.split("; "))
 
 
 def test_upload_over_client_max_body_size_is_refused_by_nginx_with_413(site):

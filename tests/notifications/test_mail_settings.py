@@ -14,7 +14,7 @@ PROJECT_DIR = Path(__file__).resolve().parents[2]
 PRINT_MAIL_SETTINGS = (
     "import json, django; from django.conf import settings; django.setup(); "
     "print(json.dumps({name: getattr(settings, name) for name in "
-    "['EMAIL_BACKEND', 'SMTP_RELAY_PORTS', 'SMTP_TIMEOUT', 'OUTBOX_LEASE_SECONDS']}))"
+    "['EMAIL_BACKEND', 'SMTP_RELAY_PORTS', 'SMTP_TIMEOUT', 'OUTBOX_LEASE_SECONDS', 'STAFF_NOTIFY_EMAILS']}))"
 )
 PRODUCTION = {"DEBUG": "false", "SESSION_SECRET": "s" * 50, "ALLOWED_HOSTS": "rvi.example.org"}
 
@@ -76,3 +76,22 @@ def test_bad_mail_settings_stop_the_app_with_a_message(environment, message):
     result = load(**PRODUCTION, **environment)
     assert result.returncode != 0
     assert message in result.stderr
+
+
+def test_staff_notify_emails_may_have_spaces_after_the_commas():
+    settings = loaded(**PRODUCTION, STAFF_NOTIFY_EMAILS="queue@x.org, lead@x.org ,")
+    assert settings["STAFF_NOTIFY_EMAILS"] == ["queue@x.org", "lead@x.org"]
+
+
+@pytest.mark.parametrize(
+    ("value", "bad_entry"),
+    [
+        ("queue@x.org, Staff <s@x.org>", "Staff <s@x.org>"),
+        ("queue@x.org;lead@x.org", "queue@x.org;lead@x.org"),
+    ],
+)
+def test_an_entry_in_staff_notify_emails_that_is_no_address_refuses_to_start(value, bad_entry):
+    result = load(**PRODUCTION, STAFF_NOTIFY_EMAILS=value)
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr
+    assert f"STAFF_NOTIFY_EMAILS: {bad_entry!r} is not an e-mail address" in result.stderr

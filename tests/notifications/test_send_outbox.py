@@ -231,3 +231,23 @@ def test_a_batch_goes_over_one_connection_and_batches_split_at_the_batch_size(sm
     assert len(smtp_server.recorder.received) == 7
     assert smtp_server.recorder.connections == 3
     assert set(OutboundEmail.objects.values_list("port_used", flat=True)) == {smtp_server.port}
+
+
+@pytest.mark.smtp
+def test_after_a_421_reply_the_rest_of_the_batch_goes_over_a_new_connection_uncharged(smtp_server, use_relay):
+    # 421: the relay is closing the connection, and smtplib hangs up at once.
+    smtp_server.recorder.replies.append("421 4.3.2 Service shutting down")
+    use_relay(smtp_server.port)
+    refused, waiting = queue_mails(2)
+    # On its last attempt: charged for the dead connection, it would fail untried.
+    OutboundEmail.objects.filter(pk=waiting.pk).update(attempts=len(RETRY_DELAYS))
+
+    with pytest.raises(CommandError):
+        run_worker()
+    refused.refresh_from_db()
+    waiting.refresh_from_db()
+    assert (refused.status, refused.attempts) == (OutboundEmail.Status.QUEUED, 1)
+    assert refused.last_error == "421 4.3.2 Service shutting down"
+    assert (waiting.status, waiting.last_error) == (OutboundEmail.Status.SENT, "")
+    assert [received.rcpt_tos for received in smtp_server.recorder.received] == [[waiting.to]]
+    assert smtp_server.recorder.connections == 2

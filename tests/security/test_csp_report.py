@@ -5,10 +5,13 @@ from __future__ import annotations
 import io
 import json
 import logging
+from datetime import timedelta
 
 import pytest
 from django.core.management import call_command
+from django.utils import timezone
 
+from iama_vetting import models
 from iama_vetting.models import CSPViolation
 
 pytestmark = pytest.mark.django_db
@@ -53,10 +56,11 @@ def test_old_style_csp_report_is_logged_and_counted(client, caplog):
     violation = CSPViolation.objects.get()
     assert (violation.directive, violation.blocked, violation.document_path, violation.count) == (
         "script-src-elem",
-        "https://evil.example/x.js",
+        "https://evil.example",
         "/apply/",
         1,
     )
+    # The log keeps what was blocked in full (query strings never); the table its origin.
     [record] = [record for record in caplog.records if record.name == "iama_vetting.csp"]
     assert record.csp_directive == "script-src-elem"
     assert record.csp_blocked_uri == "https://evil.example/x.js"
@@ -146,10 +150,13 @@ def test_control_characters_are_escaped_and_long_values_cut(client, caplog):
     with caplog.at_level(logging.WARNING, logger="iama_vetting.csp"):
         assert post_report(client, nasty, "application/csp-report").status_code == 204
     violation = CSPViolation.objects.get()
-    assert violation.document_path == "/apply/\\x1b[2J\\x00FAKE"
+    assert violation.document_path == "(other)"
     assert "\x1b" not in violation.directive
-    assert len(violation.blocked) == 512
-    message = caplog.records[-1].getMessage()
+    assert violation.blocked == "https://evil.example"
+    record = caplog.records[-1]
+    assert record.csp_document_uri == "/apply/\\x1b[2J\\x00FAKE"
+    assert len(record.csp_blocked_uri) == 512
+    message = record.getMessage()
     assert "\n" not in message
     assert "\x1b" not in message
 
@@ -160,7 +167,7 @@ def test_violations_are_read_only_in_the_admin(client, superadmin):
     violation = CSPViolation.objects.get()
     listing = client.get("/admin/iama_vetting/cspviolation/")
     assert listing.status_code == 200
-    assert "https://evil.example/x.js" in listing.content.decode()
+    assert "https://evil.example" in listing.content.decode()
     assert client.get("/admin/iama_vetting/cspviolation/add/").status_code == 403
     detail = client.get(f"/admin/iama_vetting/cspviolation/{violation.pk}/change/")
     assert detail.status_code == 200
@@ -196,10 +203,110 @@ def test_tokens_in_reported_urls_are_neither_logged_nor_stored(client, caplog, p
         assert post_report(client, body, f"application/{report_format}").status_code == 204
     violation = CSPViolation.objects.get()
     assert violation.document_path == masked
-    assert violation.blocked == f"https://rvi.example.org{masked}"
+    assert violation.blocked == "https://rvi.example.org"
+    assert caplog.records[-1].csp_blocked_uri == f"https://rvi.example.org{masked}"
     assert STATUS_TOKEN not in caplog.text
     assert STATUS_TOKEN not in str(vars(caplog.records[-1]))
     out = io.StringIO()
     call_command("security_report", stdout=out)
-    assert f"form-action blocked https://rvi.example.org{masked} on {masked}: 1 report(s)" in out.getvalue()
+    assert f"form-action blocked https://rvi.example.org on {masked}: 1 report(s)" in out.getvalue()
     assert STATUS_TOKEN not in out.getvalue()
+
+
+def test_one_client_cannot_grow_the_table_with_paths(client):
+    """Each distinct blocked path or made-up page used to be a row of its own."""
+    for batch in range(10):
+        body = [
+            {
+                "type": "csp-violation",
+                "url": f"https://rvi.example.org/made-up/{batch}/{number}/",
+                "body": {
+                    "effectiveDirective": "script-src-elem",
+                    "blockedURL": f"https://cdn.example/{batch}/{number}.js?v={number}",
+                },
+            }
+            for number in range(20)
+        ]
+        assert post_report(client, body, "application/reports+json").status_code == 204
+    assert list(CSPViolation.objects.values_list("directive", "blocked", "document_path", "count")) == [
+        ("script-src-elem", "https://cdn.example", "(other)", 200)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("blocked", "stored"),
+    [
+        ("https://user:secret@CDN.example:8443/a/b.js?token=x#f", "https://cdn.example:8443"),
+        ("inline", "inline"),
+        ("eval", "eval"),
+        ("data", "data"),
+        ("data:image/png;base64,iVBORw0KGgo=", "data"),
+        ("blob:https://rvi.example.org/0b5e-uuid", "blob"),
+        ("/static/site.css", "self"),
+        ("", ""),
+    ],
+)
+def test_the_blocked_uri_is_stored_as_its_origin_or_keyword(client, blocked, stored):
+    body = {"csp-report": {**OLD_STYLE["csp-report"], "blocked-uri": blocked}}
+    assert post_report(client, body, "application/csp-report").status_code == 204
+    assert CSPViolation.objects.get().blocked == stored
+
+
+@pytest.mark.parametrize(
+    ("page", "stored"),
+    [
+        ("/", "/"),
+        ("/apply/done/?r=x", "/apply/done/"),
+        ("/admin/vetting/application/17/change/", "/admin/vetting/application/<object_id>/change/"),
+        ("/admin/vetting/", "/admin/<app_label>/"),
+        ("/admin/no-such-page/", "(other)"),
+        ("/wp-login.php", "(other)"),
+    ],
+)
+def test_pages_are_stored_by_route_and_others_in_one_bucket(client, page, stored):
+    body = {"csp-report": {**OLD_STYLE["csp-report"], "document-uri": f"https://rvi.example.org{page}"}}
+    assert post_report(client, body, "application/csp-report").status_code == 204
+    assert CSPViolation.objects.get().document_path == stored
+
+
+def test_past_the_cap_new_kinds_count_in_one_overflow_row(client, monkeypatch, caplog):
+    monkeypatch.setattr(models, "MAX_KINDS", 3)
+    for number in range(6):
+        body = {"csp-report": {**OLD_STYLE["csp-report"], "blocked-uri": f"https://cdn{number}.example/x.js"}}
+        with caplog.at_level(logging.WARNING, logger="iama_vetting.csp"):
+            assert post_report(client, body, "application/csp-report").status_code == 204
+    # Kinds already counted go on counting.
+    post_report(
+        client,
+        {"csp-report": {**OLD_STYLE["csp-report"], "blocked-uri": "https://cdn0.example/"}},
+        "application/csp-report",
+    )
+    counts = dict(CSPViolation.objects.values_list("blocked", "count"))
+    assert counts == {
+        "https://cdn0.example": 2,
+        "https://cdn1.example": 1,
+        "https://cdn2.example": 1,
+        models.OVERFLOW: 3,
+    }
+    # The log still names every one.
+    assert "https://cdn5.example/x.js" in caplog.text
+
+
+def test_the_daily_report_forgets_kinds_not_reported_for_30_days(client):
+    now = timezone.now()
+    for blocked, days in (("https://old.example", 31), ("https://recent.example", 29)):
+        CSPViolation.objects.create(
+            directive="img-src",
+            blocked=blocked,
+            document_path="/apply/",
+            count=1,
+            first_seen=now - timedelta(days=days),
+            last_seen=now - timedelta(days=days),
+        )
+    dry = io.StringIO()
+    call_command("security_report", "--dry-run", stdout=dry)
+    assert CSPViolation.objects.count() == 2
+    out = io.StringIO()
+    call_command("security_report", stdout=out)
+    assert "Forgot 1 kind(s) of CSP violation not reported for 30 days." in out.getvalue()
+    assert list(CSPViolation.objects.values_list("blocked", flat=True)) == ["https://recent.example"]

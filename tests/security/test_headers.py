@@ -52,6 +52,21 @@ def rate_limited_response(client):
     return response
 
 
+def maintenance_response(client, settings):
+    from iama_vetting import maintenance
+
+    # Beside the test's own static root (tests/conftest.py): a private directory.
+    settings.MAINTENANCE_FILE = settings.STATIC_ROOT.parent / "maintenance.json"
+    maintenance.switch_on(until=None)
+    return client.get("/apply/", secure=True)
+
+
+def static_response(client, settings):
+    # WhiteNoise reads the static root when the client's first request loads the middleware.
+    (settings.STATIC_ROOT / "site.css").write_text("body {}")
+    return client.get("/static/site.css", secure=True)
+
+
 def failing_response(settings):
     settings.ROOT_URLCONF = "tests.security.urls"
     return Client(raise_request_exception=False).get("/fails/", secure=True)
@@ -63,6 +78,8 @@ def csrf_refused(client, settings):
 
 RESPONSES = {
     "public page": lambda client, settings: client.get("/apply/", secure=True),
+    "maintenance page": maintenance_response,
+    "static file (WhiteNoise)": static_response,
     "404 page": lambda client, settings: client.get("/no-such-page/", secure=True),
     "403 page": csrf_refused,
     "429 page": lambda client, settings: rate_limited_response(client),
@@ -75,7 +92,14 @@ RESPONSES = {
 }
 
 
-STATUSES = {"404 page": 404, "403 page": 403, "429 page": 429, "500 page": 500, "CSP report (JSON, 400)": 400}
+STATUSES = {
+    "maintenance page": 503,
+    "404 page": 404,
+    "403 page": 403,
+    "429 page": 429,
+    "500 page": 500,
+    "CSP report (JSON, 400)": 400,
+}
 
 
 @pytest.mark.parametrize("kind", RESPONSES)

@@ -108,22 +108,61 @@ def test_admin_login_is_limited_per_address(client, agent):
     )
 
 
-def test_admin_login_is_limited_per_username_across_addresses(client, agent, settings):
-    settings.TRUSTED_PROXY_COUNT = 1
-    for number in range(5):
+def fail_sign_ins_from_many_addresses(client, usernames: list[str]) -> None:
+    for number, username in enumerate(usernames):
         client.post(
             "/admin/login/",
-            {"username": "Agent", "password": "wrong"},
+            {"username": username, "password": "wrong"},
             HTTP_X_FORWARDED_FOR=f"203.0.113.{number}",
         )
+
+
+def assert_the_right_password_is_refused_from_a_new_address(client) -> None:
     refused = client.post(
         "/admin/login/",
         {"username": "agent", "password": "a-long-test-password"},
         HTTP_X_FORWARDED_FOR="203.0.113.99",
     )
     assert_rate_limited(refused)
+
+
+def test_admin_login_is_limited_per_username_across_addresses(client, agent, settings):
+    settings.TRUSTED_PROXY_COUNT = 1
+    fail_sign_ins_from_many_addresses(client, ["Agent"] * 5)
+    assert_the_right_password_is_refused_from_a_new_address(client)
     # The sign-in page itself stays reachable.
     assert client.get("/admin/login/").status_code == 200
+
+
+def test_look_alike_usernames_share_the_per_username_bucket(client, agent, settings):
+    settings.TRUSTED_PROXY_COUNT = 1
+    # Django's UsernameField NFKC-normalises before authenticating: full-width letters reach "agent".
+    signed_in = client.post("/admin/login/", {"username": "ａｇｅｎｔ", "password": "a-long-test-password"})
+    assert signed_in.wsgi_request.user == agent
+    client.logout()
+    fail_sign_ins_from_many_addresses(client, ["ａgent", "AGENT", "Ａｇｅｎｔ", " agent "])
+    assert_the_right_password_is_refused_from_a_new_address(client)
+
+
+def test_password_reset_is_limited_per_address_across_addresses(client, agent, settings):
+    settings.TRUSTED_PROXY_COUNT = 1
+    for number, spelling in enumerate(["agent@staff.example", "AGENT@Staff.Example"]):
+        response = client.post(
+            "/admin/password_reset/", {"email": spelling}, HTTP_X_FORWARDED_FOR=f"203.0.113.{number}"
+        )
+        assert response.status_code == 302
+    # Full-width letters are the same address to Django's reset form, and to the limit.
+    assert_rate_limited(
+        client.post(
+            "/admin/password_reset/",
+            {"email": "ａｇｅｎｔ@staff.example"},
+            HTTP_X_FORWARDED_FOR="203.0.113.50",
+        )
+    )
+    other = client.post(
+        "/admin/password_reset/", {"email": "other@staff.example"}, HTTP_X_FORWARDED_FOR="203.0.113.51"
+    )
+    assert other.status_code == 302
 
 
 def test_csp_report_endpoint_answers_json_429(client):
@@ -157,6 +196,31 @@ def test_every_other_anonymous_view_has_a_default_tier(client, settings):
     assert_rate_limited(client.get("/apply/"))
     settings.RATELIMIT_DEFAULT_PER_MINUTE = 1000
     assert client.get("/apply/").status_code == 200
+
+
+def test_paths_that_match_no_page_are_counted_in_the_default_tier(client):
+    for number in range(60):
+        assert client.get(f"/no-such-page-{number}/").status_code == 404
+    for _ in range(60):
+        # APPEND_SLASH's redirect, after Django has looked for the page without the slash.
+        assert client.get("/apply").status_code == 301
+    refused = client.get("/no-such-page/")
+    assert_rate_limited(refused)
+    assert refused["X-Frame-Options"] == "SAMEORIGIN"
+    assert "Content-Security-Policy" in refused
+    assert_rate_limited(client.get("/apply/"))
+
+
+def test_the_admin_static_files_and_exempt_views_stay_out_of_the_default_tier(client, settings):
+    settings.RATELIMIT_DEFAULT_PER_MINUTE = 3
+    # WhiteNoise reads the static root when the client's first request loads the middleware.
+    (settings.STATIC_ROOT / "site.css").write_text("body {}")
+    for _ in range(5):
+        assert client.get("/static/site.css").status_code == 200
+        assert client.get("/admin/login/").status_code == 200
+        assert client.get("/admin/no-such-page/").status_code == 302
+        assert client.get("/healthz").status_code == 200
+    assert [client.get("/no-such-page/").status_code for _ in range(4)] == [404, 404, 404, 429]
 
 
 def test_public_form_get_touches_no_session_no_database_and_one_counter(client, django_assert_num_queries):

@@ -11,6 +11,9 @@ from django_otp.oath import totp
 from django_otp.plugins.otp_static.models import StaticToken
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from evidence.models import Evidence
+from evidence.validation import validate_upload
+from tests.factories import jpeg_bytes, make_application, upload
 from tests.security.conftest import PRODUCTION_ENV, run_python
 from vetting.models import AuditEvent
 
@@ -70,6 +73,35 @@ def test_force_login_opens_the_admin_when_two_factor_is_off(client, agent, setti
     settings.STAFF_REQUIRE_2FA = False
     client.force_login(agent)
     assert client.get("/admin/vetting/application/").status_code == 200
+
+
+@pytest.fixture
+def photo() -> Evidence:
+    return Evidence.objects.store(
+        make_application(), validate_upload(upload("id card.jpg", jpeg_bytes((600, 400))))
+    )
+
+
+@pytest.mark.parametrize("view", ["", "preview/"], ids=["download", "preview"])
+def test_a_password_alone_does_not_open_evidence(client, agent, photo, two_factor_required, view):
+    sign_in(client, "agent")
+    url = f"/evidence/{photo.pk}/{view}"
+    response = client.get(url)
+    assert response.status_code == 302
+    assert response["Location"] == f"/admin/login/?next={url}"
+    # The sign-in page sends the half-signed-in person on to their second step.
+    followed = client.get(url, follow=True)
+    assert followed.redirect_chain[-1][0].startswith("/admin/two-factor/setup/?next=")
+    assert not AuditEvent.objects.filter(action__startswith="evidence.").exists()
+
+
+@pytest.mark.parametrize("view", ["", "preview/"], ids=["download", "preview"])
+def test_evidence_opens_after_the_second_step(client, agent, photo, two_factor_required, view):
+    enrol(client, agent)
+    response = client.get(f"/evidence/{photo.pk}/{view}")
+    assert response.status_code == 200
+    assert response["Cache-Control"] == "private, no-store"
+    assert response["X-Content-Type-Options"] == "nosniff"
 
 
 def test_enrolment_shows_a_qr_code_and_then_ten_backup_codes_once(client, agent, two_factor_required):

@@ -5,12 +5,15 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.utils import timezone
 
 from evidence.models import Evidence
 from notifications.models import OutboundEmail
+from notifications.outbox import queue_email
 from tests.factories import PDF_BYTES, make_application, upload
 from tests.vetting.test_apply import form_data
 from vetting import audit, links, workflow
@@ -184,3 +187,40 @@ def test_erasing_twice_is_refused_and_download_is_gone(client):
 def test_data_links_need_a_valid_status_link(client):
     assert client.get("/status/forged/my-data/").status_code == 404
     assert client.post("/status/forged/erase/").status_code == 404
+
+
+def test_erasure_removes_every_mail_about_the_application_but_the_one_being_sent():
+    application = make_application(full_name="Robin Erasable", status=Application.Status.REJECTED)
+    other = make_application(full_name="Kim Staying", email="kim@applicant.example")
+    status_url = links.status_url(application)
+    admin_url = "https://rvi.example.org/admin/"
+    queue_email(
+        "staff-new-application", ["queue@staff.example"], {"application": application, "admin_url": admin_url}
+    )
+    [reminder] = queue_email(
+        "invitation-expiring", ["inviter@staff.example"], {"application": application, "admin_url": admin_url}
+    )
+    # The token mail names no reference, only the status link.
+    [token_mail] = queue_email(
+        "invitation-token", [application.email], {"application": application, "status_url": status_url}
+    )
+    [in_flight] = queue_email(
+        "application-rejected", [application.email], {"application": application, "status_url": status_url}
+    )
+    [unrelated] = queue_email(
+        "invitation-expiring", ["inviter@staff.example"], {"application": other, "admin_url": admin_url}
+    )
+    assert "Robin Erasable" in reminder.body_text and "Robin Erasable" in token_mail.body_text
+    OutboundEmail.objects.filter(pk=reminder.pk).update(status=OutboundEmail.Status.SENT)
+    OutboundEmail.objects.filter(pk=in_flight.pk).update(
+        status=OutboundEmail.Status.SENDING,
+        claimed_by="worker-1",
+        lease_expires_at=timezone.now() + timedelta(minutes=5),
+    )
+
+    workflow.erase_application(application)
+
+    assert set(OutboundEmail.objects.values_list("pk", flat=True)) == {in_flight.pk, unrelated.pk}
+    # The worker sending it records its outcome as usual, not as a lapsed claim.
+    in_flight.refresh_from_db()
+    assert in_flight.mark_sent("worker-1", None)

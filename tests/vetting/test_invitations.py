@@ -63,6 +63,22 @@ def test_the_applicant_gets_the_token_by_mail_only_when_configured(
     assert "two separate messages" not in to_applicant.body_text
 
 
+def test_the_token_is_never_mailed_to_an_address_nobody_confirmed(
+    approved, inviting_admin, fake_synapse, settings
+):
+    settings.MATRIX_SEND_TOKEN_TO_APPLICANT = True
+    # Entered by staff: the address was typed in, never confirmed by its owner.
+    Application.objects.filter(pk=approved.pk).update(
+        source=Application.Source.STAFF, email_confirmed_at=None
+    )
+    approved.refresh_from_db()
+    issue(approved, inviting_admin)
+    assert not OutboundEmail.objects.filter(to=approved.email).exists()
+    to_admin = OutboundEmail.objects.get(template="invitation-issued")
+    assert "also e-mailed to the applicant" not in to_admin.body_text
+    assert "two separate messages" in to_admin.body_text
+
+
 def test_the_verifier_may_not_issue_the_invitation(agent, server_admin, fake_synapse):
     application = recommended_by(agent)
     workflow.approve(application, server_admin)

@@ -1,17 +1,21 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from io import StringIO
 
 import pytest
+import time_machine
 from django.contrib.auth import authenticate, get_user_model
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
+from django.utils import timezone
 
 import iama_vetting.settings as project_settings
 from notifications.models import OutboundEmail
 from tests.conftest import STAFF_PASSWORD
+from vetting import roles, workflow
 from vetting.models import AuditEvent
 
 pytestmark = pytest.mark.django_db
@@ -134,6 +138,37 @@ def test_password_reset_mail_goes_through_the_outbox_and_only_to_staff(client, a
     assert list(OutboundEmail.objects.values_list("template", "to")) == [
         ("staff-password-reset", "agent@staff.example")
     ]
+
+
+def test_a_new_staff_member_whose_set_password_link_expired_gets_a_new_one_by_reset(client, settings):
+    user = workflow.create_staff_account("sam", "sam@staff.example", roles.VETTING_AGENT)
+    first_link = set_password_link(OutboundEmail.objects.get(template="staff-account-created"))
+    later = timezone.now() + timedelta(seconds=settings.PASSWORD_RESET_TIMEOUT + 60)
+    with time_machine.travel(later):
+        expired = client.get(first_link.replace(settings.SITE_URL, ""), follow=True)
+        assert "new_password1" not in expired.content.decode()
+
+        client.post("/admin/password_reset/", {"email": "Sam@staff.example"})
+        mail = OutboundEmail.objects.get(template="staff-password-reset")
+        assert mail.to == "sam@staff.example"
+        form_page = client.get(set_password_link(mail).replace(settings.SITE_URL, ""), follow=True)
+        client.post(
+            form_page.redirect_chain[-1][0], {"new_password1": NEW_PASSWORD, "new_password2": NEW_PASSWORD}
+        )
+    assert authenticate(username="sam", password=NEW_PASSWORD) == user
+
+
+def test_no_reset_link_for_an_account_awaiting_approval_or_without_staff_status(
+    client, server_admin, django_user_model
+):
+    workflow.create_staff_account(
+        "newbie", "newbie@staff.example", roles.VETTING_AGENT, created_by=server_admin
+    )
+    django_user_model.objects.create_user("member", email="member@applicant.example", password=None)
+    OutboundEmail.objects.all().delete()
+    client.post("/admin/password_reset/", {"email": "newbie@staff.example"})
+    client.post("/admin/password_reset/", {"email": "member@applicant.example"})
+    assert not OutboundEmail.objects.exists()
 
 
 def test_passwords_are_hashed_with_argon2_and_need_12_characters(agent):

@@ -300,6 +300,33 @@ def test_reopening_without_a_verification_returns_to_the_queue(server_admin, sup
     assert application.status == Status.SUBMITTED
 
 
+def test_an_erased_application_cannot_be_reopened(agent, server_admin, superadmin):
+    application = recommended_by(agent)
+    workflow.reject(application, server_admin, "Unclear")
+    workflow.erase_application(application)
+    assert "reopen" not in dict(workflow.allowed_actions(application, superadmin))
+    with pytest.raises(workflow.WorkflowError, match="erased at the applicant's request"):
+        workflow.reopen(application, superadmin, "Second look")
+    application.refresh_from_db()
+    assert application.status == Status.REJECTED
+    assert not AuditEvent.objects.filter(action="application.reopened").exists()
+
+
+def test_an_erased_application_reopened_before_that_was_refused_is_decided_without_mail(agent, server_admin):
+    application = recommended_by(agent)
+    workflow.reject(application, server_admin, "Unclear")
+    workflow.erase_application(application)
+    # What a superadmin's reopen used to leave behind.
+    Application.objects.filter(pk=application.pk).update(
+        status=Status.RECOMMENDED, decided_by=None, decided_at=None
+    )
+    application.refresh_from_db()
+    workflow.approve(application, server_admin)
+    application.refresh_from_db()
+    assert application.status == Status.APPROVED
+    assert not OutboundEmail.objects.filter(template="application-approved").exists()
+
+
 # Withdrawal ------------------------------------------------------------------
 
 

@@ -12,7 +12,7 @@ from django.db.models import Count
 from django.utils import timezone
 
 from iama_vetting import ratelimits
-from iama_vetting.models import CSPViolation
+from iama_vetting.models import KEPT_DAYS, CSPViolation
 from notifications.models import OutboundEmail
 from notifications.outbox import queue_email
 from vetting.models import AuditEvent
@@ -57,7 +57,8 @@ def rate_limit_refusals(since: datetime, now: datetime) -> dict[str, int]:
 class Command(BaseCommand):
     help = (
         "Summarises what needs a security look: failed staff sign-ins, rate-limit refusals, CSP "
-        "violations, failed mails and homeserver errors; --mail sends it to the superadmins."
+        "violations, failed mails and homeserver errors; --mail sends it to the superadmins. "
+        f"Kinds of CSP violation not reported for {KEPT_DAYS} days are forgotten on each run."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -65,13 +66,21 @@ class Command(BaseCommand):
         parser.add_argument(
             "--mail", action="store_true", help="Queue the report to every active superadmin."
         )
+        parser.add_argument(
+            "--dry-run", action="store_true", help="Only print the report: forget nothing, send nothing."
+        )
 
-    def handle(self, *args, since: str, mail: bool, **options) -> None:
+    def handle(self, *args, since: str, mail: bool, dry_run: bool, **options) -> None:
         now = timezone.now()
         start = window_start(since, now)
         report = self.gather(start, now.astimezone(UTC))
         text = self.render(report, since)
         self.stdout.write(text)
+        if dry_run:
+            return
+        # Run daily by its timer: keeps the table to what browsers still report (models.MAX_KINDS).
+        forgotten = CSPViolation.objects.forget_unseen_since(now - timedelta(days=KEPT_DAYS))
+        self.stdout.write(f"Forgot {forgotten} kind(s) of CSP violation not reported for {KEPT_DAYS} days.")
         if mail:
             recipients = list(
                 get_user_model()
