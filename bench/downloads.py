@@ -23,15 +23,18 @@ Every server stops when the run ends; nothing outside a temporary directory is t
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
 import re
 import shutil
+import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
 from contextlib import ExitStack
 from pathlib import Path
+from urllib.parse import urlsplit
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE_DIR))
@@ -82,15 +85,18 @@ def alternate(urls: dict[str, str], session: str, args: argparse.Namespace) -> d
 
 def check_sends_the_file(url: str, session: str, size: int, cert: Path) -> None:
     """wrk counts a redirect (to the sign-in page, say) as a success: make sure each URL sends the file."""
-    import requests  # A dev requirement, like the bench itself.
-
-    response = requests.get(
-        url, cookies={"sessionid": session}, verify=str(cert), allow_redirects=False, timeout=30
+    parts = urlsplit(url)
+    connection = http.client.HTTPSConnection(
+        parts.hostname, parts.port, context=ssl.create_default_context(cafile=str(cert)), timeout=30
     )
-    if response.status_code != 200 or len(response.content) != size:
-        raise RuntimeError(
-            f"{url} answered {response.status_code} with {len(response.content)} bytes, not the file"
-        )
+    try:
+        connection.request("GET", parts.path, headers={"Cookie": f"sessionid={session}"})
+        response = connection.getresponse()
+        body = response.read()
+    finally:
+        connection.close()
+    if response.status != 200 or len(body) != size:
+        raise RuntimeError(f"{url} answered {response.status} with {len(body)} bytes, not the file")
 
 
 def wrk(url: str, session: str, duration: int, connections: int) -> float:
