@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import logging
 from datetime import timedelta
 
 import pytest
+from django.apps import apps as global_apps
 from django.core.management import call_command
 from django.utils import timezone
 
@@ -310,3 +312,23 @@ def test_the_daily_report_forgets_kinds_not_reported_for_30_days(client):
     call_command("security_report", stdout=out)
     assert "Forgot 1 kind(s) of CSP violation not reported for 30 days." in out.getvalue()
     assert list(CSPViolation.objects.values_list("blocked", flat=True)) == ["https://recent.example"]
+
+
+def test_the_migration_forgets_reports_stored_with_raw_token_links_only():
+    migration = importlib.import_module("iama_vetting.migrations.0002_forget_csp_reports_naming_tokens")
+    now = timezone.now()
+    kinds = [
+        ("style-src", "inline", "/status/IjEi:1xSecretSig/"),
+        ("img-src", "https://rvi.example.org/confirm/IjEi:1xSecretSig/", "/apply/"),
+        ("style-src", "inline", "/status/<token>/"),
+        ("script-src", "https://cdn.example", "/apply/"),
+    ]
+    for directive, blocked, page in kinds:
+        CSPViolation.objects.create(
+            directive=directive, blocked=blocked, document_path=page, count=1, first_seen=now, last_seen=now
+        )
+    migration.forget_reports_naming_tokens(global_apps, None)
+    assert sorted(CSPViolation.objects.values_list("document_path", flat=True)) == [
+        "/apply/",
+        "/status/<token>/",
+    ]
