@@ -17,6 +17,8 @@ import segno
 from django import forms
 from django.conf import settings
 from django.contrib import admin
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.contrib.admin.views.main import ChangeList
 from django.contrib.auth import logout
 from django.contrib.auth.views import redirect_to_login
 from django.db import transaction
@@ -59,6 +61,31 @@ def admin_access_required(view: Callable) -> Callable:
         return view(request, *args, **kwargs)
 
     return wrapped
+
+
+class CheckedChangeList(ChangeList):
+    """Filter values Django would turn into a server error are bad filters instead.
+
+    A date-hierarchy value past year 9999 (?created_at__year=9999&created_at__month=12):
+    Django computes the end of the period without checking it exists. A NUL
+    character (?source=%00): PostgreSQL refuses it in any text. As a bad lookup
+    the list redirects to its "?e=1" page like for any other unusable filter.
+    """
+
+    def get_filters(self, request):
+        if any("\x00" in value for _name, values in request.GET.lists() for value in values):
+            raise IncorrectLookupParameters("A filter value contains a NUL character.")
+        try:
+            return super().get_filters(request)
+        except (OverflowError, ValueError) as error:
+            raise IncorrectLookupParameters(error) from error
+
+
+class CheckedFilters:
+    """For a ModelAdmin's list: see CheckedChangeList."""
+
+    def get_changelist(self, request, **kwargs):
+        return CheckedChangeList
 
 
 class CodeForm(forms.Form):

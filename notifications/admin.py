@@ -5,11 +5,12 @@ from django.utils.text import Truncator
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
+from iama_vetting.admin_site import CheckedFilters
 from notifications.models import OutboundEmail
 
 
 @admin.register(OutboundEmail)
-class OutboundEmailAdmin(admin.ModelAdmin):
+class OutboundEmailAdmin(CheckedFilters, admin.ModelAdmin):
     list_display = [
         "to",
         "subject",

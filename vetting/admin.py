@@ -16,6 +16,7 @@ from django.utils.translation import gettext_lazy as _
 
 from evidence.admin import EvidenceInline
 from evidence.models import Evidence
+from iama_vetting.admin_site import CheckedFilters
 from vetting import (
     admin_invitations,  # noqa: F401  (registers the invitation list)
     admin_staff,  # noqa: F401  (registers the staff accounts page)
@@ -81,6 +82,13 @@ class ClaimFilter(admin.SimpleListFilter):
         if self.value() == "unclaimed":
             return queryset.filter(claimed_by__isnull=True)
         return queryset
+
+
+class ApplicationEvidenceInline(EvidenceInline):
+    """The evidence inline with its uploaders in the same query: not one query per file."""
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("uploaded_by")
 
 
 # On an application's page; an address that applied hundreds of times must not make it slow.
@@ -176,7 +184,7 @@ def _run_transition(name: str, application: Application, user, data: dict, reque
 
 
 @admin.register(Application)
-class ApplicationAdmin(admin.ModelAdmin):
+class ApplicationAdmin(CheckedFilters, admin.ModelAdmin):
     list_display = [
         "reference",
         "full_name",
@@ -192,7 +200,7 @@ class ApplicationAdmin(admin.ModelAdmin):
     search_fields = ["reference", "full_name", "email"]
     date_hierarchy = "created_at"
     ordering = ["created_at"]
-    inlines = [EvidenceInline]
+    inlines = [ApplicationEvidenceInline]
     actions = ["claim_selected", "release_selected"]
     change_form_template = "admin/vetting/application/change_form.html"
     fieldsets = [
@@ -203,7 +211,10 @@ class ApplicationAdmin(admin.ModelAdmin):
         (_("Invitations"), {"fields": ["invitation_list"]}),
     ]
     readonly_fields = (
-        APPLICANT_FIELDS + PROGRESS_FIELDS + VERIFICATION_FIELDS + ["earlier_applications", "invitation_list"]
+        APPLICANT_FIELDS
+        + PROGRESS_FIELDS
+        + VERIFICATION_FIELDS
+        + ["earlier_applications", "invitation_list", "invitation_list_unlinked"]
     )
 
     # The full-result count is a second COUNT over every row; the queue doesn't need it.
@@ -277,8 +288,14 @@ class ApplicationAdmin(admin.ModelAdmin):
             more,
         )
 
+    def get_fieldsets(self, request, obj=None):
+        if request.user.has_perm("vetting.view_invitation"):
+            return self.fieldsets
+        # Agents may not open invitations: the same list, without links that would answer 403.
+        return [*self.fieldsets[:-1], (_("Invitations"), {"fields": ["invitation_list_unlinked"]})]
+
     @admin.display(description=_("Matrix invitations (as last synced)"))
-    def invitation_list(self, application: Application) -> str:
+    def invitation_list(self, application: Application, linked: bool = True) -> str:
         invitations = application.invitations.order_by("-issued_at")
         if not invitations:
             return _("None")
@@ -286,11 +303,16 @@ class ApplicationAdmin(admin.ModelAdmin):
             "<ul>{}</ul>",
             format_html_join(
                 "",
-                '<li><a href="{}">@{}</a> · {} · {} {} · {}</li>',
+                "<li>{} · {} · {} {} · {}</li>",
                 (
                     (
-                        reverse("admin:vetting_invitation_change", args=[invitation.pk]),
-                        invitation.matrix_username,
+                        format_html(
+                            '<a href="{}">@{}</a>',
+                            reverse("admin:vetting_invitation_change", args=[invitation.pk]),
+                            invitation.matrix_username,
+                        )
+                        if linked
+                        else f"@{invitation.matrix_username}",
                         invitation.get_state_display(),
                         _("expires"),
                         invitation.expires_at.strftime("%Y-%m-%d %H:%M"),
@@ -300,6 +322,10 @@ class ApplicationAdmin(admin.ModelAdmin):
                 ),
             ),
         )
+
+    @admin.display(description=_("Matrix invitations (as last synced)"))
+    def invitation_list_unlinked(self, application: Application) -> str:
+        return self.invitation_list(application, linked=False)
 
     # Applications change only through the workflow's buttons.
     def has_change_permission(self, request, obj=None) -> bool:
@@ -348,6 +374,11 @@ class ApplicationAdmin(admin.ModelAdmin):
         form_class = ACTION_FORMS[name]
         form = form_class(request.POST or None, initial=_initial(name, application)) if form_class else None
         if request.method == "POST" and (form is None or form.is_valid()):
+            # The state the person saw when they chose the action: when someone else
+            # acted in between, the workflow then says so (and by whom), not just "not possible".
+            seen_status = request.POST.get("seen_status")
+            if seen_status in Application.Status.values:
+                application.status = seen_status
             try:
                 _run_transition(name, application, request.user, form.cleaned_data if form else {}, request)
             except workflow.WorkflowError as error:
@@ -444,7 +475,7 @@ class ApplicationAdmin(admin.ModelAdmin):
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(ReadOnlyModelAdmin):
+class AuditEventAdmin(CheckedFilters, ReadOnlyModelAdmin):
     """The audit trail: readable by permitted staff, changeable by nobody, superusers included."""
 
     list_display = ["created_at", "actor_kind", "actor_name", "action", "target_type", "target_id", "ip"]

@@ -19,6 +19,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
+from iama_vetting.admin_site import CheckedFilters
 from vetting import matrix, workflow
 from vetting.admin_readonly import ReadOnlyModelAdmin
 from vetting.models import Application, Invitation
@@ -50,7 +51,7 @@ def _raw_response_field(show: bool):
 
 
 @admin.register(Invitation)
-class InvitationAdmin(ReadOnlyModelAdmin):
+class InvitationAdmin(CheckedFilters, ReadOnlyModelAdmin):
     """Invitations change only through the workflow (its buttons and actions)."""
 
     list_filter = ["state", "redemption_check", "backend"]

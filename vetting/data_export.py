@@ -110,7 +110,8 @@ def build_archive(application: Application) -> tempfile.SpooledTemporaryFile:
                 "type": evidence.content_type,
                 "size": evidence.size,
                 "sha256": evidence.sha256,
-                "note": evidence.note,
+                # A note staff wrote on a file they added is a staff note: never exported.
+                "note": evidence.note if evidence.uploaded_by_id is None else "",
                 "uploaded_at": evidence.uploaded_at.isoformat(),
             }
             if not evidence.file.name:

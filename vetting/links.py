@@ -52,4 +52,15 @@ def application_for_status_token(token: str) -> Application | None:
 
 
 def application_for_confirm_token(token: str) -> Application | None:
-    return _application_for(token, CONFIRM_SALT, UNCONFIRMED_LIFETIME)
+    """The application of a live confirmation link; an expired one still leads
+    to an application that was confirmed in time (a second click, days later)."""
+    try:
+        public_id = signing.loads(token, salt=CONFIRM_SALT, max_age=UNCONFIRMED_LIFETIME)
+    except signing.SignatureExpired:
+        application = _application_for(token, CONFIRM_SALT, None)
+        if application is None or application.status == Application.Status.UNCONFIRMED:
+            return None
+        return application
+    except signing.BadSignature:
+        return None
+    return Application.objects.filter(public_id=public_id).first()

@@ -18,7 +18,7 @@ REFERENCE_LENGTH = 8  # 40 random bits: unguessable, still short.
 
 # Matrix user-ID localpart grammar (spec "User Identifiers"); Synapse also
 # reserves a leading underscore for application services.
-MATRIX_LOCALPART_RE = re.compile(r"^[a-z0-9._=\-/+]+$")
+MATRIX_LOCALPART_RE = re.compile(r"^[a-z0-9._=\-/+]+\Z")  # \Z: "$" would let a final newline through
 MATRIX_LOCALPART_MAX_LENGTH = 64
 
 

@@ -11,7 +11,7 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.translation import get_language
 from django.utils.translation import gettext_lazy as _
-from django.views.decorators.http import require_GET, require_http_methods
+from django.views.decorators.http import require_GET, require_http_methods, require_safe
 
 from iama_vetting import ratelimits
 from iama_vetting.csrf import get_token
@@ -48,10 +48,10 @@ def _blank_application_page(language: str, maintenance_window: tuple | None = No
     return render_to_string("vetting/apply.html", context)
 
 
-@require_http_methods(["GET", "POST"])
+@require_http_methods(["GET", "HEAD", "POST"])
 @rate_limited(ratelimits.APPLY)
 def apply(request: HttpRequest) -> HttpResponse:
-    if request.method == "GET":
+    if request.method in ("GET", "HEAD"):
         page = _blank_application_page(get_language(), upcoming_window())
         return HttpResponse(page.replace(CSRF_PLACEHOLDER, get_token(request)))
     form = ApplicationForm(request.POST, request.FILES)
@@ -77,7 +77,7 @@ def _redirect_to_done(reference: str) -> HttpResponse:
     return redirect(f"{reverse('vetting:apply_done')}?r={signed}")
 
 
-@require_GET
+@require_safe
 def apply_done(request: HttpRequest) -> HttpResponse:
     try:
         reference = signing.loads(request.GET.get("r", ""), salt=DONE_SALT, max_age=DONE_MAX_AGE)
@@ -104,7 +104,7 @@ def _get_application_for_token(token: str) -> Application:
     return application
 
 
-@require_http_methods(["GET", "POST"])
+@require_http_methods(["GET", "HEAD", "POST"])
 @rate_limited(ratelimits.STATUS_PAGE)
 def status(request: HttpRequest, token: str) -> HttpResponse:
     application = _get_application_for_token(token)
@@ -143,13 +143,13 @@ def status(request: HttpRequest, token: str) -> HttpResponse:
     )
 
 
-@require_http_methods(["GET", "POST"])
+@require_http_methods(["GET", "HEAD", "POST"])
 @rate_limited(ratelimits.STATUS_PAGE)
 def withdraw(request: HttpRequest, token: str) -> HttpResponse:
     """GET asks for confirmation; POST withdraws."""
     application = _get_application_for_token(token)
-    error = None
-    if request.method == "POST":
+    error = workflow.withdrawal_refusal(application)
+    if request.method == "POST" and error is None:
         try:
             workflow.withdraw(application, request=request)
         except workflow.WorkflowError as refusal:
@@ -160,11 +160,11 @@ def withdraw(request: HttpRequest, token: str) -> HttpResponse:
         request,
         "vetting/withdraw.html",
         {"application": application, "token": token, "error": error},
-        status=409 if error else 200,
+        status=409 if error and request.method == "POST" else 200,
     )
 
 
-@require_GET
+@require_safe
 def privacy(request: HttpRequest) -> HttpResponse:
     return render(
         request,
@@ -201,7 +201,7 @@ def download_data(request: HttpRequest, token: str) -> HttpResponse:
     return response
 
 
-@require_http_methods(["GET", "POST"])
+@require_http_methods(["GET", "HEAD", "POST"])
 @rate_limited(ratelimits.STATUS_PAGE)
 def erase(request: HttpRequest, token: str) -> HttpResponse:
     """GET explains and asks for confirmation; POST erases."""

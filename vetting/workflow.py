@@ -33,7 +33,7 @@ from django.contrib.auth.models import Group
 from django.contrib.auth.tokens import default_token_generator
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.http import HttpRequest
 from django.urls import reverse
@@ -386,14 +386,21 @@ def add_information(
     _refresh(application, locked)
 
 
+def withdrawal_refusal(application: Application) -> str | None:
+    """Why the applicant may not withdraw their application now, or None."""
+    if application.status not in APPLICANT_WITHDRAWABLE:
+        return _("This application can no longer be withdrawn: it is %(status)s.") % {
+            "status": application.get_status_display().lower()
+        }
+    return None
+
+
 def withdraw(application: Application, request: HttpRequest | None = None) -> None:
     with transaction.atomic():
         locked = _lock(application)
-        if locked.status not in APPLICANT_WITHDRAWABLE:
-            raise WorkflowError(
-                _("This application can no longer be withdrawn: it is %(status)s.")
-                % {"status": locked.get_status_display().lower()}
-            )
+        refusal = withdrawal_refusal(locked)
+        if refusal:
+            raise WorkflowError(refusal)
         locked.status = Status.WITHDRAWN
         locked.save(update_fields=["status", "updated_at"])
         audit.record(
@@ -699,6 +706,9 @@ def add_note(application: Application, user, text: str, request: HttpRequest | N
     text = text.strip()
     if not text:
         raise WorkflowError(_("A note cannot be empty."))
+    if "\x00" in text:
+        # What a form field would refuse; PostgreSQL cannot store it in text.
+        raise WorkflowError(_("The note contains a null character; remove it and try again."))
     if not user.has_perm("vetting.add_staffnote"):
         raise WorkflowError(_("Your role does not allow adding notes."))
     with transaction.atomic():
@@ -980,9 +990,15 @@ def _refuse_username_held_elsewhere(username: str, application: Application) -> 
     """Refuse a username that another application's live token already promises.
 
     Case-insensitive, as Synapse refuses a localpart taken in another case.
-    Only this application's row is locked: two admins issuing one username for
-    two applications at the same moment could still both pass.
+    On PostgreSQL a lock on the name, held to the end of the transaction, makes
+    two admins issuing it for two applications take turns: the second sees the
+    first one's invitation. (SQLite, for development only, has no such lock.)
     """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_advisory_xact_lock(hashtext(%s))", [f"matrix-username:{username.casefold()}"]
+            )
     holder = (
         Invitation.objects.live()
         .filter(matrix_username__iexact=username)

@@ -77,6 +77,7 @@
     }
     summary.textContent = "";
     var heading = document.createElement("h2");
+    heading.id = "error-summary-title"; // the server's summary is labelled by it
     heading.textContent = form.dataset.messageSummary;
     var list = document.createElement("ul");
     problems.forEach(function (problem) {
@@ -183,14 +184,17 @@
         window.location.assign(request.responseURL);
         return;
       }
+      // Not one of our pages (a proxy's 502 or 413, an outage page): keep what
+      // the applicant typed and say that nothing was sent, as for a lost connection.
       if (!replacePage(request.responseText)) {
-        window.location.assign(target);
+        failed();
       }
     });
-    request.addEventListener("error", function () {
+    function failed() {
       setSending(form, false);
       showSummary(form, [{ input: form.querySelector("button[type=submit]") || form, message: form.dataset.messageFailed }]);
-    });
+    }
+    request.addEventListener("error", failed);
     setSending(form, true);
     showProgress(form, 0);
     request.send(new FormData(form));

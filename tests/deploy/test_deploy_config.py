@@ -119,6 +119,10 @@ def test_nginx_site_has_no_location_serving_the_evidence_root_publicly(tmp_path)
         ("app_dir", "/srv/iama rvi", "unsafe"),
         ("venv", "/srv/../etc", "'..'"),
         ("user", "Root user", "not a valid system user"),
+        # A final newline would end the line of config early ("$" lets it through).
+        ("user", "rvi\n", "not a valid system user"),
+        ("db_name", "rvi\n", "plain lowercase name"),
+        ("listen_address", "127.0.0.1\n", "not an IPv4"),
         ("static_root", "/var/lib/iama-rvi", "inside the static root"),
     ],
 )

@@ -12,6 +12,7 @@ import pytest
 from django.utils import timezone
 
 from evidence.models import Evidence
+from evidence.validation import validate_upload
 from notifications.models import OutboundEmail
 from notifications.outbox import queue_email
 from tests.factories import PDF_BYTES, make_application, upload
@@ -86,6 +87,16 @@ def test_download_my_data_has_own_fields_files_and_history_without_staff(client,
     for secret in ["agent", "server_admin", "Seemed nervous", "127.0.0.1"]:
         assert secret not in everything.replace("Vetting agent", "").replace("Server admin", "")
     assert AuditEvent.objects.filter(action="application.data_exported").count() == 1
+
+
+def test_download_my_data_leaves_out_the_notes_staff_wrote_on_files_they_added(client, agent):
+    application = make_application()
+    passport = validate_upload(upload("passport.pdf", PDF_BYTES), note="Seen in person")
+    Evidence.objects.store(application, passport, uploaded_by=agent)
+    Evidence.objects.store(application, validate_upload(upload("letter.pdf", PDF_BYTES), note="My letter"))
+    listing = json.loads(open_zip(client.get(status_path(application, "my-data/"))).read("evidence.json"))
+    notes = {entry["original_name"]: entry["note"] for entry in listing}
+    assert notes == {"passport.pdf": "", "letter.pdf": "My letter"}
 
 
 def test_erase_asks_first_then_deletes_files_and_personal_fields(client, settings, agent):

@@ -56,3 +56,51 @@ def test_two_admins_issuing_at_once_create_one_token(
     assert len(fake_synapse.tokens) == 1
     assert fake_synapse.server.calls("POST", "/_synapse/admin/v1/registration_tokens/new") == 1
     assert Invitation.objects.count() == 1
+
+
+def test_two_applications_asking_for_one_username_get_one_token_for_it(
+    approved, agent, server_admin, inviting_admin, django_user_model, fake_synapse
+):
+    from tests.vetting.test_workflow import recommended_by
+
+    other = recommended_by(agent)
+    other.matrix_username = "alex"
+    other.save(update_fields=["matrix_username"])
+    workflow.approve(other, server_admin)
+    second_admin = _staff_user(django_user_model, "second_inviting_admin", roles.INVITING_ADMIN)
+    both_loaded = threading.Barrier(2)
+    outcomes: dict[str, str] = {}
+    real_handle = fake_synapse.server.handler
+
+    def slow_homeserver(request):
+        # Hold each issue open so the other overlaps it.
+        time.sleep(0.3)
+        return real_handle(request)
+
+    fake_synapse.server.handler = slow_homeserver
+
+    def issue(application: Application, user) -> None:
+        try:
+            page_copy = Application.objects.get(pk=application.pk)
+            both_loaded.wait(timeout=10)
+            workflow.issue_invitation(page_copy, user)
+            outcomes[application.reference] = "won"
+        except workflow.WorkflowError as error:
+            outcomes[application.reference] = str(error)
+        finally:
+            connection.close()
+
+    threads = [
+        threading.Thread(target=issue, args=(approved, inviting_admin)),
+        threading.Thread(target=issue, args=(other, second_admin)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    assert sorted(outcomes.values()).count("won") == 1
+    loser = next(outcome for outcome in outcomes.values() if outcome != "won")
+    assert "has a live invitation for the Matrix username" in loser
+    assert Invitation.objects.count() == 1
+    assert len(fake_synapse.tokens) == 1

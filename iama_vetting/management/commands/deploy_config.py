@@ -14,11 +14,12 @@ PARTIAL_SUFFIX = ".inc"
 # nginx's internal evidence location; EVIDENCE_X_ACCEL_PREFIX in the env file names the same.
 X_ACCEL_PREFIX = "/_protected_evidence/"
 
+# \Z, not $: "$" also matches before a final newline, which would end a line of config early.
 DOMAIN_RE = re.compile(
-    r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+    r"^(?=.{1,253}\Z)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z"
 )
-USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-IDENTIFIER_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\Z")
+IDENTIFIER_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}\Z")
 # Characters that would end a value early in nginx, systemd or shell syntax.
 UNSAFE_PATH_CHARS = re.compile(r"[\s;{}'\"$\\`#%*?]")
 
@@ -164,10 +165,10 @@ class Command(BaseCommand):
                 "The evidence root must not be inside the static root: evidence would be public."
             )
         resolver = options["resolver"] or default_resolver()
-        if not re.match(r"^[0-9A-Za-z.:\[\] ]+$", resolver):
+        if not re.match(r"^[0-9A-Za-z.:\[\] ]+\Z", resolver):
             raise CommandError(f"--resolver {resolver!r} is not a list of name server addresses.")
         listen_address = options["listen_address"]
-        if listen_address and not re.match(r"^(\d{1,3}(\.\d{1,3}){3}|\[[0-9a-f:]+\])$", listen_address):
+        if listen_address and not re.match(r"^(\d{1,3}(\.\d{1,3}){3}|\[[0-9a-f:]+\])\Z", listen_address):
             raise CommandError(f"--listen-address {listen_address!r} is not an IPv4 or [IPv6] address.")
         https_port = options["https_port"]
         return {

@@ -1,0 +1,167 @@
+"""Staff admin pages given odd input: a bad filter is refused, never a server error."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from evidence.models import Evidence
+from evidence.validation import validate_upload
+from tests.factories import PDF_BYTES, make_application, upload
+from vetting import workflow
+from vetting.models import Application, StaffNote
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "created_at__year=9999",
+        "created_at__year=9999&created_at__month=12",
+        "created_at__year=9999&created_at__month=12&created_at__day=31",
+    ],
+)
+@pytest.mark.parametrize("changelist", ["/admin/vetting/application/", "/admin/vetting/auditevent/"])
+def test_date_hierarchy_past_year_9999_is_a_bad_filter_not_a_500(client, superadmin, changelist, query):
+    make_application()
+    client.force_login(superadmin)
+    client.raise_request_exception = False
+    response = client.get(f"{changelist}?{query}")
+    assert response.status_code == 302
+    assert response["Location"].endswith("?e=1")
+
+
+def test_csp_violations_date_hierarchy_past_year_9999_is_a_bad_filter(client, superadmin):
+    client.force_login(superadmin)
+    client.raise_request_exception = False
+    response = client.get("/admin/iama_vetting/cspviolation/?last_seen__year=9999&last_seen__month=12")
+    assert response.status_code == 302
+
+
+def test_invitations_date_hierarchy_past_year_9999_is_a_bad_filter(client, superadmin):
+    client.force_login(superadmin)
+    client.raise_request_exception = False
+    response = client.get("/admin/vetting/invitation/?issued_at__year=9999&issued_at__month=12")
+    assert response.status_code == 302
+    assert response["Location"].endswith("?e=1")
+
+
+def test_date_hierarchy_in_range_still_filters(client, agent):
+    application = make_application(full_name="Dated Person")
+    client.force_login(agent)
+    created = application.created_at
+    page = client.get(
+        "/admin/vetting/application/",
+        {
+            "created_at__year": created.year,
+            "created_at__month": created.month,
+            "created_at__day": created.day,
+        },
+    ).content.decode()
+    assert application.reference in page
+    other_year = client.get("/admin/vetting/application/", {"created_at__year": created.year - 1})
+    assert application.reference not in other_year.content.decode()
+
+
+def change_page_query_count(client, application) -> int:
+    with CaptureQueriesContext(connection) as queries:
+        response = client.get(f"/admin/vetting/application/{application.pk}/change/")
+    assert response.status_code == 200
+    return len(queries)
+
+
+def test_change_page_costs_the_same_queries_at_1_and_6_evidence_files(client, agent, django_user_model):
+    application = make_application()
+    client.force_login(agent)
+
+    def add_evidence(count: int) -> None:
+        for number in range(count):
+            # Each file from a different staff member, as when several enter evidence.
+            uploader = django_user_model.objects.create_user(username=f"uploader{Evidence.objects.count()}")
+            evidence = Evidence.objects.store(
+                application, validate_upload(upload(f"id{number}.pdf", PDF_BYTES))
+            )
+            Evidence.objects.filter(pk=evidence.pk).update(uploaded_by=uploader)
+
+    add_evidence(1)
+    change_page_query_count(client, application)  # warms the content-type cache
+    at_one = change_page_query_count(client, application)
+    add_evidence(5)
+    assert change_page_query_count(client, application) == at_one
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "/admin/vetting/application/?source=%00",
+        "/admin/vetting/application/?email__iexact=a%00b",
+        "/admin/vetting/auditevent/?action__exact=%00",
+    ],
+)
+def test_a_nul_character_in_a_filter_is_a_bad_filter(client, superadmin, query):
+    """PostgreSQL refuses NUL in text: the list says the filter is bad instead of failing."""
+    make_application()
+    client.force_login(superadmin)
+    client.raise_request_exception = False
+    response = client.get(query)
+    assert response.status_code == 302
+    assert response["Location"].endswith("?e=1")
+
+
+def test_a_note_with_a_nul_character_is_refused_with_a_message(client, agent):
+    application = make_application()
+    client.force_login(agent)
+    client.raise_request_exception = False
+    response = client.post(
+        f"/admin/vetting/application/{application.pk}/note/", {"text": "pasted\x00text"}, follow=True
+    )
+    assert response.status_code == 200
+    assert not StaffNote.objects.exists()
+    assert "null character" in response.content.decode()
+
+
+def test_second_of_two_agents_claiming_at_once_is_told_who_got_there_first(client, agent, second_agent):
+    application = make_application()
+    client.force_login(second_agent)
+    confirmation = client.get(f"/admin/vetting/application/{application.pk}/action/claim/").content.decode()
+    assert 'name="seen_status" value="submitted"' in confirmation
+    workflow.claim(application, agent)  # the first agent, a moment earlier
+
+    response = client.post(
+        f"/admin/vetting/application/{application.pk}/action/claim/",
+        {"seen_status": "submitted"},
+        follow=True,
+    )
+    page = response.content.decode()
+    assert "Someone else got there first: the application is now in review (by agent)." in page
+    application.refresh_from_db()
+    assert application.claimed_by == agent
+
+
+def test_a_forged_seen_status_changes_only_the_message_never_the_guard(client, agent):
+    application = make_application(status=Application.Status.REJECTED)
+    client.force_login(agent)
+    client.post(f"/admin/vetting/application/{application.pk}/action/claim/", {"seen_status": "submitted"})
+    client.post(f"/admin/vetting/application/{application.pk}/action/claim/", {"seen_status": "bogus"})
+    application.refresh_from_db()
+    assert application.status == Application.Status.REJECTED
+    assert application.claimed_by is None
+
+
+def test_invitations_on_the_application_page_link_only_for_those_who_may_open_them(
+    client, approved, agent, inviting_admin, fake_synapse
+):
+    invitation = workflow.issue_invitation(approved, inviting_admin)
+    invitation_url = f"/admin/vetting/invitation/{invitation.pk}/change/"
+    page_url = f"/admin/vetting/application/{approved.pk}/change/"
+
+    client.force_login(inviting_admin)
+    assert f'href="{invitation_url}"' in client.get(page_url).content.decode()
+
+    client.force_login(agent)
+    assert client.get(invitation_url).status_code == 403
+    page = client.get(page_url).content.decode()
+    assert "@alex" in page
+    assert f'href="{invitation_url}"' not in page
