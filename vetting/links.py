@@ -23,6 +23,14 @@ def status_token(application: Application) -> str:
     return signing.dumps(application.public_id.hex, salt=STATUS_SALT)
 
 
+def status_link_stem(application: Application) -> str:
+    """What every status link of this application contains, whenever it was signed.
+
+    The signed token is "<payload>:<time>:<signature>": the time changes every second.
+    """
+    return reverse("vetting:status", args=[status_token(application).split(":", 1)[0] + ":"]).rstrip("/")
+
+
 def confirm_token(application: Application) -> str:
     return signing.dumps(application.public_id.hex, salt=CONFIRM_SALT)
 

@@ -482,7 +482,7 @@ def erase_application(application: Application, request: HttpRequest | None = No
         OutboundEmail.objects.filter(
             Q(subject__contains=locked.reference)
             | Q(body_text__contains=locked.reference)
-            | Q(body_text__contains=links.status_token(locked))
+            | Q(body_text__contains=links.status_link_stem(locked))
         ).exclude(status=OutboundEmail.Status.SENDING).delete()
         audit.redact(AuditEvent.objects.filter(target_type="application", target_id=str(locked.pk)))
         audit.record(
