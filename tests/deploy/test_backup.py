@@ -198,7 +198,10 @@ def documented_restore_command() -> str:
 
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("runuser") is None, reason="needs root and runuser")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("runuser") is None,
+    reason="needs root and runuser (Debian package util-linux) to read the dump as another user",
+)
 def test_the_documented_restore_works_on_a_backup_only_its_owner_can_read(tmp_path):
     """As on the server: the dump is 0600 in a 0700 directory, and pg_restore runs as another user."""
     make_application()

@@ -9,15 +9,12 @@ import time_machine
 from django.utils import timezone
 
 from tests.factories import make_application
+from tests.vetting.test_status_page import status_path
 from vetting import links
 from vetting.models import Application
 
 pytestmark = pytest.mark.django_db
 Status = Application.Status
-
-
-def status_path(application: Application) -> str:
-    return f"/status/{links.status_token(application)}/"
 
 
 @pytest.mark.parametrize(

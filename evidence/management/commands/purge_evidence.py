@@ -1,14 +1,13 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
 
 from django.conf import settings
-from django.core.files.storage import Storage
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 from django.utils import timezone
 
+from evidence.management.checks import refuse_unavailable_evidence
 from evidence.models import Evidence
 from evidence.storage import evidence_storage, stored_names
 from vetting import audit
@@ -16,33 +15,6 @@ from vetting import audit
 # A file younger than this may belong to an upload whose row is not committed
 # yet (files are written first): never call it an orphan.
 ORPHAN_MIN_AGE = timedelta(hours=1)
-
-
-def refuse_unavailable_evidence(storage: Storage) -> None:
-    """Raise CommandError unless the evidence store is there and holds files when rows say it should.
-
-    An unmounted volume reads as an empty store, which would make every row's
-    file look missing. Also used by the backup command, whose archive of an
-    empty store would otherwise replace the good ones as they age out.
-    """
-    unchanged = "Nothing was changed."
-    if settings.EVIDENCE_STORAGE == "local":
-        root = Path(settings.EVIDENCE_ROOT)
-        if not root.is_dir():
-            raise CommandError(
-                f"The evidence root {root} does not exist or is not a directory: is its volume "
-                f"mounted? {unchanged}"
-            )
-    try:
-        first_file = next(stored_names(storage), None)
-    except OSError as error:
-        raise CommandError(f"The evidence store cannot be read ({error}). {unchanged}") from error
-    rows = Evidence.objects.stored().count()
-    if first_file is None and rows:
-        raise CommandError(
-            f"The evidence store holds no files, but {rows} evidence rows have one: is its volume "
-            f"mounted? {unchanged}"
-        )
 
 
 class Command(BaseCommand):

@@ -18,7 +18,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 
-from evidence.management.commands.purge_evidence import refuse_unavailable_evidence
+from evidence.management.checks import refuse_unavailable_evidence
 from evidence.storage import evidence_storage
 
 # Only files named like this are ever rotated away; anything else in the directory is left alone.
