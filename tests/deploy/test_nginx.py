@@ -180,26 +180,39 @@ def test_static_files_are_served_by_nginx_with_long_expiry(site):
     assert "max-age=31536000" in response.headers["Cache-Control"]
 
 
+# The safety headers the app sends on every response, which a location with its
+# own add_header lines must repeat (it drops the server's).
+APP_SAFETY_HEADERS = (
+    "Strict-Transport-Security",
+    "X-Content-Type-Options",
+    "X-Frame-Options",
+    "Referrer-Policy",
+    "Permissions-Policy",
+    "Cross-Origin-Opener-Policy",
+    "X-XSS-Protection",
+)
+
+
 def test_static_files_carry_the_security_headers_the_app_sends(site):
     """A location's add_header drops the server's: /static/ must repeat every one, once."""
     css = next(path for path in site.app.static_root.glob("css/site.*.css"))
     static = site.get(f"/static/css/{css.name}").raw.headers
     app = site.get("/.well-known/security.txt").raw.headers
-    for name in (
-        "Strict-Transport-Security",
-        "X-Content-Type-Options",
-        "X-Frame-Options",
-        "Referrer-Policy",
-        "Permissions-Policy",
-        "Cross-Origin-Opener-Policy",
-        "X-XSS-Protection",
-    ):
+    for name in APP_SAFETY_HEADERS:
         assert len(app.getlist(name)) == 1, name
         assert static.getlist(name) == app.getlist(name), name
     # The same policy as the app's, whose directives come in no fixed order.
     [static_policy] = static.getlist("Content-Security-Policy")
     [app_policy] = app.getlist("Content-Security-Policy")
     assert sorted(static_policy.split("; ")) == sorted(app_policy.split("; "))
+
+
+def test_evidence_sent_by_nginx_carries_the_security_headers_the_app_sends(site):
+    """nginx's internal location sends the bytes: its headers are all the browser gets."""
+    evidence = site.get(f"/evidence/{site.evidence_id}/", cookies={"sessionid": site.session_key}).raw.headers
+    app = site.get("/.well-known/security.txt").raw.headers
+    for name in APP_SAFETY_HEADERS:
+        assert evidence.getlist(name) == app.getlist(name), name
 
 
 def test_upload_over_client_max_body_size_is_refused_by_nginx_with_413(site):
