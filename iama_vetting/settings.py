@@ -72,6 +72,8 @@ if DEBUG and not all(is_local_host(host) for host in ALLOWED_HOSTS):
         "DEBUG is on with a public host in ALLOWED_HOSTS: refusing to start. Set DEBUG=false in production."
     )
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", default=[])
+# Our page for a refused form, not Django's (templates/403_csrf.html).
+CSRF_FAILURE_VIEW = "iama_vetting.views.csrf_failure"
 # Absolute links in e-mails (status page, admin) start with this.
 SITE_URL = env.str(
     "SITE_URL", default="http://127.0.0.1:8000" if DEBUG else f"https://{ALLOWED_HOSTS[0].lstrip('.')}"

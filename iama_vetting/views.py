@@ -1,4 +1,4 @@
-"""Views of the project itself: the CSP report endpoint, security.txt and the 500 page."""
+"""Views of the project itself: the CSP report endpoint, security.txt, the 500 and CSRF failure pages."""
 
 from __future__ import annotations
 
@@ -9,8 +9,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, HttpResponseServerError, JsonResponse
+from django.http import (
+    HttpRequest,
+    HttpResponse,
+    HttpResponseForbidden,
+    HttpResponseServerError,
+    JsonResponse,
+)
 from django.template.loader import render_to_string
+from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
@@ -182,3 +189,13 @@ def server_error(request: HttpRequest) -> HttpResponse:
     except Exception:
         logging.getLogger(__name__).exception("The 500 page could not be rendered with its stylesheet.")
         return HttpResponseServerError(render_to_string("500.html", {"without_stylesheet": True}))
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """Django's CSRF refusal as our page (CSRF_FAILURE_VIEW). It offers the
+    application form only to someone who was sending it: after a refused status
+    page, withdrawal or erasure, a new application is the wrong way on."""
+    sending_application = request.method == "POST" and request.path_info == reverse("vetting:apply")
+    return HttpResponseForbidden(
+        render_to_string("403_csrf.html", {"sending_application": sending_application}, request=request)
+    )

@@ -127,7 +127,8 @@ def build_archive(application: Application) -> tempfile.SpooledTemporaryFile:
             listing.append({"file": path, **entry})
         archive.writestr("evidence.json", json.dumps(listing, indent=2, ensure_ascii=False))
         own = {name: _value(application, name) for name in OWN_FIELDS}
-        own["status_display"] = str(application.get_status_display())
+        # "status" stays the machine value; the words are the ones the status page shows.
+        own["status_display"] = application.applicant_status
         own["answers"] = _answers(application, paths)
         archive.writestr("application.json", json.dumps(own, indent=2, ensure_ascii=False))
         archive.writestr("history.json", json.dumps(_history(application), indent=2, ensure_ascii=False))

@@ -6,6 +6,7 @@ from django import forms
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import PasswordResetForm
+from django.utils.formats import number_format
 from django.utils.translation import gettext_lazy as _
 
 from evidence.validation import ALLOWED_TYPES, ValidatedUpload, display_name, validate_upload
@@ -29,7 +30,10 @@ class EvidenceFieldsMixin:
                 widget=forms.ClearableFileInput(attrs={"accept": ACCEPT_ATTRIBUTE}),
             )
             self.fields[f"note_{slot}"] = forms.CharField(
-                required=False, max_length=500, label=_("Note for file %(number)s") % {"number": slot}
+                required=False,
+                max_length=500,
+                label=_("Note for file %(number)s") % {"number": slot},
+                help_text=_("What this file shows, e.g. “ID card, front”."),
             )
         self.validated_uploads: list[ValidatedUpload] = []
 
@@ -69,6 +73,12 @@ class EvidenceFieldsMixin:
         if not self.is_bound or not self.errors:
             return []
         return [display_name(upload.name) for key in self.files for upload in self.files.getlist(key)]
+
+
+def state_length_limit(field: forms.CharField) -> None:
+    """Say the field's limit under it: the browser stops typing at maxlength without a word."""
+    limit = number_format(field.max_length, force_grouping=True)
+    field.help_text = _("At most %(limit)s characters.") % {"limit": limit}
 
 
 APPLICANT_FIELDS = ["full_name", "email", "matrix_username", "phone", "referral", "statement"]
@@ -120,7 +130,7 @@ class ApplicationForm(EvidenceFieldsMixin, forms.ModelForm):
             "statement": forms.Textarea(attrs={"rows": 6}),
             "email": forms.EmailInput(attrs={"autocomplete": "email"}),
             "full_name": forms.TextInput(attrs={"autocomplete": "name"}),
-            "phone": forms.TextInput(attrs={"autocomplete": "tel", "inputmode": "tel"}),
+            "phone": forms.TextInput(attrs={"type": "tel", "autocomplete": "tel"}),
             "matrix_username": forms.TextInput(
                 attrs={"autocapitalize": "none", "autocorrect": "off", "spellcheck": "false"}
             ),
@@ -129,6 +139,8 @@ class ApplicationForm(EvidenceFieldsMixin, forms.ModelForm):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.add_evidence_fields()
+        state_length_limit(self.fields["referral"])
+        state_length_limit(self.fields["statement"])
 
     @property
     def is_spam(self) -> bool:
@@ -177,6 +189,7 @@ class AddInformationForm(EvidenceFieldsMixin, forms.Form):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.add_evidence_fields()
+        state_length_limit(self.fields["message"])
 
     def clean(self) -> dict:
         cleaned_data = super().clean()

@@ -59,6 +59,15 @@ def application_for_status_token(token: str) -> Application | None:
     return _application_for(token, STATUS_SALT, None)
 
 
+def is_genuine_confirm_token(token: str) -> bool:
+    """Whether we signed this confirmation link, however old it is (a tampered one is not)."""
+    try:
+        signing.loads(token, salt=CONFIRM_SALT)
+    except signing.BadSignature:
+        return False
+    return True
+
+
 def application_for_confirm_token(token: str) -> Application | None:
     """The application of a live confirmation link; an expired one still leads
     to an application that was confirmed in time (a second click, days later)."""

@@ -71,6 +71,22 @@ class Application(models.Model):
                 cls.INVITED,
             ]
 
+    # What the applicant reads (status page, data export); the labels above are staff words.
+    # "Recommended" reads like good news even when the recommendation was to reject:
+    # until staff decide, the applicant only learns that their application is being checked.
+    APPLICANT_STATUS_LABELS = {
+        Status.UNCONFIRMED: _("Waiting for you to confirm your e-mail address"),
+        Status.SUBMITTED: _("Received, waiting for a vetting agent"),
+        Status.IN_REVIEW: _("Being checked"),
+        Status.INFO_REQUESTED: _("We need more information from you"),
+        Status.RECOMMENDED: _("Being checked"),
+        Status.APPROVED: _("Approved, invitation being prepared"),
+        Status.REJECTED: _("Not approved"),
+        Status.INVITED: _("Invitation issued"),
+        Status.JOINED: _("Joined the Matrix server"),
+        Status.WITHDRAWN: _("Withdrawn by you"),
+    }
+
     class Source(models.TextChoices):
         PUBLIC = "public", _("Public form")
         STAFF = "staff", _("Entered by staff")
@@ -203,6 +219,11 @@ class Application(models.Model):
                 if not Application.objects.filter(reference=self.reference).exists():
                     raise
         raise IntegrityError("Could not generate a unique application reference.")
+
+    @property
+    def applicant_status(self) -> str:
+        """The status in the applicant's words (APPLICANT_STATUS_LABELS)."""
+        return str(self.APPLICANT_STATUS_LABELS[self.status])
 
 
 class StaffNote(models.Model):

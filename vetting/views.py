@@ -92,7 +92,13 @@ def confirm(request: HttpRequest, token: str) -> HttpResponse:
     """The link in the "received" mail: the applicant's click confirms the address."""
     application = links.application_for_confirm_token(token)
     if application is None:
-        raise Http404("Unknown or expired confirmation link.")
+        if not links.is_genuine_confirm_token(token):
+            raise Http404("Unknown confirmation link.")
+        # Ours, but past the confirmation window (the unconfirmed application is
+        # purged then) or its application is gone: copying the link again cannot help.
+        return render(
+            request, "vetting/confirm_expired.html", {"days": links.UNCONFIRMED_LIFETIME.days}, status=410
+        )
     workflow.confirm_email(application, request=request)
     return redirect("vetting:status", token=links.status_token(application))
 
@@ -137,30 +143,37 @@ def status(request: HttpRequest, token: str) -> HttpResponse:
             "form": form,
             "token": token,
             "sent": request.GET.get("sent") == "1",
-            "can_withdraw": application.status in workflow.APPLICANT_WITHDRAWABLE
-            and application.erased_at is None,
+            # Shown instead of the links, which would only lead to these refusals.
+            "withdrawal_refusal": workflow.withdrawal_refusal(application),
+            "erasure_refusal": workflow.erasure_refusal(application),
         },
     )
 
 
-@require_http_methods(["GET", "HEAD", "POST"])
-@rate_limited(ratelimits.STATUS_PAGE)
-def withdraw(request: HttpRequest, token: str) -> HttpResponse:
-    """GET asks for confirmation; POST withdraws."""
+def _confirm_then_act(request: HttpRequest, token: str, refusal_of, act, template_name: str) -> HttpResponse:
+    """GET explains and asks for confirmation, or says why the step is not possible; POST takes it."""
     application = _get_application_for_token(token)
-    error = workflow.withdrawal_refusal(application)
+    error = refusal_of(application)
     if request.method == "POST" and error is None:
         try:
-            workflow.withdraw(application, request=request)
+            act(application, request=request)
         except workflow.WorkflowError as refusal:
             error = str(refusal)
         else:
             return redirect("vetting:status", token=token)
     return render(
         request,
-        "vetting/withdraw.html",
+        template_name,
         {"application": application, "token": token, "error": error},
         status=409 if error and request.method == "POST" else 200,
+    )
+
+
+@require_http_methods(["GET", "HEAD", "POST"])
+@rate_limited(ratelimits.STATUS_PAGE)
+def withdraw(request: HttpRequest, token: str) -> HttpResponse:
+    return _confirm_then_act(
+        request, token, workflow.withdrawal_refusal, workflow.withdraw, "vetting/withdraw.html"
     )
 
 
@@ -204,19 +217,6 @@ def download_data(request: HttpRequest, token: str) -> HttpResponse:
 @require_http_methods(["GET", "HEAD", "POST"])
 @rate_limited(ratelimits.STATUS_PAGE)
 def erase(request: HttpRequest, token: str) -> HttpResponse:
-    """GET explains and asks for confirmation; POST erases."""
-    application = _get_application_for_token(token)
-    error = workflow.erasure_refusal(application)
-    if request.method == "POST" and error is None:
-        try:
-            workflow.erase_application(application, request=request)
-        except workflow.WorkflowError as refusal:
-            error = str(refusal)
-        else:
-            return redirect("vetting:status", token=token)
-    return render(
-        request,
-        "vetting/erase.html",
-        {"application": application, "token": token, "error": error},
-        status=409 if error and request.method == "POST" else 200,
+    return _confirm_then_act(
+        request, token, workflow.erasure_refusal, workflow.erase_application, "vetting/erase.html"
     )

@@ -4,7 +4,10 @@
  *  - each chosen file is checked against the server's own limits (read from the
  *    form's data-* attributes) before anything is uploaded;
  *  - the upload shows a progress bar and the submit button is disabled while sending;
- *  - the page's error summary gets the focus.
+ *  - the page's error summary gets the focus, and its links show the whole question;
+ *  - the answer replaces the page only when it is the form again (errors to correct);
+ *    any other answer (429, 403, 500, maintenance) keeps the form as it is and shows
+ *    what the answer says in the error summary.
  * No framework, no inline code: loaded as a static file (strict CSP).
  */
 (function () {
@@ -64,8 +67,16 @@
     return message;
   }
 
-  function showSummary(form, problems) {
-    var main = document.getElementById("main");
+  // Like the server's page: the title says there is an error, for screen reader users first of all.
+  function markTitleAsError(form) {
+    var prefix = form.dataset.messageErrorTitle || "Error:";
+    if (document.title.indexOf(prefix) !== 0) {
+      document.title = prefix + " " + document.title;
+    }
+  }
+
+  // The summary above the form, emptied, with its heading; the caller adds the rest.
+  function emptySummary(form, title) {
     var summary = document.getElementById("error-summary");
     if (!summary) {
       summary = document.createElement("div");
@@ -73,12 +84,25 @@
       summary.className = "error-summary";
       summary.setAttribute("role", "alert");
       summary.setAttribute("tabindex", "-1");
+      summary.setAttribute("aria-labelledby", "error-summary-title");
       form.parentNode.insertBefore(summary, form);
     }
     summary.textContent = "";
     var heading = document.createElement("h2");
     heading.id = "error-summary-title"; // the server's summary is labelled by it
-    heading.textContent = form.dataset.messageSummary;
+    heading.textContent = title;
+    summary.appendChild(heading);
+    return summary;
+  }
+
+  function focusSummary(form, summary) {
+    markTitleAsError(form);
+    summary.focus();
+    if (summary.scrollIntoView) { summary.scrollIntoView(); }
+  }
+
+  function showSummary(form, problems) {
+    var summary = emptySummary(form, form.dataset.messageSummary);
     var list = document.createElement("ul");
     problems.forEach(function (problem) {
       var item = document.createElement("li");
@@ -88,10 +112,19 @@
       item.appendChild(link);
       list.appendChild(item);
     });
-    summary.appendChild(heading);
     summary.appendChild(list);
-    summary.focus();
-    if (main && summary.scrollIntoView) { summary.scrollIntoView(); }
+    focusSummary(form, summary);
+  }
+
+  // A reply that is not the form to correct (429, 403, 500, maintenance): say what it says.
+  function showMessage(form, title, lines) {
+    var summary = emptySummary(form, title);
+    lines.forEach(function (line) {
+      var paragraph = document.createElement("p");
+      paragraph.textContent = line;
+      summary.appendChild(paragraph);
+    });
+    focusSummary(form, summary);
   }
 
   function setSending(form, sending) {
@@ -150,17 +183,40 @@
     slots[slots.length - 1].parentNode.insertBefore(button, slots[slots.length - 1].nextSibling);
   }
 
-  // The server answered with the form again (errors): show its page in place.
-  function replacePage(html) {
-    var next = new DOMParser().parseFromString(html, "text/html");
-    var main = document.getElementById("main");
-    var nextMain = next.getElementById("main");
-    if (!main || !nextMain) {
-      return false;
-    }
+  function textOf(node) {
+    return node ? node.textContent.replace(/\s+/g, " ").trim() : "";
+  }
+
+  // The server answered with the form again (errors to correct): show its page in place.
+  function replacePage(next, nextMain) {
     document.title = next.title;
-    main.replaceWith(document.importNode(nextMain, true));
+    var main = document.importNode(nextMain, true);
+    document.getElementById("main").replaceWith(main);
     enhance(document);
+    if (!document.getElementById("error-summary")) {
+      var heading = main.querySelector("h1");
+      if (heading) {
+        heading.setAttribute("tabindex", "-1");
+        heading.focus();
+      }
+    }
+  }
+
+  // Any other answer leaves the form as it is, with everything typed and chosen, and
+  // shows the answer's own words above it: its error summary (the form came back with
+  // a 503: storage failed), else its heading and first paragraph (our 429, CSRF 403,
+  // 400, 500 and maintenance pages). Returns false for a page that is none of ours.
+  function showReply(form, nextMain) {
+    var summary = nextMain.querySelector("#error-summary");
+    if (summary) {
+      var lines = Array.prototype.map.call(summary.querySelectorAll("li, p"), textOf).filter(Boolean);
+      showMessage(form, textOf(summary.querySelector("h2")) || form.dataset.messageSummary, lines);
+      return true;
+    }
+    var heading = textOf(nextMain.querySelector("h1"));
+    if (!heading) { return false; }
+    var paragraph = textOf(nextMain.querySelector("p"));
+    showMessage(form, heading, paragraph ? [paragraph] : []);
     return true;
   }
 
@@ -184,9 +240,22 @@
         window.location.assign(request.responseURL);
         return;
       }
-      // Not one of our pages (a proxy's 502 or 413, an outage page): keep what
-      // the applicant typed and say that nothing was sent, as for a lost connection.
-      if (!replacePage(request.responseText)) {
+      var next = new DOMParser().parseFromString(request.responseText || "", "text/html");
+      var nextMain = next.getElementById("main");
+      if (request.status === 200 && nextMain) {
+        if (nextMain.querySelector("form[data-upload-form]")) {
+          replacePage(next, nextMain);
+        } else {
+          // A redirect back to this same address (the status page after staff moved
+          // the application on): show that page, as the post without the script would.
+          window.location.assign(request.responseURL || target);
+        }
+        return;
+      }
+      setSending(form, false);
+      // Not one of our pages (a proxy's 502 or 413): say that nothing was sent,
+      // as for a lost connection.
+      if (!nextMain || !showReply(form, nextMain)) {
         failed();
       }
     });
@@ -226,12 +295,24 @@
     });
   }
 
+  // The browser's own jump would put the input at the very top, its label and hint
+  // out of view, and leave the focus on the link: show the whole question, focus the input.
+  function followSummaryLink(event) {
+    var link = event.target.closest ? event.target.closest(".error-summary a[href^='#']") : null;
+    var input = link ? document.getElementById(link.getAttribute("href").slice(1)) : null;
+    if (!input) { return; }
+    event.preventDefault();
+    (input.closest(".field") || input).scrollIntoView();
+    input.focus({ preventScroll: true });
+  }
+
   function enhance(root) {
     Array.prototype.forEach.call(root.querySelectorAll("form[data-upload-form]"), enhanceForm);
     var summary = root.getElementById ? root.getElementById("error-summary") : null;
     if (summary) { summary.focus(); }
   }
 
+  document.addEventListener("click", followSummaryLink);
   if (document.readyState === "loading") {
     document.addEventListener("DOMContentLoaded", function () { enhance(document); });
   } else {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from playwright.sync_api import expect
 
@@ -45,18 +47,148 @@ def test_a_proxy_error_keeps_what_the_applicant_typed_and_says_nothing_was_sent(
     page.context.close()
 
 
-def test_the_script_s_error_summary_keeps_the_heading_that_names_it(chromium, site, tmp_path):
+@pytest.mark.parametrize("after_the_servers_summary", [True, False])
+def test_the_script_s_error_summary_keeps_the_heading_that_names_it(
+    chromium, site, tmp_path, after_the_servers_summary
+):
     program = tmp_path / "setup.exe"
     program.write_bytes(b"MZ" + bytes(64))
     page = new_page(chromium, PHONE)
     page.goto(f"{site}/apply/")
-    page.get_by_role("button", name="Send application").click()  # the server's summary
-    expect(page.locator("#error-summary")).to_be_focused()
+    if after_the_servers_summary:
+        page.get_by_role("button", name="Send application").click()
+        expect(page.locator("#error-summary")).to_be_focused()
     page.set_input_files("#id_evidence_1", str(program))
-    page.get_by_role("button", name="Send application").click()  # the script's summary replaces it
+    page.get_by_role("button", name="Send application").click()  # the script's summary
     summary = page.locator("#error-summary")
     expect(summary).to_contain_text("setup.exe")
-    labelled_by = summary.get_attribute("aria-labelledby")
-    if labelled_by:
-        expect(page.locator(f"#{labelled_by}")).to_have_text("There is a problem")
+    # A screen reader announces the summary by its heading.
+    expect(summary).to_have_accessible_name("There is a problem")
+    page.context.close()
+
+
+def _too_many_posts(page, settings, monkeypatch):
+    from django.test import Client
+
+    # The limit counts per address; the test client posts from 127.0.0.1 as the browser does.
+    for _ in range(5):
+        Client().post("/apply/", {})
+
+
+def _cookies_lost(page, settings, monkeypatch):
+    page.context.clear_cookies()  # a browser restarted with the tab restored: no CSRF cookie
+
+
+def _maintenance_on(page, settings, monkeypatch):
+    from iama_vetting import maintenance
+
+    maintenance.switch_on(None)
+
+
+def _bug(page, settings, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("vetting.workflow.submit_application", broken)
+
+
+def _database_down(page, settings, monkeypatch):
+    from django.db import OperationalError
+
+    def broken(*args, **kwargs):
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr("vetting.workflow.submit_application", broken)
+
+
+def _disk_full(page, settings, monkeypatch):
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("vetting.workflow.submit_application", broken)
+
+
+def _request_not_understood(page, settings, monkeypatch):
+    settings.DATA_UPLOAD_MAX_NUMBER_FIELDS = 3  # Django answers 400 before any view
+
+
+@pytest.mark.parametrize(
+    ("cause", "heading", "paragraph"),
+    [
+        (_too_many_posts, "Too many requests", "Please wait a minute and try again."),
+        (_cookies_lost, "Please send the form again", "Your form could not be checked"),
+        (_maintenance_on, "Down for maintenance", "We are working on the site right now"),
+        (_bug, "Something went wrong on our side", "Nothing you sent was kept half-way."),
+        (_database_down, "Back in a moment", "The service is briefly unavailable."),
+        (_disk_full, "There is a problem", "We could not store your files just now"),
+        (_request_not_understood, "We could not understand that request", "Please go back, reload the page"),
+    ],
+    ids=["429", "csrf-403", "maintenance-503", "500", "database-503", "storage-503", "400"],
+)
+def test_an_error_reply_keeps_the_form_and_shows_what_the_reply_says(
+    chromium, site, settings, monkeypatch, tmp_path, cause, heading, paragraph
+):
+    settings.MAINTENANCE_FILE = tmp_path / "maintenance.json"
+    note = tmp_path / "note.txt"
+    note.write_bytes(b"Sam can vouch for me.\n")
+    page = new_page(chromium, PHONE)
+    page.goto(f"{site}/apply/")
+    fill_form(page, name="Robin Kept")
+    page.fill("#id_statement", "A statement that took a while to write.")
+    page.set_input_files("#id_evidence_1", str(note))
+    cause(page, settings, monkeypatch)
+
+    page.get_by_role("button", name="Send application").click()
+
+    summary = page.locator("#error-summary")
+    expect(summary.locator("h2")).to_have_text(heading)
+    expect(summary).to_contain_text(paragraph)
+    expect(summary).to_be_focused()
+    expect(page).to_have_title(re.compile(r"^Error: "))
+    # Everything typed and chosen is still there, ready to send again.
+    expect(page.locator("#id_full_name")).to_have_value("Robin Kept")
+    expect(page.locator("#id_statement")).to_have_value("A statement that took a while to write.")
+    expect(page.locator("#id_consent")).to_be_checked()
+    assert page.eval_on_selector("#id_evidence_1", "input => input.files.length") == 1
+    expect(page.get_by_role("button", name="Send application")).to_be_enabled()
+    assert not Application.objects.exists()
+    page.context.close()
+
+
+def test_a_reply_with_the_form_and_no_errors_focuses_its_heading(chromium, site):
+    page = new_page(chromium, PHONE)
+    page.goto(f"{site}/apply/")
+    fill_form(page)
+
+    def blank_form(route):
+        if route.request.method == "POST":
+            route.fulfill(response=route.fetch(method="GET"))
+        else:
+            route.continue_()
+
+    page.route("**/apply/", blank_form)
+    page.get_by_role("button", name="Send application").click()
+    heading = page.get_by_role("heading", level=1)
+    expect(heading).to_be_focused()
+    expect(page.locator("#id_full_name")).to_have_value("")  # the page was replaced
+    page.context.close()
+
+
+def test_a_stale_status_page_shows_the_application_as_it_is_now(chromium, site):
+    from tests.factories import make_application
+    from vetting import links
+
+    application = make_application(
+        status=Application.Status.INFO_REQUESTED, information_request="Please send a recent photo."
+    )
+    page = new_page(chromium, PHONE)
+    page.goto(f"{site}/status/{links.status_token(application)}/")
+    page.fill("#id_message", "Here it is.")
+    # Meanwhile staff take the application back into review: the post is answered
+    # with a redirect to this same address, where the form is gone.
+    Application.objects.filter(pk=application.pk).update(status=Application.Status.IN_REVIEW)
+    page.get_by_role("button", name="Send to staff").click()
+    expect(page.locator("#id_message")).to_have_count(0)
+    expect(page.locator("#error-summary")).to_have_count(0)
+    assert not page.title().startswith("Error:")
     page.context.close()

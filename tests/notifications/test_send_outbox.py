@@ -47,7 +47,10 @@ def test_in_debug_without_relay_password_the_worker_prints_mail_to_the_console(s
 
     out = run_worker()
 
-    assert f"Subject: Please confirm your application {application.reference}" in capsys.readouterr().out
+    assert (
+        f"Subject: Please confirm your e-mail address for application {application.reference}"
+        in capsys.readouterr().out
+    )
     assert "Outbox: 1 sent, 0 to retry later, 0 failed, 0 handed back." in out
     queued.refresh_from_db()
     assert queued.status == OutboundEmail.Status.SENT

@@ -238,3 +238,21 @@ def test_erasure_removes_every_mail_about_the_application_but_the_one_being_sent
     # The worker sending it records its outcome as usual, not as a lapsed claim.
     in_flight.refresh_from_db()
     assert in_flight.mark_sent("worker-1", None)
+
+
+def test_the_erase_page_links_the_data_download_without_the_download_attribute(client):
+    # With `download`, Chromium would save a 503 or 429 page as a file and show nothing.
+    application = make_application()
+    page = client.get(status_path(application, "erase/")).content.decode()
+    assert f'<a href="{status_path(application, "my-data/")}">' in page
+
+
+def test_the_export_keeps_the_real_status_and_words_it_as_the_status_page_does(client, agent):
+    application = make_application(
+        status=Application.Status.RECOMMENDED,
+        recommendation=Application.Recommendation.REJECT,
+        verification_recorded_by=agent,
+    )
+    own = json.loads(open_zip(client.get(status_path(application, "my-data/"))).read("application.json"))
+    assert own["status"] == "recommended"
+    assert own["status_display"] == "Being checked"

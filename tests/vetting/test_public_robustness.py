@@ -89,12 +89,12 @@ def test_an_expired_confirm_link_clicked_again_after_confirming_leads_to_the_sta
     assert application.status == Status.SUBMITTED
 
 
-def test_an_expired_confirm_link_of_an_unconfirmed_application_stays_404(client):
+def test_an_expired_confirm_link_of_an_unconfirmed_application_is_gone_and_confirms_nothing(client):
     with time_machine.travel(datetime.datetime(2026, 11, 1, tzinfo=datetime.UTC)):
         application = make_application(status=Status.UNCONFIRMED, email_confirmed_at=None)
         token = links.confirm_token(application)
     with time_machine.travel(datetime.datetime(2026, 11, 20, tzinfo=datetime.UTC)):
-        assert client.get(f"/confirm/{token}/").status_code == 404
+        assert client.get(f"/confirm/{token}/").status_code == 410
         assert client.get(f"/confirm/{token}x/").status_code == 404
     application.refresh_from_db()
     assert application.status == Status.UNCONFIRMED

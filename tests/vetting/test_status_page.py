@@ -1,17 +1,19 @@
 from __future__ import annotations
 
 import datetime
+import re
 
 import pytest
 import time_machine
 from botocore.exceptions import NoCredentialsError
 from django.core import signing
+from django.utils import timezone
 
 from evidence.models import Evidence
 from notifications.models import OutboundEmail
 from tests.evidence.test_storage import FailingS3Storage
 from tests.factories import HTML_BYTES, PDF_BYTES, make_application, upload
-from vetting import links
+from vetting import links, workflow
 from vetting.models import Application
 
 pytestmark = pytest.mark.django_db
@@ -96,7 +98,7 @@ def test_the_confirm_link_expires_after_7_days(client):
         application = make_application(status=Status.UNCONFIRMED, email_confirmed_at=None)
         token = links.confirm_token(application)
     with time_machine.travel(datetime.datetime(2026, 11, 8, 0, 1, tzinfo=datetime.UTC)):
-        assert client.get(f"/confirm/{token}/").status_code == 404
+        assert client.get(f"/confirm/{token}/").status_code == 410
     application.refresh_from_db()
     assert application.status == Status.UNCONFIRMED
 
@@ -217,3 +219,112 @@ def test_after_an_error_the_answer_form_asks_to_choose_the_files_again(client):
     assert response.status_code == 200
     assert "Choose your files again before sending" in page and "You had chosen: passport.pdf." in page
     assert not Evidence.objects.exists()
+
+
+def test_the_download_link_lets_the_browser_show_an_error_page_instead_of_saving_it(client):
+    # With a `download` attribute Chromium saves a 503 or 429 page as a file, unseen;
+    # the archive itself comes with Content-Disposition: attachment.
+    application = make_application()
+    page = client.get(status_path(application)).content.decode()
+    link = re.search(r'<a href="[^"]*/my-data/"[^>]*>', page).group(0)
+    assert "download" not in link.removesuffix('/my-data/">')
+
+
+@pytest.mark.parametrize(
+    ("status", "label"),
+    [
+        (Status.UNCONFIRMED, "Waiting for you to confirm your e-mail address"),
+        (Status.SUBMITTED, "Received, waiting for a vetting agent"),
+        (Status.IN_REVIEW, "Being checked"),
+        (Status.RECOMMENDED, "Being checked"),
+        (Status.INFO_REQUESTED, "We need more information from you"),
+        (Status.APPROVED, "Approved, invitation being prepared"),
+        (Status.INVITED, "Invitation issued"),
+        (Status.JOINED, "Joined the Matrix server"),
+        (Status.REJECTED, "Not approved"),
+        (Status.WITHDRAWN, "Withdrawn by you"),
+    ],
+)
+def test_the_status_page_names_the_status_in_the_applicants_words(client, status, label):
+    application = make_application(status=status, information_request="Send your ID.")
+    page = client.get(status_path(application)).content.decode()
+    assert f'<strong class="status status-{status}">{label}</strong>' in page
+
+
+def test_a_recommendation_to_reject_is_not_shown_to_the_applicant_as_recommended(client, agent):
+    application = make_application(
+        status=Status.RECOMMENDED,
+        recommendation=Application.Recommendation.REJECT,
+        verification_recorded_by=agent,
+    )
+    page = client.get(status_path(application)).content.decode()
+    assert '<strong class="status status-recommended">Being checked</strong>' in page
+    visible = re.sub(r"<[^>]*>", " ", page).lower()
+    assert "recommend" not in visible and "reject" not in visible
+
+
+def test_every_status_has_words_for_the_applicant():
+    assert set(Application.APPLICANT_STATUS_LABELS) == set(Status)
+    for status in Status:
+        assert make_application(status=status).applicant_status
+
+
+def test_the_status_page_explains_why_an_invited_application_cannot_be_erased_instead_of_linking(client):
+    application = make_application(status=Status.INVITED)
+    path = status_path(application)
+    page = client.get(path).content.decode()
+    assert f'href="{path}erase/"' not in page
+    assert "Your invitation to the Matrix server is still open" in page
+
+
+def test_the_status_page_explains_the_erasure_policy_during_review_instead_of_linking(client, settings):
+    settings.ERASURE_BLOCKED_DURING_REVIEW = True
+    application = make_application(status=Status.IN_REVIEW)
+    path = status_path(application)
+    page = client.get(path).content.decode()
+    assert f'href="{path}erase/"' not in page
+    assert "Staff are deciding on your application" in page
+    # Withdrawing stays possible: the refusal tells the applicant to do that first.
+    assert f'href="{path}withdraw/"' in page
+
+
+@pytest.mark.parametrize("status", [Status.IN_REVIEW, Status.REJECTED, Status.WITHDRAWN])
+def test_the_status_page_links_erasure_when_it_is_allowed(client, settings, status):
+    settings.ERASURE_BLOCKED_DURING_REVIEW = status != Status.IN_REVIEW
+    application = make_application(status=status)
+    path = status_path(application)
+    page = client.get(path).content.decode()
+    assert f'href="{path}erase/"' in page
+    assert "Erasing your application is not possible" not in page
+
+
+def test_an_expired_confirm_link_after_the_purge_says_the_application_was_deleted(client):
+    with time_machine.travel(datetime.datetime(2026, 11, 1, tzinfo=datetime.UTC)):
+        application = make_application(status=Status.UNCONFIRMED, email_confirmed_at=None)
+        token = links.confirm_token(application)
+    with time_machine.travel(datetime.datetime(2026, 11, 9, tzinfo=datetime.UTC)):
+        workflow.purge_unconfirmed(timezone.now() - links.UNCONFIRMED_LIFETIME)
+        assert not Application.objects.exists()
+        response = client.get(f"/confirm/{token}/")
+    assert response.status_code == 410
+    page = response.content.decode()
+    assert "This link has expired and your unconfirmed application was deleted." in page
+    assert 'href="/apply/"' in page
+    assert "copy it again from the e-mail" not in page
+
+
+def test_a_genuine_confirm_link_of_an_application_that_is_gone_is_410(client):
+    application = make_application(status=Status.UNCONFIRMED, email_confirmed_at=None)
+    token = links.confirm_token(application)
+    application.delete()
+    response = client.get(f"/confirm/{token}/")
+    assert response.status_code == 410
+    assert "Apply again" in response.content.decode()
+
+
+def test_a_tampered_confirm_link_of_an_application_that_is_gone_stays_404(client):
+    application = make_application(status=Status.UNCONFIRMED, email_confirmed_at=None)
+    token = links.confirm_token(application)
+    application.delete()
+    assert client.get(f"/confirm/{token}x/").status_code == 404
+    assert client.get(f"/confirm/{links.status_token(application)}/").status_code == 404

@@ -7,14 +7,19 @@ from django.conf import settings
 from django.forms import BoundField
 
 from evidence.validation import ALLOWED_EXTENSIONS_TEXT, ALLOWED_TYPES
+from vetting import links
 
 register = template.Library()
 
 
 @register.filter
-def accessible_widget(field: BoundField) -> str:
-    """The widget, described by its hint and its errors, and marked invalid when it has errors."""
-    described_by = []
+def accessible_widget(field: BoundField, extra_described_by: str = "") -> str:
+    """The widget, described by its hint and its errors, and marked invalid when it has errors.
+
+    `extra_described_by` names more hints by id, space-separated: one text above
+    several fields (the evidence limits above every file input).
+    """
+    described_by = (extra_described_by or "").split()
     if field.help_text:
         described_by.append(f"{field.auto_id}_helptext")
     attrs = {}
@@ -36,3 +41,9 @@ def upload_limits() -> dict:
         "extensions": ",".join(ALLOWED_TYPES),
         "allowed_text": ALLOWED_EXTENSIONS_TEXT,
     }
+
+
+@register.simple_tag
+def unconfirmed_days() -> int:
+    """Days before an unconfirmed application is deleted (what purge_unconfirmed and the link use)."""
+    return links.UNCONFIRMED_LIFETIME.days
