@@ -250,7 +250,8 @@ class ApplicationAdmin(CheckedFilters, admin.ModelAdmin):
         others = list(
             Application.objects.filter(same_person)
             .exclude(pk=application.pk)
-            .order_by("-created_at")
+            # Applications sent in the same instant (a double submit) keep their order of arrival.
+            .order_by("-created_at", "-pk")
             .only("pk", "reference", "status", "created_at")[: EARLIER_APPLICATIONS_SHOWN + 1]
         )
         if not others:

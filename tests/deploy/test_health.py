@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import threading
 
 import pytest
 from django.core.cache.backends.locmem import LocMemCache
@@ -27,12 +27,16 @@ def test_healthy_site_answers_200_with_only_the_two_states(client):
     assert "no-cache" in response["Cache-Control"] or "no-store" in response["Cache-Control"]
 
 
-def test_cache_down_answers_503_naming_the_cache_and_nothing_else(client, settings):
+def test_cache_down_answers_503_naming_the_cache_and_nothing_else(client, settings, caplog):
     settings.CACHES = {"default": {"BACKEND": "tests.deploy.test_health.BrokenCache"}}
     response = client.get("/healthz")
     assert response.status_code == 503
     assert response.json() == {"database": "ok", "cache": "error"}
     assert b"10.0.0.9" not in response.content and b"hunter2" not in response.content
+    # Each probe of a part that is down logs one line: the part and the error's kind, no traceback, no secret.
+    [record] = [record for record in caplog.records if record.name == "iama_vetting.health"]
+    assert record.getMessage() == "Health check: cache failed (ConnectionError)."
+    assert record.exc_info is None
 
 
 def test_database_down_answers_503_naming_the_database(client, monkeypatch):
@@ -46,11 +50,20 @@ def test_database_down_answers_503_naming_the_database(client, monkeypatch):
     assert b"db.internal" not in response.content
 
 
-def test_a_hanging_check_is_reported_within_two_seconds(client, monkeypatch):
-    monkeypatch.setitem(health.CHECKS, "cache", lambda: time.sleep(5))
-    started = time.monotonic()
-    response = client.get("/healthz")
-    assert time.monotonic() - started < 2.5
+def test_a_hanging_check_is_reported_as_an_error_without_waiting_for_it(client, monkeypatch):
+    released, finished = threading.Event(), threading.Event()
+
+    def hang() -> None:
+        released.wait(timeout=20)  # a cache server that accepted the connection and went silent
+        finished.set()
+
+    monkeypatch.setitem(health.CHECKS, "cache", hang)
+    try:
+        response = client.get("/healthz")
+        # The answer came while the check still hung (health.TIMEOUT bounds it, 2 s today).
+        assert not finished.is_set()
+    finally:
+        released.set()
     assert response.status_code == 503
     assert response.json() == {"database": "ok", "cache": "error"}
 

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from evidence.models import Evidence
+from evidence.previews import forget_preview
 from evidence.validation import validate_upload
 from tests.factories import PDF_BYTES, jpeg_bytes, make_application, upload
 from vetting.models import AuditEvent
@@ -22,7 +23,7 @@ def photo() -> Evidence:
     )
 
 
-def test_permitted_staff_get_a_small_png_and_it_is_audited(client, agent, photo):
+def test_permitted_staff_get_a_small_png_and_it_is_audited(client, agent, photo, monkeypatch):
     client.force_login(agent)
     response = client.get(f"/evidence/{photo.pk}/preview/")
     assert response.status_code == 200
@@ -32,9 +33,23 @@ def test_permitted_staff_get_a_small_png_and_it_is_audited(client, agent, photo)
     assert max(Image.open(io.BytesIO(response.content)).size) <= 480
     event = AuditEvent.objects.get(action="evidence.previewed")
     assert event.actor == agent and event.target_id == str(photo.pk)
-    # A second look comes from the cache, and is audited again.
+    # A second look comes from the cache, without reading the stored file again, and is audited again.
+    opened = []
+    storage_class = type(photo.file.storage)
+    read = storage_class.open
+
+    def counted_open(storage, name, *args, **kwargs):
+        opened.append(name)
+        return read(storage, name, *args, **kwargs)
+
+    monkeypatch.setattr(storage_class, "open", counted_open)
     assert client.get(f"/evidence/{photo.pk}/preview/").content == response.content
+    assert opened == []
     assert AuditEvent.objects.filter(action="evidence.previewed").count() == 2
+    # Once the cached preview is gone, the file is read again.
+    forget_preview(photo)
+    assert client.get(f"/evidence/{photo.pk}/preview/").content == response.content
+    assert opened == [photo.file.name]
 
 
 def test_preview_is_not_for_outsiders_or_anonymous(client, outsider, photo):

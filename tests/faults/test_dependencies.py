@@ -7,7 +7,9 @@ Run with `make faults` (also run by .ci/run).
 
 from __future__ import annotations
 
+import contextlib
 import http.server
+import socket
 import threading
 import time
 import urllib.request
@@ -29,6 +31,40 @@ from vetting.models import Application, Invitation
 pytestmark = [pytest.mark.faults, pytest.mark.postgres]
 
 
+def health(base_url: str) -> tuple[int, dict]:
+    response = requests.get(f"{base_url}/healthz", timeout=30)
+    return response.status_code, response.json()
+
+
+def health_answers(base_url: str) -> set[tuple[int, str]]:
+    """The distinct answers to /healthz asked six times, as a load balancer keeps asking.
+
+    The two gunicorn workers share the socket, so the answers come from either.
+    """
+    return {(status, str(sorted(body.items()))) for status, body in (health(base_url) for _ in range(6))}
+
+
+def answers(status: int, **states: str) -> set[tuple[int, str]]:
+    return {(status, str(sorted(states.items())))}
+
+
+ALL_HEALTHY = answers(200, database="ok", cache="ok")
+
+
+def health_answers_once_healthy(base_url: str, within: float = 90.0) -> set[tuple[int, str]]:
+    """The answers once all are healthy, or the last ones when that took too long.
+
+    Reconnecting has a backoff (PostgreSQL's pool grows back with one), so it takes a while.
+    """
+    deadline = time.monotonic() + within
+    while True:
+        seen = health_answers(base_url)
+        if seen == ALL_HEALTHY or time.monotonic() > deadline:
+            return seen
+        time.sleep(0.5)
+
+
+# A gunicorn log record starts with its time: ours "2026-11-29 03:14:00,808 …", gunicorn's "[2026-11-29 …".
 def test_redis_unreachable_during_load_falls_back_without_errors(
     transactional_db, settings, collected_static, tmp_path
 ):
@@ -56,11 +92,15 @@ def test_redis_unreachable_during_load_falls_back_without_errors(
                     statuses.update(pool.map(visit, range(count)))
 
             wave(60)
+            assert health_answers(base_url) == ALL_HEALTHY
             redis_server.stop()
             wave(60)  # Redis gone: counting goes on in each worker's memory
+            # The load balancer hears which part is down.
+            assert health_answers(base_url) == answers(503, database="ok", cache="error")
             redis_server.start()
             time.sleep(6)  # the fallback tries Redis again every 5 s
             wave(60)
+            assert health_answers_once_healthy(base_url) == ALL_HEALTHY
         import redis
 
         shared_counters = redis.Redis.from_url(redis_server.url).dbsize()
@@ -75,6 +115,97 @@ def test_redis_unreachable_during_load_falls_back_without_errors(
     text = log.read_text()
     assert "Traceback" not in text
     assert "redis" in text.lower()  # the outage was logged, once a minute per worker at most
+
+
+class CuttableProxy:
+    """A TCP proxy in front of the real PostgreSQL that the test can cut, as a lost network would.
+
+    Cut: every open connection is dropped and new ones are closed at once.
+    Restored: connections pass again.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.upstream = (host, port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.down = threading.Event()
+        self.lock = threading.Lock()
+        self.open: set[socket.socket] = set()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _address = self.listener.accept()
+            except OSError:
+                return  # closed
+            if self.down.is_set():
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(self.upstream, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self.lock:
+                self.open |= {client, upstream}
+            for source, target in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, target):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+                end.close()
+
+    def cut(self) -> None:
+        self.down.set()
+        with self.lock:
+            dropped, self.open = self.open, set()
+        for end in dropped:
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+    def restore(self) -> None:
+        self.down.clear()
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()
+
+
+def test_postgresql_unreachable_makes_healthz_name_the_database_until_it_is_back(
+    transactional_db, settings, collected_static, tmp_path
+):
+    database = settings.DATABASES["default"]
+    proxy = CuttableProxy(database["HOST"] or "127.0.0.1", int(database["PORT"] or 5432))
+    try:
+        with app_server(
+            settings,
+            collected_static,
+            tmp_path / "evidence",
+            tmp_path / "gunicorn.log",
+            DATABASE_URL=f"postgres://{database['USER']}@127.0.0.1:{proxy.port}/{database['NAME']}",
+            LOG_FORMAT="text",
+        ) as base_url:
+            assert health_answers(base_url) == ALL_HEALTHY
+            proxy.cut()
+            assert health_answers(base_url) == answers(503, database="error", cache="ok")
+            proxy.restore()
+            assert health_answers_once_healthy(base_url) == ALL_HEALTHY
+    finally:
+        proxy.close()
+    log = (tmp_path / "gunicorn.log").read_text()
+    assert "Traceback" not in log
+    # One line per failed probe, naming the part (it may fail or time out).
+    assert "Health check: database " in log
 
 
 def test_smtp_relay_down_for_the_whole_run_then_up_delivers_every_mail_once(transactional_db, tmp_path):

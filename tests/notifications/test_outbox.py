@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import re
+from html.parser import HTMLParser
+
 import pytest
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
@@ -7,6 +10,7 @@ from django.db import IntegrityError, transaction
 from notifications.models import OutboundEmail
 from notifications.outbox import queue_email
 from tests.factories import make_application
+from tests.vetting.test_apply import form_data
 
 pytestmark = pytest.mark.django_db
 
@@ -42,13 +46,49 @@ def test_a_name_with_a_line_break_cannot_add_headers():
     assert message["From"] == "IaMA RVI Support <support@rvi.iam-alliance.com>"
 
 
-def test_text_and_html_bodies_are_rendered_without_remote_resources():
-    application = make_application()
-    [queued] = queue_email("application-received", [application.email], {"application": application})
-    assert application.reference in queued.body_text
-    assert application.reference in queued.body_html
-    assert "<img" not in queued.body_html
-    assert "http" not in queued.body_html
+class Addresses(HTMLParser):
+    """Every address in an HTML body, with the tag and attribute that carry it, and every tag."""
+
+    REMOTE = re.compile(r"(?:https?:)?//[^\s\"'()<>]+|url\(|@import")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[tuple[str, str, str]] = []
+        self.tags: set[str] = set()
+        self.in_style = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.add(tag)
+        self.in_style = tag == "style"
+        for name, value in attrs:
+            self.found += [(tag, name, url) for url in self.REMOTE.findall(value or "")]
+
+    def handle_endtag(self, tag: str) -> None:
+        self.in_style = False
+
+    def handle_data(self, data: str) -> None:
+        if self.in_style:
+            self.found += [("style", "", url) for url in self.REMOTE.findall(data)]
+
+
+def test_the_received_mail_loads_nothing_remote_and_links_to_its_confirm_and_status_pages(client, settings):
+    """A mail client must fetch nothing to show it (no tracking pixel, no font); links are fine."""
+    assert client.post("/apply/", form_data()).status_code == 302
+    queued = OutboundEmail.objects.get(template="application-received")
+
+    addresses = Addresses()
+    addresses.feed(queued.body_html)
+
+    assert not addresses.tags & {"img", "link", "script", "iframe", "object", "embed", "video", "audio"}
+    # Any address is in a link the reader may follow, never in something the client loads.
+    assert [
+        (tag, attribute) for tag, attribute, _url in addresses.found if (tag, attribute) != ("a", "href")
+    ] == []
+    links = [url for _tag, _attribute, url in addresses.found]
+    # The confirm and status links lead to this site, in both bodies.
+    for path in ("/confirm/", "/status/"):
+        [link] = [url for url in links if url.startswith(f"{settings.SITE_URL}{path}")]
+        assert link in queued.body_text
 
 
 def test_an_address_with_a_line_break_is_rejected_and_nothing_is_queued():

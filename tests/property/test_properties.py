@@ -8,7 +8,7 @@ from urllib.parse import quote
 
 import pytest
 from django.core.exceptions import ValidationError
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from evidence.validation import DISPLAY_NAME_MAX_LENGTH, display_name
@@ -17,7 +17,7 @@ from iama_vetting.views import CSP_REPORT_MAX_ENTRIES, CSP_REPORT_TYPES
 from notifications.models import OutboundEmail
 from tests.factories import make_application
 from vetting import links
-from vetting.models import MATRIX_LOCALPART_RE, Application, validate_matrix_localpart
+from vetting.models import MATRIX_LOCALPART_RE, Application, AuditEvent, validate_matrix_localpart
 
 pytestmark = pytest.mark.django_db
 
@@ -33,20 +33,109 @@ any_text = st.one_of(
 )
 
 
-@web
-@given(st.fixed_dictionaries({}, optional={field: any_text for field in FIELDS}))
-def test_any_application_post_answers_without_error_and_stores_all_or_nothing(client, settings, data):
-    settings.RATELIMIT_ENABLE = False  # hundreds of posts from one address, on purpose
+def typed(max_size: int, min_size: int = 0) -> st.SearchStrategy[str]:
+    """What a person may type in a required field: any text with something besides spaces."""
+    characters = st.characters(codec="utf-8", exclude_characters="\x00")
+    return st.text(characters, min_size=min_size, max_size=max_size).filter(str.strip)
+
+
+label = st.text(string.ascii_lowercase + string.digits, min_size=1, max_size=10)
+emails = st.builds(
+    "{}@{}.{}".format,
+    st.lists(label, min_size=1, max_size=3).map(".".join),
+    st.lists(label, min_size=1, max_size=2).map(".".join),
+    st.sampled_from(["org", "example", "com", "pt"]),
+)
+localparts = st.text(string.ascii_lowercase + string.digits + "._=-/+", min_size=1, max_size=30).filter(
+    lambda name: not name.startswith("_")
+)
+valid_posts = st.fixed_dictionaries(
+    {
+        "full_name": typed(200),
+        "email": emails,
+        "referral": typed(2000),
+        "statement": typed(5000),
+        "consent": st.just("on"),
+    },
+    optional={
+        "matrix_username": st.just("") | localparts,
+        "phone": st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=40),
+        "website": st.just(""),
+    },
+)
+# One thing wrong with an otherwise valid application, as people (and bots) get it wrong.
+SPOILERS = {
+    "no name": ("full_name", st.sampled_from(["", "   "])),
+    "not an address": ("email", st.sampled_from(["alex", "alex@", "@example.org", "alex example.org"])),
+    "not a localpart": ("matrix_username", st.sampled_from(["Alex Smith", "_alex", "alex:example.org"])),
+    "statement too long": ("statement", typed(5100, 5001).filter(lambda text: len(text.strip()) > 5000)),
+    "no referral": ("referral", st.just("")),
+    "no consent": ("consent", st.just("")),
+    "honeypot": ("website", st.text(min_size=1, max_size=30).filter(str.strip)),
+}
+
+
+@st.composite
+def application_posts(draw) -> tuple[dict[str, str], str]:
+    """(form data, what must happen): "stored", "refused", "pretended" (the honeypot) or "either"."""
+    kind = draw(st.sampled_from(["valid", "spoiled", "anything"]))
+    if kind == "anything":
+        data = draw(st.fixed_dictionaries({}, optional={field: any_text for field in FIELDS}))
+        return {key: value.replace("\x00", "") for key, value in data.items()}, "either"
+    data = draw(valid_posts)
+    if kind == "valid":
+        return data, "stored"
+    spoiler = draw(st.sampled_from(sorted(SPOILERS)))
+    field, values = SPOILERS[spoiler]
+    data[field] = draw(values)
+    return data, "pretended" if spoiler == "honeypot" else "refused"
+
+
+def forget_every_application() -> None:
+    """What one post may have left: the application (its evidence goes with it), its mail, its audit trail."""
     Application.objects.all().delete()
-    response = client.post("/apply/", {key: value.replace("\x00", "") for key, value in data.items()})
+    OutboundEmail.objects.all().delete()
+    AuditEvent.objects.all().delete()
+
+
+VALID_POST = {
+    "full_name": "Zoë Ñandú",
+    "email": "zoe@example.org",
+    "referral": "Sam",
+    "statement": "I organise the local chapter.",
+    "consent": "on",
+}
+
+
+@web
+@given(application_posts())
+@example((VALID_POST, "stored"))
+@example(({**VALID_POST, "email": "zoe"}, "refused"))
+def test_any_application_post_answers_without_error_and_stores_all_or_nothing(client, settings, post):
+    settings.RATELIMIT_ENABLE = False  # hundreds of posts from one address, on purpose
+    data, expected = post
+    forget_every_application()
+    response = client.post("/apply/", data)
     assert response.status_code in (200, 302)
-    if response.status_code == 200 or data.get("website"):
+    stored = response.status_code == 302 and not data.get("website")
+    event(f"{expected}: {'stored' if stored else 'nothing stored'}")
+    if expected != "either":
+        assert stored == (expected == "stored"), response.content.decode()[:2000]
+    if expected == "pretended":
+        # The bot is answered like a person.
+        assert response.status_code == 302
+    if not stored:
         assert not Application.objects.exists()
         assert not OutboundEmail.objects.exists()
-    else:
-        application = Application.objects.get()
-        assert application.full_name and application.statement
-        assert OutboundEmail.objects.filter(template="application-received").count() == 1
+        assert not AuditEvent.objects.exists()
+        return
+    application = Application.objects.get()
+    assert application.full_name == data["full_name"].strip()
+    assert application.statement == data["statement"].strip()
+    assert application.email == data["email"]
+    mails = list(OutboundEmail.objects.values_list("template", "to"))
+    assert mails == [("application-received", application.email)]
+    assert AuditEvent.objects.get().action == "application.submitted"
 
 
 @given(st.text(max_size=1000))

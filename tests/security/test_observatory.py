@@ -1,7 +1,10 @@
-"""Mozilla HTTP Observatory's rules, applied to our production responses: grade A+.
+"""Our copy of the header rules of Mozilla's HTTP Observatory, applied to production responses.
 
 Each rule below is one of the Observatory's tests with its score modifier
-(MDN HTTP Observatory scoring, v2). A+ needs 100 or more out of a base of 100.
+(MDN HTTP Observatory scoring, v2), re-implemented here: not the Observatory
+itself, and not all of its tests (subresource integrity, for one, is not
+here). The test asks for no penalty from these rules and a score of 100 or
+more by them, which the Observatory grades A+.
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ def score(page, redirect, cookies) -> tuple[int, list[str]]:
 
 
 @pytest.mark.parametrize("path", ["/apply/", "/admin/login/"])
-def test_production_responses_grade_a_plus(settings, path):
+def test_production_responses_take_no_penalty_from_our_copy_of_the_observatory_header_rules(settings, path):
     settings.SECURE_SSL_REDIRECT = True
     settings.ALLOWED_HOSTS = ["rvi.example.org"]
     browser = Client(HTTP_HOST="rvi.example.org")
@@ -82,4 +85,4 @@ def test_production_responses_grade_a_plus(settings, path):
     assert page.status_code == 200
     total, penalties = score(page, redirect, page.cookies)
     assert penalties == []
-    assert total >= 100, "A+ needs 100 or more"
+    assert total >= 100, "the Observatory grades A+ from 100"

@@ -30,7 +30,8 @@ def test_date_hierarchy_past_year_9999_is_a_bad_filter_not_a_500(client, superad
     client.raise_request_exception = False
     response = client.get(f"{changelist}?{query}")
     assert response.status_code == 302
-    assert response["Location"].endswith("?e=1")
+    # The list again with Django's "bad filter" flag, not the sign-in page.
+    assert response["Location"] == f"{changelist}?e=1"
 
 
 def test_csp_violations_date_hierarchy_past_year_9999_is_a_bad_filter(client, superadmin):
@@ -38,6 +39,7 @@ def test_csp_violations_date_hierarchy_past_year_9999_is_a_bad_filter(client, su
     client.raise_request_exception = False
     response = client.get("/admin/iama_vetting/cspviolation/?last_seen__year=9999&last_seen__month=12")
     assert response.status_code == 302
+    assert response["Location"] == "/admin/iama_vetting/cspviolation/?e=1"
 
 
 def test_invitations_date_hierarchy_past_year_9999_is_a_bad_filter(client, superadmin):
@@ -45,7 +47,7 @@ def test_invitations_date_hierarchy_past_year_9999_is_a_bad_filter(client, super
     client.raise_request_exception = False
     response = client.get("/admin/vetting/invitation/?issued_at__year=9999&issued_at__month=12")
     assert response.status_code == 302
-    assert response["Location"].endswith("?e=1")
+    assert response["Location"] == "/admin/vetting/invitation/?e=1"
 
 
 def test_date_hierarchy_in_range_still_filters(client, agent):

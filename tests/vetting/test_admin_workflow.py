@@ -5,12 +5,16 @@ from __future__ import annotations
 import re
 
 import pytest
+import time_machine
 from django.utils import timezone
+from django.utils.html import escape
 
 from evidence.models import Evidence
+from notifications.models import OutboundEmail
 from tests.factories import PDF_BYTES, make_application, upload
+from tests.notifications.test_mail_privacy import mail_parts
 from tests.vetting.test_workflow import recommended_by
-from vetting import workflow
+from vetting import links, workflow
 from vetting.admin import EARLIER_APPLICATIONS_SHOWN
 from vetting.models import Application, AuditEvent, StaffNote
 
@@ -24,6 +28,16 @@ def change_url(application: Application) -> str:
 
 def buttons(page: str) -> list[str]:
     return re.findall(r'class="workflow-button[^"]*" href="[^"]+">([^<]+)</a>', page)
+
+
+def submit_action(client, application: Application, name: str, fields: dict):
+    """Open the action's confirmation page and send its form filled in, as staff do in the browser."""
+    url = f"/admin/vetting/application/{application.pk}/action/{name}/"
+    form = client.get(url).content.decode()
+    for field in fields:
+        assert f'name="{field}"' in form, f"the {name} form has no {field} field"
+    seen_status = re.search(r'name="seen_status" value="([^"]*)"', form).group(1)
+    return client.post(url, {"seen_status": seen_status, **fields}, follow=True)
 
 
 def test_agent_sees_the_claim_button_and_claims_through_a_confirmation(client, agent):
@@ -83,6 +97,87 @@ def test_reject_without_a_reason_is_refused_on_the_form(client, agent, server_ad
     assert "This field is required." in response.content.decode()
     application.refresh_from_db()
     assert application.status == Status.RECOMMENDED
+
+
+def test_rejecting_through_the_form_mails_the_applicant_the_shared_message_and_never_the_reason(
+    client, agent, server_admin
+):
+    application = recommended_by(agent)
+    client.force_login(server_admin)
+    reason = "Their referee says they were banned from another space for harassment."
+    message = "We could not verify who referred you.\nYou are welcome to apply again next year."
+
+    response = submit_action(
+        client, application, "reject", {"reason": reason, "message_to_applicant": message}
+    )
+
+    assert response.redirect_chain[-1][0] == change_url(application)
+    page = response.content.decode()
+    assert "Reject: done. The application is now rejected." in page
+    assert reason in page  # staff read the reason on the application's page
+    application.refresh_from_db()
+    assert application.status == Status.REJECTED
+    assert (application.decision_reason, application.message_to_applicant) == (reason, message)
+    assert application.decided_by == server_admin
+    [mail] = OutboundEmail.objects.all()
+    assert (mail.to, mail.template) == (application.email, "application-rejected")
+    for line in message.splitlines():
+        assert line in mail.body_text
+        assert escape(line) in mail.body_html
+    for part in mail_parts(mail):
+        assert "harassment" not in part and "banned" not in part
+
+
+def test_a_superadmin_reopens_through_the_form_and_the_typed_reason_is_in_the_audit_trail(
+    client, agent, server_admin, superadmin
+):
+    application = recommended_by(agent)
+    workflow.reject(application, server_admin, "Unclear referral", "Sorry.")
+    client.force_login(superadmin)
+    reason = "The referee called back and vouched for them on 2026-11-21."
+
+    response = submit_action(client, application, "reopen", {"reason": reason})
+
+    assert response.redirect_chain[-1][0] == change_url(application)
+    assert "Reopen: done. The application is now recommended." in response.content.decode()
+    application.refresh_from_db()
+    assert (application.status, application.decided_by) == (Status.RECOMMENDED, None)
+    event = AuditEvent.objects.get(action="application.reopened")
+    assert (event.actor, event.details["reason"]) == (superadmin, reason)
+    # Staff read it in the audit trail; the applicant never does.
+    assert reason in client.get(f"/admin/vetting/auditevent/{event.pk}/change/").content.decode()
+    for mail in OutboundEmail.objects.all():
+        assert not [part for part in mail_parts(mail) if "referee" in part]
+
+
+def test_requesting_information_through_the_form_stores_and_mails_exactly_the_typed_question(
+    client, agent, server_admin
+):
+    application = recommended_by(agent)
+    client.force_login(server_admin)
+    question = "Please send a photo of your ID card & a recent utility bill.\nA short video call works too."
+
+    response = submit_action(client, application, "request_information", {"question": question})
+
+    assert response.redirect_chain[-1][0] == change_url(application)
+    assert "Request information: done. The application is now more information requested." in (
+        response.content.decode()
+    )
+    application.refresh_from_db()
+    assert application.status == Status.INFO_REQUESTED
+    assert application.information_request == question
+    assert AuditEvent.objects.get(action="application.information_requested").details == {
+        "question": question
+    }
+    [mail] = OutboundEmail.objects.all()
+    assert (mail.to, mail.template) == (application.email, "information-requested")
+    assert question in mail.body_text
+    for line in question.splitlines():
+        assert escape(line) in mail.body_html
+    # The applicant's status page asks the same question.
+    status_page = client.get(f"/status/{links.status_token(application)}/").content.decode()
+    for line in question.splitlines():
+        assert escape(line) in status_page
 
 
 def test_four_eyes_refusal_is_shown_not_a_500(client, server_admin):
@@ -235,12 +330,29 @@ def test_an_address_with_many_earlier_applications_shows_the_most_recent_and_lin
 
     page = client.get(change_url(current)).content.decode()
 
-    newest_first = sorted(earlier, key=lambda application: application.created_at, reverse=True)
+    # Newest first; applications sent in the same instant, by their order of arrival.
+    newest_first = sorted(
+        earlier, key=lambda application: (application.created_at, application.pk), reverse=True
+    )
     shown = [application for application in earlier if f"{application.reference}</a> · " in page]
     assert shown == sorted(newest_first[:EARLIER_APPLICATIONS_SHOWN], key=earlier.index)
     link = re.search(r'<a href="([^"]+)">All applications from this e-mail address</a>', page)
     listed = client.get(link.group(1).replace("&amp;", "&")).content.decode()
     assert all(application.reference in listed for application in [*earlier, current])
+
+
+def test_earlier_applications_sent_in_the_same_instant_are_listed_newest_arrival_first(client, agent):
+    with time_machine.travel(timezone.now(), tick=False):
+        earlier = [
+            make_application(email="burst@applicant.example") for _ in range(EARLIER_APPLICATIONS_SHOWN + 2)
+        ]
+    current = make_application(email="burst@applicant.example")
+    client.force_login(agent)
+
+    page = client.get(change_url(current)).content.decode()
+
+    shown = re.findall(r'/change/">([0-9A-Z]+)</a> · ', page)
+    assert shown == [application.reference for application in reversed(earlier)][:EARLIER_APPLICATIONS_SHOWN]
 
 
 def test_the_link_to_all_applications_from_an_address_lists_the_decided_ones_too(client, agent):

@@ -99,7 +99,7 @@ def test_application_queues_received_mail_with_confirm_and_status_links(client, 
     assert "http://testserver/confirm/" not in received.body_text
     assert f"{settings.SITE_URL}/confirm/" in received.body_text
     assert f"{settings.SITE_URL}/status/" in received.body_text
-    # No mail carries the statement or the evidence.
+    # No mail carries the statement or the evidence (every mail: tests/notifications/test_mail_privacy.py).
     assert "local chapter" not in received.body_text + received.body_html
     assert "a.pdf" not in received.body_text + received.body_html
     # Staff hear of it only once the applicant confirms.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import logging
 import secrets
+import time
 from urllib.parse import quote
 
 import pytest
@@ -112,6 +113,82 @@ def test_revoking_deletes_the_token_on_synapse_so_it_no_longer_registers(
     again = workflow.reissue_invitation(application, inviting_admin)
     assert remote_token(synapse, again.token)[0] == 200
     assert register(synapse, username, again.token)[0] == 200
+
+
+def test_a_token_deleted_on_synapse_is_recorded_as_revoked_and_a_new_one_can_be_issued(
+    agent, server_admin, inviting_admin, synapse
+):
+    username = f"dana{secrets.token_hex(3)}"
+    application = approved_application(agent, server_admin, username)
+    invitation = workflow.issue_invitation(application, inviting_admin)
+    # A server admin deletes the token with Synapse's own admin API, not through us.
+    deleted, _answer = call(
+        f"{synapse.url}/_synapse/admin/v1/registration_tokens/{quote(invitation.token, safe='')}",
+        "DELETE",
+        token=synapse.admin_token,
+    )
+    assert deleted == 200
+
+    report = workflow.sync_invitations()
+
+    assert report.revoked == 1
+    invitation.refresh_from_db()
+    application.refresh_from_db()
+    assert invitation.state == Invitation.State.REVOKED
+    assert application.status == Status.APPROVED
+    assert actions(application)[-1] == "invitation.gone_on_server"
+    again = workflow.reissue_invitation(application, inviting_admin)
+    assert register(synapse, username, again.token)[0] == 200
+
+
+def test_a_token_past_its_expiry_is_refused_by_synapse_and_the_application_goes_back_for_a_reissue(
+    agent, server_admin, inviting_admin, synapse
+):
+    username = f"eli{secrets.token_hex(3)}"
+    application = approved_application(agent, server_admin, username)
+    invitation = workflow.issue_invitation(application, inviting_admin)
+    # Synapse accepts no expiry in the past: make it run out in a moment, and wait for that.
+    expires_ms = int(time.time() * 1000) + 1500
+    status, changed = call(
+        f"{synapse.url}/_synapse/admin/v1/registration_tokens/{quote(invitation.token, safe='')}",
+        "PUT",
+        {"expiry_time": expires_ms},
+        token=synapse.admin_token,
+    )
+    assert status == 200 and changed["expiry_time"] == expires_ms, changed
+    time.sleep(max(0.0, expires_ms / 1000 - time.time()) + 0.5)
+    assert register(synapse, username, invitation.token)[0] != 200  # Synapse's own refusal
+
+    report = workflow.sync_invitations()
+
+    assert report.expired == 1
+    invitation.refresh_from_db()
+    application.refresh_from_db()
+    assert invitation.state == Invitation.State.EXPIRED
+    assert application.status == Status.APPROVED
+    assert [name for name, _label in workflow.allowed_actions(application, inviting_admin)] == [
+        "reissue_invitation"
+    ]
+    again = workflow.reissue_invitation(application, inviting_admin)
+    assert register(synapse, username, again.token)[0] == 200
+
+
+def test_a_token_used_to_register_another_username_on_synapse_raises_the_staff_flag(
+    agent, server_admin, inviting_admin, synapse
+):
+    username = f"fay{secrets.token_hex(3)}"
+    application = approved_application(agent, server_admin, username)
+    invitation = workflow.issue_invitation(application, inviting_admin)
+    assert register(synapse, f"{username}-other", invitation.token)[0] == 200
+
+    report = workflow.sync_invitations()
+
+    assert (report.completed, report.mismatches) == (1, 1)
+    invitation.refresh_from_db()
+    application.refresh_from_db()
+    assert invitation.redemption_check == Invitation.Check.MISMATCH
+    assert f"no account @{username}:localhost exists" in invitation.redemption_note
+    assert application.status == Status.JOINED
 
 
 def test_a_username_taken_on_synapse_is_refused_before_issuing(agent, server_admin, inviting_admin, synapse):

@@ -331,7 +331,15 @@ def test_an_erased_application_reopened_before_that_was_refused_is_decided_witho
 
 
 @pytest.mark.parametrize(
-    "status", [Status.UNCONFIRMED, Status.SUBMITTED, Status.INFO_REQUESTED, Status.APPROVED]
+    "status",
+    [
+        Status.UNCONFIRMED,
+        Status.SUBMITTED,
+        Status.IN_REVIEW,
+        Status.INFO_REQUESTED,
+        Status.RECOMMENDED,
+        Status.APPROVED,
+    ],
 )
 def test_applicant_withdraws_an_open_application(status):
     application = make_application(status=status)
