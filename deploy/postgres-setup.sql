@@ -1,7 +1,7 @@
 -- PostgreSQL for IaMA RVI, rendered by `manage.py deploy_config`.
 -- Run once as the postgres superuser:
 --   sudo -u postgres psql -v ON_ERROR_STOP=1 -v password="'app-password'" \
---        -v owner_password="'another-password'" -f postgres-setup.sql
+--        -v owner_password="'another-password'" < postgres-setup.sql
 -- Two roles: {{ db_user }}_owner owns the schema and only runs migrations;
 -- {{ db_user }} (the app, in DATABASE_URL) may only read and write rows: it
 -- cannot create, alter or drop tables, nor create databases or roles.

@@ -7,6 +7,7 @@ variable names are an interface (README, deploy/.env.example); keep them.
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 
 import environ
@@ -27,6 +28,12 @@ def env_bool(name: str, default: bool) -> bool:
     if raw not in ("true", "false"):
         raise ImproperlyConfigured(f"{name} must be 'true' or 'false', not {raw!r}.")
     return raw == "true"
+
+
+def env_secret(name: str) -> str:
+    """A secret exactly as set, or "": django-environ would take one that starts
+    with "$" for the name of another variable (a relay's password may)."""
+    return os.environ.get(name, "")
 
 
 def env_list(name: str, default: list[str]) -> list[str]:
@@ -58,7 +65,7 @@ DEBUG = env_bool("DEBUG", default=False)
 
 # SESSION_SECRET is the name the existing deployment guide uses for the key.
 # No random fallback outside DEBUG: every worker must sign with the same key.
-SECRET_KEY = env.str("SESSION_SECRET", default="")
+SECRET_KEY = env_secret("SESSION_SECRET")
 if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured("SESSION_SECRET must be set when DEBUG is off.")
@@ -236,7 +243,7 @@ if EVIDENCE_STORAGE == "s3":
             "endpoint_url": env.str("AWS_S3_ENDPOINT_URL", default="") or None,
             # Empty: boto3 finds credentials itself (instance role, ~/.aws).
             "access_key": env.str("AWS_ACCESS_KEY_ID", default="") or None,
-            "secret_key": env.str("AWS_SECRET_ACCESS_KEY", default="") or None,
+            "secret_key": env_secret("AWS_SECRET_ACCESS_KEY") or None,
         },
     }
 elif EVIDENCE_STORAGE != "local":
@@ -283,7 +290,7 @@ except ValueError as error:
 if not SMTP_RELAY_PORTS or not all(0 < port < 65536 for port in SMTP_RELAY_PORTS):
     raise ImproperlyConfigured("SMTP_RELAY_PORTS must list at least one port between 1 and 65535.")
 SMTP_RELAY_USER = env.str("SMTP_RELAY_USER", default="support@rvi.iam-alliance.com")
-SMTP_RELAY_AUTHPW = env.str("SMTP_RELAY_AUTHPW", default="")
+SMTP_RELAY_AUTHPW = env_secret("SMTP_RELAY_AUTHPW")
 # Seconds per connect or read on each port; Django's default (none) would
 # let a silent relay hang the worker for ever.
 try:
@@ -331,7 +338,7 @@ if (len(SMTP_RELAY_PORTS) + 5) * SMTP_TIMEOUT > OUTBOX_LEASE_SECONDS:
 
 # Matrix homeserver (vetting.matrix): invitations are registration tokens on it.
 MATRIX_HOMESERVER_URL = env.str("MATRIX_HOMESERVER_URL", default="")
-MATRIX_ADMIN_TOKEN = env.str("MATRIX_ADMIN_TOKEN", default="")
+MATRIX_ADMIN_TOKEN = env_secret("MATRIX_ADMIN_TOKEN")
 MATRIX_TOKEN_VALID_DAYS = env_positive_int("MATRIX_TOKEN_VALID_DAYS", 30)
 # `synapse` (its admin API) or `mas` (Matrix Authentication Service's admin API).
 MATRIX_BACKEND = env.str("MATRIX_BACKEND", default="synapse").strip().lower()
@@ -341,7 +348,7 @@ if MATRIX_BACKEND not in ("synapse", "mas"):
 MATRIX_SERVER_NAME = env.str("MATRIX_SERVER_NAME", default="")
 MATRIX_MAS_URL = env.str("MATRIX_MAS_URL", default="")
 MATRIX_MAS_CLIENT_ID = env.str("MATRIX_MAS_CLIENT_ID", default="")
-MATRIX_MAS_CLIENT_SECRET = env.str("MATRIX_MAS_CLIENT_SECRET", default="")
+MATRIX_MAS_CLIENT_SECRET = env_secret("MATRIX_MAS_CLIENT_SECRET")
 # Normally staff hand the token over through two separate channels; only
 # when this is true does the applicant's e-mail carry it.
 MATRIX_SEND_TOKEN_TO_APPLICANT = env_bool("MATRIX_SEND_TOKEN_TO_APPLICANT", default=False)

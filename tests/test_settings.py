@@ -154,3 +154,33 @@ def test_lists_may_have_spaces_after_the_commas_and_a_trailing_comma():
     settings = json.loads(result.stdout)
     assert settings["ALLOWED_HOSTS"] == ["rvi.example.org", "www.rvi.example.org"]
     assert settings["CSRF_TRUSTED_ORIGINS"] == ["https://rvi.example.org", "https://www.rvi.example.org"]
+
+
+def test_secrets_starting_with_a_dollar_sign_are_read_as_they_are():
+    """django-environ reads "$name" as a reference to another variable; a password may start with "$"."""
+    secrets_as_set = {
+        "SESSION_SECRET": "$" + "s" * 50,
+        "SMTP_RELAY_AUTHPW": "$xyzpw",
+        "MATRIX_ADMIN_TOKEN": "$syt_token",
+    }
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import json, django; from django.conf import settings; django.setup(); "
+            "print(json.dumps([settings.SECRET_KEY, settings.SMTP_RELAY_AUTHPW, settings.MATRIX_ADMIN_TOKEN]))",
+        ],
+        cwd=PROJECT_DIR,
+        env={
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "iama_vetting.settings",
+            "DEBUG": "false",
+            "ALLOWED_HOSTS": "rvi.example.org",
+            **secrets_as_set,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == list(secrets_as_set.values())

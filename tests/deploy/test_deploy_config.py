@@ -89,7 +89,7 @@ def test_backup_runs_daily_at_two_and_purge_daily(tmp_path):
     out = render(tmp_path / "out")
     assert "OnCalendar=hourly\n" in (out / "systemd" / "rvi-sync-invitations.timer").read_text()
     assert "OnCalendar=*-*-* 03:30:00 UTC\n" in (out / "systemd" / "rvi-purge-unconfirmed.timer").read_text()
-    assert "OnCalendar=*-*-* 02:00:00 UTC\n" in (out / "systemd" / "rvi-backup.timer").read_text()
+    assert "OnCalendar=*-*-* 01:30:00 UTC\n" in (out / "systemd" / "rvi-backup.timer").read_text()
     assert "OnCalendar=*-*-* 04:30:00 UTC\n" in (out / "systemd" / "rvi-purge-evidence.timer").read_text()
 
 

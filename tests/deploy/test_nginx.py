@@ -97,6 +97,9 @@ def test_plain_http_is_sent_to_https_with_301(site):
     response = requests.get(site.http_url + "/apply/?x=1", allow_redirects=False, timeout=10)
     assert response.status_code == 301
     assert response.headers["Location"] == f"https://127.0.0.1:{site.https_port}/apply/?x=1"
+    # Neither server tells its version.
+    assert response.headers["Server"] == "nginx"
+    assert site.get("/apply/").headers["Server"] == "nginx"
 
 
 def test_public_page_over_https_carries_hsts_exactly_once(site):
