@@ -503,6 +503,9 @@ LOGGING = {
 
 # Operations (deploy/README.md). Backups land in BACKUP_DIR (0600 files).
 BACKUP_DIR = Path(env.str("BACKUP_DIR", default=str(BASE_DIR / "backups"))).resolve()
+# `backup --verify` restores into a scratch database made with this role (it
+# may CREATE DATABASE); from the env file, as its password must not be on a command line.
+BACKUP_SCRATCH_DATABASE_URL = env.str("BACKUP_SCRATCH_DATABASE_URL", default="")
 # Maintenance mode is a file, not a row: every worker sees it, and it still
 # works while the database is down for the very maintenance it announces.
 MAINTENANCE_FILE = Path(env.str("MAINTENANCE_FILE", default=str(BASE_DIR / "maintenance.json"))).resolve()

@@ -187,6 +187,20 @@ def test_postgres_backup_then_verify_round_trip(tmp_path):
     assert "Backup verified" in verified.getvalue()
 
 
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_verify_makes_its_scratch_database_with_the_role_of_the_setting(tmp_path, settings):
+    """The role comes from the env file, so its password never is on a command line."""
+    make_application()
+    run_backup("--dir", str(tmp_path))
+    host, port = connection.settings_dict["HOST"], connection.settings_dict["PORT"] or 5432
+    settings.BACKUP_SCRATCH_DATABASE_URL = f"postgres://rvi_no_such_role:s3cret-pw@{host}:{port}/postgres"
+    with pytest.raises(CommandError) as refused:
+        call_command("backup", "--verify", str(database_backup(tmp_path)), stdout=io.StringIO())
+    assert "rvi_no_such_role" in str(refused.value)
+    assert "s3cret-pw" not in str(refused.value)
+
+
 def documented_restore_command() -> str:
     """The pg_restore line of deploy/README.md's "Backups and restore", continuation lines joined."""
     guide = (settings.BASE_DIR / "deploy" / "README.md").read_text()

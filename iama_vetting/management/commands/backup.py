@@ -124,13 +124,13 @@ class Command(BaseCommand):
         parser.add_argument("--verify", type=Path, metavar="FILE", help="Check this database backup instead.")
         parser.add_argument(
             "--scratch-url",
-            help="PostgreSQL only: a role allowed to CREATE DATABASE for --verify "
-            "(default: the configured database's own role).",
+            help="PostgreSQL only: a role allowed to CREATE DATABASE for --verify (default: "
+            "BACKUP_SCRATCH_DATABASE_URL, else the configured database's own role).",
         )
 
     def handle(self, *args, **options) -> None:
         if options["verify"]:
-            self.verify(options["verify"], options["scratch_url"])
+            self.verify(options["verify"], options["scratch_url"] or settings.BACKUP_SCRATCH_DATABASE_URL)
             return
         if options["keep_days"] < 1:
             raise CommandError("--keep-days must be at least 1.")
