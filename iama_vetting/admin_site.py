@@ -22,6 +22,7 @@ from django.contrib.admin.views.main import ChangeList
 from django.contrib.auth import logout
 from django.contrib.auth.views import redirect_to_login
 from django.db import transaction
+from django.db.models.base import ModelBase
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import path, reverse
@@ -41,6 +42,11 @@ from vetting import audit
 logger = logging.getLogger(__name__)
 
 BACKUP_CODE_COUNT = 10
+# django-otp's plugins register admins for their devices: they show TOTP keys
+# and backup codes as editable fields and let one person enrol a device for
+# another. People enrol themselves (two_factor_setup below); a lost phone is
+# "Reset second factor" on the staff accounts page (vetting.admin_staff).
+UNLISTED_APPS = {"otp_totp", "otp_static"}
 WRONG_CODE = _("That code is not right, or it was used already. Wait for the next code and try again.")
 
 
@@ -99,6 +105,12 @@ class CodeForm(forms.Form):
 class StaffAdminSite(admin.AdminSite):
     site_header = _("IaMA RVI staff")
     site_title = _("IaMA RVI staff")
+
+    def register(self, model_or_iterable, admin_class=None, **options) -> None:
+        models = [model_or_iterable] if isinstance(model_or_iterable, ModelBase) else model_or_iterable
+        listed = [model for model in models if model._meta.app_label not in UNLISTED_APPS]
+        if listed:
+            super().register(listed, admin_class, **options)
 
     def has_permission(self, request: HttpRequest) -> bool:
         return super().has_permission(request) and not self.needs_second_factor(request)

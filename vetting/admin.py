@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+from datetime import UTC
 from urllib.parse import urlencode
 
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, OuterRef, Q, Subquery
-from django.db.models.functions import Coalesce
+from django.db.models import Case, CharField, Count, IntegerField, OuterRef, Q, Subquery, When
+from django.db.models.functions import Cast, Coalesce
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
@@ -20,6 +21,8 @@ from iama_vetting.admin_site import CheckedFilters
 from vetting import (
     admin_invitations,  # noqa: F401  (registers the invitation list)
     admin_staff,  # noqa: F401  (registers the staff accounts page)
+    matrix,
+    roles,
     workflow,
 )
 from vetting.admin_readonly import ReadOnlyModelAdmin
@@ -31,8 +34,9 @@ from vetting.forms import (
     RevokeInvitationForm,
     StaffApplicationForm,
     VerificationForm,
+    score_display,
 )
-from vetting.models import Application, AuditEvent, StaffNote
+from vetting.models import Application, AuditEvent, Invitation, StaffNote
 from vetting.views import STORAGE_FAILED_MESSAGE
 
 
@@ -45,9 +49,10 @@ class StatusFilter(admin.SimpleListFilter):
     ALL = "all"
 
     def lookups(self, request, model_admin):
-        return [(self.OPEN, _("Open (needs action)")), (self.ALL, _("All"))] + list(
-            Application.Status.choices
-        )
+        statuses = Application.Status.choices
+        if not roles.sees_every_application(request.user):
+            statuses = [(value, label) for value, label in statuses if value in roles.INVITING_ADMIN_STATUSES]
+        return [(self.OPEN, _("Open (needs action)")), (self.ALL, _("All"))] + list(statuses)
 
     def value(self):
         return super().value() or self.OPEN
@@ -131,6 +136,9 @@ VERIFICATION_FIELDS = [
     "verification_recorded_at",
 ]
 
+# Their confirmation pages show the verification being decided on.
+DECISION_ACTIONS = ("approve", "reject", "request_information")
+
 # Per staff transition: the form its confirmation page asks for (None: a plain
 # "are you sure"), and how to call vetting.workflow with the cleaned data.
 ACTION_FORMS: dict[str, type[forms.Form] | None] = {
@@ -148,16 +156,20 @@ ACTION_FORMS: dict[str, type[forms.Form] | None] = {
 
 
 def _initial(name: str, application: Application) -> dict:
-    """What the confirmation form starts with: the username asked for, or the one assigned before."""
+    """What the confirmation form starts with: the verification recorded before, or the
+    username asked for (or the one assigned before)."""
+    if name == "record_verification":
+        return VerificationForm.initial_from(application)
     if name not in ("issue_invitation", "reissue_invitation"):
         return {}
     earlier = application.invitations.order_by("-issued_at").first()
     return {"matrix_username": earlier.matrix_username if earlier else application.matrix_username}
 
 
-def _run_transition(name: str, application: Application, user, data: dict, request: HttpRequest) -> None:
+def _run_transition(name: str, application: Application, user, data: dict, request: HttpRequest):
+    """Call the workflow function for `name`; returns what it returns (the invitation, for issuing)."""
     if name == "record_verification":
-        workflow.record_verification(
+        return workflow.record_verification(
             application,
             user,
             identity_verified=data["identity_verified"],
@@ -169,18 +181,52 @@ def _run_transition(name: str, application: Application, user, data: dict, reque
             notes=data["verification_notes"],
             request=request,
         )
-    elif name == "request_information":
-        workflow.request_information(application, user, data["question"], request=request)
-    elif name == "reject":
-        workflow.reject(application, user, data["reason"], data["message_to_applicant"], request=request)
-    elif name == "reopen":
-        workflow.reopen(application, user, data["reason"], request=request)
-    elif name in ("issue_invitation", "reissue_invitation"):
-        getattr(workflow, name)(application, user, data["matrix_username"], request=request)
-    elif name == "revoke_invitation":
-        workflow.revoke_invitation(application, user, data["reason"], request=request)
+    if name == "request_information":
+        return workflow.request_information(application, user, data["question"], request=request)
+    if name == "reject":
+        return workflow.reject(
+            application, user, data["reason"], data["message_to_applicant"], request=request
+        )
+    if name == "reopen":
+        return workflow.reopen(application, user, data["reason"], request=request)
+    if name in ("issue_invitation", "reissue_invitation"):
+        return getattr(workflow, name)(application, user, data["matrix_username"], request=request)
+    if name == "revoke_invitation":
+        return workflow.revoke_invitation(application, user, data["reason"], request=request)
+    return getattr(workflow, name)(application, user, request=request)
+
+
+def audit_url(application: Application) -> str:
+    """The audit list showing this application's events (its own and its evidence's)."""
+    query = urlencode({ApplicationEventsFilter.parameter_name: application.reference})
+    return f"{reverse('admin:vetting_auditevent_changelist')}?{query}"
+
+
+def _handover(invitation: Invitation, application: Application, user) -> str:
+    """After issuing: the username, the date to tell the person, and where the token went."""
+    parts = [
+        _("Username: %(user_id)s. Tell the person the token works until %(date)s UTC.")
+        % {
+            "user_id": invitation.user_id(matrix.server_name()),
+            "date": invitation.tell_by.astimezone(UTC).strftime("%Y-%m-%d %H:%M"),
+        }
+    ]
+    if user.email:
+        parts.append(
+            _("The token and the next steps are being mailed to you at %(email)s.") % {"email": user.email}
+        )
     else:
-        getattr(workflow, name)(application, user, request=request)
+        parts.append(
+            _("No mail was sent: your account has no e-mail address. The token is on the invitation's page.")
+        )
+    if workflow.token_mailed_to_applicant(application):
+        parts.append(_("The token is also being mailed to the applicant."))
+    return format_html(
+        '{} <a href="{}">{}</a>',
+        " ".join(str(part) for part in parts),
+        reverse("admin:vetting_invitation_change", args=[invitation.pk]),
+        _("Open the invitation"),
+    )
 
 
 @admin.register(Application)
@@ -230,7 +276,13 @@ class ApplicationAdmin(CheckedFilters, admin.ModelAdmin):
             .annotate(total=Count("pk"))
             .values("total")
         )
-        return super().get_queryset(request).annotate(evidence_total=Coalesce(Subquery(evidence_total), 0))
+        queryset = (
+            super().get_queryset(request).annotate(evidence_total=Coalesce(Subquery(evidence_total), 0))
+        )
+        if not roles.sees_every_application(request.user):
+            # Lists, pages, actions and search all go through here: nothing else to hide.
+            queryset = queryset.filter(status__in=roles.INVITING_ADMIN_STATUSES)
+        return queryset
 
     @admin.display(description=_("evidence"), ordering="evidence_total")
     def evidence_count(self, application: Application) -> int:
@@ -290,6 +342,11 @@ class ApplicationAdmin(CheckedFilters, admin.ModelAdmin):
         )
 
     def get_fieldsets(self, request, obj=None):
+        if not roles.sees_every_application(request.user):
+            # An inviting admin's earlier applications would name ones outside their list (rejected...).
+            return [
+                fieldset for fieldset in self.fieldsets if "earlier_applications" not in fieldset[1]["fields"]
+            ]
         if request.user.has_perm("vetting.view_invitation"):
             return self.fieldsets
         # Agents may not open invitations: the same list, without links that would answer 403.
@@ -353,13 +410,24 @@ class ApplicationAdmin(CheckedFilters, admin.ModelAdmin):
         # `obj` is the application the change view already loaded: no second query for it.
         if obj is not None:
             context["transitions"] = workflow.allowed_actions(obj, request.user)
+            # An action the role allows but this person may not take (four-eyes...): said, not just missing.
+            context["refusals"] = workflow.refusals(obj, request.user)
             context["notes"] = obj.notes.select_related("author")
+            # In place of Django's History, which lists admin edits: applications are never edited here.
+            context["audit_url"] = audit_url(obj) if request.user.has_perm("vetting.view_auditevent") else ""
             # Newest first (the model's ordering); two queries whatever the number of answers.
             context["information_replies"] = obj.information_replies.prefetch_related("evidence")
             # Without it the evidence inline is hidden too: the answers then only count their files.
             context["can_view_evidence"] = request.user.has_perm("evidence.view_evidence")
             context["can_add_note"] = request.user.has_perm("vetting.add_staffnote")
         return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def history_view(self, request, object_id, extra_context=None):
+        """An application's history is its audit trail (for those who may read it)."""
+        application = self._application_or_404(request, object_id)
+        if not request.user.has_perm("vetting.view_auditevent"):
+            raise PermissionDenied
+        return redirect(audit_url(application))
 
     def _application_or_404(self, request, object_id) -> Application:
         application = self.get_object(request, object_id)
@@ -381,19 +449,19 @@ class ApplicationAdmin(CheckedFilters, admin.ModelAdmin):
             if seen_status in Application.Status.values:
                 application.status = seen_status
             try:
-                _run_transition(name, application, request.user, form.cleaned_data if form else {}, request)
+                result = _run_transition(
+                    name, application, request.user, form.cleaned_data if form else {}, request
+                )
             except workflow.WorkflowError as error:
                 self.message_user(request, str(error), messages.ERROR)
             else:
-                self.message_user(
-                    request,
-                    _("%(action)s: done. The application is now %(status)s.")
-                    % {
-                        "action": workflow.STAFF_TRANSITIONS[name].label,
-                        "status": application.get_status_display().lower(),
-                    },
-                    messages.SUCCESS,
-                )
+                done = _("%(action)s: done. The application is now %(status)s.") % {
+                    "action": workflow.STAFF_TRANSITIONS[name].label,
+                    "status": application.get_status_display().lower(),
+                }
+                if isinstance(result, Invitation):
+                    done = format_html("{} {}", done, _handover(result, application, request.user))
+                self.message_user(request, done, messages.SUCCESS)
             return redirect(change_url)
         context = {
             **self.admin_site.each_context(request),
@@ -405,6 +473,15 @@ class ApplicationAdmin(CheckedFilters, admin.ModelAdmin):
             "change_url": change_url,
             "refusal": workflow.guard_reason(name, application, request.user),
         }
+        if name in DECISION_ACTIONS:
+            context["decision"] = True
+            context["score"] = score_display(application.score)
+            context["warning"] = workflow.decision_warning(name, application)
+        if name in DECISION_ACTIONS or name == "record_verification":
+            # Newest first (the model's ordering): what the applicant last told staff.
+            context["latest_answer"] = application.information_replies.prefetch_related("evidence").first()
+        if name == "record_verification" and application.verification_recorded_at is not None:
+            context["earlier_verification"] = True
         return TemplateResponse(request, "admin/vetting/application/transition.html", context)
 
     def add_note_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
@@ -475,15 +552,90 @@ class ApplicationAdmin(CheckedFilters, admin.ModelAdmin):
         return request.user.has_perm("vetting.claim_application")
 
 
+def _events_of(applications) -> Q:
+    """The audit events about these applications: their own, and their evidence's (downloads, previews).
+
+    Two queries, whatever the number of events: events name their target by
+    type and id as text (vetting.audit), so the ids are looked up first.
+    """
+    pks = [str(pk) for pk in applications.values_list("pk", flat=True)]
+    evidence = [
+        str(pk) for pk in Evidence.objects.filter(application_id__in=pks).values_list("pk", flat=True)
+    ]
+    return Q(target_type="application", target_id__in=pks) | Q(target_type="evidence", target_id__in=evidence)
+
+
+class ApplicationEventsFilter(admin.SimpleListFilter):
+    """`?application=<reference>`: one application's trail (the link on the application's page)."""
+
+    title = _("application")
+    parameter_name = "application"
+
+    def lookups(self, request, model_admin):
+        # Never a list of every application: only the one asked for, shown so it can be cleared.
+        reference = request.GET.get(self.parameter_name, "").strip()
+        return [(reference, reference)] if reference else []
+
+    def queryset(self, request, queryset):
+        if not self.value():
+            return queryset
+        return queryset.filter(_events_of(Application.objects.filter(reference=self.value().strip().upper())))
+
+
 @admin.register(AuditEvent)
 class AuditEventAdmin(CheckedFilters, ReadOnlyModelAdmin):
     """The audit trail: readable by permitted staff, changeable by nobody, superusers included."""
 
-    list_display = ["created_at", "actor_kind", "actor_name", "action", "target_type", "target_id", "ip"]
-    list_filter = ["action", "actor_kind", ("actor", admin.RelatedOnlyFieldListFilter)]
+    list_display = ["created_at", "actor_kind", "actor_name", "action", "target", "ip"]
+    list_filter = [
+        ApplicationEventsFilter,
+        "action",
+        "actor_kind",
+        ("actor", admin.RelatedOnlyFieldListFilter),
+    ]
+    # An application's reference finds its events too (get_search_results).
     search_fields = ["action", "actor_name", "target_id"]
+    search_help_text = _("Action, staff username, target id, or an application's reference.")
     date_hierarchy = "created_at"
-    readonly_fields = [field.name for field in AuditEvent._meta.fields]
+    readonly_fields = [field.name for field in AuditEvent._meta.fields] + ["target"]
+
+    def get_queryset(self, request):
+        # The reference of an application target, in the list's own query: no query per row.
+        # Only application targets have integer ids; the CASE keeps the cast away from the others.
+        reference = Application.objects.filter(pk=Cast(OuterRef("target_id"), IntegerField())).values(
+            "reference"
+        )[:1]
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                target_reference=Case(
+                    When(target_type="application", then=Subquery(reference)), output_field=CharField()
+                )
+            )
+        )
+
+    def get_search_results(self, request, queryset, search_term):
+        results, may_have_duplicates = super().get_search_results(request, queryset, search_term)
+        references = [term.upper() for term in search_term.split()]
+        if references:
+            results |= queryset.filter(_events_of(Application.objects.filter(reference__in=references)))
+        return results, may_have_duplicates
+
+    @admin.display(description=_("target"), ordering="target_id")
+    def target(self, event: AuditEvent) -> str:
+        if event.target_type == "application" and event.target_reference:
+            return format_html(
+                '<a href="{}">{} {}</a>',
+                reverse("admin:vetting_application_change", args=[event.target_id]),
+                _("application"),
+                event.target_reference,
+            )
+        # A purged application keeps its reference in its last event; evidence names its application.
+        reference = event.details.get("reference") or event.details.get("application")
+        if reference:
+            return f"{event.target_type} {event.target_id} ({reference})"
+        return f"{event.target_type} {event.target_id}".strip()
 
 
 @admin.register(StaffNote)
@@ -493,3 +645,10 @@ class StaffNoteAdmin(ReadOnlyModelAdmin):
     list_display = ["application", "author", "created_at"]
     list_select_related = ["application", "author"]
     readonly_fields = ["application", "author", "text", "created_at"]
+
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request)
+        if not roles.sees_every_application(request.user):
+            # The same applications as on their application list (ApplicationAdmin.get_queryset).
+            queryset = queryset.filter(application__status__in=roles.INVITING_ADMIN_STATUSES)
+        return queryset

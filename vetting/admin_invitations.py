@@ -11,10 +11,13 @@ from __future__ import annotations
 import json
 
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.contrib.admin.utils import display_for_value
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
@@ -22,9 +25,17 @@ from django.utils.translation import gettext_lazy as _
 from iama_vetting.admin_site import CheckedFilters
 from vetting import matrix, workflow
 from vetting.admin_readonly import ReadOnlyModelAdmin
+from vetting.forms import RevokeInvitationForm
 from vetting.models import Application, Invitation
 
 ISSUE_PERMISSION = "vetting.issue_invitation"
+
+# Why a ticked invitation that is no longer live is left alone by "Revoke selected invitations".
+NOT_REVOCABLE = {
+    Invitation.State.COMPLETED: _("already used"),
+    Invitation.State.EXPIRED: _("expired"),
+    Invitation.State.REVOKED: _("already revoked"),
+}
 
 
 def _may_see_tokens(request: HttpRequest) -> bool:
@@ -117,8 +128,9 @@ class InvitationAdmin(CheckedFilters, ReadOnlyModelAdmin):
         return f"{invitation.pending_uses} / {invitation.completed_uses}"
 
     @admin.display(description=_("date told to the person"))
-    def tell_by(self, invitation: Invitation):
-        return invitation.tell_by
+    def tell_by(self, invitation: Invitation) -> str:
+        # A property, not a field: without this the detail page would print the raw datetime.
+        return display_for_value(invitation.tell_by, self.get_empty_value_display())
 
     @admin.display(description=_("redeemed check"), ordering="redemption_check")
     def redeemed(self, invitation: Invitation) -> str:
@@ -190,12 +202,70 @@ class InvitationAdmin(CheckedFilters, ReadOnlyModelAdmin):
         return list(Application.objects.filter(pk__in=queryset.values("application_id")))
 
     @admin.action(description=_("Revoke selected invitations"), permissions=["issue"])
-    def revoke_selected(self, request, queryset) -> None:
-        self._bulk(
-            request,
-            self._applications(queryset.filter(state=Invitation.State.PENDING)),
-            workflow.revoke_invitation,
+    def revoke_selected(self, request, queryset) -> HttpResponse | None:
+        """Like delete_selected: a confirmation page with the reason first, then the workflow for each."""
+        invitations = list(queryset.select_related("application").order_by("application__reference"))
+        live = [invitation for invitation in invitations if invitation.state == Invitation.State.PENDING]
+        left_alone = [
+            f"{self._name(invitation)}: {NOT_REVOCABLE[invitation.state]}"
+            for invitation in invitations
+            if invitation.state != Invitation.State.PENDING
+        ]
+        if not live:
+            self.message_user(
+                request,
+                _("Nothing was revoked: none of the selected invitations is live (%(why)s).")
+                % {"why": "; ".join(left_alone)},
+                messages.WARNING,
+            )
+            return None
+        form = RevokeInvitationForm(request.POST if request.POST.get("post") == "yes" else None)
+        if not form.is_valid():
+            return self._revoke_confirmation(request, invitations, live, left_alone, form)
+        done, refused = 0, []
+        for invitation in live:
+            try:
+                workflow.revoke_invitation(
+                    invitation.application, request.user, form.cleaned_data["reason"], request=request
+                )
+            except workflow.WorkflowError as error:
+                refused.append(f"{self._name(invitation)}: {error}")
+            else:
+                done += 1
+        if done:
+            self.message_user(
+                request, _("Revoked %(count)d invitation(s).") % {"count": done}, messages.SUCCESS
+            )
+        if left_alone or refused:
+            self.message_user(
+                request,
+                # The workflow's messages end in a full stop; one at the very end is enough.
+                _("Not revoked: %(names)s.")
+                % {"names": "; ".join(n.rstrip(".") for n in left_alone + refused)},
+                messages.WARNING,
+            )
+        return None
+
+    def _revoke_confirmation(self, request, invitations, live, left_alone, form) -> TemplateResponse:
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": _("Revoke the selected invitations?"),
+            # Every ticked id goes back, so what was left alone is named again after the revoke.
+            "selected": invitations,
+            "live": live,
+            "left_alone": left_alone,
+            "form": form,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "media": self.media,
+        }
+        return TemplateResponse(
+            request, "admin/vetting/invitation/revoke_selected_confirmation.html", context
         )
+
+    @staticmethod
+    def _name(invitation: Invitation) -> str:
+        return f"{invitation.application.reference} ({invitation.matrix_username})"
 
     @admin.action(description=_("Re-issue selected invitations (expired or revoked)"), permissions=["issue"])
     def reissue_selected(self, request, queryset) -> None:

@@ -15,10 +15,13 @@ from django.contrib.auth.admin import UserAdmin
 from django.contrib.auth.views import PasswordResetConfirmView
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
+from django.db.models import BooleanField, Exists, ExpressionWrapper, OuterRef, Q
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.translation import gettext_lazy as _
+from django_otp.plugins.otp_static.models import StaticDevice
+from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from vetting import audit, roles, workflow
 from vetting.forms import StaffAccountForm
@@ -31,15 +34,57 @@ SERVER_ADMIN_FIELDSETS = [
 ]
 # The e-mail address receives the password-reset link: whoever could change it could take the account.
 SERVER_ADMIN_READONLY = ["username", "email", "is_active", "groups", "last_login", "date_joined"]
+# Approving, deactivating and reactivating are workflow steps with their own
+# audit events, which tell an account awaiting approval from a deactivated one:
+# so is_active is never a checkbox, not even for superadmins.
+SUPERADMIN_READONLY = ["is_active", "last_login", "date_joined"]
+
+
+class AccountStateFilter(admin.SimpleListFilter):
+    title = _("account")
+    parameter_name = "account"
+
+    def lookups(self, request, model_admin):
+        return [
+            ("active", _("Active")),
+            ("awaiting", _("Awaiting approval")),
+            ("deactivated", _("Deactivated")),
+        ]
+
+    def queryset(self, request, queryset):
+        # The queryset carries StaffUserAdmin.get_queryset's `awaiting_approval`.
+        if self.value() == "active":
+            return queryset.filter(is_active=True)
+        if self.value() == "awaiting":
+            return queryset.filter(awaiting_approval=True)
+        if self.value() == "deactivated":
+            return queryset.filter(is_active=False, awaiting_approval=False)
+        return queryset
 
 
 class StaffUserAdmin(UserAdmin):
-    list_display = ["username", "email", "is_active", "is_superuser", "role_names", "last_login"]
-    list_filter = ["is_active", "is_superuser", "groups"]
-    actions = ["approve_accounts"]
+    list_display = [
+        "username",
+        "email",
+        "account_state",
+        "second_factor",
+        "is_superuser",
+        "role_names",
+        "last_login",
+    ]
+    list_filter = [AccountStateFilter, "is_superuser", "groups"]
+    actions = ["approve_accounts", "reactivate_accounts", "reset_second_factor"]
 
     def get_queryset(self, request):
-        queryset = super().get_queryset(request).prefetch_related("groups")
+        queryset = workflow.with_account_state(super().get_queryset(request)).annotate(
+            # As django_otp.user_has_device: a confirmed device of any kind.
+            has_second_factor=ExpressionWrapper(
+                Q(Exists(TOTPDevice.objects.filter(user=OuterRef("pk"), confirmed=True)))
+                | Q(Exists(StaticDevice.objects.filter(user=OuterRef("pk"), confirmed=True))),
+                output_field=BooleanField(),
+            )
+        )
+        queryset = queryset.prefetch_related("groups")
         if request.user.is_superuser:
             return queryset
         return queryset.filter(groups__name=roles.group_name(roles.VETTING_AGENT), is_superuser=False)
@@ -48,6 +93,16 @@ class StaffUserAdmin(UserAdmin):
     def role_names(self, user) -> str:
         return ", ".join(group.name for group in user.groups.all())
 
+    @admin.display(description=_("account"))
+    def account_state(self, user) -> str:
+        if user.is_active:
+            return _("active")
+        return _("awaiting approval") if user.awaiting_approval else _("deactivated")
+
+    @admin.display(description=_("second factor"))
+    def second_factor(self, user) -> str:
+        return _("set up") if user.has_second_factor else _("not set up")
+
     def get_fieldsets(self, request, obj=None):
         if request.user.is_superuser:
             return super().get_fieldsets(request, obj)
@@ -55,7 +110,7 @@ class StaffUserAdmin(UserAdmin):
 
     def get_readonly_fields(self, request, obj=None):
         if request.user.is_superuser:
-            return ["last_login", "date_joined"]
+            return SUPERADMIN_READONLY
         # Activating is approval, which only a superadmin gives.
         return SERVER_ADMIN_READONLY
 
@@ -178,17 +233,35 @@ class StaffUserAdmin(UserAdmin):
         actions.pop("delete_selected", None)
         return actions
 
-    @admin.action(description=_("Approve selected accounts"), permissions=["approve"])
-    def approve_accounts(self, request, queryset) -> None:
+    def _each(self, request, queryset, step, done: str) -> None:
+        """Run a workflow step for each selected account, with a message for each."""
         for user in queryset:
             try:
-                workflow.approve_staff_account(user, request.user, request=request)
+                step(user, request.user, request=request)
             except workflow.WorkflowError as error:
                 self.message_user(request, str(error), messages.WARNING)
             else:
-                self.message_user(request, _("%(username)s approved.") % {"username": user.username})
+                self.message_user(request, done % {"username": user.username})
 
-    def has_approve_permission(self, request) -> bool:
+    @admin.action(description=_("Approve selected accounts"), permissions=["superadmin"])
+    def approve_accounts(self, request, queryset) -> None:
+        self._each(request, queryset, workflow.approve_staff_account, _("%(username)s approved."))
+
+    @admin.action(description=_("Reactivate selected accounts"), permissions=["superadmin"])
+    def reactivate_accounts(self, request, queryset) -> None:
+        self._each(request, queryset, workflow.reactivate_staff_account, _("%(username)s reactivated."))
+
+    @admin.action(description=_("Reset second factor"), permissions=["superadmin"])
+    def reset_second_factor(self, request, queryset) -> None:
+        self._each(
+            request,
+            queryset,
+            workflow.reset_second_factor,
+            _("%(username)s's second factor was reset: they set up a new one at their next sign-in."),
+        )
+
+    def has_superadmin_permission(self, request) -> bool:
+        # Approving, reactivating, resetting a second factor (the workflow checks too).
         return request.user.is_superuser
 
 

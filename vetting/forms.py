@@ -6,10 +6,13 @@ from django import forms
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import PasswordResetForm
+from django.utils import timezone
 from django.utils.formats import number_format
+from django.utils.text import format_lazy
 from django.utils.translation import gettext_lazy as _
 
 from evidence.validation import ALLOWED_TYPES, ValidatedUpload, display_name, validate_upload
+from vetting import workflow
 from vetting.models import MATRIX_LOCALPART_MAX_LENGTH, Application, validate_matrix_localpart
 
 EVIDENCE_SLOTS = range(1, settings.EVIDENCE_MAX_FILES + 1)
@@ -199,18 +202,83 @@ class AddInformationForm(EvidenceFieldsMixin, forms.Form):
         return cleaned_data
 
 
+# What the verification score means (DESIGN.md only says 1–5): shown in the form's
+# choices and beside the score on the decision pages.
+SCORE_MEANINGS = {
+    1: _("serious doubts"),
+    2: _("some doubts"),
+    3: _("no strong view either way"),
+    4: _("confident"),
+    5: _("fully confident"),
+}
+# Nothing is chosen for the agent: a form that starts at "In person, 1, Approve"
+# saves exactly that when only the date and place are filled in.
+NOTHING_CHOSEN = [("", "---------")]
+
+
+def score_display(score: int | None) -> str:
+    return f"{score} – {SCORE_MEANINGS[score]}" if score in SCORE_MEANINGS else ""
+
+
 class VerificationForm(forms.Form):
     identity_verified = forms.BooleanField(required=False, label=_("Identity verified"))
-    verification_method = forms.ChoiceField(label=_("Method"), choices=Application.VerificationMethod.choices)
+    verification_method = forms.ChoiceField(
+        label=_("Method"), choices=NOTHING_CHOSEN + Application.VerificationMethod.choices
+    )
     verified_on = forms.DateField(
-        label=_("Date (YYYY-MM-DD)"), widget=forms.DateInput(attrs={"type": "date"})
+        label=_("Date (YYYY-MM-DD)"),
+        initial=timezone.localdate,
+        # A date input takes ISO dates only, whatever the language's own date format.
+        widget=forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d"),
     )
     verification_location = forms.CharField(label=_("Location (city / platform)"), max_length=200)
-    score = forms.TypedChoiceField(label=_("Score"), coerce=int, choices=[(n, str(n)) for n in range(1, 6)])
-    recommendation = forms.ChoiceField(label=_("Recommendation"), choices=Application.Recommendation.choices)
+    score = forms.TypedChoiceField(
+        label=_("Score"),
+        coerce=int,
+        empty_value=None,
+        choices=NOTHING_CHOSEN
+        + [(score, format_lazy("{} – {}", score, meaning)) for score, meaning in SCORE_MEANINGS.items()],
+        help_text=_(
+            "How sure you are, after verifying, that this person is who they say and belongs in the "
+            "community: from 1, serious doubts, to 5, fully confident."
+        ),
+    )
+    recommendation = forms.ChoiceField(
+        label=_("Recommendation"), choices=NOTHING_CHOSEN + Application.Recommendation.choices
+    )
     verification_notes = forms.CharField(
         label=_("Notes"), required=False, widget=forms.Textarea(attrs={"rows": 4})
     )
+
+    @classmethod
+    def initial_from(cls, application: Application) -> dict:
+        """What the form starts with: the verification recorded before, if any.
+
+        An application back from a request for information was verified once;
+        the agent corrects that record rather than typing it again. Its date
+        stays the date of that verification until the agent changes it.
+        """
+        if application.verification_recorded_at is None:
+            return {}
+        return {
+            "identity_verified": application.identity_verified,
+            "verification_method": application.verification_method,
+            "verified_on": application.verified_on,
+            "verification_location": application.verification_location,
+            "score": application.score,
+            "recommendation": application.recommendation,
+            "verification_notes": application.verification_notes,
+        }
+
+    def clean(self) -> dict:
+        cleaned_data = super().clean()
+        # The workflow refuses it too; said here, next to the field, before anything is sent.
+        refusal = workflow.recommendation_refusal(
+            cleaned_data.get("identity_verified", False), cleaned_data.get("recommendation", "")
+        )
+        if refusal:
+            self.add_error("recommendation", refusal)
+        return cleaned_data
 
 
 class ReasonForm(forms.Form):

@@ -52,6 +52,20 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
 }
 
 
+# What an inviting admin works on (Application.Status values): people a server
+# admin approved and what became of their invitation; not the queue, not rejections.
+INVITING_ADMIN_STATUSES = frozenset({"approved", "invited", "joined"})
+
+
+def sees_every_application(user) -> bool:
+    """Agents, server admins and superadmins work the whole queue; an inviting admin alone does not.
+
+    By permission, not by group name: someone who is both an agent and an
+    inviting admin sees what an agent sees.
+    """
+    return user.has_perm("vetting.claim_application")
+
+
 def sync_role_groups(apps) -> None:
     """Create the role groups and give each exactly its permissions (for migrations)."""
     from django.apps import apps as global_apps

@@ -34,7 +34,8 @@ from django.contrib.auth.tokens import default_token_generator
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Q
+from django.db.models import BooleanField, CharField, Exists, ExpressionWrapper, OuterRef, Q, QuerySet
+from django.db.models.functions import Cast
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils import timezone
@@ -42,6 +43,7 @@ from django.utils.encoding import force_bytes
 from django.utils.http import urlsafe_base64_encode
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
+from django_otp import devices_for_user
 
 from evidence.models import Evidence
 from evidence.previews import forget_preview
@@ -152,6 +154,18 @@ def guard_reason(name: str, application: Application, user) -> str | None:
             "action": transition.label,
             "status": application.get_status_display().lower(),
         }
+    reason = _personal_refusal(name, application, user)
+    if reason is None and name in ("issue_invitation", "reissue_invitation"):
+        reason = _invitation_guard(name, application)
+    return reason
+
+
+def _personal_refusal(name: str, application: Application, user) -> str | None:
+    """Why this person may not take an action their role allows in this state (four-eyes, claim, erasure).
+
+    Unlike the other refusals these are not obvious from the role or the
+    state, so the application's page says them beside the buttons (`refusals`).
+    """
     # A server admin may release someone else's claim (say, an agent on leave).
     may_release_any = name == "release" and user.has_perm("vetting.decide_application")
     if (
@@ -159,26 +173,39 @@ def guard_reason(name: str, application: Application, user) -> str | None:
         and application.claimed_by_id != user.pk
         and not may_release_any
     ):
-        return _("Only the person who claimed this application can do that.")
+        return _("Only the person who claimed this application can release it or record its verification.")
     if name == "reopen" and application.erased_at is not None:
         # Erasure is final: the person asked us to forget them, and nobody is left to tell.
         return _("This application was erased at the applicant's request, so it cannot be reopened.")
     if name in ("approve", "reject") and application.verification_recorded_by_id == user.pk:
         return _(
-            "You recorded the verification of this application, so another person must decide it "
+            "You recorded the verification of this application, so another server admin must decide it "
             "(four-eyes rule)."
         )
-    if name in ("issue_invitation", "reissue_invitation"):
-        return _invitation_guard(name, application, user)
+    if (
+        name in ("issue_invitation", "reissue_invitation")
+        and application.verification_recorded_by_id == user.pk
+    ):
+        return _(
+            "You recorded the verification of this application, so another inviting admin must issue its "
+            "invitation (four-eyes rule)."
+        )
     return None
 
 
-def _invitation_guard(name: str, application: Application, user) -> str | None:
-    if application.verification_recorded_by_id == user.pk:
-        return _(
-            "You recorded the verification of this application, so another person must issue its "
-            "invitation (four-eyes rule)."
-        )
+def refusals(application: Application, user) -> list[str]:
+    """Why `user` cannot take actions their role allows in this state: said, not just left out."""
+    reasons: list[str] = []
+    for name, transition in STAFF_TRANSITIONS.items():
+        if not transition.allowed_for(user) or application.status not in transition.sources:
+            continue
+        reason = _personal_refusal(name, application, user)
+        if reason is not None and reason not in reasons:
+            reasons.append(reason)
+    return reasons
+
+
+def _invitation_guard(name: str, application: Application) -> str | None:
     had_one = application.invitations.exists()
     if name == "issue_invitation" and had_one:
         return _("This application had an invitation before: use “Re-issue invitation”.")
@@ -212,15 +239,64 @@ def _check(name: str, locked: Application, seen_status: str, user) -> None:
     if reason is None:
         return
     if locked.status != seen_status:
-        who = locked.decided_by or locked.claimed_by
-        raise AlreadyDecided(
-            _("Someone else got there first: the application is now %(status)s%(by)s. Nothing was changed.")
-            % {
-                "status": locked.get_status_display().lower(),
-                "by": _(" (by %(name)s)") % {"name": who.get_username()} if who else "",
-            }
-        )
+        raise AlreadyDecided(_lost_race_message(locked, user))
     raise WorkflowError(reason)
+
+
+# The audit actions that change an application's status: the newest one names who made its state.
+STATUS_CHANGE_ACTIONS = frozenset(
+    {
+        "application.confirmed",
+        "application.claimed",
+        "application.released",
+        "application.verification_recorded",
+        "application.information_requested",
+        "application.information_added",
+        "application.approved",
+        "application.rejected",
+        "application.reopened",
+        "application.withdrawn",
+        "application.erased",
+        "invitation.issued",
+        "invitation.reissued",
+        "invitation.revoked",
+        "invitation.completed",
+        "invitation.expired",
+        "invitation.gone_on_server",
+    }
+)
+
+
+def _lost_race_message(locked: Application, user) -> str:
+    """Who moved the application on while `user` looked at the old state, in the words they need.
+
+    Read from the audit event the winner wrote with the change, not from a
+    field like decided_by: that one names the approver after an invitation
+    was issued or revoked, and nobody after a reopen or a release.
+    """
+    status = locked.get_status_display().lower()
+    event = (
+        AuditEvent.objects.filter(
+            target_type="application", target_id=str(locked.pk), action__in=STATUS_CHANGE_ACTIONS
+        )
+        .order_by("-id")
+        .only("actor_kind", "actor_id", "actor_name")
+        .first()
+    )
+    if event is not None and event.actor_kind == AuditEvent.ActorKind.USER and event.actor_id == user.pk:
+        # A double submit, or a second tab: nobody else was involved.
+        return _(
+            "Already done in another tab or window: the application is now %(status)s (by you). "
+            "Nothing was changed."
+        ) % {"status": status}
+    by = ""
+    if event is not None and event.actor_kind == AuditEvent.ActorKind.USER:
+        by = _(" (by %(name)s)") % {"name": event.actor_name}
+    elif event is not None and event.actor_kind == AuditEvent.ActorKind.APPLICANT:
+        by = _(" (by the applicant)")
+    return _(
+        "Someone else got there first: the application is now %(status)s%(by)s. Nothing was changed."
+    ) % {"status": status, "by": by}
 
 
 def _refresh(application: Application, locked: Application) -> None:
@@ -544,6 +620,16 @@ def release(application: Application, user, request: HttpRequest | None = None) 
     _refresh(application, locked)
 
 
+def recommendation_refusal(identity_verified: bool, recommendation: str) -> str | None:
+    """Why this recommendation may not be recorded with this identity check, or None (the form says it too)."""
+    if recommendation == Application.Recommendation.APPROVE and not identity_verified:
+        return _(
+            "You cannot recommend approval when the identity was not verified: verify it first, "
+            "or recommend further verification or rejection."
+        )
+    return None
+
+
 def record_verification(
     application: Application,
     user,
@@ -565,6 +651,9 @@ def record_verification(
         raise WorkflowError(_("The score must be between 1 and 5."))
     if verified_on > timezone.localdate():
         raise WorkflowError(_("The verification date cannot be in the future."))
+    refusal = recommendation_refusal(identity_verified, recommendation)
+    if refusal:
+        raise WorkflowError(refusal)
     seen = application.status
     with transaction.atomic():
         locked = _lock(application)
@@ -637,6 +726,26 @@ def _record_decision(locked: Application, user, status: str, reason: str = "", m
     )
 
 
+def decision_warning(name: str, application: Application) -> str | None:
+    """What a decider should know before deciding against the verification, or None.
+
+    Deciding against the recommendation is allowed (that is what a second pair
+    of eyes is for), but never by oversight: the confirmation page says it.
+    """
+    recommendation = application.recommendation
+    if name == "approve" and recommendation and recommendation != Application.Recommendation.APPROVE:
+        return _(
+            "The verification recommended “%(recommendation)s”: approving goes against that recommendation."
+        ) % {"recommendation": application.get_recommendation_display()}
+    if name == "approve" and not application.identity_verified:
+        return _("The person's identity was not verified.")
+    if name == "reject" and recommendation == Application.Recommendation.APPROVE:
+        return _(
+            "The verification recommended “%(recommendation)s”: rejecting goes against that recommendation."
+        ) % {"recommendation": application.get_recommendation_display()}
+    return None
+
+
 def approve(application: Application, user, request: HttpRequest | None = None) -> None:
     seen = application.status
     with transaction.atomic():
@@ -684,21 +793,26 @@ def reopen(application: Application, user, reason: str, request: HttpRequest | N
     with transaction.atomic():
         locked = _lock(application)
         _check("reopen", locked, seen, user)
-        previous = locked.status
+        # The undone decision lives on in this event only: the application's page
+        # must not show an old rejection's reason as if it were current.
+        details = {
+            "reason": reason,
+            "previous_status": locked.status,
+            "previous_decided_by": locked.decided_by.get_username() if locked.decided_by_id else "",
+            "previous_decided_at": locked.decided_at.isoformat() if locked.decided_at else "",
+            "previous_decision_reason": locked.decision_reason,
+            "previous_message_to_applicant": locked.message_to_applicant,
+        }
         locked.status = Status.RECOMMENDED if locked.verification_recorded_at else Status.SUBMITTED
         if locked.status == Status.SUBMITTED:
             locked.claimed_by = None
             locked.claimed_at = None
         locked.decided_by = None
         locked.decided_at = None
+        locked.decision_reason = ""
+        locked.message_to_applicant = ""
         locked.save()
-        audit.record(
-            "application.reopened",
-            actor=user,
-            target=locked,
-            request=request,
-            details={"reason": reason, "previous_status": previous},
-        )
+        audit.record("application.reopened", actor=user, target=locked, request=request, details=details)
     _refresh(application, locked)
 
 
@@ -821,15 +935,112 @@ def create_staff_account(username: str, email: str, role: str, *, created_by=Non
     return user
 
 
+def _user_event(*actions: str, **details) -> Exists:
+    """Whether the user of the outer query is the target of an audit event of `actions` with `details`."""
+    return Exists(
+        AuditEvent.objects.filter(
+            target_type="user",
+            target_id=Cast(OuterRef("pk"), CharField()),
+            action__in=actions,
+            **{f"details__{key}": value for key, value in details.items()},
+        )
+    )
+
+
+def with_account_state(users: QuerySet) -> QuerySet:
+    """Annotate `awaiting_approval`: the account has never been active.
+
+    is_active alone cannot tell an account waiting for its approval from a
+    deactivated one. The audit trail can: only the staff functions here change
+    is_active (the admin shows it read-only), each with its event, and an
+    account a server admin made starts inactive ("staff.created", active false).
+    Accounts made any other way (createsuperuser) never await approval.
+    """
+    return users.annotate(
+        awaiting_approval=ExpressionWrapper(
+            Q(is_active=False)
+            & Q(_user_event("staff.created", active=False))
+            & ~Q(_user_event("staff.approved", "staff.deactivated", "staff.reactivated")),
+            output_field=BooleanField(),
+        )
+    )
+
+
+def _lock_user(user):
+    return get_user_model().objects.select_for_update().get(pk=user.pk)
+
+
+def _awaits_approval(user) -> bool:
+    return (
+        with_account_state(get_user_model().objects.filter(pk=user.pk))
+        .filter(awaiting_approval=True)
+        .exists()
+    )
+
+
 def approve_staff_account(user, approver, request=None) -> None:
+    """Let an account a server admin made sign in, once; a deactivated account is not approved back."""
     if not _is_superadmin(approver):
         raise WorkflowError(_("Only a superadmin can approve staff accounts."))
-    if user.is_active:
-        raise WorkflowError(_("%(username)s is already active.") % {"username": user.get_username()})
+    username = {"username": user.get_username()}
     with transaction.atomic():
-        user.is_active = True
-        user.save(update_fields=["is_active"])
-        audit.record("staff.approved", actor=approver, target=user, request=request)
+        locked = _lock_user(user)
+        if locked.is_active:
+            raise WorkflowError(_("%(username)s is already active.") % username)
+        if not _awaits_approval(locked):
+            raise WorkflowError(
+                _(
+                    "%(username)s was deactivated and is not awaiting approval; "
+                    "to let them back in, reactivate the account."
+                )
+                % username
+            )
+        locked.is_active = True
+        locked.save(update_fields=["is_active"])
+        audit.record("staff.approved", actor=approver, target=locked, request=request)
+    user.is_active = True
+
+
+def reactivate_staff_account(user, actor, request=None) -> None:
+    """Let a deactivated account sign in again: a superadmin's explicit act, not an approval."""
+    if not _is_superadmin(actor):
+        raise WorkflowError(_("Only a superadmin can reactivate staff accounts."))
+    username = {"username": user.get_username()}
+    with transaction.atomic():
+        locked = _lock_user(user)
+        if locked.is_active:
+            raise WorkflowError(_("%(username)s is already active.") % username)
+        if _awaits_approval(locked):
+            raise WorkflowError(_("%(username)s was never approved; approve the account instead.") % username)
+        locked.is_active = True
+        locked.save(update_fields=["is_active"])
+        audit.record("staff.reactivated", actor=actor, target=locked, request=request)
+    user.is_active = True
+
+
+def reset_second_factor(user, actor, request=None) -> None:
+    """A lost phone: delete all of the person's devices, so their next sign-in enrols again.
+
+    Their sessions lose the second step with the device, whatever it was.
+    """
+    if not _is_superadmin(actor):
+        raise WorkflowError(_("Only a superadmin can reset a second factor."))
+    with transaction.atomic():
+        devices = list(devices_for_user(user, confirmed=None))
+        if not devices:
+            raise WorkflowError(
+                _("%(username)s has no second factor to reset.") % {"username": user.get_username()}
+            )
+        for device in devices:
+            device.delete()
+        # The devices' kinds, never a key or a code.
+        audit.record(
+            "staff.second_factor_reset",
+            actor=actor,
+            target=user,
+            request=request,
+            details={"devices": sorted(device.name for device in devices)},
+        )
 
 
 def deactivate_staff_account(user, actor, request=None) -> None:
@@ -1027,11 +1238,16 @@ def _refuse_if_used(client, invitation: Invitation) -> None:
         )
 
 
-def _invitation_mails(invitation: Invitation, application: Application, user, server_name: str) -> None:
+def token_mailed_to_applicant(application: Application) -> bool:
+    """Whether issuing mails the token to the applicant too (the admin's page says so afterwards)."""
     # Off by default: the token then travels only through the admin's two messages.
     # Never to an address nobody confirmed (staff-entered): a typo would hand the
     # token to a stranger; the admin hands it over as usual instead.
-    to_applicant = settings.MATRIX_SEND_TOKEN_TO_APPLICANT and application.email_confirmed_at is not None
+    return settings.MATRIX_SEND_TOKEN_TO_APPLICANT and application.email_confirmed_at is not None
+
+
+def _invitation_mails(invitation: Invitation, application: Application, user, server_name: str) -> None:
+    to_applicant = token_mailed_to_applicant(application)
     context = {
         "invitation": invitation,
         "token": invitation.token,

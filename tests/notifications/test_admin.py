@@ -1,16 +1,23 @@
-"""The outbox in the admin: list, filters, "Retry now", "Cancel", bodies for superusers only."""
+"""The outbox in the admin: list, filters, "Retry now", "Cancel", bodies for superusers only, links masked."""
 
 from __future__ import annotations
 
+import email
+import email.policy
+import re
 from datetime import timedelta
+from io import StringIO
+from urllib.parse import urlsplit
 
 import pytest
 from django.contrib.auth.models import Permission
+from django.core.management import call_command
 from django.utils import timezone
 
 from notifications.models import OutboundEmail
 from notifications.outbox import queue_email
 from tests.factories import make_application
+from vetting import links, roles, workflow
 
 pytestmark = pytest.mark.django_db
 
@@ -124,3 +131,78 @@ def test_mail_bodies_are_shown_to_superusers_only(client, mail_operator, superad
     assert "Private Person" not in client.get(url).content.decode()
     client.force_login(superadmin)
     assert "Private Person" in client.get(url).content.decode()
+
+
+# Links that work for whoever holds them -------------------------------------
+
+
+def link_tokens(mail: OutboundEmail, route: str) -> list[str]:
+    """The tokens of the mail's links to `route` ("reset/<uidb64>", "status", "confirm")."""
+    tokens = re.findall(rf"https?://[^\s\"<>]+/{route}/([^/\s\"<>]+)/", mail.body_text)
+    assert tokens, mail.body_text
+    return tokens
+
+
+def reset_mail(kind: str, client, agent) -> OutboundEmail:
+    if kind == "staff-account-created":
+        workflow.create_staff_account("sam", "sam@staff.example", roles.VETTING_AGENT)
+    else:
+        client.post("/admin/password_reset/", {"email": agent.email})
+    return OutboundEmail.objects.get(template=kind)
+
+
+@pytest.mark.parametrize("kind", ["staff-account-created", "staff-password-reset"])
+def test_the_outbox_never_shows_a_working_set_password_link(client, superadmin, agent, kind):
+    mail = reset_mail(kind, client, agent)
+    [token] = link_tokens(mail, "reset/[^/]+")
+    assert token in mail.body_html
+    client.force_login(superadmin)
+
+    page = client.get(f"{CHANGELIST}{mail.pk}/change/").content.decode()
+    assert token not in page
+    assert "/reset/" in page and "&lt;token hidden&gt;" in page  # the rest of the link still reads
+    assert token not in client.get(CHANGELIST).content.decode()
+    # Only the page: the stored mail is what goes out.
+    mail.refresh_from_db()
+    assert token in mail.body_text and token in mail.body_html
+
+
+def test_the_outbox_masks_applicants_status_and_confirmation_links_too(client, superadmin):
+    application = make_application(full_name="Private Person")
+    [mail] = queue_email(
+        "application-received",
+        [application.email],
+        {
+            "application": application,
+            "status_url": links.status_url(application),
+            "confirm_url": links.confirm_url(application),
+        },
+    )
+    tokens = link_tokens(mail, "status") + link_tokens(mail, "confirm")
+    client.force_login(superadmin)
+    page = client.get(f"{CHANGELIST}{mail.pk}/change/").content.decode()
+    assert "Private Person" in page
+    for token in tokens:
+        assert token not in page
+
+
+@pytest.mark.smtp
+def test_the_mail_as_sent_keeps_the_link_the_outbox_page_hides(client, superadmin, smtp_server, use_relay):
+    workflow.create_staff_account("sam", "sam@staff.example", roles.VETTING_AGENT)
+    mail = OutboundEmail.objects.get(template="staff-account-created")
+    [token] = link_tokens(mail, "reset/[^/]+")
+    client.force_login(superadmin)
+    assert token not in client.get(f"{CHANGELIST}{mail.pk}/change/").content.decode()
+
+    use_relay(smtp_server.port)
+    call_command("send_outbox", "--once", stdout=StringIO())
+
+    [received] = smtp_server.recorder.received
+    message = email.message_from_bytes(received.content, policy=email.policy.default)
+    text = message.get_body(("plain",)).get_content()
+    html = message.get_body(("html",)).get_content()
+    assert token in text and token in html
+    # And it still works: it opens the form where sam chooses a password.
+    client.logout()
+    link = re.search(rf"https?://\S+/reset/[^/]+/{re.escape(token)}/", text).group(0)
+    assert "new_password1" in client.get(urlsplit(link).path, follow=True).content.decode()

@@ -1,4 +1,4 @@
-"""Staff sign-in with a second factor (TOTP, backup codes) when STAFF_REQUIRE_2FA is on."""
+"""Staff sign-in with a second factor (TOTP, backup codes) when STAFF_REQUIRE_2FA is on, and its reset."""
 
 from __future__ import annotations
 
@@ -7,14 +7,16 @@ from datetime import UTC, datetime
 
 import pytest
 import time_machine
+from django.test import Client
 from django_otp.oath import totp
-from django_otp.plugins.otp_static.models import StaticToken
+from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from evidence.models import Evidence
 from evidence.validation import validate_upload
 from tests.factories import jpeg_bytes, make_application, upload
 from tests.security.conftest import PRODUCTION_ENV, run_python
+from vetting import workflow
 from vetting.models import AuditEvent
 
 pytestmark = pytest.mark.django_db
@@ -216,3 +218,95 @@ def test_the_production_setting_is_a_boolean_like_every_other(tmp_path):
     )
     assert result.returncode != 0
     assert "STAFF_REQUIRE_2FA must be 'true' or 'false'" in result.stderr
+
+
+# Managing others' second factor ----------------------------------------------
+
+STAFF_LIST = "/admin/auth/user/"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/admin/otp_totp/totpdevice/",
+        "/admin/otp_totp/totpdevice/add/",
+        "/admin/otp_totp/totpdevice/{totp}/change/",
+        "/admin/otp_totp/totpdevice/{totp}/config/",
+        "/admin/otp_static/staticdevice/",
+        "/admin/otp_static/staticdevice/add/",
+        "/admin/otp_static/staticdevice/{static}/change/",
+    ],
+)
+def test_nobody_sees_or_edits_someone_elses_keys_and_backup_codes_in_the_admin(
+    client, agent, superadmin, two_factor_required, path
+):
+    codes = enrol(client, agent)
+    totp_device = TOTPDevice.objects.get(user=agent)
+    static_device = StaticDevice.objects.get(user=agent)
+    admin = Client()
+    enrol(admin, superadmin)
+
+    response = admin.get(path.format(totp=totp_device.pk, static=static_device.pk))
+
+    assert response.status_code == 404
+    index = admin.get("/admin/").content.decode()
+    assert "otp_totp" not in index and "otp_static" not in index
+    for secret in [totp_device.key, *codes]:
+        assert secret not in response.content.decode() + index
+
+
+def test_a_superadmin_resets_a_lost_second_factor_in_one_audited_step(
+    client, agent, superadmin, two_factor_required
+):
+    codes = enrol(client, agent)
+    key = TOTPDevice.objects.get(user=agent).key
+    admin = Client()
+    enrol(admin, superadmin)
+    assert "set up" in admin.get(STAFF_LIST).content.decode()
+
+    done = admin.post(
+        STAFF_LIST, {"action": "reset_second_factor", "_selected_action": [agent.pk]}, follow=True
+    )
+
+    assert "second factor was reset" in done.content.decode()
+    assert not TOTPDevice.objects.filter(user=agent).exists()
+    assert not StaticDevice.objects.filter(user=agent).exists()
+    assert not StaticToken.objects.filter(token__in=codes).exists()
+    assert TOTPDevice.objects.filter(user=superadmin).exists()
+    event = AuditEvent.objects.get(action="staff.second_factor_reset")
+    assert (event.actor, event.target_type, event.target_id) == (superadmin, "user", str(agent.pk))
+    for secret in [key, *codes]:
+        assert secret not in str(event.details)
+    # The agent's session lost its second step with the device: they enrol again.
+    enrolling = client.get("/admin/vetting/application/", follow=True)
+    assert enrolling.redirect_chain[-1][0].startswith("/admin/two-factor/setup/")
+    client.logout()
+    sign_in(client, "agent")
+    assert client.get("/admin/", follow=True).redirect_chain[-1][0].startswith("/admin/two-factor/setup/")
+
+
+def test_only_a_superadmin_may_reset_a_second_factor(client, agent, server_admin, two_factor_required):
+    enrol(client, agent)
+    admin = Client()
+    enrol(admin, server_admin)
+    events = AuditEvent.objects.count()
+
+    page = admin.get(STAFF_LIST).content.decode()
+    admin.post(STAFF_LIST, {"action": "reset_second_factor", "_selected_action": [agent.pk]})
+
+    assert "reset_second_factor" not in page
+    with pytest.raises(workflow.WorkflowError, match="Only a superadmin"):
+        workflow.reset_second_factor(agent, server_admin)
+    assert TOTPDevice.objects.filter(user=agent).exists() and StaticDevice.objects.filter(user=agent).exists()
+    assert AuditEvent.objects.count() == events
+
+
+def test_the_staff_list_shows_who_has_set_up_a_second_factor(client, agent, second_agent, superadmin):
+    TOTPDevice.objects.create(user=agent, name="Authenticator app", confirmed=True)
+    TOTPDevice.objects.create(user=second_agent, name="Authenticator app", confirmed=False)
+    client.force_login(superadmin)
+    rows = re.findall(r"<tr>.*?</tr>", client.get(STAFF_LIST).content.decode(), re.S)
+    [agent_row] = [row for row in rows if ">agent<" in row]
+    [second_row] = [row for row in rows if ">second_agent<" in row]
+    assert "set up" in agent_row and "not set up" not in agent_row
+    assert "not set up" in second_row

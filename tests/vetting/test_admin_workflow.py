@@ -383,3 +383,364 @@ def test_erased_applications_are_not_taken_for_the_same_person(client, agent):
 
     assert not [other for other in erased[1:] if f"{other.reference}</a> · " in page]
     assert "All applications from this e-mail address" not in page
+
+
+# The verification form ------------------------------------------------------------
+
+
+def verification_form(client, application: Application) -> str:
+    return client.get(
+        f"/admin/vetting/application/{application.pk}/action/record_verification/"
+    ).content.decode()
+
+
+def selected(form: str, name: str) -> str:
+    """The value of the option chosen in select `name` ("" when none is marked)."""
+    select = re.search(rf'<select name="{name}".*?</select>', form, re.S).group(0)
+    chosen = re.search(r'<option value="([^"]*)" selected>', select)
+    return chosen.group(1) if chosen else ""
+
+
+def test_the_verification_form_chooses_nothing_for_the_agent_but_the_date(client, agent):
+    application = make_application()
+    workflow.claim(application, agent)
+    client.force_login(agent)
+
+    form = verification_form(client, application)
+
+    for name in ("verification_method", "score", "recommendation"):
+        # A browser shows (and sends) the marked option, else the first one.
+        first = re.search(rf'<select name="{name}"[^>]*>\s*<option value="([^"]*)"', form).group(1)
+        assert (first, selected(form, name)) == ("", "")
+    assert 'name="identity_verified"' in form and "checked" not in form
+    assert f'name="verified_on" value="{timezone.localdate():%Y-%m-%d}"' in form
+    assert "from 1, serious doubts, to 5, fully confident" in form
+    assert '<option value="2">2 – some doubts</option>' in form
+
+
+def test_a_verification_sent_with_only_date_and_place_is_refused_and_saves_nothing(client, agent):
+    application = make_application()
+    workflow.claim(application, agent)
+    client.force_login(agent)
+
+    # What a browser sends: each select's shown option, whether or not the agent touched it.
+    form = verification_form(client, application)
+    shown = {
+        name: (
+            re.search(r'<option value="([^"]*)" selected>', options) or re.search(r'value="([^"]*)"', options)
+        ).group(1)
+        for name, options in re.findall(r'<select name="([^"]+)"[^>]*>(.*?)</select>', form, re.S)
+    }
+    response = submit_action(
+        client,
+        application,
+        "record_verification",
+        {**shown, "verified_on": f"{timezone.localdate():%Y-%m-%d}", "verification_location": "Lisbon"},
+    )
+
+    assert response.content.decode().count("This field is required.") == 3
+    application.refresh_from_db()
+    assert (application.status, application.score, application.recommendation) == (Status.IN_REVIEW, None, "")
+
+
+def test_recommending_approval_of_an_unverified_identity_is_refused_on_the_form(client, agent):
+    application = make_application()
+    workflow.claim(application, agent)
+    client.force_login(agent)
+    fields = {
+        "verification_method": "video",
+        "verified_on": "2026-11-20",
+        "verification_location": "Jitsi",
+        "score": "4",
+        "recommendation": "approve",
+    }
+
+    response = submit_action(client, application, "record_verification", fields)
+
+    assert response.redirect_chain == []  # the form again, with the error beside the field
+    assert "You cannot recommend approval when the identity was not verified" in response.content.decode()
+    application.refresh_from_db()
+    assert application.status == Status.IN_REVIEW
+    submit_action(client, application, "record_verification", {**fields, "recommendation": "reject"})
+    application.refresh_from_db()
+    assert (application.status, application.identity_verified) == (Status.RECOMMENDED, False)
+
+
+def answered(application: Application, server_admin, text: str) -> None:
+    """A server admin asks for more, and the applicant answers: back in the queue."""
+    workflow.request_information(application, server_admin, "Please send a photo of your ID.")
+    workflow.add_information(application, [], text)
+
+
+def test_a_verification_done_again_after_an_answer_starts_from_the_one_recorded(client, agent, server_admin):
+    application = recommended_by(agent)
+    answered(application, server_admin, "My ID is attached now.")
+    workflow.claim(application, agent)
+    client.force_login(agent)
+
+    form = verification_form(client, application)
+
+    assert (selected(form, "verification_method"), selected(form, "score")) == ("video", "4")
+    assert selected(form, "recommendation") == "approve"
+    assert 'name="verified_on" value="2026-11-20"' in form
+    assert 'value="Jitsi"' in form
+    assert "Matched the passport photo on video." in form
+    assert 'name="identity_verified" id="id_identity_verified" checked' in form.replace(
+        'type="checkbox" ', ""
+    )
+    assert "The form starts from the verification agent recorded on" in form
+    assert "My ID is attached now." in form
+
+
+# Deciding with the verification in view -------------------------------------------
+
+
+def recommended_for_rejection(agent) -> Application:
+    application = make_application()
+    workflow.claim(application, agent)
+    workflow.record_verification(
+        application,
+        agent,
+        identity_verified=False,
+        method="video",
+        verified_on=application.created_at.date(),
+        location="Jitsi",
+        score=2,
+        recommendation="reject",
+        notes="The referee does not know them.",
+    )
+    return application
+
+
+def test_the_approve_page_shows_the_verification_and_warns_against_the_recommendation(
+    client, agent, server_admin
+):
+    application = recommended_for_rejection(agent)
+    answered(application, server_admin, "Ask Sam, she knows me from the meetup.")
+    workflow.claim(application, agent)
+    workflow.record_verification(
+        application,
+        agent,
+        identity_verified=False,
+        method="video",
+        verified_on=application.created_at.date(),
+        location="Jitsi",
+        score=2,
+        recommendation="reject",
+    )
+    client.force_login(server_admin)
+
+    page = client.get(f"/admin/vetting/application/{application.pk}/action/approve/").content.decode()
+
+    summary = page[page.index('id="verification-summary"') :]
+    assert "<td>Reject</td>" in summary
+    assert "<td>2 – some doubts</td>" in summary
+    assert "<td>no</td>" in summary  # identity verified
+    assert "<td>agent · Video call · " in summary
+    assert "Ask Sam, she knows me from the meetup." in page
+    assert (
+        '<li class="warning">The verification recommended “Reject”: approving goes against that '
+        "recommendation.</li>" in page
+    )
+
+
+def test_rejecting_what_was_recommended_for_approval_is_warned_about_and_agreeing_is_not(
+    client, agent, server_admin
+):
+    application = recommended_by(agent)
+    client.force_login(server_admin)
+    reject_page = client.get(f"/admin/vetting/application/{application.pk}/action/reject/").content.decode()
+    approve_page = client.get(f"/admin/vetting/application/{application.pk}/action/approve/").content.decode()
+    assert "rejecting goes against that recommendation" in reject_page
+    assert "<td>4 – confident</td>" in reject_page
+    assert 'class="warning"' not in approve_page
+    assert "latest-answer" not in approve_page  # no answer: no empty box
+
+
+def test_answers_and_notes_come_before_the_read_only_record(client, agent, server_admin):
+    application = recommended_by(agent)
+    answered(application, server_admin, "Here is my answer.")
+    workflow.add_note(application, agent, "Called them back.")
+    client.force_login(agent)
+    page = client.get(change_url(application)).content.decode()
+    first_fieldset = page.index("<fieldset")
+    assert page.index("Here is my answer.") < first_fieldset
+    assert page.index("Called them back.") < first_fieldset
+
+
+def test_the_change_page_costs_what_the_benchmark_expects(client, superadmin):
+    # README's benchmark: 8 queries for a superadmin, at every size.
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    application = make_application()
+    client.force_login(superadmin)
+    client.get(change_url(application))
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get(change_url(application)).status_code == 200
+    assert len(queries) == 8
+
+
+def test_the_verifier_is_told_beside_the_buttons_why_they_cannot_decide(client, server_admin):
+    application = make_application()
+    workflow.claim(application, server_admin)
+    workflow.record_verification(
+        application,
+        server_admin,
+        identity_verified=True,
+        method="video",
+        verified_on=application.created_at.date(),
+        location="Jitsi",
+        score=3,
+        recommendation="approve",
+    )
+    client.force_login(server_admin)
+    page = client.get(change_url(application)).content.decode()
+    assert buttons(page) == ["Request information"]
+    assert (
+        '<li class="warning">You recorded the verification of this application, so another server admin '
+        "must decide it (four-eyes rule).</li>" in page
+    )
+
+
+def test_nothing_is_explained_when_the_role_or_the_state_already_says_it(client, agent, server_admin):
+    application = recommended_by(agent)
+    for user in (agent, server_admin):
+        client.force_login(user)
+        assert "workflow-refusals" not in client.get(change_url(application)).content.decode()
+
+
+def test_a_reopened_application_no_longer_shows_the_old_rejection(client, agent, server_admin, superadmin):
+    application = recommended_by(agent)
+    workflow.reject(application, server_admin, "Referee unreachable", "You may apply again.")
+    client.force_login(superadmin)
+    submit_action(client, application, "reopen", {"reason": "The referee called back."})
+    page = client.get(change_url(application)).content.decode()
+    assert "Referee unreachable" not in page
+    assert "You may apply again." not in page
+
+
+# Invitations: who got there first, and what to tell the person -----------------
+
+
+def test_an_issue_sent_twice_from_two_tabs_names_the_admin_as_you(
+    client, approved, inviting_admin, fake_synapse
+):
+    client.force_login(inviting_admin)
+    url = f"/admin/vetting/application/{approved.pk}/action/issue_invitation/"
+    client.post(url, {"seen_status": "approved", "matrix_username": "alex"})
+
+    response = client.post(url, {"seen_status": "approved", "matrix_username": "alex"}, follow=True)
+
+    page = response.content.decode()
+    assert "Already done in another tab or window: the application is now invited (by you)." in page
+    assert "server_admin" not in page.split('class="messagelist"')[1].split("</ul>")[0]
+    assert len(fake_synapse.tokens) == 1
+
+
+def test_after_issuing_the_admin_reads_the_username_the_date_to_tell_and_where_the_token_went(
+    client, approved, inviting_admin, fake_synapse
+):
+    client.force_login(inviting_admin)
+    response = submit_action(client, approved, "issue_invitation", {"matrix_username": "alex"})
+    invitation = approved.invitations.get()
+    page = response.content.decode()
+    assert "Issue invitation: done. The application is now invited." in page
+    assert "Username: @alex:localhost." in page
+    assert f"Tell the person the token works until {invitation.tell_by:%Y-%m-%d %H:%M} UTC." in page
+    assert "The token and the next steps are being mailed to you at inviting_admin@staff.example." in page
+    assert f'<a href="/admin/vetting/invitation/{invitation.pk}/change/">Open the invitation</a>' in page
+    assert OutboundEmail.objects.get(template="invitation-issued").to == "inviting_admin@staff.example"
+
+
+def test_an_issuing_admin_without_an_address_is_told_no_mail_went(
+    client, approved, inviting_admin, fake_synapse
+):
+    inviting_admin.email = ""
+    inviting_admin.save(update_fields=["email"])
+    client.force_login(inviting_admin)
+    page = submit_action(client, approved, "issue_invitation", {"matrix_username": "alex"}).content.decode()
+    assert (
+        escape("No mail was sent: your account has no e-mail address. The token is on the invitation's page.")
+        in page
+    )
+    assert not OutboundEmail.objects.filter(template="invitation-issued").exists()
+
+
+# What inviting admins see -----------------------------------------------------------
+
+
+def test_inviting_admins_see_only_approved_invited_and_joined_applications(client, inviting_admin):
+    shown = [make_application(status=status) for status in (Status.APPROVED, Status.INVITED, Status.JOINED)]
+    hidden = [
+        make_application(status=status, decision_reason="Known troll", statement="Private statement")
+        for status in (
+            Status.SUBMITTED,
+            Status.IN_REVIEW,
+            Status.RECOMMENDED,
+            Status.REJECTED,
+            Status.WITHDRAWN,
+        )
+    ]
+    client.force_login(inviting_admin)
+
+    listed = client.get("/admin/vetting/application/?status=all").content.decode()
+
+    assert all(application.reference in listed for application in shown)
+    assert not [application for application in hidden if application.reference in listed]
+    for application in hidden:
+        assert client.get(change_url(application)).status_code == 302  # "doesn't exist", to the index
+        assert client.get(f"/admin/vetting/application/{application.pk}/action/claim/").status_code == 403
+        searched = client.get("/admin/vetting/application/", {"q": application.reference, "status": "all"})
+        assert f">{application.reference}</a>" not in searched.content.decode()
+    assert client.get(change_url(shown[0])).status_code == 200
+
+
+def test_inviting_admins_are_not_shown_earlier_applications_they_may_not_open(client, agent, inviting_admin):
+    earlier = make_application(status=Status.REJECTED, email="alex@applicant.example")
+    current = make_application(status=Status.APPROVED, email="alex@applicant.example")
+    client.force_login(agent)
+    assert earlier.reference in client.get(change_url(current)).content.decode()
+    client.force_login(inviting_admin)
+    assert earlier.reference not in client.get(change_url(current)).content.decode()
+
+
+def test_inviting_admins_read_notes_only_on_applications_they_may_see(client, agent, inviting_admin):
+    visible = make_application(status=Status.APPROVED)
+    rejected = make_application(status=Status.REJECTED)
+    workflow.add_note(visible, agent, "Prefers Signal.")
+    private = workflow.add_note(rejected, agent, "Banned elsewhere for harassment.")
+    client.force_login(inviting_admin)
+    notes = client.get("/admin/vetting/staffnote/").content.decode()
+    assert visible.reference in notes and rejected.reference not in notes
+    assert client.get(f"/admin/vetting/staffnote/{private.pk}/change/").status_code == 302
+
+
+def test_staff_who_also_vet_see_every_application(client, django_user_model, inviting_admin):
+    from django.contrib.auth.models import Group
+
+    from vetting import roles
+
+    inviting_admin.groups.add(Group.objects.get(name=roles.group_name(roles.VETTING_AGENT)))
+    submitted = make_application()
+    client.force_login(django_user_model.objects.get(pk=inviting_admin.pk))
+    assert submitted.reference in client.get("/admin/vetting/application/").content.decode()
+
+
+# The audit trail from the application ------------------------------------------------
+
+
+def test_the_application_page_links_to_its_audit_trail_instead_of_django_history(client, agent, server_admin):
+    application = recommended_by(agent)
+    client.force_login(server_admin)
+    page = client.get(change_url(application)).content.decode()
+    assert f'href="/admin/vetting/auditevent/?application={application.reference}"' in page
+    assert "/history/" not in page
+    response = client.get(f"/admin/vetting/application/{application.pk}/history/")
+    assert response.status_code == 302
+    assert response["Location"] == f"/admin/vetting/auditevent/?application={application.reference}"
+
+    client.force_login(agent)  # agents do not read the audit log
+    page = client.get(change_url(application)).content.decode()
+    assert "/admin/vetting/auditevent/" not in page and "/history/" not in page
+    assert client.get(f"/admin/vetting/application/{application.pk}/history/").status_code == 403

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import re
 from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from tests.conftest import STAFF_PASSWORD
 from tests.factories import make_application
@@ -126,3 +129,83 @@ def test_evidence_download_is_audited(client, agent):
     event = AuditEvent.objects.get(action="evidence.downloaded")
     assert (event.actor, event.target_type, event.target_id) == (agent, "evidence", str(evidence.pk))
     assert event.details == {"application": evidence.application.reference}
+
+
+# The audit list, reached from an application ----------------------------------------
+
+
+def audit_list(client, **query) -> str:
+    response = client.get("/admin/vetting/auditevent/", query)
+    assert response.status_code == 200
+    return response.content.decode()
+
+
+def rows(page: str) -> list[str]:
+    """The audit list's result rows."""
+    if 'id="result_list"' not in page:
+        return []
+    body = page.split('id="result_list"')[1].split("<tbody>")[1].split("</tbody>")[0]
+    return re.findall(r"<tr.*?</tr>", body, re.S)
+
+
+def test_an_applications_trail_holds_its_events_and_its_evidences_and_nobody_elses(client, agent, superadmin):
+    from evidence.models import Evidence
+    from evidence.validation import validate_upload
+    from tests.factories import PDF_BYTES, upload
+
+    wanted, other = make_application(), make_application()
+    workflow.claim(wanted, agent)
+    workflow.claim(other, agent)
+    evidence = Evidence.objects.store(wanted, validate_upload(upload("id.pdf", PDF_BYTES)))
+    client.force_login(agent)
+    client.get(f"/evidence/{evidence.pk}/")
+    client.force_login(superadmin)
+
+    page = audit_list(client, application=wanted.reference)
+
+    listed = rows(page)
+    assert len(listed) == 2
+    assert "application.claimed" in listed[1] and "evidence.downloaded" in listed[0]
+    assert (
+        f'<a href="/admin/vetting/application/{wanted.pk}/change/">application {wanted.reference}</a>' in page
+    )
+    assert f"evidence {evidence.pk} ({wanted.reference})" in page
+    assert other.reference not in "".join(listed)
+
+
+def test_the_audit_list_finds_events_by_an_applications_reference(client, agent, superadmin):
+    wanted, other = make_application(), make_application()
+    workflow.claim(wanted, agent)
+    workflow.claim(other, agent)
+    client.force_login(superadmin)
+    listed = rows(audit_list(client, q=wanted.reference.lower()))
+    assert len(listed) == 1 and wanted.reference in listed[0]
+    assert len(rows(audit_list(client, q="application.claimed"))) == 2  # the usual search still works
+
+
+def test_a_purged_application_is_still_named_by_its_last_event(client, superadmin):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    application = make_application(status="unconfirmed", email_confirmed_at=None)
+    workflow.purge_unconfirmed(timezone.now() + timedelta(days=1))
+    client.force_login(superadmin)
+    assert f"application {application.pk} ({application.reference})" in audit_list(client)
+
+
+def test_the_audit_list_costs_the_same_queries_at_5_and_50_application_events(client, agent, superadmin):
+    def cost(**query) -> int:
+        with CaptureQueriesContext(connection) as queries:
+            audit_list(client, **query)
+        return len(queries)
+
+    applications = [make_application() for _ in range(50)]
+    for application in applications[:5]:
+        workflow.claim(application, agent)
+    client.force_login(superadmin)
+    reference = applications[0].reference
+    at_five = cost(), cost(application=reference), cost(q=reference)
+    for application in applications[5:]:
+        workflow.claim(application, agent)
+    assert (cost(), cost(application=reference), cost(q=reference)) == at_five

@@ -68,6 +68,8 @@ def test_staff_read_the_answer_on_the_applications_page(client, agent):
 def test_everyone_who_can_view_the_application_sees_the_answers(client, request, persona):
     application = asking()
     answer(client, application, "I am on the board of the Porto chapter.")
+    # Approved since: inviting admins see approved applications only.
+    Application.objects.filter(pk=application.pk).update(status=Status.APPROVED)
     client.force_login(request.getfixturevalue(persona))
     assert "I am on the board of the Porto chapter." in change_page(client, application)
 
@@ -75,6 +77,7 @@ def test_everyone_who_can_view_the_application_sees_the_answers(client, request,
 def test_staff_without_the_evidence_permission_see_how_many_files_but_not_their_names(client, inviting_admin):
     application = asking()
     answer(client, application, "Here is my passport.", evidence_1=upload("passport.pdf", PDF_BYTES))
+    Application.objects.filter(pk=application.pk).update(status=Status.APPROVED)  # what inviting admins see
     client.force_login(inviting_admin)
     page = change_page(client, application)
     assert "Here is my passport." in page

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 
 import pytest
+from django.utils.formats import date_format
 
 from tests.vetting.test_admin_workflow import buttons, change_url
 from tests.vetting.test_invitations import make_invitations
 from vetting import workflow
-from vetting.models import Application, Invitation
+from vetting.models import Application, AuditEvent, Invitation
 
 pytestmark = pytest.mark.django_db
 Status = Application.Status
@@ -140,11 +141,99 @@ def test_a_mismatch_is_flagged_on_the_list(client, approved, inviting_admin, fak
     assert "no account @alex:localhost exists" in client.get(change_url(approved)).content.decode()
 
 
-def test_bulk_revoke_from_the_list(client, approved, inviting_admin, fake_synapse):
+def revoke_selected(client, invitations: list[Invitation], **confirmation) -> str:
+    """Tick the rows, choose "Revoke selected invitations" and Go (and, given fields, confirm)."""
+    data = {"action": "revoke_selected", "_selected_action": [invitation.pk for invitation in invitations]}
+    if confirmation:
+        data |= {"post": "yes", **confirmation}
+    return client.post(LIST_URL, data, follow=True).content.decode()
+
+
+def test_bulk_revoke_asks_for_confirmation_before_touching_a_token(client, inviting_admin, fake_synapse):
+    invitations = make_invitations(2, inviting_admin, fake_synapse)
+    client.force_login(inviting_admin)
+
+    page = revoke_selected(client, invitations)
+
+    for invitation in invitations:
+        assert invitation.application.reference in page
+        assert f"<td>{invitation.matrix_username}</td>" in page
+        assert f'name="_selected_action" value="{invitation.pk}"' in page
+    assert page.count(f"<td>{date_format(invitations[0].expires_at, 'DATETIME_FORMAT')}</td>") == 2
+    assert '<textarea name="reason"' in page
+    assert 'value="Yes, revoke"' in page
+    assert '<input type="hidden" name="post" value="yes">' in page
+    assert len(fake_synapse.tokens) == 2
+    assert not Invitation.objects.filter(state=Invitation.State.REVOKED).exists()
+    assert not AuditEvent.objects.filter(action="invitation.revoked").exists()
+
+
+def test_confirmed_bulk_revoke_records_the_reason_and_names_what_was_left_alone(
+    client, inviting_admin, fake_synapse
+):
+    live, used, gone = make_invitations(3, inviting_admin, fake_synapse)
+    Invitation.objects.filter(pk=used.pk).update(state=Invitation.State.COMPLETED)
+    Invitation.objects.filter(pk=gone.pk).update(state=Invitation.State.REVOKED)
+    client.force_login(inviting_admin)
+
+    page = revoke_selected(client, [live, used, gone])
+    assert live.application.reference in page
+    assert f"{used.application.reference} (person1): already used" in page  # named before, too
+    page = revoke_selected(client, [live, used, gone], reason="Asked twice by mistake")
+
+    assert "Revoked 1 invitation(s)." in page
+    # Named in the order of the list: by application reference.
+    left_alone = sorted(
+        [
+            (used.application.reference, f"{used.application.reference} (person1): already used"),
+            (gone.application.reference, f"{gone.application.reference} (person2): already revoked"),
+        ]
+    )
+    assert f"Not revoked: {'; '.join(text for _reference, text in left_alone)}.</li>" in page
+    assert live.token not in fake_synapse.tokens and used.token in fake_synapse.tokens
+    live.refresh_from_db()
+    assert (live.state, live.revoked_by) == (Invitation.State.REVOKED, inviting_admin)
+    event = AuditEvent.objects.get(action="invitation.revoked")
+    assert event.details["reason"] == "Asked twice by mistake"
+
+
+def test_bulk_revoke_names_an_invitation_the_workflow_refuses(client, inviting_admin, fake_synapse):
+    fine, used_unsynced = make_invitations(2, inviting_admin, fake_synapse)
+    fake_synapse.register(used_unsynced.token, "person1")
+    client.force_login(inviting_admin)
+
+    page = revoke_selected(client, [fine, used_unsynced], reason="")
+
+    assert "Revoked 1 invitation(s)." in page
+    assert (
+        f"Not revoked: {used_unsynced.application.reference} (person1): This invitation was already "
+        "used to create an account: choose “Sync now” on the invitation list to record it.</li>" in page
+    )
+    assert used_unsynced.token in fake_synapse.tokens
+    assert AuditEvent.objects.get(action="invitation.revoked").details["reason"] == ""
+
+
+def test_bulk_revoke_with_nothing_live_says_so(client, inviting_admin, fake_synapse):
+    (expired,) = make_invitations(1, inviting_admin, fake_synapse)
+    Invitation.objects.filter(pk=expired.pk).update(state=Invitation.State.EXPIRED)
+    client.force_login(inviting_admin)
+
+    page = revoke_selected(client, [expired])
+
+    assert (
+        "Nothing was revoked: none of the selected invitations is live "
+        f"({expired.application.reference} (person0): expired)." in page
+    )
+    assert 'value="Yes, revoke"' not in page
+    assert fake_synapse.server.requests == []
+
+
+def test_the_detail_page_shows_the_date_told_to_the_person_like_the_other_dates(
+    client, approved, inviting_admin, fake_synapse
+):
     invitation = workflow.issue_invitation(approved, inviting_admin)
     client.force_login(inviting_admin)
-    response = client.post(
-        LIST_URL, {"action": "revoke_selected", "_selected_action": [invitation.pk]}, follow=True
-    )
-    assert "1 invitation(s) done." in response.content.decode()
-    assert fake_synapse.tokens == {}
+    page = client.get(f"{LIST_URL}{invitation.pk}/change/").content.decode()
+    for value in (invitation.expires_at, invitation.tell_by):
+        assert f'<div class="readonly">{date_format(value, "DATETIME_FORMAT")}</div>' in page
+    assert str(invitation.tell_by) not in page

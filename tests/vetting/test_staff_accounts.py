@@ -179,3 +179,110 @@ def test_passwords_are_hashed_with_argon2_and_need_12_characters(agent):
         validate_password("password1234")
     with pytest.raises(ValidationError, match="too similar"):
         validate_password("agent@staff.example", user=agent)
+
+
+# Awaiting approval is not the same as deactivated ----------------------------
+
+CHANGELIST = "/admin/auth/user/"
+
+
+def staff_row(page: str, username: str) -> str:
+    """The staff list's row of `username`."""
+    [row] = [row for row in re.findall(r"<tr>.*?</tr>", page, re.S) if f">{username}<" in row]
+    return row
+
+
+def run_action(client, action: str, *users):
+    return client.post(
+        CHANGELIST, {"action": action, "_selected_action": [user.pk for user in users]}, follow=True
+    )
+
+
+@pytest.fixture
+def goneagent(superadmin):
+    """An agent who worked here and was let go."""
+    user = workflow.create_staff_account(
+        "goneagent", "gone@staff.example", roles.VETTING_AGENT, created_by=superadmin
+    )
+    workflow.deactivate_staff_account(user, superadmin)
+    return user
+
+
+@pytest.fixture
+def newbie(server_admin):
+    """An agent a server admin just created: waiting for a superadmin."""
+    return workflow.create_staff_account(
+        "newbie", "newbie@staff.example", roles.VETTING_AGENT, created_by=server_admin
+    )
+
+
+def test_approving_a_deactivated_account_is_refused_and_changes_nothing(client, superadmin, goneagent):
+    client.force_login(superadmin)
+    events = AuditEvent.objects.count()
+
+    response = run_action(client, "approve_accounts", goneagent)
+
+    assert "Goneagent was deactivated and is not awaiting approval" in response.content.decode()
+    goneagent.refresh_from_db()
+    assert goneagent.is_active is False
+    assert AuditEvent.objects.count() == events
+    with pytest.raises(workflow.WorkflowError, match="not awaiting approval"):
+        workflow.approve_staff_account(goneagent, superadmin)
+
+
+def test_an_account_deactivated_before_its_approval_cannot_be_approved_either(superadmin, newbie):
+    workflow.deactivate_staff_account(newbie, superadmin)
+    with pytest.raises(workflow.WorkflowError, match="not awaiting approval"):
+        workflow.approve_staff_account(newbie, superadmin)
+    newbie.refresh_from_db()
+    assert newbie.is_active is False
+
+
+def test_an_account_is_approved_once(superadmin, newbie):
+    workflow.approve_staff_account(newbie, superadmin)
+    workflow.deactivate_staff_account(newbie, superadmin)
+    with pytest.raises(workflow.WorkflowError, match="not awaiting approval"):
+        workflow.approve_staff_account(newbie, superadmin)
+    assert AuditEvent.objects.filter(action="staff.approved").count() == 1
+
+
+def test_the_staff_list_tells_accounts_awaiting_approval_from_deactivated_ones(
+    client, superadmin, agent, newbie, goneagent
+):
+    client.force_login(superadmin)
+    page = client.get(CHANGELIST).content.decode()
+    assert "awaiting approval" in staff_row(page, "newbie")
+    assert "deactivated" in staff_row(page, "goneagent")
+    assert "active" in staff_row(page, "agent")
+    assert "approval" not in staff_row(page, "agent")
+
+    awaiting = client.get(CHANGELIST, {"account": "awaiting"}).content.decode()
+    assert ">newbie<" in awaiting and ">goneagent<" not in awaiting and ">agent<" not in awaiting
+    deactivated = client.get(CHANGELIST, {"account": "deactivated"}).content.decode()
+    assert ">goneagent<" in deactivated and ">newbie<" not in deactivated and ">agent<" not in deactivated
+
+
+def test_a_deactivated_account_comes_back_only_by_reactivating_it(client, superadmin, newbie, goneagent):
+    client.force_login(superadmin)
+    refused = run_action(client, "reactivate_accounts", newbie)
+    assert "Newbie was never approved; approve the account instead" in refused.content.decode()
+    newbie.refresh_from_db()
+    assert newbie.is_active is False
+
+    run_action(client, "reactivate_accounts", goneagent)
+    goneagent.refresh_from_db()
+    assert goneagent.is_active is True
+    event = AuditEvent.objects.get(action="staff.reactivated")
+    assert (event.actor, event.target_id) == (superadmin, str(goneagent.pk))
+
+
+def test_server_admins_can_neither_approve_nor_reactivate(client, server_admin, newbie, goneagent):
+    client.force_login(server_admin)
+    page = client.get(CHANGELIST).content.decode()
+    assert "approve_accounts" not in page and "reactivate_accounts" not in page
+    run_action(client, "approve_accounts", newbie)
+    run_action(client, "reactivate_accounts", goneagent)
+    assert not User.objects.filter(username__in=["newbie", "goneagent"], is_active=True).exists()
+    for step in (workflow.approve_staff_account, workflow.reactivate_staff_account):
+        with pytest.raises(workflow.WorkflowError, match="Only a superadmin"):
+            step(newbie, server_admin)

@@ -1,4 +1,4 @@
-"""The staff accounts page: who may set passwords and e-mail addresses, and how long details may be."""
+"""The staff accounts page: who may set passwords, e-mail addresses and activation, and how long details may be."""
 
 from __future__ import annotations
 
@@ -138,3 +138,26 @@ def test_changing_ones_own_password_is_audited_without_the_password(client, agen
     event = AuditEvent.objects.get(action="staff.password_changed")
     assert (event.actor, event.target_type, event.target_id) == (agent, "user", str(agent.pk))
     assert NEW_PASSWORD not in str(event.details)
+
+
+def test_not_even_a_superadmin_activates_an_account_by_ticking_a_box(client, superadmin):
+    """Approving and reactivating are workflow steps: their audit events tell the two inactive states apart."""
+    goneagent = workflow.create_staff_account("goneagent", "gone@staff.example", roles.VETTING_AGENT)
+    workflow.deactivate_staff_account(goneagent, superadmin)
+    client.force_login(superadmin)
+    change_url = f"/admin/auth/user/{goneagent.pk}/change/"
+    assert 'name="is_active"' not in client.get(change_url).content.decode()
+    saved = client.post(
+        change_url,
+        {
+            "username": "goneagent",
+            "email": "gone@staff.example",
+            "first_name": "Gone",
+            "is_staff": "on",
+            "is_active": "on",
+            "groups": [group.pk for group in goneagent.groups.all()],
+        },
+    )
+    assert saved.status_code == 302
+    goneagent.refresh_from_db()
+    assert (goneagent.first_name, goneagent.is_active) == ("Gone", False)

@@ -106,6 +106,52 @@ def test_claiming_a_claimed_application_is_refused_with_who_has_it(agent, second
     assert application.claimed_by == agent
 
 
+def test_an_unverified_identity_may_still_be_recommended_for_rejection_or_more_checks(agent):
+    for recommendation in (
+        Application.Recommendation.REJECT,
+        Application.Recommendation.FURTHER_VERIFICATION,
+    ):
+        application = make_application()
+        workflow.claim(application, agent)
+        workflow.record_verification(
+            application, agent, **verification(identity_verified=False, recommendation=recommendation)
+        )
+        application.refresh_from_db()
+        assert (application.status, application.recommendation) == (Status.RECOMMENDED, recommendation)
+
+
+def test_a_second_tab_is_told_the_claim_was_its_own_not_someone_elses(agent):
+    application = make_application()
+    stale_tab = Application.objects.get(pk=application.pk)
+    workflow.claim(application, agent)
+    with pytest.raises(workflow.AlreadyDecided) as refusal:
+        workflow.claim(stale_tab, agent)
+    assert str(refusal.value) == (
+        "Already done in another tab or window: the application is now in review (by you). Nothing was changed."
+    )
+
+
+def test_a_lost_race_names_who_made_the_new_state_not_who_decided_earlier(
+    approved, superadmin, inviting_admin
+):
+    # After a reopen decided_by is empty and claimed_by is the agent: neither reopened it.
+    stale_page = Application.objects.get(pk=approved.pk)
+    workflow.reopen(approved, superadmin, "Second look")
+    with pytest.raises(
+        workflow.AlreadyDecided,
+        match=r"^Someone else got there first: the application is now recommended \(by superadmin\)\.",
+    ):
+        workflow.issue_invitation(stale_page, inviting_admin)
+
+
+def test_a_withdrawal_while_staff_look_is_put_down_to_the_applicant(agent, server_admin):
+    application = recommended_by(agent)
+    stale_tab = Application.objects.get(pk=application.pk)
+    workflow.withdraw(application)
+    with pytest.raises(workflow.AlreadyDecided, match=r"now withdrawn \(by the applicant\)"):
+        workflow.approve(stale_tab, server_admin)
+
+
 def test_only_the_claimer_or_a_server_admin_may_release(agent, second_agent, server_admin):
     application = make_application()
     workflow.claim(application, agent)
@@ -150,6 +196,7 @@ def test_another_agent_cannot_record_a_verification_on_someone_elses_claim(agent
         ({"method": "telepathy"}, "how the person was verified"),
         ({"recommendation": "maybe"}, "Choose a recommendation"),
         ({"verified_on": datetime.date(2999, 1, 1)}, "cannot be in the future"),
+        ({"identity_verified": False}, "cannot recommend approval when the identity was not verified"),
     ],
 )
 def test_invalid_verification_is_refused_and_changes_nothing(agent, bad, message):
@@ -236,6 +283,36 @@ def test_four_eyes_the_verifier_cannot_approve_or_reject(server_admin):
     assert_unchanged(application)
 
 
+def test_the_verifier_is_told_why_they_cannot_decide(server_admin, second_server_admin):
+    application = make_application()
+    workflow.claim(application, server_admin)
+    workflow.record_verification(application, server_admin, **verification())
+    assert workflow.refusals(application, server_admin) == [
+        "You recorded the verification of this application, so another server admin must decide it "
+        "(four-eyes rule)."
+    ]
+    assert workflow.refusals(application, second_server_admin) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "recommendation", "identity_verified", "warned"),
+    [
+        ("approve", "approve", True, None),
+        ("approve", "reject", True, "The verification recommended “Reject”: approving goes against"),
+        ("approve", "further-verification", True, "recommended “Further verification”: approving goes"),
+        ("reject", "approve", True, "The verification recommended “Approve”: rejecting goes against"),
+        ("reject", "reject", True, None),
+        ("reject", "", None, None),
+    ],
+)
+def test_a_decision_against_the_recommendation_is_warned_about(
+    name, recommendation, identity_verified, warned
+):
+    application = Application(recommendation=recommendation, identity_verified=identity_verified)
+    warning = workflow.decision_warning(name, application)
+    assert (warning is None) if warned is None else warned in warning
+
+
 def test_an_agent_cannot_decide(agent, second_agent):
     application = recommended_by(agent)
     with pytest.raises(workflow.WorkflowError, match="does not allow “Approve”"):
@@ -289,7 +366,31 @@ def test_only_a_superadmin_reopens_a_decision_with_a_reason(agent, server_admin,
     assert application.status == Status.RECOMMENDED
     assert application.decided_by is None
     event = AuditEvent.objects.get(action="application.reopened")
-    assert event.details == {"reason": "The referee called back.", "previous_status": "rejected"}
+    assert event.details["reason"] == "The referee called back."
+    assert event.details["previous_status"] == "rejected"
+
+
+def test_reopening_clears_the_old_decision_and_keeps_it_in_the_audit_trail(agent, server_admin, superadmin):
+    application = recommended_by(agent)
+    workflow.reject(application, server_admin, "Referee could not be reached", "Please apply again.")
+    rejected_at = Application.objects.get(pk=application.pk).decided_at
+
+    workflow.reopen(application, superadmin, "The referee called back.")
+
+    application.refresh_from_db()
+    assert (application.decided_by, application.decided_at) == (None, None)
+    assert (application.decision_reason, application.message_to_applicant) == ("", "")
+    assert AuditEvent.objects.get(action="application.rejected").details["reason"] == (
+        "Referee could not be reached"
+    )
+    assert AuditEvent.objects.get(action="application.reopened").details == {
+        "reason": "The referee called back.",
+        "previous_status": "rejected",
+        "previous_decided_by": "server_admin",
+        "previous_decided_at": rejected_at.isoformat(),
+        "previous_decision_reason": "Referee could not be reached",
+        "previous_message_to_applicant": "Please apply again.",
+    }
 
 
 def test_reopening_without_a_verification_returns_to_the_queue(server_admin, superadmin):
