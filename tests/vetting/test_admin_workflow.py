@@ -181,18 +181,7 @@ def test_requesting_information_through_the_form_stores_and_mails_exactly_the_ty
 
 
 def test_four_eyes_refusal_is_shown_not_a_500(client, server_admin):
-    application = make_application()
-    workflow.claim(application, server_admin)
-    workflow.record_verification(
-        application,
-        server_admin,
-        identity_verified=True,
-        method="video",
-        verified_on=application.created_at.date(),
-        location="Jitsi",
-        score=3,
-        recommendation="approve",
-    )
+    application = recommended_by(server_admin)
     client.force_login(server_admin)
     assert "Approve" not in buttons(client.get(change_url(application)).content.decode())
     page = client.get(f"/admin/vetting/application/{application.pk}/action/approve/").content.decode()
@@ -582,18 +571,7 @@ def test_the_change_page_costs_what_the_benchmark_expects(client, superadmin):
 
 
 def test_the_verifier_is_told_beside_the_buttons_why_they_cannot_decide(client, server_admin):
-    application = make_application()
-    workflow.claim(application, server_admin)
-    workflow.record_verification(
-        application,
-        server_admin,
-        identity_verified=True,
-        method="video",
-        verified_on=application.created_at.date(),
-        location="Jitsi",
-        score=3,
-        recommendation="approve",
-    )
+    application = recommended_by(server_admin)
     client.force_login(server_admin)
     page = client.get(change_url(application)).content.decode()
     assert buttons(page) == ["Request information"]
