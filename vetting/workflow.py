@@ -526,7 +526,8 @@ def erasure_refusal(application: Application) -> str | None:
 
 
 def erase_application(application: Application, request: HttpRequest | None = None) -> None:
-    """The applicant's right to erasure: their evidence, answers, personal fields and staff notes go.
+    """The applicant's right to erasure: their evidence, answers, personal fields, staff notes
+    and the Matrix username on their invitations go.
 
     Kept: the reference, the status, the dates and an anonymised audit trail
     (the events without their IP addresses and details, still verifiable;
@@ -551,6 +552,9 @@ def erase_application(application: Application, request: HttpRequest | None = No
         locked.evidence.all().delete()
         locked.information_replies.all().delete()
         locked.notes.all().delete()
+        # Their invitations keep state and dates, not the Matrix username or what
+        # the homeserver said about it (erasure waits for any live token to end).
+        locked.invitations.update(matrix_username="", raw_response={}, redemption_note="")
         # Every mail about this application holds their name, staff mail included:
         # mail not yet sent is never sent, a sent copy is not kept. Applicant mail
         # names the reference or carries the status link (the token mail only the

@@ -335,6 +335,21 @@ def test_sync_marks_a_used_token_joined_when_the_assigned_account_exists(
     assert "invitation.completed" in actions(approved)
 
 
+def test_erasing_a_joined_application_forgets_the_username_on_its_invitations(
+    approved, inviting_admin, fake_synapse
+):
+    invitation = issue(approved, inviting_admin)
+    fake_synapse.register(invitation.token, "alex")
+    workflow.sync_invitations()
+    workflow.erase_application(approved)
+    invitation.refresh_from_db()
+    assert invitation.state == Invitation.State.COMPLETED  # what happened stays
+    assert (invitation.matrix_username, invitation.raw_response, invitation.redemption_note) == ("", {}, "")
+    assert "alex" not in str(list(Invitation.objects.values_list()))
+    # The invitation's events are the application's: redacted with them.
+    assert "alex" not in str(list(AuditEvent.objects.values_list("details", flat=True)))
+
+
 def test_a_token_used_for_another_username_raises_the_staff_flag(approved, inviting_admin, fake_synapse):
     invitation = issue(approved, inviting_admin)
     fake_synapse.register(invitation.token, "someone.else")
