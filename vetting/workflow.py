@@ -830,8 +830,14 @@ def add_note(application: Application, user, text: str, request: HttpRequest | N
     if not user.has_perm("vetting.add_staffnote"):
         raise WorkflowError(_("Your role does not allow adding notes."))
     with transaction.atomic():
-        note = StaffNote.objects.create(application=application, author=user, text=text)
-        audit.record("note.added", actor=user, target=application, request=request, details={"note": note.pk})
+        # Locked, so a note cannot slip in while the applicant's erasure commits.
+        locked = _lock(application)
+        if locked.erased_at is not None:
+            raise WorkflowError(
+                _("The applicant erased this application: nothing more is written about them.")
+            )
+        note = StaffNote.objects.create(application=locked, author=user, text=text)
+        audit.record("note.added", actor=user, target=locked, request=request, details={"note": note.pk})
     return note
 
 

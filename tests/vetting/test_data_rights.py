@@ -100,6 +100,16 @@ def test_download_my_data_leaves_out_the_notes_staff_wrote_on_files_they_added(c
     assert notes == {"passport.pdf": "", "letter.pdf": "My letter"}
 
 
+def test_no_staff_note_is_written_about_an_erased_application(agent):
+    application = make_application()
+    workflow.erase_application(application)
+    events = AuditEvent.objects.count()
+    with pytest.raises(workflow.WorkflowError, match="erased this application"):
+        workflow.add_note(application, agent, "Saw them again at the meetup.")
+    assert not StaffNote.objects.exists()
+    assert AuditEvent.objects.count() == events
+
+
 def test_erase_asks_first_then_deletes_files_and_personal_fields(client, settings, agent):
     application = apply_with_a_file(client)
     workflow.claim(application, agent)
