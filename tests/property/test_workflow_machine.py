@@ -682,7 +682,11 @@ class WorkflowMachine(RuleBasedStateMachine):
         self.applicants[index].page = copy.deepcopy(fresh)
         call, invalid_input = self._staff_call(name, page, user, inputs)
         if name == "add_note":
-            guard = None if user.has_perm("vetting.add_staffnote") else "no permission"
+            if not user.has_perm("vetting.add_staffnote"):
+                guard = "no permission"
+            else:
+                # Nothing more is written about someone who erased their application.
+                guard = "erased" if fresh.erased_at is not None else None
         else:
             guard = workflow.guard_reason(name, fresh, user)
         if expect is None:
