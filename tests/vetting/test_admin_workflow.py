@@ -484,9 +484,7 @@ def test_a_verification_done_again_after_an_answer_starts_from_the_one_recorded(
 # Deciding with the verification in view -------------------------------------------
 
 
-def recommended_for_rejection(agent) -> Application:
-    application = make_application()
-    workflow.claim(application, agent)
+def recommend_rejection(application: Application, agent, **notes) -> None:
     workflow.record_verification(
         application,
         agent,
@@ -496,8 +494,14 @@ def recommended_for_rejection(agent) -> Application:
         location="Jitsi",
         score=2,
         recommendation="reject",
-        notes="The referee does not know them.",
+        **notes,
     )
+
+
+def recommended_for_rejection(agent) -> Application:
+    application = make_application()
+    workflow.claim(application, agent)
+    recommend_rejection(application, agent, notes="The referee does not know them.")
     return application
 
 
@@ -507,16 +511,7 @@ def test_the_approve_page_shows_the_verification_and_warns_against_the_recommend
     application = recommended_for_rejection(agent)
     answered(application, server_admin, "Ask Sam, she knows me from the meetup.")
     workflow.claim(application, agent)
-    workflow.record_verification(
-        application,
-        agent,
-        identity_verified=False,
-        method="video",
-        verified_on=application.created_at.date(),
-        location="Jitsi",
-        score=2,
-        recommendation="reject",
-    )
+    recommend_rejection(application, agent)
     client.force_login(server_admin)
 
     page = client.get(f"/admin/vetting/application/{application.pk}/action/approve/").content.decode()
