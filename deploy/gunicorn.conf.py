@@ -2,6 +2,10 @@
 # Install as {{ config_dir }}/gunicorn.conf.py; rvi-web.service points at it.
 import multiprocessing
 
+from gunicorn.glogging import Logger
+
+from iama_vetting.logs import JSONFormatter
+
 # nginx on this host is the only client.
 bind = "127.0.0.1:{{ app_port }}"
 # Sync workers: requests are short, evidence leaves through nginx (X-Accel-Redirect).
@@ -20,3 +24,20 @@ worker_tmp_dir = "/dev/shm"  # noqa: S108 - only heartbeat files, no data
 # reset tokens included, to the journal. The app writes the access line, tokens masked.
 accesslog = None
 errorlog = "-"
+
+
+class JSONLogger(Logger):
+    """gunicorn's own lines (boot, workers starting and exiting, timeouts) as the app's JSON lines.
+
+    A subclass rather than `logconfig_dict`: any logconfig_dict switches gunicorn's
+    access logging back on (glogging's access_log_enabled), which would then
+    have to be silenced by hand.
+    """
+
+    def setup(self, cfg) -> None:
+        super().setup(cfg)
+        for handler in self.error_log.handlers:
+            handler.setFormatter(JSONFormatter())
+
+
+logger_class = JSONLogger

@@ -156,6 +156,69 @@ def test_keep_days_below_one_is_refused(tmp_path):
         call_command("backup", "--dir", str(tmp_path), "--keep-days", "0")
 
 
+def made_hours_ago(directory: Path, hours: float, *suffixes: str) -> list[Path]:
+    """Backup files named as `backup` names them, `hours` ago."""
+    stamp = (datetime.now(UTC) - timedelta(hours=hours)).strftime("%Y%m%dT%H%M%SZ")
+    paths = [directory / name.format(stamp=stamp) for name in suffixes]
+    for path in paths:
+        path.write_text("x")
+    return paths
+
+
+FULL_BACKUP = ("rvi-db-{stamp}.dump", "rvi-db-{stamp}.counts.json", "rvi-evidence-{stamp}.tar.gz")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_check_passes_right_after_a_backup(tmp_path):
+    run_backup("--dir", str(tmp_path))
+    output = run_backup("--check", "--dir", str(tmp_path))
+    assert "Newest database backup: rvi-db-" in output and "0.0 hours old." in output
+    assert "Newest evidence archive: rvi-evidence-" in output
+
+
+def test_check_fails_when_the_newest_backup_is_older_than_26_hours_and_names_it(tmp_path):
+    made_hours_ago(tmp_path, 50, *FULL_BACKUP)
+    [newest, _counts, _archive] = made_hours_ago(tmp_path, 27, *FULL_BACKUP)
+    with pytest.raises(
+        CommandError,
+        match=f"The newest database backup, {newest.name}, is 27.0 hours old \\(the limit is 26\\)",
+    ):
+        run_backup("--check", "--dir", str(tmp_path))
+
+
+def test_check_passes_with_a_backup_of_25_hours_and_writes_nothing(tmp_path):
+    made_hours_ago(tmp_path, 25, *FULL_BACKUP)
+    before = sorted(tmp_path.iterdir())
+    assert "25.0 hours old." in run_backup("--check", "--dir", str(tmp_path))
+    assert sorted(tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize(
+    ("recent", "message"),
+    [
+        ((), "No database backup in"),
+        # An interrupted run leaves only its partial file: that is no backup.
+        (("rvi-db-{stamp}.dump.partial", "rvi-evidence-{stamp}.tar.gz"), "No database backup in"),
+        (("rvi-db-{stamp}.sqlite3", "rvi-db-{stamp}.counts.json"), "No evidence archive in"),
+    ],
+)
+def test_check_fails_when_a_part_of_the_backup_is_missing(tmp_path, recent, message):
+    made_hours_ago(tmp_path, 1, *recent)
+    with pytest.raises(CommandError, match=message):
+        run_backup("--check", "--dir", str(tmp_path))
+
+
+def test_check_with_evidence_on_s3_needs_only_the_database_backup(tmp_path, settings):
+    settings.EVIDENCE_STORAGE = "s3"
+    made_hours_ago(tmp_path, 1, "rvi-db-{stamp}.sqlite3")
+    assert "Newest database backup" in run_backup("--check", "--dir", str(tmp_path))
+
+
+def test_check_of_a_directory_that_does_not_exist_fails(tmp_path):
+    with pytest.raises(CommandError, match="No backup: .*nowhere cannot be read"):
+        run_backup("--check", "--dir", str(tmp_path / "nowhere"))
+
+
 def test_database_password_goes_to_a_private_passfile_not_the_environment_or_arguments():
     params = {
         "dbname": "rvi",

@@ -15,6 +15,7 @@ from django.conf import settings
 from django.core.management import CommandError, call_command
 
 from iama_vetting.management.commands.deploy_config import template_names
+from notifications.management.commands.send_outbox import EXIT_CONFIGURATION_ERROR
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 
@@ -68,6 +69,9 @@ def test_web_unit_runs_gunicorn_without_control_socket_as_the_given_user(tmp_pat
         "rvi-purge-evidence.service",
         "rvi-purge-unconfirmed.service",
         "rvi-sync-invitations.service",
+        "rvi-security-report.service",
+        "rvi-backup-check.service",
+        "rvi-alert@.service",
     ],
 )
 def test_every_service_is_hardened_and_writes_only_its_own_root(tmp_path, unit):
@@ -83,6 +87,48 @@ def test_the_mail_worker_runs_the_outbox_loop_and_stops_gracefully(tmp_path):
     assert "manage.py send_outbox --loop\n" in unit
     assert "KillSignal=SIGTERM\n" in unit
     assert "Restart=always\n" in unit
+
+
+def unit_section(text: str, section: str) -> str:
+    return text.split(f"[{section}]\n", 1)[1].split("\n[", 1)[0]
+
+
+def test_every_timer_driven_service_and_the_mail_worker_raise_an_alert_when_they_fail(tmp_path):
+    systemd = render(tmp_path / "out") / "systemd"
+    timed = sorted(path.with_suffix(".service").name for path in systemd.glob("*.timer"))
+    assert "rvi-backup.service" in timed and "rvi-backup-check.service" in timed
+    for name in [*timed, "rvi-mail.service"]:
+        unit = unit_section((systemd / name).read_text(), "Unit")
+        assert "OnFailure=rvi-alert@%n.service\n" in unit, name
+
+
+def test_the_alert_writes_one_line_at_priority_err_naming_the_failed_unit(tmp_path):
+    alert = (render(tmp_path / "out") / "systemd" / "rvi-alert@.service").read_text()
+    service = unit_section(alert, "Service")
+    assert "Type=oneshot\n" in service
+    assert "SyslogLevel=err\n" in service
+    [command] = re.findall(r"^ExecStart=(.*)$", service, flags=re.MULTILINE)
+    # %i is the instance: the failed unit's full name, from OnFailure=rvi-alert@%n.service.
+    assert command == '/usr/bin/echo "IaMA RVI: %i failed; see journalctl -u %i"'
+
+
+def test_the_mail_worker_is_not_restarted_after_a_configuration_error(tmp_path):
+    unit = (render(tmp_path / "out") / "systemd" / "rvi-mail.service").read_text()
+    assert f"RestartPreventExitStatus={EXIT_CONFIGURATION_ERROR}\n" in unit
+    # Any other exit (a crash, a database gone) is restarted as before.
+    assert "Restart=always\n" in unit
+
+
+def test_the_backup_age_is_checked_daily_after_the_backup(tmp_path):
+    systemd = render(tmp_path / "out") / "systemd"
+    check = (systemd / "rvi-backup-check.service").read_text()
+    assert (
+        "ExecStart=/srv/iama-rvi/.venv/bin/python /srv/iama-rvi/manage.py backup --check "
+        "--dir /var/lib/iama-rvi/backups --max-age-hours 26\n"
+    ) in check
+    assert "After=rvi-backup.service\n" in unit_section(check, "Unit")
+    timer = (systemd / "rvi-backup-check.timer").read_text()
+    assert "OnCalendar=*-*-* 04:00:00 UTC\n" in timer and "Persistent=true\n" in timer
 
 
 def test_backup_runs_daily_at_two_and_purge_daily(tmp_path):
@@ -118,6 +164,7 @@ def test_nginx_site_has_no_location_serving_the_evidence_root_publicly(tmp_path)
         ("app_dir", "srv/iama-rvi", "absolute path"),
         ("app_dir", "/srv/iama rvi", "unsafe"),
         ("venv", "/srv/../etc", "'..'"),
+        ("acme_webroot", "var/www/html", "absolute path"),
         ("user", "Root user", "not a valid system user"),
         # A final newline would end the line of config early ("$" lets it through).
         ("user", "rvi\n", "not a valid system user"),
@@ -193,4 +240,6 @@ def test_gunicorn_writes_no_access_log(tmp_path):
     config = runpy.run_path(str(render(tmp_path / "out") / "gunicorn.conf.py"))
     assert config.get("accesslog") is None
     assert "access_log_format" not in config
+    # Any logconfig_dict would switch gunicorn's access logging back on.
+    assert "logconfig_dict" not in config
     assert config["errorlog"] == "-"

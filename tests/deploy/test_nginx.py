@@ -30,6 +30,7 @@ class Site:
     https_port: int
     cert: Path
     config: Path
+    acme_webroot: Path
     session_key: str
     evidence_id: str
     evidence_bytes: bytes
@@ -50,6 +51,7 @@ def site(tmp_path_factory) -> Site:
         STAFF_REQUIRE_2FA="true",
     ).install()
     cert, key = servers.self_signed_certificate(root)
+    acme_webroot = root / "acme"
     app_port, http_port, https_port = servers.free_port(), servers.free_port(), servers.free_port()
     rendered = app.render_deploy(
         root / "rendered",
@@ -61,6 +63,7 @@ def site(tmp_path_factory) -> Site:
         tls_certificate_key=key,
         resolver="127.0.0.1",
         nginx_log_dir=root,
+        acme_webroot=acme_webroot,
     )
     config = servers.nginx_wrapper(rendered / "nginx" / "iama-rvi.conf", root)
     https_url = f"https://localhost:{https_port}"
@@ -81,6 +84,7 @@ def site(tmp_path_factory) -> Site:
             https_port=https_port,
             cert=cert,
             config=config,
+            acme_webroot=acme_webroot,
             session_key=app.staff_session(),
             evidence_id=evidence_id,
             evidence_bytes=evidence,
@@ -100,6 +104,54 @@ def test_plain_http_is_sent_to_https_with_301(site):
     # Neither server tells its version.
     assert response.headers["Server"] == "nginx"
     assert site.get("/apply/").headers["Server"] == "nginx"
+
+
+def test_an_acme_challenge_file_is_served_over_plain_http_without_a_redirect(site):
+    """certbot --webroot renews while nginx runs: Let's Encrypt fetches this over port 80."""
+    challenges = site.acme_webroot / ".well-known" / "acme-challenge"
+    challenges.mkdir(parents=True, exist_ok=True)
+    (challenges / "Jk7Qp2token").write_text("Jk7Qp2token.account-thumbprint")
+    response = requests.get(
+        site.http_url + "/.well-known/acme-challenge/Jk7Qp2token", allow_redirects=False, timeout=10
+    )
+    assert response.status_code == 200
+    assert response.text == "Jk7Qp2token.account-thumbprint"
+    assert response.headers["Server"] == "nginx"
+    missing = requests.get(
+        site.http_url + "/.well-known/acme-challenge/gone", allow_redirects=False, timeout=10
+    )
+    assert missing.status_code == 404
+    # No listing of the challenge directory either.
+    listing = requests.get(site.http_url + "/.well-known/acme-challenge/", allow_redirects=False, timeout=10)
+    assert listing.status_code == 404
+    assert "Jk7Qp2token" not in listing.text
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/outside-the-challenges.txt",
+        "/.well-known/outside-the-challenges.txt",
+        "/.well-known/security.txt",
+        "/.well-known/acme-challenge/../outside-the-challenges.txt",
+        "/.well-known/acme-challengeX/outside-the-challenges.txt",
+    ],
+)
+def test_nothing_else_of_the_webroot_is_served_over_plain_http(site, path):
+    (site.acme_webroot / ".well-known").mkdir(parents=True, exist_ok=True)
+    for directory in (site.acme_webroot, site.acme_webroot / ".well-known"):
+        (directory / "outside-the-challenges.txt").write_text("leak")
+    connection = http.client.HTTPConnection("127.0.0.1", int(site.http_url.rsplit(":", 1)[1]), timeout=10)
+    try:
+        # http.client sends the path as written: no client-side removal of "..".
+        connection.request("GET", path)
+        response = connection.getresponse()
+        body = response.read()
+    finally:
+        connection.close()
+    assert response.status == 301
+    assert response.getheader("Location").startswith(f"https://127.0.0.1:{site.https_port}/")
+    assert b"leak" not in body
 
 
 def test_public_page_over_https_carries_hsts_exactly_once(site):

@@ -1,4 +1,9 @@
-"""`manage.py verify_deployment`: every finding printed, the exit code says pass or fail."""
+"""`manage.py verify_deployment`: every finding printed, the exit code says pass or fail.
+
+The relay and the homeserver it checks are real servers on 127.0.0.1: the
+suite's aiosmtpd (STARTTLS and AUTH required) and the fake Synapse, plus the
+real Synapse for the `synapse`-marked test.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +13,14 @@ import secrets
 import pytest
 from django.core.management import CommandError, call_command
 
+from notifications.relay import RelayEmailBackend
+
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def good(settings, tmp_path, monkeypatch):
-    """A configuration as deploy/README.md leaves it."""
+def good(settings, tmp_path, monkeypatch, smtp_server, use_relay, fake_synapse):
+    """A configuration as deploy/README.md leaves it, with a relay and a homeserver that answer."""
     secret = secrets.token_urlsafe(50)
     monkeypatch.setenv("SESSION_SECRET", secret)
     # Set by the browser tests' fixture for this test process, never in a deployment.
@@ -25,9 +32,9 @@ def good(settings, tmp_path, monkeypatch):
     settings.SECURE_HSTS_PRELOAD = True
     settings.SECURE_SSL_REDIRECT = True
     settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-    settings.SMTP_RELAY_AUTHPW = "relay-password"
-    settings.MATRIX_HOMESERVER_URL = "https://matrix.example.org"
-    settings.MATRIX_ADMIN_TOKEN = "syt_admin_token"
+    # Each run starts as a fresh process would: no relay port remembered.
+    monkeypatch.setattr(RelayEmailBackend, "working_port", {})
+    use_relay(smtp_server.port)
     settings.EVIDENCE_ROOT.mkdir(mode=0o750)
     settings.EVIDENCE_ROOT.chmod(0o750)
     env_file = tmp_path / "env"
@@ -102,7 +109,84 @@ def test_check_deploy_warnings_fail_the_run(good, settings):
 
 
 def test_secrets_never_appear_in_the_output(good, settings):
-    settings.SMTP_RELAY_AUTHPW = "relay-password"
     _passed, output = verify("--env-file", str(good))
-    assert "relay-password" not in output and "syt_admin_token" not in output
+    assert settings.SMTP_RELAY_AUTHPW not in output and settings.MATRIX_ADMIN_TOKEN not in output
     assert settings.SECRET_KEY not in output
+
+
+@pytest.mark.smtp
+def test_the_relay_is_logged_into_over_tls_and_no_mail_is_sent(good, smtp_server):
+    passed, output = verify()
+    assert passed, output
+    assert "ok   mail relay accepts our login" in output
+    assert smtp_server.recorder.accepted_logins == 1
+    assert smtp_server.recorder.commands == []
+    assert smtp_server.recorder.received == []
+
+
+@pytest.mark.smtp
+def test_a_wrong_relay_password_fails_and_is_not_shown(good, smtp_server, use_relay):
+    wrong = "wrong-relay-password-Xy9!"
+    use_relay(smtp_server.port, password=wrong)
+    passed, output = verify()
+    assert not passed
+    assert "FAIL mail relay accepts our login" in output
+    assert "the relay refused our login (535" in output
+    assert wrong not in output
+    # smtplib tries each mechanism the server offers; the relay refused them all.
+    assert smtp_server.recorder.logins
+    assert smtp_server.recorder.accepted_logins == 0
+
+
+@pytest.mark.smtp
+def test_a_relay_that_answers_on_no_port_fails_naming_each_port(good, use_relay, closed_port):
+    use_relay(closed_port)
+    passed, output = verify()
+    assert not passed
+    assert "FAIL mail relay accepts our login" in output
+    assert f"no port of 127.0.0.1 worked ({closed_port}: connection refused)" in output
+
+
+@pytest.mark.smtp
+def test_a_relay_without_tls_fails_before_the_password_is_sent(good, start_smtp_server, use_relay):
+    plain = start_smtp_server(tls=False)
+    use_relay(plain.port)
+    passed, output = verify()
+    assert not passed
+    assert "STARTTLS extension not supported" in output
+    assert plain.recorder.logins == []
+
+
+def test_the_homeserver_is_asked_with_the_admin_token_and_nothing_is_changed(good, fake_synapse):
+    passed, output = verify()
+    assert passed, output
+    assert "ok   Matrix homeserver accepts our admin credentials" in output
+    assert fake_synapse.server.calls("GET", "/_synapse/admin/v1/registration_tokens") == 1
+    assert all(request.method == "GET" for request in fake_synapse.server.requests)
+
+
+def test_a_refused_admin_token_fails_and_is_not_shown(good, settings):
+    settings.MATRIX_ADMIN_TOKEN = "syt_wrong_admin_token_Qz8"
+    passed, output = verify()
+    assert not passed
+    assert "FAIL Matrix homeserver accepts our admin credentials" in output
+    assert "refused our admin token" in output
+    assert "syt_wrong_admin_token_Qz8" not in output
+
+
+def test_a_homeserver_that_does_not_answer_fails(good, settings, closed_port):
+    settings.MATRIX_HOMESERVER_URL = f"http://127.0.0.1:{closed_port}"
+    passed, output = verify()
+    assert not passed
+    assert "The homeserver did not answer" in output and "connection refused" in output
+
+
+@pytest.mark.synapse
+def test_the_real_synapse_takes_our_admin_token_and_refuses_a_wrong_one(good, synapse, settings):
+    passed, output = verify()
+    assert passed, output
+    settings.MATRIX_ADMIN_TOKEN = "syt_not_a_token_of_this_server"
+    passed, output = verify()
+    assert not passed
+    assert "refused our admin token" in output
+    assert "syt_not_a_token_of_this_server" not in output and synapse.admin_token not in output

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import timedelta
 from io import StringIO
 
 import pytest
+from django.conf import settings as django_settings
 from django.core import mail as django_mail
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
 
+from notifications.management.commands.send_outbox import EXIT_CONFIGURATION_ERROR
 from notifications.models import RETRY_DELAYS, OutboundEmail
 from notifications.outbox import queue_email
 from tests.factories import make_application
@@ -65,6 +70,29 @@ def test_without_relay_password_in_production_the_worker_refuses_and_mail_stays_
     with pytest.raises(CommandError, match="SMTP_RELAY_AUTHPW is not set"):
         run_worker()
     assert OutboundEmail.objects.get().status == OutboundEmail.Status.QUEUED
+
+
+def test_the_loop_without_relay_password_exits_once_with_the_status_systemd_does_not_restart(tmp_path):
+    """rvi-mail.service has RestartPreventExitStatus=78: no restart every 5 s for ever."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "SMTP_RELAY_AUTHPW": "",
+    }
+    worker = subprocess.run(  # noqa: S603 - our own manage.py
+        [sys.executable, "manage.py", "send_outbox", "--loop"],
+        cwd=django_settings.BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert worker.returncode == EXIT_CONFIGURATION_ERROR == 78
+    assert worker.stdout == ""
+    assert worker.stderr.splitlines() == [
+        "CommandError: SMTP_RELAY_AUTHPW is not set: the relay cannot be used without it. "
+        "Mail stays queued; set it in the environment file, then start the worker again."
+    ]
 
 
 def test_dry_run_counts_due_mail_and_sends_nothing():

@@ -157,3 +157,26 @@ def test_a_mail_in_the_hands_of_a_killed_worker_is_sent_by_another_after_the_lea
     mail.refresh_from_db()
     assert mail.status == OutboundEmail.Status.SENT
     assert mail.claimed_by != dead_worker
+
+
+def test_while_the_relay_is_down_the_loop_keeps_running_and_the_mail_stays_queued(
+    transactional_db, smtp_server, certificates, closed_port
+):
+    """Unlike a missing setting (exit 78, no restart), a relay that is down is waited out."""
+    [mail] = queue_mails(1)
+    worker = start_worker(smtp_server, certificates, "--loop", SMTP_RELAY_PORTS=str(closed_port))
+    try:
+        line = worker.stderr.readline()
+        while "connection refused" not in line:
+            line = worker.stderr.readline()
+            assert line, "the worker exited before it tried the relay"
+        worker.send_signal(signal.SIGTERM)
+        out, err = worker.communicate(timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert worker.returncode == 0, err
+    assert "Outbox: 0 sent, 1 to retry later, 0 failed, 0 handed back." in out
+    mail.refresh_from_db()
+    assert mail.status == OutboundEmail.Status.QUEUED
+    assert mail.attempts == 1

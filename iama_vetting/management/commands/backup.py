@@ -23,6 +23,10 @@ from evidence.storage import evidence_storage
 
 # Only files named like this are ever rotated away; anything else in the directory is left alone.
 BACKUP_NAME_RE = re.compile(r"^rvi-(db|evidence)-(?P<stamp>\d{8}T\d{6}Z)\.")
+# A finished backup (not its .partial file or its row counts), as --check counts it.
+FINISHED_BACKUP_RE = re.compile(
+    r"^rvi-(?P<kind>db|evidence)-(?P<stamp>\d{8}T\d{6}Z)\.(dump|sqlite3|tar\.gz)\Z"
+)
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 # libpq connection options that pg_dump/pg_restore also read from the environment.
 LIBPQ_ENVIRONMENT = {
@@ -115,13 +119,26 @@ class Command(BaseCommand):
     help = (
         "Back up the database (pg_dump in custom format, or SQLite's online backup) and the local "
         "evidence files into --dir as private files, then delete backups older than --keep-days; "
-        "with --verify FILE, restore that backup into a scratch database and compare its row counts."
+        "with --verify FILE, restore that backup into a scratch database and compare its row counts; "
+        "with --check, fail when the newest backup is missing or older than --max-age-hours."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--dir", type=Path, help="Where backups go (default: BACKUP_DIR).")
         parser.add_argument("--keep-days", type=int, default=14, help="Delete backups older than this.")
-        parser.add_argument("--verify", type=Path, metavar="FILE", help="Check this database backup instead.")
+        instead = parser.add_mutually_exclusive_group()
+        instead.add_argument(
+            "--verify", type=Path, metavar="FILE", help="Check this database backup instead."
+        )
+        instead.add_argument(
+            "--check",
+            action="store_true",
+            help="Write nothing; exit non-zero when the newest database backup (and evidence archive, "
+            "for local evidence) in --dir is missing or older than --max-age-hours. For monitoring.",
+        )
+        parser.add_argument(
+            "--max-age-hours", type=int, default=26, help="With --check: the age that fails (default 26)."
+        )
         parser.add_argument(
             "--scratch-url",
             help="PostgreSQL only: a role allowed to CREATE DATABASE for --verify (default: "
@@ -131,6 +148,9 @@ class Command(BaseCommand):
     def handle(self, *args, **options) -> None:
         if options["verify"]:
             self.verify(options["verify"], options["scratch_url"] or settings.BACKUP_SCRATCH_DATABASE_URL)
+            return
+        if options["check"]:
+            self.check_age((options["dir"] or settings.BACKUP_DIR).resolve(), options["max_age_hours"])
             return
         if options["keep_days"] < 1:
             raise CommandError("--keep-days must be at least 1.")
@@ -242,6 +262,41 @@ class Command(BaseCommand):
                 path.unlink()
                 removed.append(path)
         return removed
+
+    # Checking
+
+    def check_age(self, directory: Path, max_age_hours: int) -> None:
+        if max_age_hours < 1:
+            raise CommandError("--max-age-hours must be at least 1.")
+        kinds = {"db": "database backup"}
+        if settings.EVIDENCE_STORAGE == "local":
+            kinds["evidence"] = "evidence archive"
+        try:
+            names = [path.name for path in directory.iterdir() if path.is_file()]
+        except OSError as error:
+            raise CommandError(f"No backup: {directory} cannot be read ({error.strerror}).") from error
+        newest: dict[str, tuple[datetime, str]] = {}
+        for name in names:
+            match = FINISHED_BACKUP_RE.match(name)
+            if match and match["kind"] in kinds:
+                made = datetime.strptime(match["stamp"], STAMP_FORMAT).replace(tzinfo=UTC)
+                newest[match["kind"]] = max(newest.get(match["kind"], (made, name)), (made, name))
+        now = datetime.now(UTC)
+        problems = []
+        for kind, label in kinds.items():
+            if kind not in newest:
+                problems.append(f"No {label} in {directory}.")
+                continue
+            made, name = newest[kind]
+            hours = (now - made) / timedelta(hours=1)
+            if hours > max_age_hours:
+                problems.append(
+                    f"The newest {label}, {name}, is {hours:.1f} hours old (the limit is {max_age_hours})."
+                )
+            else:
+                self.stdout.write(f"Newest {label}: {name}, {hours:.1f} hours old.")
+        if problems:
+            raise CommandError(" ".join(problems))
 
     # Verifying
 

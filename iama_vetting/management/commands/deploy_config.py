@@ -96,6 +96,12 @@ class Command(BaseCommand):
             "--tls-certificate-key", help="Default: Let's Encrypt's privkey.pem for the domain."
         )
         parser.add_argument("--resolver", help="DNS servers for OCSP stapling (default: /etc/resolv.conf's).")
+        parser.add_argument(
+            "--acme-webroot",
+            default="/var/www/html",
+            help="certbot --webroot's directory, served on port 80 for Let's Encrypt's challenges "
+            "(default: Debian nginx's, which answers them before this site is installed).",
+        )
         parser.add_argument("--listen-address", default="", help="nginx listens only here (default: all).")
         parser.add_argument("--nginx-log-dir", default="/var/log/nginx")
         parser.add_argument("--app-port", type=port, default=8000, help="gunicorn's port on 127.0.0.1.")
@@ -149,6 +155,7 @@ class Command(BaseCommand):
             "maintenance_file": f"{state_dir}/maintenance.json",
             "nginx_log_dir": safe_path(options["nginx_log_dir"], "--nginx-log-dir"),
             "static_root": safe_path(options["static_root"] or f"{app_dir}/staticfiles", "--static-root"),
+            "acme_webroot": safe_path(options["acme_webroot"], "--acme-webroot"),
             "tls_certificate": safe_path(
                 options["tls_certificate"] or f"/etc/letsencrypt/live/{domain}/fullchain.pem",
                 "--tls-certificate",

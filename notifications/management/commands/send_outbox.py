@@ -19,6 +19,11 @@ from notifications.outbox import Tally, send_due
 
 logger = logging.getLogger(__name__)
 
+# sysexits.h's EX_CONFIG. rvi-mail.service does not restart on it
+# (RestartPreventExitStatus=): a missing setting stays missing however often
+# the worker starts, while a relay that is down only delays the mail.
+EXIT_CONFIGURATION_ERROR = 78
+
 
 class StopFlag:
     """Set by SIGTERM or SIGINT; the worker checks it between mails.
@@ -72,7 +77,10 @@ class Command(BaseCommand):
         try:
             get_connection()
         except ImproperlyConfigured as error:
-            raise CommandError(f"{error} Mail stays queued.") from error
+            raise CommandError(
+                f"{error} Mail stays queued; set it in the environment file, then start the worker again.",
+                returncode=EXIT_CONFIGURATION_ERROR,
+            ) from error
 
         worker = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         stopping = StopFlag()
