@@ -2,12 +2,11 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from iama_vetting.admin_site import CheckedFilters
 from iama_vetting.models import CSPViolation
 
 
 @admin.register(CSPViolation)
-class CSPViolationAdmin(CheckedFilters, admin.ModelAdmin):
+class CSPViolationAdmin(admin.ModelAdmin):
     """Read-only: the rows are what browsers reported."""
 
     list_display = ["directive", "blocked", "document_path", "count", "first_seen", "last_seen"]

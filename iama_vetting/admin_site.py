@@ -16,11 +16,13 @@ from urllib.parse import urlencode
 import segno
 from django import forms
 from django.conf import settings
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.contrib.admin.options import IncorrectLookupParameters
-from django.contrib.admin.views.main import ChangeList
+from django.contrib.admin.views.main import ERROR_FLAG, ChangeList
 from django.contrib.auth import logout
 from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models.base import ModelBase
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
@@ -47,6 +49,14 @@ BACKUP_CODE_COUNT = 10
 # another. People enrol themselves (two_factor_setup below); a lost phone is
 # "Reset second factor" on the staff accounts page (vetting.admin_staff).
 UNLISTED_APPS = {"otp_totp", "otp_static"}
+BAD_FILTER = _(
+    "The list cannot be filtered that way: the filter or its value is not one it offers. "
+    "It is shown without it."
+)
+# Django's own words for an action run with nothing ticked.
+NO_VALID_SELECTION = _(
+    "Items must be selected in order to perform actions on them. No items have been changed."
+)
 WRONG_CODE = _("That code is not right, or it was used already. Wait for the next code and try again.")
 
 
@@ -70,28 +80,68 @@ def admin_access_required(view: Callable) -> Callable:
 
 
 class CheckedChangeList(ChangeList):
-    """Filter values Django would turn into a server error are bad filters instead.
+    """Filter values Django would turn into a server error, or silently ignore, are bad filters instead.
 
     A date-hierarchy value past year 9999 (?created_at__year=9999&created_at__month=12):
     Django computes the end of the period without checking it exists. A NUL
-    character (?source=%00): PostgreSQL refuses it in any text. As a bad lookup
-    the list redirects to its "?e=1" page like for any other unusable filter.
+    character (?source=%00): PostgreSQL refuses it in any text. A value none of
+    our own filters offers (?status=bogus): their queryset() would leave the
+    list unfiltered, so it would list everything. As a bad lookup the list
+    redirects to its "?e=1" page like for any other unusable filter.
     """
 
     def get_filters(self, request):
         if any("\x00" in value for _name, values in request.GET.lists() for value in values):
             raise IncorrectLookupParameters("A filter value contains a NUL character.")
         try:
-            return super().get_filters(request)
+            filters = super().get_filters(request)
         except (OverflowError, ValueError) as error:
             raise IncorrectLookupParameters(error) from error
+        for spec in filters[0]:
+            if not isinstance(spec, admin.SimpleListFilter):
+                continue
+            # An empty value is no choice: the filter's default applies.
+            chosen = spec.used_parameters.get(spec.parameter_name)
+            if chosen and chosen not in {str(lookup) for lookup, _title in spec.lookup_choices}:
+                raise IncorrectLookupParameters(f"{spec.parameter_name} has no choice {chosen!r}.")
+        return filters
 
 
-class CheckedFilters:
-    """For a ModelAdmin's list: see CheckedChangeList."""
+class CheckedListInput:
+    """On every list of the site (StaffAdminSite.register mixes it in): filters (see
+    CheckedChangeList) and ticked rows that Django would turn into a server error, or
+    silently ignore, are refused with a message, and nothing changes."""
 
     def get_changelist(self, request, **kwargs):
         return CheckedChangeList
+
+    def changelist_view(self, request, extra_context=None):
+        if ERROR_FLAG in request.GET:
+            # Django's redirect after a bad filter says nothing by itself.
+            self.message_user(request, BAD_FILTER, messages.WARNING)
+        return super().changelist_view(request, extra_context)
+
+    def response_action(self, request, queryset):
+        # A hand-made POST can tick "ids" that are no ids; filtering on them would raise.
+        pk = self.opts.pk
+        try:
+            for value in request.POST.getlist(helpers.ACTION_CHECKBOX_NAME):
+                pk.run_validators(pk.to_python(value))
+        except ValidationError:
+            self.message_user(request, NO_VALID_SELECTION, messages.WARNING)
+            return None
+        return super().response_action(request, queryset)
+
+
+def _checked(admin_class: type[admin.ModelAdmin]) -> type[admin.ModelAdmin]:
+    """The admin class with CheckedListInput: every list of the site has it, Django's own (groups) too."""
+    if issubclass(admin_class, CheckedListInput):
+        return admin_class
+    return type(
+        admin_class.__name__,
+        (CheckedListInput, admin_class),
+        {"__module__": admin_class.__module__, "__qualname__": admin_class.__qualname__},
+    )
 
 
 class CodeForm(forms.Form):
@@ -110,7 +160,7 @@ class StaffAdminSite(admin.AdminSite):
         models = [model_or_iterable] if isinstance(model_or_iterable, ModelBase) else model_or_iterable
         listed = [model for model in models if model._meta.app_label not in UNLISTED_APPS]
         if listed:
-            super().register(listed, admin_class, **options)
+            super().register(listed, _checked(admin_class or admin.ModelAdmin), **options)
 
     def has_permission(self, request: HttpRequest) -> bool:
         return super().has_permission(request) and not self.needs_second_factor(request)

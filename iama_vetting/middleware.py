@@ -20,7 +20,8 @@ from django.contrib.sessions import middleware as sessions_middleware
 from django.core.exceptions import DisallowedHost
 from django.core.signals import setting_changed
 from django.dispatch import receiver
-from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, HttpResponseNotAllowed
+from django.template.loader import render_to_string
 from django.urls import Resolver404, ResolverMatch, resolve
 from django.utils.functional import LazyObject, empty
 from django_otp import middleware as otp_middleware
@@ -289,6 +290,25 @@ def _in_default_tier(request: HttpRequest) -> bool:
     if any(limit.methods is None or request.method in limit.methods for limit in own_limits):
         return False
     return "admin" not in match.namespaces
+
+
+class MethodNotAllowedPageMiddleware:
+    """A method a view does not take gets the site's error page, not Django's empty 405.
+
+    require_http_methods and class-based views answer with a bare HttpResponseNotAllowed;
+    its Allow header stays. Rendered with neither the session nor the user, so a public
+    page still starts no session.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        response = self.get_response(request)
+        if isinstance(response, HttpResponseNotAllowed) and not response.content:
+            response.content = render_to_string("405.html", request=request)
+            response["Content-Type"] = "text/html; charset=utf-8"
+        return response
 
 
 # The public pages are for anonymous applicants: they never have a session,

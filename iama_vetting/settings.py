@@ -119,6 +119,8 @@ MIDDLEWARE = [
     "iama_vetting.middleware.DefaultRateLimitMiddleware",
     # Before sessions and the database: maintenance must answer with the database down.
     "iama_vetting.maintenance.MaintenanceModeMiddleware",
+    # Outside sessions: its page for a wrong method must not start one.
+    "iama_vetting.middleware.MethodNotAllowedPageMiddleware",
     # Django's and django-otp's, skipped on the public pages (no sessions there).
     "iama_vetting.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",

@@ -9,7 +9,6 @@ from django.utils.text import Truncator
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from iama_vetting.admin_site import CheckedFilters
 from iama_vetting.middleware import SECRET_URL_PARAMETERS
 from notifications.models import OutboundEmail
 
@@ -58,7 +57,7 @@ def without_capabilities(mail: OutboundEmail) -> dict[str, str]:
 
 
 @admin.register(OutboundEmail)
-class OutboundEmailAdmin(CheckedFilters, admin.ModelAdmin):
+class OutboundEmailAdmin(admin.ModelAdmin):
     list_display = [
         "to",
         "shown_subject",

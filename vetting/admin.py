@@ -8,16 +8,16 @@ from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import Case, CharField, Count, IntegerField, OuterRef, Q, Subquery, When
 from django.db.models.functions import Cast, Coalesce
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
+from django.views.decorators.http import require_POST
 
 from evidence.admin import EvidenceInline
 from evidence.models import Evidence
-from iama_vetting.admin_site import CheckedFilters
 from vetting import (
     admin_invitations,  # noqa: F401  (registers the invitation list)
     admin_staff,  # noqa: F401  (registers the staff accounts page)
@@ -41,7 +41,7 @@ from vetting.views import STORAGE_FAILED_MESSAGE
 
 
 class StatusFilter(admin.SimpleListFilter):
-    """Status filter whose default is the queue: applications staff still act on."""
+    """Status filter whose default is the queue: the applications this person acts on (roles.work_statuses)."""
 
     title = _("status")
     parameter_name = "status"
@@ -49,10 +49,12 @@ class StatusFilter(admin.SimpleListFilter):
     ALL = "all"
 
     def lookups(self, request, model_admin):
-        statuses = Application.Status.choices
-        if not roles.sees_every_application(request.user):
-            statuses = [(value, label) for value, label in statuses if value in roles.INVITING_ADMIN_STATUSES]
-        return [(self.OPEN, _("Open (needs action)")), (self.ALL, _("All"))] + list(statuses)
+        statuses = [
+            (value, label)
+            for value, label in Application.Status.choices
+            if roles.sees_status(request.user, value)
+        ]
+        return [(self.OPEN, _("Open (needs action)")), (self.ALL, _("All"))] + statuses
 
     def value(self):
         return super().value() or self.OPEN
@@ -68,7 +70,7 @@ class StatusFilter(admin.SimpleListFilter):
     def queryset(self, request, queryset):
         value = self.value()
         if value == self.OPEN:
-            return queryset.open()
+            return queryset.filter(status__in=roles.work_statuses(request.user))
         if value in Application.Status.values:
             return queryset.filter(status=value)
         return queryset
@@ -83,9 +85,26 @@ class ClaimFilter(admin.SimpleListFilter):
 
     def queryset(self, request, queryset):
         if self.value() == "mine":
-            return queryset.filter(claimed_by=request.user)
+            # Decided and closed applications keep their claimer: they are no longer anyone's work.
+            return queryset.filter(claimed_by=request.user, status__in=roles.VETTING_WORK_STATUSES)
         if self.value() == "unclaimed":
             return queryset.filter(claimed_by__isnull=True)
+        return queryset
+
+
+class AnswerFilter(admin.SimpleListFilter):
+    """Applications whose applicant answered a request for information that staff have yet to review
+    (ApplicationQuerySet.with_unreviewed_answer)."""
+
+    title = _("answers")
+    parameter_name = "answer"
+
+    def lookups(self, request, model_admin):
+        return [("unreviewed", _("Answered, to review again"))]
+
+    def queryset(self, request, queryset):
+        if self.value() == "unreviewed":
+            return queryset.filter(has_unreviewed_answer=True)
         return queryset
 
 
@@ -138,9 +157,13 @@ VERIFICATION_FIELDS = [
 
 # Their confirmation pages show the verification being decided on.
 DECISION_ACTIONS = ("approve", "reject", "request_information")
+# Taken with one click on the application's page, without a confirmation page:
+# they are undone as easily (claim ↔ release) and audited like every transition.
+ONE_CLICK_ACTIONS = frozenset({"claim", "release"})
 
 # Per staff transition: the form its confirmation page asks for (None: a plain
-# "are you sure"), and how to call vetting.workflow with the cleaned data.
+# "are you sure", or no page at all for ONE_CLICK_ACTIONS), and how to call
+# vetting.workflow with the cleaned data.
 ACTION_FORMS: dict[str, type[forms.Form] | None] = {
     "claim": None,
     "release": None,
@@ -230,18 +253,19 @@ def _handover(invitation: Invitation, application: Application, user) -> str:
 
 
 @admin.register(Application)
-class ApplicationAdmin(CheckedFilters, admin.ModelAdmin):
+class ApplicationAdmin(admin.ModelAdmin):
     list_display = [
         "reference",
         "full_name",
         "email",
         "status",
+        "answered",
         "source",
         "claimed_by",
         "evidence_count",
         "created_at",
     ]
-    list_filter = [StatusFilter, ClaimFilter, "source"]
+    list_filter = [StatusFilter, ClaimFilter, AnswerFilter, "source"]
     list_select_related = ["claimed_by"]
     search_fields = ["reference", "full_name", "email"]
     date_hierarchy = "created_at"
@@ -277,12 +301,20 @@ class ApplicationAdmin(CheckedFilters, admin.ModelAdmin):
             .values("total")
         )
         queryset = (
-            super().get_queryset(request).annotate(evidence_total=Coalesce(Subquery(evidence_total), 0))
+            super()
+            .get_queryset(request)
+            .with_unreviewed_answer()
+            .annotate(evidence_total=Coalesce(Subquery(evidence_total), 0))
         )
         if not roles.sees_every_application(request.user):
             # Lists, pages, actions and search all go through here: nothing else to hide.
             queryset = queryset.filter(status__in=roles.INVITING_ADMIN_STATUSES)
         return queryset
+
+    @admin.display(description=_("answered"), boolean=True, ordering="has_unreviewed_answer")
+    def answered(self, application: Application) -> bool:
+        """The applicant answered a request for information since the last verification: review it again."""
+        return application.has_unreviewed_answer
 
     @admin.display(description=_("evidence"), ordering="evidence_total")
     def evidence_count(self, application: Application) -> int:
@@ -401,7 +433,7 @@ class ApplicationAdmin(CheckedFilters, admin.ModelAdmin):
             ),
             path(
                 "<path:object_id>/note/",
-                self.admin_site.admin_view(self.add_note_view),
+                self.admin_site.admin_view(require_POST(self.add_note_view)),
                 name="vetting_application_add_note",
             ),
         ] + super().get_urls()
@@ -410,6 +442,7 @@ class ApplicationAdmin(CheckedFilters, admin.ModelAdmin):
         # `obj` is the application the change view already loaded: no second query for it.
         if obj is not None:
             context["transitions"] = workflow.allowed_actions(obj, request.user)
+            context["one_click_actions"] = ONE_CLICK_ACTIONS
             # An action the role allows but this person may not take (four-eyes...): said, not just missing.
             context["refusals"] = workflow.refusals(obj, request.user)
             context["notes"] = obj.notes.select_related("author")
@@ -439,6 +472,8 @@ class ApplicationAdmin(CheckedFilters, admin.ModelAdmin):
         if name not in workflow.STAFF_TRANSITIONS:
             raise PermissionDenied
         application = self._application_or_404(request, object_id)
+        if name in ONE_CLICK_ACTIONS and request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
         change_url = reverse("admin:vetting_application_change", args=[application.pk])
         form_class = ACTION_FORMS[name]
         form = form_class(request.POST or None, initial=_initial(name, application)) if form_class else None
@@ -485,8 +520,6 @@ class ApplicationAdmin(CheckedFilters, admin.ModelAdmin):
         return TemplateResponse(request, "admin/vetting/application/transition.html", context)
 
     def add_note_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        if request.method != "POST":
-            raise PermissionDenied
         application = self._application_or_404(request, object_id)
         try:
             workflow.add_note(application, request.user, request.POST.get("text", ""), request=request)
@@ -573,8 +606,9 @@ class ApplicationEventsFilter(admin.SimpleListFilter):
 
     def lookups(self, request, model_admin):
         # Never a list of every application: only the one asked for, shown so it can be cleared.
-        reference = request.GET.get(self.parameter_name, "").strip()
-        return [(reference, reference)] if reference else []
+        # (As typed: the site refuses a filter value its lookups do not offer.)
+        reference = request.GET.get(self.parameter_name, "")
+        return [(reference, reference.strip())] if reference.strip() else []
 
     def queryset(self, request, queryset):
         if not self.value():
@@ -583,7 +617,7 @@ class ApplicationEventsFilter(admin.SimpleListFilter):
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(CheckedFilters, ReadOnlyModelAdmin):
+class AuditEventAdmin(ReadOnlyModelAdmin):
     """The audit trail: readable by permitted staff, changeable by nobody, superusers included."""
 
     list_display = ["created_at", "actor_kind", "actor_name", "action", "target", "ip"]

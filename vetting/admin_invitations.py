@@ -21,8 +21,8 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
+from django.views.decorators.http import require_POST
 
-from iama_vetting.admin_site import CheckedFilters
 from vetting import matrix, workflow
 from vetting.admin_readonly import ReadOnlyModelAdmin
 from vetting.forms import RevokeInvitationForm
@@ -62,7 +62,7 @@ def _raw_response_field(show: bool):
 
 
 @admin.register(Invitation)
-class InvitationAdmin(CheckedFilters, ReadOnlyModelAdmin):
+class InvitationAdmin(ReadOnlyModelAdmin):
     """Invitations change only through the workflow (its buttons and actions)."""
 
     list_filter = ["state", "redemption_check", "backend"]
@@ -145,7 +145,11 @@ class InvitationAdmin(CheckedFilters, ReadOnlyModelAdmin):
 
     def get_urls(self):
         return [
-            path("sync/", self.admin_site.admin_view(self.sync_view), name="vetting_invitation_sync"),
+            path(
+                "sync/",
+                self.admin_site.admin_view(require_POST(self.sync_view)),
+                name="vetting_invitation_sync",
+            ),
         ] + super().get_urls()
 
     def changelist_view(self, request, extra_context=None):
@@ -159,7 +163,7 @@ class InvitationAdmin(CheckedFilters, ReadOnlyModelAdmin):
         return super().changelist_view(request, extra_context)
 
     def sync_view(self, request: HttpRequest) -> HttpResponse:
-        if request.method != "POST" or not _may_see_tokens(request):
+        if not _may_see_tokens(request):
             raise PermissionDenied
         try:
             report = workflow.sync_invitations(actor=request.user)

@@ -42,8 +42,40 @@ def validate_matrix_localpart(value: str) -> None:
 
 
 class ApplicationQuerySet(models.QuerySet):
-    def open(self) -> ApplicationQuerySet:
-        return self.filter(status__in=Application.Status.open_states())
+    def longest_queued_first(self) -> ApplicationQuerySet:
+        """Ordered by Application.queued_at, earliest first."""
+        return self.annotate(
+            waiting_since=models.Case(
+                models.When(email_confirmed_at__isnull=True, then="created_at"),
+                models.When(source=Application.Source.STAFF, then="created_at"),
+                default="email_confirmed_at",
+            )
+        ).order_by("waiting_since", "pk")
+
+    def with_unreviewed_answer(self) -> ApplicationQuerySet:
+        """Annotates `has_unreviewed_answer`: the applicant answered a request for information
+        after the last verification was recorded (or none was), and the application waits for
+        staff to review it again (submitted, in review or recommended). Recording a verification
+        is the review that clears it; decided and closed applications never carry it.
+        """
+        replies = InformationReply.objects.filter(application=models.OuterRef("pk"))
+        newer_than_verification = replies.filter(created_at__gt=models.OuterRef("verification_recorded_at"))
+        return self.annotate(
+            has_unreviewed_answer=models.ExpressionWrapper(
+                models.Q(
+                    status__in=[
+                        Application.Status.SUBMITTED,
+                        Application.Status.IN_REVIEW,
+                        Application.Status.RECOMMENDED,
+                    ]
+                )
+                & (
+                    models.Q(models.Exists(replies), verification_recorded_at__isnull=True)
+                    | models.Q(models.Exists(newer_than_verification))
+                ),
+                output_field=models.BooleanField(),
+            )
+        )
 
 
 class Application(models.Model):
@@ -58,18 +90,6 @@ class Application(models.Model):
         INVITED = "invited", _("Invited")
         JOINED = "joined", _("Joined")
         WITHDRAWN = "withdrawn", _("Withdrawn")
-
-        @classmethod
-        def open_states(cls) -> list[str]:
-            """States in which staff still have something to do."""
-            return [
-                cls.SUBMITTED,
-                cls.IN_REVIEW,
-                cls.INFO_REQUESTED,
-                cls.RECOMMENDED,
-                cls.APPROVED,
-                cls.INVITED,
-            ]
 
     # What the applicant reads (status page, data export); the labels above are staff words.
     # "Recommended" reads like good news even when the recommendation was to reject:
@@ -219,6 +239,14 @@ class Application(models.Model):
                 if not Application.objects.filter(reference=self.reference).exists():
                     raise
         raise IntegrityError("Could not generate a unique application reference.")
+
+    @property
+    def queued_at(self) -> datetime:
+        """When staff could first act on it: a public application once its address was
+        confirmed; one entered by staff at once, however late its address is confirmed."""
+        if self.email_confirmed_at is None or self.source == self.Source.STAFF:
+            return self.created_at
+        return self.email_confirmed_at
 
     @property
     def applicant_status(self) -> str:

@@ -56,6 +56,11 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
 # admin approved and what became of their invitation; not the queue, not rejections.
 INVITING_ADMIN_STATUSES = frozenset({"approved", "invited", "joined"})
 
+# The states in which someone still has to act (Application.Status values), by kind of work:
+# vetting (claim, verify, ask, decide) and inviting (issue, revoke, re-issue).
+VETTING_WORK_STATUSES = frozenset({"submitted", "in_review", "info_requested", "recommended"})
+INVITING_WORK_STATUSES = frozenset({"approved", "invited"})
+
 
 def sees_every_application(user) -> bool:
     """Agents, server admins and superadmins work the whole queue; an inviting admin alone does not.
@@ -64,6 +69,21 @@ def sees_every_application(user) -> bool:
     inviting admin sees what an agent sees.
     """
     return user.has_perm("vetting.claim_application")
+
+
+def sees_status(user, status: str) -> bool:
+    """Whether applications in this state are on `user`'s list (and counted on their dashboard)."""
+    return sees_every_application(user) or status in INVITING_ADMIN_STATUSES
+
+
+def work_statuses(user) -> frozenset[str]:
+    """The states of the applications `user` acts on: their "Open (needs action)" queue."""
+    statuses = frozenset()
+    if sees_every_application(user):
+        statuses |= VETTING_WORK_STATUSES
+    if user.has_perm("vetting.issue_invitation"):
+        statuses |= INVITING_WORK_STATUSES
+    return statuses
 
 
 def sync_role_groups(apps) -> None:

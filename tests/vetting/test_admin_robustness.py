@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import pytest
+from django.contrib.auth.models import Group
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from evidence.models import Evidence
 from evidence.validation import validate_upload
 from tests.factories import PDF_BYTES, make_application, upload
 from vetting import workflow
-from vetting.models import Application, StaffNote
+from vetting.models import Application, AuditEvent, StaffNote
 
 pytestmark = pytest.mark.django_db
 
@@ -124,8 +126,11 @@ def test_a_note_with_a_nul_character_is_refused_with_a_message(client, agent):
 def test_second_of_two_agents_claiming_at_once_is_told_who_got_there_first(client, agent, second_agent):
     application = make_application()
     client.force_login(second_agent)
-    confirmation = client.get(f"/admin/vetting/application/{application.pk}/action/claim/").content.decode()
-    assert 'name="seen_status" value="submitted"' in confirmation
+    page = client.get(f"/admin/vetting/application/{application.pk}/change/").content.decode()
+    assert (
+        'name="seen_status" value="submitted"><button type="submit" class="workflow-button workflow-claim">'
+        in page
+    )
     workflow.claim(application, agent)  # the first agent, a moment earlier
 
     response = client.post(
@@ -164,3 +169,119 @@ def test_invitations_on_the_application_page_link_only_for_those_who_may_open_th
     page = client.get(page_url).content.decode()
     assert "@alex" in page
     assert f'href="{invitation_url}"' not in page
+
+
+# Hand-made bulk actions and filter values --------------------------------------------
+
+NO_VALID_SELECTION = "Items must be selected in order to perform actions on them. No items have been changed."
+BAD_FILTER = "The list cannot be filtered that way"
+
+
+@pytest.mark.parametrize("bad_id", ["abc", "1 OR 1=1", "1.5", "99999999999999999999999", ""])
+@pytest.mark.parametrize(
+    ("changelist", "action"),
+    [
+        ("/admin/vetting/application/", "claim_selected"),
+        ("/admin/vetting/invitation/", "reissue_selected"),
+        ("/admin/auth/user/", "approve_accounts"),
+        ("/admin/notifications/outboundemail/", "cancel"),
+        ("/admin/iama_vetting/cspviolation/", "delete_selected"),
+        ("/admin/auth/group/", "delete_selected"),
+    ],
+)
+def test_a_bulk_action_on_a_selection_that_is_no_id_says_so_and_changes_nothing(
+    client, superadmin, changelist, action, bad_id
+):
+    from iama_vetting.models import CSPViolation
+    from notifications.models import OutboundEmail
+    from notifications.outbox import queue_email
+
+    application = make_application()
+    [mail] = queue_email("application-received", [application.email], {"application": application})
+    violation = CSPViolation.objects.create(
+        directive="script-src",
+        blocked="inline",
+        document_path="/apply/",
+        first_seen=timezone.now(),
+        last_seen=timezone.now(),
+    )
+    groups = Group.objects.count()
+    client.force_login(superadmin)
+    client.raise_request_exception = False
+    before = AuditEvent.objects.count()
+
+    response = client.post(
+        changelist, {"action": action, "index": "0", "_selected_action": [str(application.pk), bad_id]}
+    )
+
+    assert response.status_code == 302
+    assert response["Location"] == changelist
+    page = client.get(changelist).content.decode()
+    assert NO_VALID_SELECTION in page
+    application.refresh_from_db()
+    mail.refresh_from_db()
+    assert (application.status, application.claimed_by) == (Application.Status.SUBMITTED, None)
+    assert mail.status == OutboundEmail.Status.QUEUED
+    assert CSPViolation.objects.filter(pk=violation.pk).exists()
+    assert Group.objects.count() == groups
+    assert AuditEvent.objects.count() == before
+
+
+def test_a_valid_selection_still_runs_the_action(client, agent):
+    application = make_application()
+    client.force_login(agent)
+    client.post(
+        "/admin/vetting/application/",
+        {"action": "claim_selected", "index": "0", "_selected_action": [str(application.pk)]},
+    )
+    application.refresh_from_db()
+    assert application.claimed_by == agent
+
+
+def test_a_list_without_actions_ignores_a_hand_made_action_post(client, superadmin):
+    client.force_login(superadmin)
+    client.raise_request_exception = False
+    before = AuditEvent.objects.count()
+    response = client.post(
+        "/admin/vetting/auditevent/", {"action": "delete_selected", "index": "0", "_selected_action": ["abc"]}
+    )
+    assert response.status_code == 200
+    assert AuditEvent.objects.count() == before
+
+
+@pytest.mark.parametrize(
+    ("changelist", "query"),
+    [
+        ("/admin/vetting/application/", "status=bogus"),
+        ("/admin/vetting/application/", "claim=everyone"),
+        ("/admin/vetting/application/", "answer=maybe"),
+        ("/admin/vetting/application/", "status=all&claim=bogus"),
+        ("/admin/auth/user/", "account=bogus"),
+    ],
+)
+def test_an_unknown_value_of_our_own_filters_is_a_bad_filter_not_the_whole_list(
+    client, superadmin, changelist, query
+):
+    make_application(full_name="Rejected Person", status=Application.Status.REJECTED)
+    client.force_login(superadmin)
+    response = client.get(f"{changelist}?{query}")
+    assert response.status_code == 302
+    assert response["Location"] == f"{changelist}?e=1"
+    page = client.get(response["Location"]).content.decode()
+    assert BAD_FILTER in page
+    assert "Rejected Person" not in page  # the list as it opens: the open queue
+
+
+def test_an_inviting_admin_cannot_filter_by_a_state_they_do_not_see(client, inviting_admin):
+    make_application(full_name="Rejected Person", status=Application.Status.REJECTED)
+    client.force_login(inviting_admin)
+    response = client.get("/admin/vetting/application/?status=rejected")
+    assert response["Location"] == "/admin/vetting/application/?e=1"
+
+
+def test_a_known_filter_value_is_no_bad_filter(client, agent):
+    make_application(full_name="Rejected Person", status=Application.Status.REJECTED)
+    client.force_login(agent)
+    page = client.get("/admin/vetting/application/?status=rejected&claim=unclaimed").content.decode()
+    assert "Rejected Person" in page
+    assert BAD_FILTER not in page

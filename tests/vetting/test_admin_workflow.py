@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 import pytest
 import time_machine
@@ -27,7 +28,8 @@ def change_url(application: Application) -> str:
 
 
 def buttons(page: str) -> list[str]:
-    return re.findall(r'class="workflow-button[^"]*" href="[^"]+">([^<]+)</a>', page)
+    """The workflow buttons' labels in page order: links to a confirmation page, or one-click forms."""
+    return re.findall(r'class="workflow-button[^"]*"(?: href="[^"]+")?>([^<]+)</(?:a|button)>', page)
 
 
 def submit_action(client, application: Application, name: str, fields: dict):
@@ -40,21 +42,67 @@ def submit_action(client, application: Application, name: str, fields: dict):
     return client.post(url, {"seen_status": seen_status, **fields}, follow=True)
 
 
-def test_agent_sees_the_claim_button_and_claims_through_a_confirmation(client, agent):
+def one_click_form(page: str, name: str) -> dict:
+    """The action and fields of the application page's form for a one-click action (Claim, Release)."""
+    form = re.search(
+        rf'<form method="post" action="([^"]+/action/{name}/)" class="workflow-form">(.*?)</form>', page
+    )
+    assert form, f"no one-click {name} form on the page"
+    return {
+        "url": form.group(1),
+        "fields": dict(re.findall(r'name="([^"]+)" value="([^"]*)"', form.group(2))),
+    }
+
+
+def test_agent_claims_and_releases_with_one_click_on_the_application_page(client, agent):
     application = make_application()
     client.force_login(agent)
-    assert buttons(client.get(change_url(application)).content.decode()) == ["Claim"]
+    page = client.get(change_url(application)).content.decode()
+    assert buttons(page) == ["Claim"]
 
-    confirm = client.get(f"/admin/vetting/application/{application.pk}/action/claim/")
-    assert confirm.status_code == 200
-    application.refresh_from_db()
-    assert application.status == Status.SUBMITTED  # the confirmation page changes nothing
-
-    response = client.post(f"/admin/vetting/application/{application.pk}/action/claim/", follow=True)
-    assert "Claim: done. The application is now in review." in response.content.decode()
+    claim = one_click_form(page, "claim")
+    assert claim["fields"]["seen_status"] == "submitted"
+    response = client.post(claim["url"], claim["fields"], follow=True)
+    page = response.content.decode()
+    assert "Claim: done. The application is now in review." in page
     application.refresh_from_db()
     assert application.claimed_by == agent
-    assert buttons(response.content.decode()) == ["Release", "Record verification"]
+    assert buttons(page) == ["Release", "Record verification"]
+    assert AuditEvent.objects.filter(action="application.claimed", actor=agent).count() == 1
+
+    release = one_click_form(page, "release")
+    page = client.post(release["url"], release["fields"], follow=True).content.decode()
+    assert "Release: done. The application is now submitted." in page
+    application.refresh_from_db()
+    assert (application.status, application.claimed_by) == (Status.SUBMITTED, None)
+    assert AuditEvent.objects.filter(action="application.released", actor=agent).count() == 1
+
+
+@pytest.mark.parametrize("name", ["claim", "release"])
+def test_claim_and_release_have_no_confirmation_page_to_open(client, agent, name):
+    application = make_application()
+    if name == "release":
+        workflow.claim(application, agent)
+    client.force_login(agent)
+    response = client.get(f"/admin/vetting/application/{application.pk}/action/{name}/")
+    assert response.status_code == 405
+    assert response["Allow"] == "POST"
+    assert AuditEvent.objects.filter(action__in=["application.claimed", "application.released"]).count() == (
+        1 if name == "release" else 0
+    )
+
+
+def test_the_other_actions_keep_their_confirmation_page(client, agent):
+    application = make_application()
+    workflow.claim(application, agent)
+    client.force_login(agent)
+    page = client.get(change_url(application)).content.decode()
+    assert 'class="workflow-button workflow-record_verification" href=' in page
+    confirmation = client.get(f"/admin/vetting/application/{application.pk}/action/record_verification/")
+    assert confirmation.status_code == 200
+    assert (
+        '<input type="submit" class="default" value="Record verification">' in confirmation.content.decode()
+    )
 
 
 def test_record_verification_form_requires_its_fields(client, agent):
@@ -305,7 +353,7 @@ def test_dashboard_shows_counts_oldest_waiting_and_a_chart_without_script(client
         in page
     )
     assert oldest.reference in page
-    assert "Median time from confirmation to decision" in page
+    assert "Median time from entering the queue to decision" in page
     assert page.count('<rect class="bar"') == 12
     assert "<script" not in page.split('id="vetting-dashboard"')[1].split("</svg>")[0]
 
@@ -717,3 +765,17 @@ def test_the_application_page_links_to_its_audit_trail_instead_of_django_history
     page = client.get(change_url(application)).content.decode()
     assert "/admin/vetting/auditevent/" not in page and "/history/" not in page
     assert client.get(f"/admin/vetting/application/{application.pk}/history/").status_code == 403
+
+
+def test_dashboard_counts_a_staff_entered_application_as_waiting_from_its_entry(client, agent):
+    # Its applicant confirmed their address only today; staff could act on it ten days ago.
+    now = timezone.now()
+    entered = make_application(source=Application.Source.STAFF, email_confirmed_at=now)
+    Application.objects.filter(pk=entered.pk).update(created_at=now - timedelta(days=10))
+    public = make_application(email_confirmed_at=now - timedelta(days=5))
+    Application.objects.filter(pk=public.pk).update(created_at=now - timedelta(days=6))
+    client.force_login(agent)
+
+    page = client.get("/admin/").content.decode()
+
+    assert f">{entered.reference}</a>, waiting 10 day(s)." in page

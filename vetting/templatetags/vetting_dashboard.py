@@ -7,9 +7,10 @@ from datetime import timedelta
 
 from django import template
 from django.db.models import Count
-from django.db.models.functions import Coalesce, TruncWeek
+from django.db.models.functions import TruncWeek
 from django.utils import timezone
 
+from vetting import roles
 from vetting.models import Application
 
 register = template.Library()
@@ -22,18 +23,25 @@ CHART_LABEL_SPACE = 20
 
 @register.inclusion_tag("admin/vetting/dashboard.html", takes_context=True)
 def vetting_dashboard(context) -> dict:
-    request = context["request"]
-    if not request.user.has_perm("vetting.view_application"):
+    user = context["request"].user
+    if not user.has_perm("vetting.view_application"):
         return {"visible": False}
-    now = timezone.now()
     counts = dict(Application.objects.values_list("status").annotate(total=Count("id")).order_by())
-    per_state = [(label, counts.get(value, 0), value) for value, label in Application.Status.choices]
+    # Each role counts only the applications on its own list (an inviting admin: approved, invited, joined).
+    per_state = [
+        (label, counts.get(value, 0), value)
+        for value, label in Application.Status.choices
+        if roles.sees_status(user, value)
+    ]
+    if not roles.sees_every_application(user):
+        # The queue's age, decision times and weekly arrivals are about applications they never see.
+        return {"visible": True, "per_state": per_state, "sees_queue": False}
 
+    now = timezone.now()
     oldest = (
         Application.objects.filter(status=Application.Status.SUBMITTED)
-        .annotate(waiting_since=Coalesce("email_confirmed_at", "created_at"))
-        .order_by("waiting_since")
-        .only("pk", "reference", "created_at", "email_confirmed_at")
+        .longest_queued_first()
+        .only("pk", "reference", "created_at", "email_confirmed_at", "source")
         .first()
     )
 
@@ -50,17 +58,16 @@ def vetting_dashboard(context) -> dict:
     weeks = [first_week + timedelta(weeks=offset) for offset in range(WEEKS)]
     totals = [weekly.get(week, 0) for week in weeks]
 
-    decided = Application.objects.filter(decided_at__gte=first_week).values_list(
-        "decided_at", "email_confirmed_at", "created_at"
+    decided = Application.objects.filter(decided_at__gte=first_week).only(
+        "decided_at", "email_confirmed_at", "created_at", "source"
     )
-    durations = [
-        decided_at - (confirmed_at or created_at) for decided_at, confirmed_at, created_at in decided
-    ]
+    durations = [application.decided_at - application.queued_at for application in decided]
     return {
         "visible": True,
         "per_state": per_state,
+        "sees_queue": True,
         "oldest": oldest,
-        "oldest_age": now - (oldest.email_confirmed_at or oldest.created_at) if oldest else None,
+        "oldest_age": now - oldest.queued_at if oldest else None,
         "median_decision_hours": (
             round(statistics.median(durations).total_seconds() / 3600, 1) if durations else None
         ),
