@@ -89,15 +89,22 @@ def apply_done(request: HttpRequest) -> HttpResponse:
 @require_GET
 @rate_limited(ratelimits.CONFIRM_EMAIL)
 def confirm(request: HttpRequest, token: str) -> HttpResponse:
-    """The link in the "received" mail: the applicant's click confirms the address."""
+    """The link in the "received" mail (and in the mails of a staff-entered application
+    until its address is confirmed): the applicant's click confirms the address."""
     application = links.application_for_confirm_token(token)
     if application is None:
         if not links.is_genuine_confirm_token(token):
             raise Http404("Unknown confirmation link.")
-        # Ours, but past the confirmation window (the unconfirmed application is
-        # purged then) or its application is gone: copying the link again cannot help.
+        # Ours, but past the confirmation window or its application is gone:
+        # copying the link again cannot help.
         return render(
-            request, "vetting/confirm_expired.html", {"days": links.UNCONFIRMED_LIFETIME.days}, status=410
+            request,
+            "vetting/confirm_expired.html",
+            {
+                "days": links.UNCONFIRMED_LIFETIME.days,
+                "kept": links.application_outlives_expired_link(token),
+            },
+            status=410,
         )
     workflow.confirm_email(application, request=request)
     return redirect("vetting:status", token=links.status_token(application))

@@ -5,7 +5,7 @@ application's status itself. Each function checks its guard, changes fields
 inside one transaction on a locked row, writes its audit event and queues its
 e-mails in that same transaction: it applies completely or not at all.
 
-    unconfirmed ──confirm_email──▶ submitted ──claim──▶ in_review
+    unconfirmed ──confirm_email──▶ submitted ──claim──▶ in_review (other states: only the address is confirmed)
     in_review ──release──▶ submitted
     in_review ──record_verification──▶ recommended
     in_review, recommended ──request_information──▶ info_requested
@@ -310,11 +310,15 @@ def _applicant_mail(name: str, application: Application, **context) -> None:
     # was refused can still be decided; it just tells nobody.
     if application.erased_at is not None:
         return
-    queue_email(
-        name,
-        [application.email],
-        {"application": application, "status_url": links.status_url(application), **context},
-    )
+    # The status link opens the application, its data export and its erasure: it goes
+    # only to an address its owner confirmed. One that staff typed (a typo hands all
+    # that to a stranger) gets the confirmation link instead, which expires and leads
+    # to the status page once followed (confirm_email).
+    if application.email_confirmed_at is not None:
+        link = {"status_url": links.status_url(application)}
+    else:
+        link = {"confirm_url": links.confirm_url(application)}
+    queue_email(name, [application.email], {"application": application, **link, **context})
 
 
 def _store_uploads(
@@ -358,10 +362,12 @@ def submit_application(
                 request=request,
                 details={"reference": application.reference, "evidence": len(stored)},
             )
+            # The one status link to an unconfirmed address: the applicant typed it
+            # themselves, and the confirmation link beside it opens the same page anyway.
             _applicant_mail(
                 "application-received",
                 application,
-                confirm_url=links.confirm_url(application),
+                status_url=links.status_url(application),
                 evidence_count=len(stored),
             )
     except BaseException:
@@ -400,29 +406,41 @@ def submit_staff_application(
 
 
 def confirm_email(application: Application, request: HttpRequest | None = None) -> bool:
-    """The applicant followed the link: the application enters the queue.
+    """The applicant followed the confirmation link: their address is confirmed.
 
-    Returns False when it was confirmed before (a second click changes nothing).
+    An unconfirmed application then enters the queue; any other (one entered by
+    staff, whose mails carry this link until then) keeps its status. Returns False
+    when there was nothing to confirm: a second click, or an erased application.
     """
     with transaction.atomic():
         locked = _lock(application)
-        if locked.status != Status.UNCONFIRMED:
+        if locked.email_confirmed_at is not None or locked.erased_at is not None:
             _refresh(application, locked)
             return False
-        locked.status = Status.SUBMITTED
         locked.email_confirmed_at = timezone.now()
-        locked.save(update_fields=["status", "email_confirmed_at", "updated_at"])
-        audit.record(
-            "application.confirmed",
-            actor_kind=AuditEvent.ActorKind.APPLICANT,
-            target=locked,
-            request=request,
-        )
-        queue_email(
-            "staff-new-application",
-            settings.STAFF_NOTIFY_EMAILS,
-            {"application": locked, "admin_url": links.admin_url(locked)},
-        )
+        if locked.status == Status.UNCONFIRMED:
+            locked.status = Status.SUBMITTED
+            locked.save(update_fields=["status", "email_confirmed_at", "updated_at"])
+            audit.record(
+                "application.confirmed",
+                actor_kind=AuditEvent.ActorKind.APPLICANT,
+                target=locked,
+                request=request,
+            )
+            queue_email(
+                "staff-new-application",
+                settings.STAFF_NOTIFY_EMAILS,
+                {"application": locked, "admin_url": links.admin_url(locked)},
+            )
+        else:
+            locked.save(update_fields=["email_confirmed_at", "updated_at"])
+            # Not "application.confirmed": that one moved the status (STATUS_CHANGE_ACTIONS).
+            audit.record(
+                "application.email_confirmed",
+                actor_kind=AuditEvent.ActorKind.APPLICANT,
+                target=locked,
+                request=request,
+            )
     _refresh(application, locked)
     return True
 
@@ -463,10 +481,10 @@ def add_information(
 
 
 def withdrawal_refusal(application: Application) -> str | None:
-    """Why the applicant may not withdraw their application now, or None."""
+    """Why the applicant may not withdraw their application now, or None (in the applicant's words)."""
     if application.status not in APPLICANT_WITHDRAWABLE:
-        return _("This application can no longer be withdrawn: it is %(status)s.") % {
-            "status": application.get_status_display().lower()
+        return _("This application can no longer be withdrawn. Its status: %(status)s.") % {
+            "status": application.applicant_status
         }
     return None
 

@@ -114,6 +114,19 @@ def test_no_mail_carries_the_statement_the_referral_an_answer_or_evidence(
     workflow.reject(rejected, server_admin, "Could not verify", "We could not verify your referral.")
     withdrawn = apply(client, secret, "kim@applicant.example")
     workflow.withdraw(withdrawn)
+    # Entered by staff, its address unconfirmed: its mail carries a confirmation link instead.
+    entered = workflow.submit_staff_application(
+        Application(
+            full_name="Met In Person",
+            email="met@applicant.example",
+            statement=f"{secret['statement']} I organise the local chapter.",
+            referral=f"{secret['referral']} from the Berlin meetup",
+        ),
+        [],
+        agent,
+    )
+    workflow.claim(entered, agent)
+    workflow.request_information(entered, server_admin, "Please send a photo of your ID.")
 
     # Staff mail: a new account, a password reset, the security report.
     workflow.create_staff_account("newagent", "newagent@staff.example", roles.VETTING_AGENT)

@@ -98,7 +98,9 @@ ERASED_FIELDS = [
     "message_to_applicant",
 ]
 ARROWS: dict[str, set[tuple[str, str]]] = {
-    "confirm_email": {(Status.UNCONFIRMED, Status.SUBMITTED)},
+    # Elsewhere (entered by staff, or withdrawn before confirming) only the address is confirmed.
+    "confirm_email": {(Status.UNCONFIRMED, Status.SUBMITTED)}
+    | {(status, status) for status in Status.values if status != Status.UNCONFIRMED},
     "claim": {(Status.SUBMITTED, Status.IN_REVIEW)},
     "release": {(Status.IN_REVIEW, Status.SUBMITTED)},
     "record_verification": {(Status.IN_REVIEW, Status.RECOMMENDED)},
@@ -162,6 +164,9 @@ APPLICANT_MAIL = {
     "reject": "application-rejected",
     "withdraw": "application-withdrawn",
 }
+# The applicant mails that link to the status page: a confirmation link stands in for it
+# while the address is unconfirmed.
+LINKING_MAIL = {"information-requested", "application-approved", "invitation-token"}
 
 STAFF = [
     "agent",
@@ -276,6 +281,7 @@ class WorkflowMachine(RuleBasedStateMachine):
         self.registered_as: dict[str, str] = {}
         self.policy: override_settings | None = None
         self._open_statuses: set[str] | None = None
+        self._link_holders: list[int] | None = None
         self._live: bool | None = None
         self._cached_rows: Rows | None = None
         self._buttons: dict[str, list[tuple[int, str]]] | None = None
@@ -415,7 +421,19 @@ class WorkflowMachine(RuleBasedStateMachine):
         return self._live
 
     def _forget(self) -> None:
-        self._open_statuses = self._live = self._cached_rows = self._buttons = None
+        self._open_statuses = self._live = self._cached_rows = self._buttons = self._link_holders = None
+
+    def _holding_a_confirmation_link(self) -> list[int]:
+        """Applicants mailed a confirmation link who have not confirmed their address yet."""
+        if self._link_holders is None:
+            self._link_holders = [
+                index
+                for index, applicant in enumerate(self.applicants)
+                if not applicant.erased
+                and self._fresh(index).email_confirmed_at is None
+                and OutboundEmail.objects.filter(to=applicant.email, body_text__contains="/confirm/").exists()
+            ]
+        return self._link_holders
 
     def _shown(self, name: str) -> list[tuple[int, str]]:
         """(application, person) pairs for whom the admin would show the button `name` now."""
@@ -544,10 +562,12 @@ class WorkflowMachine(RuleBasedStateMachine):
 
     # Applicant rules ----------------------------------------------------------------
 
-    @precondition(lambda self: self._any_in({Status.UNCONFIRMED}))
+    # The "received" mail, or any mail of a staff-entered application until then.
+    @precondition(lambda self: self._holding_a_confirmation_link())
     @rule(data=st.data())
     def applicant_confirms_their_address(self, data):
-        self._applicant_step("confirm_email", self._pick_application(data, {Status.UNCONFIRMED}))
+        index = data.draw(st.sampled_from(self._holding_a_confirmation_link()), label="application")
+        self._applicant_step("confirm_email", index)
 
     @precondition(lambda self: self._any_in({Status.INFO_REQUESTED}))
     @rule(data=st.data(), with_file=st.booleans(), message=st.sampled_from(ANSWERS))
@@ -566,7 +586,8 @@ class WorkflowMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.sometimes["applicant_follows_an_old_link"] < 3)
     @rule(data=st.data(), name=st.sampled_from(["add_information", "confirm_email"]))
     def applicant_follows_an_old_link(self, data, name):
-        """The status page or confirmation mail of earlier days: nothing to answer, or confirmed already."""
+        """The status page or confirmation mail of earlier days: nothing to answer, or confirmed already
+        (else it confirms the address now)."""
         self.sometimes["applicant_follows_an_old_link"] += 1
         index = data.draw(self._indices(), label="application")
         self._applicant_step(name, index, with_file=False, message="Here is my ID.")
@@ -738,7 +759,7 @@ class WorkflowMachine(RuleBasedStateMachine):
     def _applicant_step(self, name: str, index: int, with_file: bool = False, message: str = ""):
         fresh = self._fresh(index)
         if name == "confirm_email":
-            expect = "accept" if fresh.status == Status.UNCONFIRMED else "no-op"
+            expect = "accept" if fresh.email_confirmed_at is None and fresh.erased_at is None else "no-op"
             call = lambda: workflow.confirm_email(fresh)  # noqa: E731
         elif name == "add_information":
             uploads = [validate_upload(upload("answer.txt", TEXT_BYTES))] if with_file else []
@@ -912,9 +933,10 @@ class WorkflowMachine(RuleBasedStateMachine):
             before, after, erased_pk=applicant.pk if name == "erase_application" else None
         )
         new_events = self._new_events(before)
-        written = [
-            e for e in new_events if (e.action, e.target_id) == (AUDIT_ACTION[name], str(applicant.pk))
-        ]
+        action = AUDIT_ACTION[name]
+        if name == "confirm_email" and old["status"] != Status.UNCONFIRMED:
+            action = "application.email_confirmed"  # not a change of status
+        written = [e for e in new_events if (e.action, e.target_id) == (action, str(applicant.pk))]
         assert len(written) == 1, f"{name} wrote the audit events {[e.action for e in new_events]}"
         if actor is None:
             assert written[0].actor_kind == AuditEvent.ActorKind.APPLICANT
@@ -926,8 +948,10 @@ class WorkflowMachine(RuleBasedStateMachine):
             assert old["verification_recorded_by_id"] != actor.pk, f"the verifier could {name}"
 
         # The mails DESIGN.md lists, to whom it lists them, and nothing else; only erasure deletes mail.
-        mails = Counter((mail.template, mail.to) for mail in self._new_mails(before))
-        assert mails == self._expected_mails(name, new, actor), f"{name} queued {dict(mails)}"
+        new_mails = self._new_mails(before)
+        mails = Counter((mail.template, mail.to) for mail in new_mails)
+        assert mails == self._expected_mails(name, old, new, actor), f"{name} queued {dict(mails)}"
+        self._check_links(new_mails, after)
         if name != "erase_application":
             kept = {row[0] for row in after.outbox}
             assert all(row[0] in kept for row in before.outbox), f"{name} deleted mail"
@@ -954,9 +978,26 @@ class WorkflowMachine(RuleBasedStateMachine):
                 Evidence.objects.filter(application_id=applicant.pk).values_list("file", flat=True)
             )
 
-    def _expected_mails(self, name: str, new: dict, actor) -> Counter:
+    def _check_links(self, mails: list[OutboundEmail], after: Snapshot) -> None:
+        """A status link opens an application's data and erasure: it is mailed only to a confirmed
+        address, but for the "received" mail to the address its applicant just typed."""
+        for mail in mails:
+            text = f"{mail.subject}\n{mail.body_text}\n{mail.body_html}"
+            for applicant in self.applicants:
+                confirmed = after.applications[applicant.pk]["email_confirmed_at"] is not None
+                if applicant.status_stem in text:
+                    assert confirmed or mail.template == "application-received", (
+                        f"a {mail.template} mail carries the status link to an unconfirmed address"
+                    )
+                    assert mail.to == applicant.email, f"a status link was mailed to {mail.to}"
+                if mail.to == applicant.email and mail.template in LINKING_MAIL and not confirmed:
+                    assert "/confirm/" in mail.body_text, f"a {mail.template} mail leads nowhere"
+
+    def _expected_mails(self, name: str, old: dict, new: dict, actor) -> Counter:
         expected: Counter = Counter()
         if name == "confirm_email":
+            if old["status"] != Status.UNCONFIRMED:
+                return expected  # already in the queue: staff were not waiting for this
             expected.update(("staff-new-application", to) for to in django_settings.STAFF_NOTIFY_EMAILS)
         elif name in APPLICANT_MAIL and new["erased_at"] is None:
             expected[(APPLICANT_MAIL[name], new["email"])] += 1

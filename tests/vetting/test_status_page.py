@@ -200,6 +200,22 @@ def test_withdrawing_a_rejected_application_explains_why_not(client):
     assert "can no longer be withdrawn" in response.content.decode()
 
 
+@pytest.mark.parametrize(
+    ("status", "words"),
+    [
+        (Status.INVITED, "Invitation issued"),
+        (Status.REJECTED, "Not approved"),
+        (Status.JOINED, "Joined the Matrix server"),
+        (Status.WITHDRAWN, "Withdrawn by you"),
+    ],
+)
+def test_the_refused_withdrawal_names_the_status_in_the_applicants_words(client, status, words):
+    application = make_application(status=status)
+    page = client.get(f"{status_path(application)}withdraw/").content.decode()
+    assert f"This application can no longer be withdrawn. Its status: {words}." in page
+    assert f"it is {application.get_status_display().lower()}" not in page
+
+
 def test_an_answer_with_a_note_but_no_file_asks_for_the_file_and_changes_nothing(client):
     application = make_application(status=Status.INFO_REQUESTED, information_request="Send your ID.")
     response = client.post(status_path(application), {"message": "Here", "note_1": "my passport"})
@@ -298,17 +314,24 @@ def test_the_status_page_links_erasure_when_it_is_allowed(client, settings, stat
     assert "Erasing your application is not possible" not in page
 
 
-def test_an_expired_confirm_link_after_the_purge_says_the_application_was_deleted(client):
+@pytest.mark.parametrize("purged", [True, False], ids=["after-the-purge", "before-the-purge"])
+def test_an_expired_confirm_link_says_the_application_is_or_will_soon_be_deleted(client, purged):
     with time_machine.travel(datetime.datetime(2026, 11, 1, tzinfo=datetime.UTC)):
         application = make_application(status=Status.UNCONFIRMED, email_confirmed_at=None)
         token = links.confirm_token(application)
-    with time_machine.travel(datetime.datetime(2026, 11, 9, tzinfo=datetime.UTC)):
-        workflow.purge_unconfirmed(timezone.now() - links.UNCONFIRMED_LIFETIME)
-        assert not Application.objects.exists()
+    # The purge runs daily: for up to a day after expiry the application is still there.
+    with time_machine.travel(datetime.datetime(2026, 11, 8, 1, tzinfo=datetime.UTC)):
+        if purged:
+            workflow.purge_unconfirmed(timezone.now() - links.UNCONFIRMED_LIFETIME)
+        assert Application.objects.exists() is not purged
         response = client.get(f"/confirm/{token}/")
     assert response.status_code == 410
     page = response.content.decode()
-    assert "This link has expired and your unconfirmed application was deleted." in page
+    assert (
+        "This link has expired. E-mail addresses must be confirmed within 7 days, so your unconfirmed "
+        "application is deleted, or will be within a day."
+    ) in page
+    assert "was deleted" not in page
     assert 'href="/apply/"' in page
     assert "copy it again from the e-mail" not in page
 
