@@ -62,6 +62,21 @@ def test_debug_defaults_to_off():
     assert loaded["LOG_LEVEL"] == "INFO"
 
 
+def test_manage_py_says_what_is_misconfigured_in_one_line_and_exits_with_ex_config():
+    # EX_CONFIG: rvi-mail.service does not restart on it (a wrong setting stays wrong).
+    environment = {key: value for key, value in os.environ.items() if key != "DEBUG"}
+    result = subprocess.run(
+        [sys.executable, "manage.py", "send_outbox", "--once"],
+        cwd=PROJECT_DIR,
+        env={**environment, "DEBUG": "yes"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == os.EX_CONFIG == 78
+    assert result.stderr == "Configuration error: DEBUG must be 'true' or 'false', not 'yes'.\n"
+
+
 @pytest.mark.parametrize("value", ["yes", "1", "treu", ""])
 def test_debug_accepts_only_true_or_false(value):
     result = load_settings(DEBUG=value, SESSION_SECRET="s" * 50, ALLOWED_HOSTS="rvi.example.org")

@@ -115,8 +115,9 @@ def test_the_alert_writes_one_line_at_priority_err_naming_the_failed_unit(tmp_pa
 def test_the_mail_worker_is_not_restarted_after_a_configuration_error(tmp_path):
     unit = (render(tmp_path / "out") / "systemd" / "rvi-mail.service").read_text()
     assert f"RestartPreventExitStatus={EXIT_CONFIGURATION_ERROR}\n" in unit
-    # Any other exit (a crash, a database gone) is restarted as before.
+    # Any other exit (a crash) is restarted as before, but not forever: a loop alerts once.
     assert "Restart=always\n" in unit
+    assert "StartLimitIntervalSec=10min\nStartLimitBurst=5\n" in unit_section(unit, "Unit")
 
 
 def test_the_backup_age_is_checked_daily_after_the_backup(tmp_path):

@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 # sysexits.h's EX_CONFIG. rvi-mail.service does not restart on it
 # (RestartPreventExitStatus=): a missing setting stays missing however often
 # the worker starts, while a relay that is down only delays the mail.
-EXIT_CONFIGURATION_ERROR = 78
+EXIT_CONFIGURATION_ERROR = os.EX_CONFIG
 
 
 class StopFlag:
