@@ -47,9 +47,9 @@ ALLOWED_TYPES: dict[str, tuple[str, frozenset[str]]] = {
     "png": ("image/png", frozenset({"image/png"})),
     "gif": ("image/gif", frozenset({"image/gif"})),
     "pdf": ("application/pdf", frozenset({"application/pdf"})),
-    # libmagic names many real Word files only "vnd.ms-office" (an OLE2 file whose summary
-    # names no application or stream it knows); under a .doc name that is what they are.
-    "doc": ("application/msword", frozenset({"application/msword", "application/vnd.ms-office"})),
+    # Read from the file itself, libmagic finds Word's stream in the OLE directory whatever
+    # application saved it; "vnd.ms-office" is an Office container without one: no Word file.
+    "doc": ("application/msword", frozenset({"application/msword"})),
     # libmagic reports some valid DOCX files as plain zip; _is_docx decides.
     "docx": (DOCX_TYPE, frozenset({DOCX_TYPE, "application/zip"})),
     "txt": ("text/plain", PLAIN_TEXT_TYPES),

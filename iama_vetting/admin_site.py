@@ -50,8 +50,9 @@ BACKUP_CODE_COUNT = 10
 # "Reset second factor" on the staff accounts page (vetting.admin_staff).
 UNLISTED_APPS = {"otp_totp", "otp_static"}
 BAD_FILTER = _(
-    "The list cannot be filtered that way: the filter or its value is not one it offers. "
-    "It is shown without it."
+    # Django's "?e=1" also follows a page number past the end (?p=999).
+    "The list cannot be shown that way: a filter, its value or the page asked for is not one "
+    "it offers. It is shown without them."
 )
 # Django's own words for an action run with nothing ticked.
 NO_VALID_SELECTION = _(

@@ -308,6 +308,9 @@ class MethodNotAllowedPageMiddleware:
         if isinstance(response, HttpResponseNotAllowed) and not response.content:
             response.content = render_to_string("405.html", request=request)
             response["Content-Type"] = "text/html; charset=utf-8"
+            # CommonMiddleware, further in, already counted the empty body; gunicorn
+            # would cut the page to that length.
+            response["Content-Length"] = str(len(response.content))
         return response
 
 

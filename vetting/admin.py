@@ -483,6 +483,10 @@ class ApplicationAdmin(admin.ModelAdmin):
             seen_status = request.POST.get("seen_status")
             if seen_status in Application.Status.values:
                 application.status = seen_status
+            # And whose claim they saw: Release must not end a claim made since.
+            seen_claimer = request.POST.get("seen_claimed_by")
+            if seen_claimer is not None:
+                application.claimed_by_id = int(seen_claimer) if seen_claimer.isdecimal() else None
             try:
                 result = _run_transition(
                     name, application, request.user, form.cleaned_data if form else {}, request

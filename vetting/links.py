@@ -1,9 +1,10 @@
 """The applicant's private links: signed, carrying no database id.
 
 The status link never expires (it is the applicant's way back for months);
-it is mailed only to a confirmed address (workflow._applicant_mail). The
-confirmation link expires with the unconfirmed application itself; staff-entered
-applications are sent a fresh one with each mail until their address is confirmed.
+it is mailed only to a confirmed address (workflow._applicant_mail). A public
+application's confirmation link expires with the unconfirmed application
+itself; a staff-entered application's does not: it is that person's way in,
+however late they come, and the application stays in the queue meanwhile.
 """
 
 from __future__ import annotations
@@ -71,22 +72,18 @@ def is_genuine_confirm_token(token: str) -> bool:
 
 
 def application_for_confirm_token(token: str) -> Application | None:
-    """The application of a live confirmation link. An expired one only leads back to an
-    address confirmed in time (a second click, days later): it never confirms anything."""
+    """The application of a live confirmation link. A public application's expired link only
+    leads back to an address confirmed in time (a second click, days later): it never
+    confirms anything. A staff-entered application's link does not expire."""
     try:
         public_id = signing.loads(token, salt=CONFIRM_SALT, max_age=UNCONFIRMED_LIFETIME)
     except signing.SignatureExpired:
         application = _application_for(token, CONFIRM_SALT, None)
-        if application is None or application.email_confirmed_at is None:
+        if application is None:
+            return None
+        if application.email_confirmed_at is None and application.source != Application.Source.STAFF:
             return None
         return application
     except signing.BadSignature:
         return None
     return Application.objects.filter(public_id=public_id).first()
-
-
-def application_outlives_expired_link(token: str) -> bool:
-    """Whether the application of this genuine, expired confirmation link is kept (entered by
-    staff, or withdrawn), rather than gone or about to go with the unconfirmed ones."""
-    application = _application_for(token, CONFIRM_SALT, None)
-    return application is not None and application.status != Application.Status.UNCONFIRMED

@@ -42,15 +42,17 @@ def validate_matrix_localpart(value: str) -> None:
 
 
 class ApplicationQuerySet(models.QuerySet):
-    def longest_queued_first(self) -> ApplicationQuerySet:
-        """Ordered by Application.queued_at, earliest first."""
+    def with_queued_at(self) -> ApplicationQuerySet:
+        """Annotates `queued_at`: when staff could first act on the application. A public one
+        once its address was confirmed; one entered by staff at once, however late its
+        address is confirmed."""
         return self.annotate(
-            waiting_since=models.Case(
+            queued_at=models.Case(
                 models.When(email_confirmed_at__isnull=True, then="created_at"),
                 models.When(source=Application.Source.STAFF, then="created_at"),
                 default="email_confirmed_at",
             )
-        ).order_by("waiting_since", "pk")
+        )
 
     def with_unreviewed_answer(self) -> ApplicationQuerySet:
         """Annotates `has_unreviewed_answer`: the applicant answered a request for information
@@ -239,14 +241,6 @@ class Application(models.Model):
                 if not Application.objects.filter(reference=self.reference).exists():
                     raise
         raise IntegrityError("Could not generate a unique application reference.")
-
-    @property
-    def queued_at(self) -> datetime:
-        """When staff could first act on it: a public application once its address was
-        confirmed; one entered by staff at once, however late its address is confirmed."""
-        if self.email_confirmed_at is None or self.source == self.Source.STAFF:
-            return self.created_at
-        return self.email_confirmed_at
 
     @property
     def applicant_status(self) -> str:

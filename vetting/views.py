@@ -98,13 +98,7 @@ def confirm(request: HttpRequest, token: str) -> HttpResponse:
         # Ours, but past the confirmation window or its application is gone:
         # copying the link again cannot help.
         return render(
-            request,
-            "vetting/confirm_expired.html",
-            {
-                "days": links.UNCONFIRMED_LIFETIME.days,
-                "kept": links.application_outlives_expired_link(token),
-            },
-            status=410,
+            request, "vetting/confirm_expired.html", {"days": links.UNCONFIRMED_LIFETIME.days}, status=410
         )
     workflow.confirm_email(application, request=request)
     return redirect("vetting:status", token=links.status_token(application))

@@ -379,7 +379,11 @@ def submit_application(
 def submit_staff_application(
     application: Application, uploads: list[ValidatedUpload], user, request: HttpRequest | None = None
 ) -> Application:
-    """An application entered by an agent who met the person: no e-mail confirmation, same four-eyes."""
+    """An application entered by an agent who met the person: in the queue at once, same four-eyes.
+
+    The person is mailed a confirmation link: their address was typed by staff, and
+    until they confirm it no mail carries their status link (_applicant_mail).
+    """
     if not user.has_perm("vetting.add_application"):
         raise WorkflowError(_("Your role does not allow entering applications."))
     stored: list[Evidence] = []
@@ -399,6 +403,7 @@ def submit_staff_application(
                 request=request,
                 details={"reference": application.reference, "evidence": len(stored)},
             )
+            _applicant_mail("application-entered", application)
     except BaseException:
         _delete_files(stored)
         raise
@@ -623,10 +628,15 @@ def claim(application: Application, user, request: HttpRequest | None = None) ->
 
 
 def release(application: Application, user, request: HttpRequest | None = None) -> None:
+    """Hand a claimed application back to the queue: the claim `application` shows, not a newer one."""
     seen = application.status
+    seen_claimer = application.claimed_by_id
     with transaction.atomic():
         locked = _lock(application)
         _check("release", locked, seen, user)
+        if locked.claimed_by_id != seen_claimer:
+            # Released and claimed again meanwhile: the same status, but someone else's claim.
+            raise AlreadyDecided(_lost_race_message(locked, user))
         previous = locked.claimed_by.get_username() if locked.claimed_by else ""
         locked.status = Status.SUBMITTED
         locked.claimed_by = None

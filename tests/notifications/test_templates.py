@@ -73,6 +73,7 @@ def test_the_remote_resource_check_finds_images_css_and_scripts():
 # Mails to applicants: a person may read either version, so both must tell the same.
 APPLICANT_MAILS = [
     "application-received",
+    "application-entered",
     "information-requested",
     "application-approved",
     "application-rejected",

@@ -166,7 +166,7 @@ APPLICANT_MAIL = {
 }
 # The applicant mails that link to the status page: a confirmation link stands in for it
 # while the address is unconfirmed.
-LINKING_MAIL = {"information-requested", "application-approved", "invitation-token"}
+LINKING_MAIL = {"application-entered", "information-requested", "application-approved", "invitation-token"}
 
 STAFF = [
     "agent",
@@ -370,14 +370,15 @@ class WorkflowMachine(RuleBasedStateMachine):
         else:
             workflow.submit_staff_application(application, uploads, self.staff["agent"])
         assert application.status == (Status.UNCONFIRMED if source == "public" else Status.SUBMITTED)
-        # "received (with the status link)", for those who applied themselves.
-        told = OutboundEmail.objects.filter(to=email)
+        # "received (with the status link)", for those who applied themselves; "entered" (with
+        # only the confirmation link) for those whose address staff typed.
+        [told] = OutboundEmail.objects.filter(to=email)
         if source == "public":
-            [received] = told
-            assert received.template == "application-received"
-            assert links.status_link_stem(application) in received.body_text
+            assert told.template == "application-received"
+            assert links.status_link_stem(application) in told.body_text
         else:
-            assert not told.exists()
+            assert told.template == "application-entered"
+            assert "/confirm/" in told.body_text
         self.applicants.append(
             Applicant(
                 pk=application.pk,

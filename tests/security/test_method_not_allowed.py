@@ -16,6 +16,8 @@ def assert_error_page(response, allowed: set[str]) -> None:
     assert {method.strip() for method in response["Allow"].split(",")} == allowed
     assert response["Content-Type"] == "text/html; charset=utf-8"
     page = response.content.decode()
+    # What the server sends is cut to this length.
+    assert response["Content-Length"] == str(len(response.content))
     assert ERROR_PAGE in page
     assert "Please go back, reload the page and try again." in page
 

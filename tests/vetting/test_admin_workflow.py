@@ -78,6 +78,25 @@ def test_agent_claims_and_releases_with_one_click_on_the_application_page(client
     assert AuditEvent.objects.filter(action="application.released", actor=agent).count() == 1
 
 
+def test_release_clicked_on_an_old_page_leaves_a_claim_made_since_alone(
+    client, agent, second_agent, server_admin
+):
+    application = make_application()
+    workflow.claim(application, agent)
+    client.force_login(server_admin)
+    release = one_click_form(client.get(change_url(application)).content.decode(), "release")
+    # Meanwhile the agent releases it and a colleague claims it: the status is the same again.
+    workflow.release(application, agent)
+    workflow.claim(application, second_agent)
+
+    page = client.post(release["url"], release["fields"], follow=True).content.decode()
+
+    assert "Someone else got there first: the application is now in review (by second_agent)." in page
+    application.refresh_from_db()
+    assert application.claimed_by == second_agent
+    assert AuditEvent.objects.filter(action="application.released").count() == 1
+
+
 @pytest.mark.parametrize("name", ["claim", "release"])
 def test_claim_and_release_have_no_confirmation_page_to_open(client, agent, name):
     application = make_application()

@@ -40,8 +40,9 @@ def vetting_dashboard(context) -> dict:
     now = timezone.now()
     oldest = (
         Application.objects.filter(status=Application.Status.SUBMITTED)
-        .longest_queued_first()
-        .only("pk", "reference", "created_at", "email_confirmed_at", "source")
+        .with_queued_at()
+        .order_by("queued_at", "pk")
+        .only("pk", "reference")
         .first()
     )
 
@@ -58,10 +59,10 @@ def vetting_dashboard(context) -> dict:
     weeks = [first_week + timedelta(weeks=offset) for offset in range(WEEKS)]
     totals = [weekly.get(week, 0) for week in weeks]
 
-    decided = Application.objects.filter(decided_at__gte=first_week).only(
-        "decided_at", "email_confirmed_at", "created_at", "source"
-    )
-    durations = [application.decided_at - application.queued_at for application in decided]
+    decided = Application.objects.filter(decided_at__gte=first_week).with_queued_at()
+    durations = [
+        decided_at - queued_at for decided_at, queued_at in decided.values_list("decided_at", "queued_at")
+    ]
     return {
         "visible": True,
         "per_state": per_state,
