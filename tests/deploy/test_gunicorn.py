@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import requests
+
 from tests.deploy import servers
 
 # The keys of every line the app writes (iama_vetting.logs.JSONFormatter).
@@ -30,3 +32,17 @@ def test_gunicorns_own_lines_are_json_lines_like_the_apps(tmp_path):
     assert sum(message.startswith("Worker exiting (pid: ") for message in messages) == 2
     assert messages[-1] == "Shutting down: Master"
     assert all(entry["level"] == "INFO" for entry in gunicorn)
+
+
+def test_a_wrong_method_gets_the_whole_error_page_through_gunicorn(tmp_path):
+    # gunicorn sends no more than Content-Length says: a page filled in after it was counted is cut.
+    app = servers.App(tmp_path / "app").install()
+    port = servers.free_port()
+    rendered = app.render_deploy(tmp_path / "rendered", app_port=port)
+    with app.gunicorn(rendered / "gunicorn.conf.py", port, workers=1) as url:
+        response = requests.get(url + "/csp-report/", timeout=10)
+
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "POST"
+    assert "This page does not accept that kind of request" in response.text
+    assert response.text.rstrip().endswith("</html>")
