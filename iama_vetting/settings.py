@@ -41,13 +41,13 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [entry.strip() for entry in env.list(name, default=default) if entry.strip()]
 
 
-def env_positive_int(name: str, default: int) -> int:
+def env_int(name: str, default: int, minimum: int = 1) -> int:
     try:
         value = env.int(name, default=default)
     except ValueError as error:
         raise ImproperlyConfigured(f"{name} must be a whole number.") from error
-    if value < 1:
-        raise ImproperlyConfigured(f"{name} must be at least 1.")
+    if value < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}.")
     return value
 
 
@@ -173,16 +173,16 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {
-            "connect_timeout": env_positive_int("DATABASE_CONNECT_TIMEOUT", 5),
+            "connect_timeout": env_int("DATABASE_CONNECT_TIMEOUT", 5),
             # Server-side cap on any one statement, in milliseconds.
-            "options": f"-c statement_timeout={env_positive_int('DATABASE_STATEMENT_TIMEOUT_MS', 30_000)}",
+            "options": f"-c statement_timeout={env_int('DATABASE_STATEMENT_TIMEOUT_MS', 30_000)}",
             "pool": {
-                "min_size": env.int("DATABASE_POOL_MIN_SIZE", default=1),
-                "max_size": env_positive_int("DATABASE_POOL_MAX_SIZE", 4),
+                "min_size": env_int("DATABASE_POOL_MIN_SIZE", 1, minimum=0),
+                "max_size": env_int("DATABASE_POOL_MAX_SIZE", 4),
                 # Seconds a request waits for a free connection before failing.
-                "timeout": env_positive_int("DATABASE_POOL_TIMEOUT", 10),
+                "timeout": env_int("DATABASE_POOL_TIMEOUT", 10),
                 # Recycle connections so none outlives a failover or a config change.
-                "max_lifetime": env_positive_int("DATABASE_CONN_MAX_LIFETIME", 600),
+                "max_lifetime": env_int("DATABASE_CONN_MAX_LIFETIME", 600),
                 "max_idle": 300,
             },
         }
@@ -252,7 +252,7 @@ elif EVIDENCE_STORAGE != "local":
     raise ImproperlyConfigured(f"EVIDENCE_STORAGE must be 'local' or 's3', not {EVIDENCE_STORAGE!r}.")
 # Behind nginx: downloads answer with X-Accel-Redirect to this internal location.
 EVIDENCE_X_ACCEL_PREFIX = env.str("EVIDENCE_X_ACCEL_PREFIX", default="")
-EVIDENCE_RETENTION_DAYS = env_positive_int("EVIDENCE_RETENTION_DAYS", 180)
+EVIDENCE_RETENTION_DAYS = env_int("EVIDENCE_RETENTION_DAYS", 180)
 EVIDENCE_MAX_FILE_SIZE = 16 * 1024 * 1024
 EVIDENCE_MAX_FILES = 5
 
@@ -273,7 +273,7 @@ FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o750
 # beyond this Django refuses the request outright.
 DATA_UPLOAD_MAX_NUMBER_FILES = 10
 
-TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
+TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0, minimum=0)
 if TRUSTED_PROXY_COUNT < 0:
     raise ImproperlyConfigured("TRUSTED_PROXY_COUNT must be 0 or more.")
 
@@ -328,9 +328,9 @@ EMAIL_BACKEND = (
 # looks at the outbox when idle, and seconds a claim lasts. A worker killed
 # while sending leaves its mails claimed; another worker sends them once the
 # lease has run out, so the lease must outlast the slowest batch start.
-OUTBOX_BATCH_SIZE = env_positive_int("OUTBOX_BATCH_SIZE", 100)
-OUTBOX_POLL_SECONDS = env_positive_int("OUTBOX_POLL_SECONDS", 5)
-OUTBOX_LEASE_SECONDS = env_positive_int("OUTBOX_LEASE_SECONDS", 300)
+OUTBOX_BATCH_SIZE = env_int("OUTBOX_BATCH_SIZE", 100)
+OUTBOX_POLL_SECONDS = env_int("OUTBOX_POLL_SECONDS", 5)
+OUTBOX_LEASE_SECONDS = env_int("OUTBOX_LEASE_SECONDS", 300)
 # The slowest start of a batch (every port timing out) plus one mail.
 if (len(SMTP_RELAY_PORTS) + 5) * SMTP_TIMEOUT > OUTBOX_LEASE_SECONDS:
     raise ImproperlyConfigured(
@@ -341,7 +341,7 @@ if (len(SMTP_RELAY_PORTS) + 5) * SMTP_TIMEOUT > OUTBOX_LEASE_SECONDS:
 # Matrix homeserver (vetting.matrix): invitations are registration tokens on it.
 MATRIX_HOMESERVER_URL = env.str("MATRIX_HOMESERVER_URL", default="")
 MATRIX_ADMIN_TOKEN = env_secret("MATRIX_ADMIN_TOKEN")
-MATRIX_TOKEN_VALID_DAYS = env_positive_int("MATRIX_TOKEN_VALID_DAYS", 30)
+MATRIX_TOKEN_VALID_DAYS = env_int("MATRIX_TOKEN_VALID_DAYS", 30)
 # `synapse` (its admin API) or `mas` (Matrix Authentication Service's admin API).
 MATRIX_BACKEND = env.str("MATRIX_BACKEND", default="synapse").strip().lower()
 if MATRIX_BACKEND not in ("synapse", "mas"):
@@ -453,7 +453,7 @@ RATELIMIT_USE_CACHE = "ratelimit"
 # Off only for load tests and fault-injection runs from one address; never in production.
 RATELIMIT_ENABLE = env_bool("RATELIMIT_ENABLE", default=True)
 # The one tier of every anonymous view without limits of its own, per client IP.
-RATELIMIT_DEFAULT_PER_MINUTE = env_positive_int("RATELIMIT_DEFAULT_PER_MINUTE", 120)
+RATELIMIT_DEFAULT_PER_MINUTE = env_int("RATELIMIT_DEFAULT_PER_MINUTE", 120)
 RATELIMIT_FAIL_OPEN = False
 RATELIMIT_IP_META_KEY = "iama_vetting.ratelimits.client_ip"
 _ratelimit_primary = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "ratelimit"}

@@ -62,19 +62,31 @@ def test_debug_defaults_to_off():
     assert loaded["LOG_LEVEL"] == "INFO"
 
 
-def test_manage_py_says_what_is_misconfigured_in_one_line_and_exits_with_ex_config():
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"DEBUG": "yes"}, "DEBUG must be 'true' or 'false', not 'yes'."),
+        ({"DEBUG": "true", "TRUSTED_PROXY_COUNT": "one"}, "TRUSTED_PROXY_COUNT must be a whole number."),
+        ({"DEBUG": "true", "DATABASE_POOL_MIN_SIZE": "-1"}, "DATABASE_POOL_MIN_SIZE must be at least 0."),
+    ],
+)
+def test_manage_py_says_what_is_misconfigured_in_one_line_and_exits_with_ex_config(setting, message):
     # EX_CONFIG: rvi-mail.service does not restart on it (a wrong setting stays wrong).
-    environment = {key: value for key, value in os.environ.items() if key != "DEBUG"}
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("DEBUG", "DATABASE_URL", "ALLOWED_HOSTS")
+    }
     result = subprocess.run(
         [sys.executable, "manage.py", "send_outbox", "--once"],
         cwd=PROJECT_DIR,
-        env={**environment, "DEBUG": "yes"},
+        env={**environment, "DATABASE_URL": "postgres://nobody@127.0.0.1:1/none", **setting},
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode == os.EX_CONFIG == 78
-    assert result.stderr == "Configuration error: DEBUG must be 'true' or 'false', not 'yes'.\n"
+    assert result.stderr == f"Configuration error: {message}\n"
 
 
 @pytest.mark.parametrize("value", ["yes", "1", "treu", ""])

@@ -312,8 +312,8 @@ def _applicant_mail(name: str, application: Application, **context) -> None:
         return
     # The status link opens the application, its data export and its erasure: it goes
     # only to an address its owner confirmed. One that staff typed (a typo hands all
-    # that to a stranger) gets the confirmation link instead, which expires and leads
-    # to the status page once followed (confirm_email).
+    # that to a stranger) gets the confirmation link instead, which leads to the
+    # status page once followed (confirm_email), and warns a stranger off.
     if application.email_confirmed_at is not None:
         link = {"status_url": links.status_url(application)}
     else:

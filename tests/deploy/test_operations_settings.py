@@ -73,7 +73,7 @@ def test_a_mistyped_maintenance_window_refuses_to_start():
 def test_env_example_lists_every_variable_the_settings_read():
     source = (settings.BASE_DIR / "iama_vetting" / "settings.py").read_text()
     read = set(re.findall(r"""env(?:\.\w+|_\w+)\(\s*["']([A-Z][A-Z0-9_]+)["']""", source))
-    read |= set(re.findall(r"""env_positive_int\('([A-Z][A-Z0-9_]+)'""", source))
+    read |= set(re.findall(r"""env_int\('([A-Z][A-Z0-9_]+)'""", source))
     listed = set(
         re.findall(r"^([A-Z][A-Z0-9_]+)=", (settings.BASE_DIR / "deploy" / ".env.example").read_text(), re.M)
     )

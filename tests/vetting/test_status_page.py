@@ -328,8 +328,8 @@ def test_an_expired_confirm_link_says_the_application_is_or_will_soon_be_deleted
     assert response.status_code == 410
     page = response.content.decode()
     assert (
-        "This link has expired. E-mail addresses must be confirmed within 7 days, so your unconfirmed "
-        "application is deleted, or will be within a day."
+        "This link has expired. E-mail addresses must be confirmed within 7 days; an application not "
+        "confirmed in time is deleted within a day after that."
     ) in page
     assert "was deleted" not in page
     assert 'href="/apply/"' in page

@@ -72,8 +72,8 @@ def port(value: str) -> int:
 
 class Command(BaseCommand):
     help = (
-        "Render every file of deploy/ (nginx site, gunicorn config, systemd units and timers, "
-        "PostgreSQL role setup, .env example) for one host into a directory."
+        "Render every file of deploy/ (nginx site, gunicorn config, systemd units and timers with "
+        "the alert unit, PostgreSQL role setup, rvi-manage, .env example) for one host into a directory."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:

@@ -52,7 +52,8 @@ class StopFlag:
 class Command(BaseCommand):
     help = (
         "Sends the mail waiting in the outbox: every due mail once (--once), or for as long as it runs "
-        "(--loop, stopped cleanly by SIGTERM or Ctrl-C after the mail in hand)."
+        "(--loop, stopped cleanly by SIGTERM or Ctrl-C after the mail in hand). Exits with status 78 "
+        "(EX_CONFIG) when the relay is not configured."
     )
 
     def add_arguments(self, parser) -> None:
