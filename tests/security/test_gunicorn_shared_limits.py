@@ -96,6 +96,7 @@ def two_workers(
     access_lines: list[str] = []
     try:
         wait_until_listening(port, process, errors)
+        wait_until_both_workers_answer(port, access_log)
         yield port, access_lines
     finally:
         process.terminate()
@@ -105,6 +106,18 @@ def two_workers(
 
 def workers_answering(access_lines: list[str], path: str) -> set[str]:
     return {line.split()[0] for line in access_lines if f"path={path}" in line}
+
+
+def wait_until_both_workers_answer(port: int, access_log: Path) -> None:
+    """Each worker loads the app on its own: on a busy machine the second may still be loading
+    when the first answers. /healthz counts in no limit, so these requests change no count."""
+    for _ in range(60):
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            list(pool.map(lambda _: slow_request(port, "GET", "/healthz"), range(4)))
+        if len(workers_answering(access_log.read_text().splitlines(), "/healthz")) == 2:
+            return
+        time.sleep(0.5)
+    raise RuntimeError("the second gunicorn worker never answered")
 
 
 def start_well_inside_the_minute(window_end: float) -> None:
