@@ -72,6 +72,20 @@ def queue_mails(count: int) -> list[OutboundEmail]:
     )
 
 
+def sigterm_once_logged(worker: subprocess.Popen, text: str, timeout: float) -> tuple[str, str]:
+    """Stop the worker with SIGTERM once its log says `text`: its stdout and stderr."""
+    try:
+        line = worker.stderr.readline()
+        while text not in line:
+            line = worker.stderr.readline()
+            assert line, f"the worker exited before it logged {text!r}"
+        worker.send_signal(signal.SIGTERM)
+        return worker.communicate(timeout=timeout)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+
+
 def test_two_workers_deliver_200_mails_each_exactly_once(transactional_db, smtp_server, certificates):
     recorder = smtp_server.recorder
     # The first mails wait until both workers have logged in, so both
@@ -114,17 +128,8 @@ def test_sigterm_finishes_the_mail_in_hand_and_hands_the_rest_back(
 
 def test_sigterm_stops_an_idle_worker_at_once(transactional_db, smtp_server, certificates):
     worker = start_worker(smtp_server, certificates, "--loop", OUTBOX_POLL_SECONDS="60")
-    try:
-        # Wait until it is up and idle: its start is logged on stderr.
-        line = worker.stderr.readline()
-        while "started" not in line:
-            line = worker.stderr.readline()
-            assert line, "the worker exited before it started"
-        worker.send_signal(signal.SIGTERM)
-        out, err = worker.communicate(timeout=10)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
+    # Up and idle: its start is logged on stderr.
+    out, err = sigterm_once_logged(worker, "started", timeout=10)
     assert worker.returncode == 0, err
     assert "Outbox: 0 sent" in out
 
@@ -165,16 +170,7 @@ def test_while_the_relay_is_down_the_loop_keeps_running_and_the_mail_stays_queue
     """Unlike a missing setting (exit 78, no restart), a relay that is down is waited out."""
     [mail] = queue_mails(1)
     worker = start_worker(smtp_server, certificates, "--loop", SMTP_RELAY_PORTS=str(closed_port))
-    try:
-        line = worker.stderr.readline()
-        while "connection refused" not in line:
-            line = worker.stderr.readline()
-            assert line, "the worker exited before it tried the relay"
-        worker.send_signal(signal.SIGTERM)
-        out, err = worker.communicate(timeout=30)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
+    out, err = sigterm_once_logged(worker, "connection refused", timeout=30)
     assert worker.returncode == 0, err
     assert "Outbox: 0 sent, 1 to retry later, 0 failed, 0 handed back." in out
     mail.refresh_from_db()
