@@ -93,13 +93,17 @@ def unit_section(text: str, section: str) -> str:
     return text.split(f"[{section}]\n", 1)[1].split("\n[", 1)[0]
 
 
-def test_every_timer_driven_service_and_the_mail_worker_raise_an_alert_when_they_fail(tmp_path):
+def test_every_service_raises_an_alert_when_it_fails_and_the_long_running_ones_stop_restarting(tmp_path):
     systemd = render(tmp_path / "out") / "systemd"
     timed = sorted(path.with_suffix(".service").name for path in systemd.glob("*.timer"))
     assert "rvi-backup.service" in timed and "rvi-backup-check.service" in timed
-    for name in [*timed, "rvi-mail.service"]:
+    for name in [*timed, "rvi-mail.service", "rvi-web.service"]:
         unit = unit_section((systemd / name).read_text(), "Unit")
         assert "OnFailure=rvi-alert@%n.service\n" in unit, name
+    # Restarted on a crash, but a loop ends in one alert rather than one every 5 s.
+    for name in ["rvi-mail.service", "rvi-web.service"]:
+        unit = unit_section((systemd / name).read_text(), "Unit")
+        assert "StartLimitIntervalSec=10min\nStartLimitBurst=5\n" in unit, name
 
 
 def test_the_alert_writes_one_line_at_priority_err_naming_the_failed_unit(tmp_path):
