@@ -154,6 +154,9 @@ TEMPLATES = [
 # connection pool. The pool owns connection lifetime, so CONN_MAX_AGE stays 0
 # (Django refuses a pool with persistent connections).
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] not in ("django.db.backends.sqlite3", "django.db.backends.postgresql"):
+    # Said now, not at the first query; the URL itself is not repeated: it may hold a password.
+    raise ImproperlyConfigured("DATABASE_URL must be a sqlite:/// or postgres:// URL.")
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {

@@ -68,6 +68,10 @@ def test_debug_defaults_to_off():
         ({"DEBUG": "yes"}, "DEBUG must be 'true' or 'false', not 'yes'."),
         ({"DEBUG": "true", "TRUSTED_PROXY_COUNT": "one"}, "TRUSTED_PROXY_COUNT must be a whole number."),
         ({"DEBUG": "true", "DATABASE_POOL_MIN_SIZE": "-1"}, "DATABASE_POOL_MIN_SIZE must be at least 0."),
+        (
+            {"DEBUG": "true", "DATABASE_URL": "mysql://rvi:hunter2@db/rvi"},
+            "DATABASE_URL must be a sqlite:/// or postgres:// URL.",
+        ),
     ],
 )
 def test_manage_py_says_what_is_misconfigured_in_one_line_and_exits_with_ex_config(setting, message):

@@ -238,7 +238,8 @@ def _check(name: str, locked: Application, seen_status: str, user) -> None:
     reason = guard_reason(name, locked, user)
     if reason is None:
         return
-    if locked.status != seen_status:
+    # A race is lost only by someone whose role allows the action at all.
+    if locked.status != seen_status and STAFF_TRANSITIONS[name].allowed_for(user):
         raise AlreadyDecided(_lost_race_message(locked, user))
     raise WorkflowError(reason)
 

@@ -144,6 +144,15 @@ def test_a_lost_race_names_who_made_the_new_state_not_who_decided_earlier(
         workflow.issue_invitation(stale_page, inviting_admin)
 
 
+def test_a_role_that_may_not_take_the_action_is_told_so_even_from_a_stale_page(approved, inviting_admin):
+    stale_page = Application.objects.get(pk=approved.pk)
+    stale_page.status = Status.IN_REVIEW  # a page from before the decision
+    with pytest.raises(workflow.WorkflowError) as refusal:
+        workflow.release(stale_page, inviting_admin)
+    assert not isinstance(refusal.value, workflow.AlreadyDecided)
+    assert str(refusal.value) == "Your role does not allow “Release”."
+
+
 def test_a_withdrawal_while_staff_look_is_put_down_to_the_applicant(agent, server_admin):
     application = recommended_by(agent)
     stale_tab = Application.objects.get(pk=application.pk)
