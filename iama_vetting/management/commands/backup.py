@@ -43,6 +43,11 @@ def private_file(path: Path):
     return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
 
 
+def made_at(stamp: str) -> datetime:
+    """When a backup was made, from the stamp in its name."""
+    return datetime.strptime(stamp, STAMP_FORMAT).replace(tzinfo=UTC)
+
+
 def counts_path(backup: Path) -> Path:
     return backup.with_name(backup.name.split(".", 1)[0] + ".counts.json")
 
@@ -257,7 +262,7 @@ class Command(BaseCommand):
             match = BACKUP_NAME_RE.match(path.name)
             if not match or not path.is_file():
                 continue
-            made = datetime.strptime(match["stamp"], STAMP_FORMAT).replace(tzinfo=UTC)
+            made = made_at(match["stamp"])
             if made < cutoff:
                 path.unlink()
                 removed.append(path)
@@ -279,7 +284,7 @@ class Command(BaseCommand):
         for name in names:
             match = FINISHED_BACKUP_RE.match(name)
             if match and match["kind"] in kinds:
-                made = datetime.strptime(match["stamp"], STAMP_FORMAT).replace(tzinfo=UTC)
+                made = made_at(match["stamp"])
                 newest[match["kind"]] = max(newest.get(match["kind"], (made, name)), (made, name))
         now = datetime.now(UTC)
         problems = []
