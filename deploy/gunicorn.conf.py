@@ -1,10 +1,10 @@
 # gunicorn settings for IaMA RVI, rendered by `manage.py deploy_config`.
 # Install as {{ config_dir }}/gunicorn.conf.py; rvi-web.service points at it.
+import logging
 import multiprocessing
+import sys
 
 from gunicorn.glogging import Logger
-
-from iama_vetting.logs import JSONFormatter
 
 # nginx on this host is the only client.
 bind = "127.0.0.1:{{ app_port }}"
@@ -36,8 +36,24 @@ class JSONLogger(Logger):
 
     def setup(self, cfg) -> None:
         super().setup(cfg)
+        formatter = app_json_formatter()
         for handler in self.error_log.handlers:
-            handler.setFormatter(JSONFormatter())
+            handler.setFormatter(formatter)
+
+
+def app_json_formatter() -> logging.Formatter:
+    """The app's JSONFormatter, leaving none of the app's modules loaded in the master.
+
+    The master forks every worker, after a reload (HUP) or a recycling too: a module of the
+    app kept here would be what those workers run, the release that started the master.
+    """
+    loaded_before = set(sys.modules)
+    from iama_vetting.logs import JSONFormatter
+
+    for name in set(sys.modules) - loaded_before:
+        if name.partition(".")[0] == "iama_vetting":
+            del sys.modules[name]
+    return JSONFormatter()
 
 
 logger_class = JSONLogger

@@ -10,6 +10,8 @@ GIF timing) survives. PDFs and Word files are kept as uploaded.
 from __future__ import annotations
 
 import io
+import logging
+import struct
 import tempfile
 import warnings
 
@@ -24,6 +26,13 @@ from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
 IMAGE_FORMATS = {"image/jpeg": "JPEG", "image/png": "PNG", "image/gif": "GIF"}
 PREVIEW_SIZE = (480, 480)
 _MEGA = 1_000_000
+# What Pillow raises for a corrupt or hostile file: OSError for truncated data,
+# ValueError, SyntaxError, EOFError and struct.error from its parsers, and
+# OverflowError for a value too big to write back (two identical GIF frames of
+# 655.35 s each, which Pillow merges into one too long for the format).
+CORRUPT_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, OverflowError, struct.error)
+
+logger = logging.getLogger(__name__)
 
 
 def _too_many_pixels(name: str, pixels: int) -> ValidationError:
@@ -117,9 +126,12 @@ def strip_metadata(upload: UploadedFile, content_type: str, name: str) -> File:
     except ValidationError:
         target.close()
         raise
-    except (OSError, ValueError, SyntaxError, EOFError):
-        # Truncated or corrupt pixel data.
+    except CORRUPT_IMAGE_ERRORS as error:
         target.close()
+        # The type only (a message can quote the file): a bug hiding behind these shows in the log.
+        logger.warning(
+            "An uploaded %s image could not be re-encoded (%s).", content_type, type(error).__name__
+        )
         raise _unreadable(name) from None
     target.seek(0)
     upload.seek(0)

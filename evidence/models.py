@@ -20,13 +20,21 @@ class EvidenceQuerySet(models.QuerySet):
     def due_for_purge(self, now: datetime | None = None) -> EvidenceQuerySet:
         """Stored evidence of applications decided more than EVIDENCE_RETENTION_DAYS ago.
 
-        The decision time is the application's last change (updated_at): a
-        decided application is not changed again in the normal course.
+        Decided: approved, invited, rejected, withdrawn or joined, as the privacy
+        notice says; an approved person who never registers keeps no evidence
+        for ever. The decision time is the application's last change
+        (updated_at): a decided application is not changed again in the normal
+        course but by its next step (an invitation issued, used or ended).
         """
         from vetting.models import Application
 
-        # After these nothing more happens to an application's evidence.
-        decided = [Application.Status.REJECTED, Application.Status.WITHDRAWN, Application.Status.JOINED]
+        decided = [
+            Application.Status.APPROVED,
+            Application.Status.INVITED,
+            Application.Status.REJECTED,
+            Application.Status.WITHDRAWN,
+            Application.Status.JOINED,
+        ]
         cutoff = (now or timezone.now()) - timedelta(days=settings.EVIDENCE_RETENTION_DAYS)
         return self.stored().filter(application__status__in=decided, application__updated_at__lt=cutoff)
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
+import struct
 import tempfile
 import unicodedata
 import zipfile
@@ -60,6 +62,20 @@ ALLOWED_EXTENSIONS_TEXT = ", ".join(ALLOWED_TYPES)
 # directory) are followed through the file beyond it (see _sniff).
 SNIFF_BYTES = 64 * 1024
 DISPLAY_NAME_MAX_LENGTH = 255
+# What zipfile raises reading a corrupt or hostile archive's directory, besides
+# BadZipFile: NotImplementedError for a "version needed to extract" it does not
+# know, OverflowError and OSError for offsets past any file, ValueError for bad names.
+CORRUPT_ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    OSError,
+    ValueError,
+    EOFError,
+    OverflowError,
+    NotImplementedError,
+    struct.error,
+)
+
+logger = logging.getLogger(__name__)
 
 # Readable names for what libmagic found, used in messages to applicants.
 _KIND_NAMES = {
@@ -129,7 +145,9 @@ def _is_docx(upload: UploadedFile) -> bool:
     try:
         with zipfile.ZipFile(upload) as archive:
             names = set(archive.namelist())
-    except (zipfile.BadZipFile, OSError, ValueError):
+    except CORRUPT_ZIP_ERRORS as error:
+        # The type only (a message can quote the archive): a bug hiding behind these shows in the log.
+        logger.warning("An uploaded .docx could not be read as a zip archive (%s).", type(error).__name__)
         return False
     finally:
         upload.seek(0)

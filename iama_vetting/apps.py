@@ -11,6 +11,9 @@ class IamaVettingConfig(AppConfig):
     verbose_name = "Security"
     default_auto_field = "django.db.models.BigAutoField"
 
+    def ready(self) -> None:
+        from iama_vetting import checks  # noqa: F401 - registers the deployment checks
+
 
 class StaffAdminConfig(AdminConfig):
     """django.contrib.admin with our site: staff sign-in with two factors."""

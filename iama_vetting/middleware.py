@@ -36,27 +36,46 @@ access_logger = logging.getLogger("iama_vetting.request")
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # URL parameters that are capabilities (signed status links, reset tokens): never logged.
 SECRET_URL_PARAMETERS = ("token", "signed", "uidb64")
+# Where our paths carry capabilities: the segments after these first segments, by
+# parameter name (vetting/urls.py: status pages, their withdraw, my-data and erase
+# pages, the confirmation link; iama_vetting/urls.py: the staff set-password link).
+# Found by position, not by resolving: a path that resolves to no page
+# ("/status/<token>" without its slash, a mistyped suffix) still carries the token.
+SECRET_PATH_SEGMENTS = {"status": ("token",), "confirm": ("token",), "reset": ("uidb64", "token")}
 CSP_REPORT_GROUP = "csp-endpoint"
+
+
+def _path_secrets(path_info: str) -> list[tuple[int, str, str]]:
+    """(segment index, parameter name, value) of each capability token in a path."""
+    segments = path_info.split("/")
+    first = next((index for index, segment in enumerate(segments) if segment), None)
+    if first is None or (names := SECRET_PATH_SEGMENTS.get(segments[first].lower())) is None:
+        return []
+    match = _resolve(path_info, settings.ROOT_URLCONF)
+    if match is not None and not any(
+        secret in name for secret in SECRET_URL_PARAMETERS for name in match.kwargs
+    ):
+        return []  # a page of its own among the tokens' routes: /reset/done/
+    return [
+        (index, name, segments[index])
+        for index, name in enumerate(names, start=first + 1)
+        if index < len(segments) and segments[index]
+    ]
 
 
 def url_secrets(request: HttpRequest) -> list[tuple[str, str]]:
     """(parameter name, value) of each capability token in the request's path."""
-    match = _resolve(request.path_info, settings.ROOT_URLCONF)
-    if match is None:
-        return []
-    return [
-        (name, str(value))
-        for name, value in match.kwargs.items()
-        if any(secret in name for secret in SECRET_URL_PARAMETERS)
-    ]
+    return [(name, value) for _index, name, value in _path_secrets(request.path_info)]
 
 
 def loggable_path(request: HttpRequest) -> str:
     """The request path with capability tokens replaced by their parameter name."""
-    path = request.path
-    for name, value in url_secrets(request):
-        path = path.replace(value, f"<{name}>")
-    return escape_control_characters(path)
+    segments = request.path_info.split("/")
+    for index, name, _value in _path_secrets(request.path_info):
+        segments[index] = f"<{name}>"
+    # The path is the script prefix (if any) and path_info.
+    prefix = request.path[: -len(request.path_info)] if request.path.endswith(request.path_info) else ""
+    return escape_control_characters(prefix + "/".join(segments))
 
 
 # A route's parameters by name only, as tokens are masked: "<str:token>" and "(?P<token>…)" become "<token>".

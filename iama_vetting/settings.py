@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import warnings
+from email.utils import parseaddr
 from pathlib import Path
 
 import environ
 from csp.constants import NONCE, NONE, SELF, UNSAFE_EVAL, UNSAFE_INLINE
 from django.core.exceptions import ImproperlyConfigured, ValidationError
+from django.core.mail.message import sanitize_address
 from django.core.validators import validate_email
 
 from iama_vetting import maintenance as _maintenance
@@ -152,10 +155,21 @@ TEMPLATES = [
 
 # Database: SQLite by default; PostgreSQL through psycopg 3 with Django's
 # connection pool. The pool owns connection lifetime, so CONN_MAX_AGE stays 0
-# (Django refuses a pool with persistent connections).
-DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
-if DATABASES["default"]["ENGINE"] not in ("django.db.backends.sqlite3", "django.db.backends.postgresql"):
-    # Said now, not at the first query; the URL itself is not repeated: it may hold a password.
+# (Django refuses a pool with persistent connections). The URL is never repeated, nor any
+# part of it: it may hold a password. So the parser's error (it may quote a piece of the URL)
+# is dropped, and its warning about a URL without a scheme (it prints the password) silenced:
+# the check after it says so.
+try:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+except ValueError:
+    raise ImproperlyConfigured(
+        "DATABASE_URL cannot be read: its port must be a number up to 65535, and any @ : / "
+        "in the user name or password percent-encoded (%40 %3A %2F)."
+    ) from None
+if DATABASES["default"].get("ENGINE") not in ("django.db.backends.sqlite3", "django.db.backends.postgresql"):
+    # Said now, not at the first query.
     raise ImproperlyConfigured("DATABASE_URL must be a sqlite:/// or postgres:// URL.")
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update(
@@ -174,14 +188,19 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # With a pool, Django checks each connection as it leaves the pool (one
     # round trip), so connections PostgreSQL dropped are replaced, not used.
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    _pool_min_size = env_int("DATABASE_POOL_MIN_SIZE", 1, minimum=0)
+    _pool_max_size = env_int("DATABASE_POOL_MAX_SIZE", 4)
+    # psycopg_pool would refuse it only at the first query, and at every query after it.
+    if _pool_min_size > _pool_max_size:
+        raise ImproperlyConfigured("DATABASE_POOL_MIN_SIZE must not be more than DATABASE_POOL_MAX_SIZE.")
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {
             "connect_timeout": env_int("DATABASE_CONNECT_TIMEOUT", 5),
             # Server-side cap on any one statement, in milliseconds.
             "options": f"-c statement_timeout={env_int('DATABASE_STATEMENT_TIMEOUT_MS', 30_000)}",
             "pool": {
-                "min_size": env_int("DATABASE_POOL_MIN_SIZE", 1, minimum=0),
-                "max_size": env_int("DATABASE_POOL_MAX_SIZE", 4),
+                "min_size": _pool_min_size,
+                "max_size": _pool_max_size,
                 # Seconds a request waits for a free connection before failing.
                 "timeout": env_int("DATABASE_POOL_TIMEOUT", 10),
                 # Recycle connections so none outlives a failover or a config change.
@@ -310,6 +329,15 @@ SMTP_CA_FILE = env.str("SMTP_CA_FILE", default="")
 if SMTP_CA_FILE and not Path(SMTP_CA_FILE).is_file():
     raise ImproperlyConfigured(f"SMTP_CA_FILE {SMTP_CA_FILE!r} is not a readable file.")
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="IaMA RVI Support <support@rvi.iam-alliance.com>")
+# Parsed as Django's mail parses it when sending: one it refuses would fail every mail.
+try:
+    sanitize_address(DEFAULT_FROM_EMAIL, "utf-8")
+    validate_email(parseaddr(DEFAULT_FROM_EMAIL)[1])
+except (ValueError, ValidationError) as error:
+    raise ImproperlyConfigured(
+        "DEFAULT_FROM_EMAIL must be one address with its domain, a name without commas before it "
+        "if wanted: IaMA RVI Support <support@example.org>."
+    ) from error
 SERVER_EMAIL = DEFAULT_FROM_EMAIL
 # Bare addresses, comma-separated. A bad entry must stop start-up: queue_email
 # would refuse it inside confirm_email, and every confirmation link would fail.
@@ -317,7 +345,8 @@ STAFF_NOTIFY_EMAILS = env_list("STAFF_NOTIFY_EMAILS", default=[])
 for _entry in STAFF_NOTIFY_EMAILS:
     try:
         validate_email(_entry)
-    except ValidationError as error:
+        sanitize_address(_entry, "utf-8")  # a domain IDNA cannot encode: every mail to it fails
+    except (ValueError, ValidationError) as error:
         raise ImproperlyConfigured(
             f"STAFF_NOTIFY_EMAILS: {_entry!r} is not an e-mail address; list bare addresses "
             "(name@example.org), separated by commas."
@@ -481,6 +510,10 @@ if LOG_LEVEL not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
 LOG_FORMAT = env.str("LOG_FORMAT", default="text" if DEBUG else "json").lower()
 if LOG_FORMAT not in ("json", "text"):
     raise ImproperlyConfigured(f"LOG_FORMAT must be 'json' or 'text', not {LOG_FORMAT!r}.")
+# Loggers that must never write DEBUG: SQL can show personal data, and boto3's stack at DEBUG
+# writes request signing, the AWS session token (X-Amz-Security-Token) included.
+_NO_DEBUG_LEVEL = "INFO" if LOG_LEVEL == "DEBUG" else LOG_LEVEL
+_NO_DEBUG_LOGGERS = ("django.db.backends", "botocore", "boto3", "s3transfer", "urllib3")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -498,8 +531,7 @@ LOGGING = {
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
-        # SQL at DEBUG would flood development logs and can show personal data.
-        "django.db.backends": {"level": "INFO"},
+        **{name: {"level": _NO_DEBUG_LEVEL} for name in _NO_DEBUG_LOGGERS},
         # Our access line (iama_vetting.request) replaces runserver's and
         # django.request's per-request warnings would only repeat it.
         "django.server": {"level": "WARNING"},

@@ -6,7 +6,10 @@ from email.parser import BytesHeaderParser
 from email.utils import make_msgid, parseaddr
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.mail import EmailMessage, EmailMultiAlternatives
+from django.core.mail.message import sanitize_address
+from django.core.validators import validate_email
 from django.db import models, transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -23,6 +26,21 @@ RETRY_DELAYS: tuple[timedelta, ...] = (
     timedelta(hours=6),
     *[timedelta(hours=12)] * 5,
 )
+
+
+def validate_sendable_address(address: str) -> None:
+    """validate_email, and what building the mail needs besides: a domain IDNA can encode.
+
+    Django's validator lets through domains its mail then fails on with a UnicodeError:
+    a bidi mark pasted along with the address, a label mixing Hebrew and Latin letters,
+    a non-ASCII label too long once encoded. Raises ValidationError (code "invalid").
+    """
+    validate_email(address)
+    try:
+        # What Django's mail does with the address, in the To header and at the relay.
+        sanitize_address(address, settings.DEFAULT_CHARSET)
+    except ValueError as error:  # UnicodeError is a ValueError
+        raise ValidationError(validate_email.message, code=validate_email.code) from error
 
 
 def build_message(to: str, subject: str, body_text: str, body_html: str) -> bytes:

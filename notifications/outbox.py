@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.core.mail import get_connection
-from django.core.validators import validate_email
+from django.core.mail.message import sanitize_address
 from django.template.loader import render_to_string
 from django.utils import timezone
 
-from notifications.models import OutboundEmail
+from notifications.models import OutboundEmail, validate_sendable_address
 from notifications.relay import describe, reply_code
 
 logger = logging.getLogger(__name__)
@@ -38,11 +39,12 @@ def queue_email(name: str, to: Iterable[str], context: dict) -> list[OutboundEma
     """Queue one mail per recipient, inside the caller's transaction.
 
     A rolled-back change therefore sends nothing. An address that is not one
-    (a line break in it, say) raises ValidationError before anything is written.
+    (a line break in it, say) or that mail cannot carry (a domain IDNA cannot
+    encode) raises ValidationError before anything is written.
     """
     addresses = list(dict.fromkeys(to))
     for address in addresses:
-        validate_email(address)
+        validate_sendable_address(address)
     subject, body_text, body_html = render_email(name, context)
     mails = [
         OutboundEmail.compose(address, subject, body_text, body_html, template=name) for address in addresses
@@ -87,8 +89,14 @@ def send_batch(worker: str, size: int, should_stop: Callable[[], bool] = lambda:
     Returns None when no mail was due. Each mail ends sent, queued for a
     retry (connection failures, 4xx), failed (5xx, an impossible address) or,
     when the worker stops, its lease runs short or the connection is lost,
-    handed back unsent.
+    handed back unsent. A sender address Django's mail refuses raises
+    ImproperlyConfigured before any mail is claimed: it is no mail's fault.
     """
+    try:
+        # As the relay backend reads it for every mail's envelope.
+        sanitize_address(settings.DEFAULT_FROM_EMAIL, settings.DEFAULT_CHARSET)
+    except ValueError as error:
+        raise ImproperlyConfigured("DEFAULT_FROM_EMAIL is not an address mail can be sent from.") from error
     mails = OutboundEmail.objects.claim(worker, size)
     if not mails:
         return None

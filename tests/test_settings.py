@@ -72,6 +72,30 @@ def test_debug_defaults_to_off():
             {"DEBUG": "true", "DATABASE_URL": "mysql://rvi:hunter2@db/rvi"},
             "DATABASE_URL must be a sqlite:/// or postgres:// URL.",
         ),
+        # Neither the URL nor any piece of it is repeated: it holds the password.
+        (
+            {"DEBUG": "true", "DATABASE_URL": "postgres://rvi:hunter2@db:54x32/rvi"},
+            "DATABASE_URL cannot be read: its port must be a number up to 65535, and any @ : / "
+            "in the user name or password percent-encoded (%40 %3A %2F).",
+        ),
+        (
+            {"DEBUG": "true", "DATABASE_URL": "postgres://rvi:hunter/2@db/rvi"},
+            "DATABASE_URL cannot be read: its port must be a number up to 65535, and any @ : / "
+            "in the user name or password percent-encoded (%40 %3A %2F).",
+        ),
+        (
+            {"DEBUG": "true", "DATABASE_URL": "//rvi:hunter2@db/rvi"},
+            "DATABASE_URL must be a sqlite:/// or postgres:// URL.",
+        ),
+        (
+            {"DEBUG": "true", "DATABASE_POOL_MIN_SIZE": "5", "DATABASE_POOL_MAX_SIZE": "4"},
+            "DATABASE_POOL_MIN_SIZE must not be more than DATABASE_POOL_MAX_SIZE.",
+        ),
+        (
+            {"DEBUG": "true", "DEFAULT_FROM_EMAIL": "IaMA, RVI Support <support@rvi.iam-alliance.com>"},
+            "DEFAULT_FROM_EMAIL must be one address with its domain, a name without commas before it "
+            "if wanted: IaMA RVI Support <support@example.org>.",
+        ),
     ],
 )
 def test_manage_py_says_what_is_misconfigured_in_one_line_and_exits_with_ex_config(setting, message):
@@ -215,3 +239,29 @@ def test_secrets_starting_with_a_dollar_sign_are_read_as_they_are():
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == list(secrets_as_set.values())
+
+
+LOG_FROM_EACH_LIBRARY = (
+    "import logging, django; django.setup(); "
+    "[logging.getLogger(name).debug('%s debug: X-Amz-Security-Token: canary-session-token', name) "
+    "for name in ('botocore.auth', 'boto3.resources', 's3transfer.tasks', 'urllib3.connectionpool', "
+    "'django.db.backends', 'vetting')]; "
+    "logging.getLogger('botocore.credentials').info('botocore info line')"
+)
+
+
+def test_log_level_debug_never_lets_aws_and_http_libraries_write_debug_lines():
+    """At DEBUG botocore writes each request's signing, the AWS session token included."""
+    result = subprocess.run(
+        [sys.executable, "-c", LOG_FROM_EACH_LIBRARY],
+        cwd=PROJECT_DIR,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "iama_vetting.settings", "LOG_LEVEL": "DEBUG"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    written = [line for line in result.stderr.splitlines() if "canary-session-token" in line]
+    # Only our own DEBUG line; the libraries' INFO lines still come through.
+    assert len(written) == 1 and "vetting debug" in written[0], written
+    assert "botocore info line" in result.stderr

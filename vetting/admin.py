@@ -154,6 +154,15 @@ VERIFICATION_FIELDS = [
     "verification_recorded_by",
     "verification_recorded_at",
 ]
+# An inviting admin sees what issuing a token needs: who the person is, who approved them, and
+# their invitations; not the statement, the verification, the reasons or the answers of vetting.
+INVITING_ADMIN_FIELDSETS = [
+    (_("Applicant"), {"fields": ["reference", "full_name", "email", "matrix_username"]}),
+    (_("Decision"), {"fields": ["status", "decided_by", "decided_at"]}),
+    (_("Invitations"), {"fields": ["invitation_list"]}),
+]
+# The "All applications from this e-mail address" link's lookup (ApplicationAdmin.linked_lookups).
+SAME_EMAIL_LOOKUP = "email__iexact"
 
 # Their confirmation pages show the verification being decided on.
 DECISION_ACTIONS = ("approve", "reject", "request_information")
@@ -176,6 +185,20 @@ ACTION_FORMS: dict[str, type[forms.Form] | None] = {
     "revoke_invitation": RevokeInvitationForm,
     "reissue_invitation": InvitationForm,
 }
+
+
+class SeenStateForm(forms.Form):
+    """What the person's page showed when they chose an action (hidden fields of its form)."""
+
+    seen_status = forms.ChoiceField(choices=Application.Status.choices, required=False)
+    seen_claimed_by = forms.IntegerField(min_value=1, required=False)
+
+
+# A hand-made or mangled POST: its hidden fields are not ones the page sent.
+BAD_SEEN_STATE = _(
+    "This action did not come from the application's page as it was sent: open the application "
+    "again and retry. Nothing was changed."
+)
 
 
 def _initial(name: str, application: Application) -> dict:
@@ -269,6 +292,7 @@ class ApplicationAdmin(admin.ModelAdmin):
     list_select_related = ["claimed_by"]
     search_fields = ["reference", "full_name", "email"]
     date_hierarchy = "created_at"
+    linked_lookups = (SAME_EMAIL_LOOKUP,)
     ordering = ["created_at"]
     inlines = [ApplicationEvidenceInline]
     actions = ["claim_selected", "release_selected"]
@@ -306,10 +330,8 @@ class ApplicationAdmin(admin.ModelAdmin):
             .with_unreviewed_answer()
             .annotate(evidence_total=Coalesce(Subquery(evidence_total), 0))
         )
-        if not roles.sees_every_application(request.user):
-            # Lists, pages, actions and search all go through here: nothing else to hide.
-            queryset = queryset.filter(status__in=roles.INVITING_ADMIN_STATUSES)
-        return queryset
+        # Lists, pages, actions and search all go through here.
+        return roles.visible_to(request.user, queryset)
 
     @admin.display(description=_("answered"), boolean=True, ordering="has_unreviewed_answer")
     def answered(self, application: Application) -> bool:
@@ -347,7 +369,7 @@ class ApplicationAdmin(admin.ModelAdmin):
             more = format_html("<p>{}</p>", shown)
             if application.email:
                 # Every status: the list's default filter shows only open applications.
-                query = {"email__iexact": application.email, StatusFilter.parameter_name: StatusFilter.ALL}
+                query = {SAME_EMAIL_LOOKUP: application.email, StatusFilter.parameter_name: StatusFilter.ALL}
                 more = format_html(
                     '<p>{} <a href="{}?{}">{}</a></p>',
                     shown,
@@ -374,15 +396,12 @@ class ApplicationAdmin(admin.ModelAdmin):
         )
 
     def get_fieldsets(self, request, obj=None):
-        if not roles.sees_every_application(request.user):
-            # An inviting admin's earlier applications would name ones outside their list (rejected...).
-            return [
-                fieldset for fieldset in self.fieldsets if "earlier_applications" not in fieldset[1]["fields"]
-            ]
+        # Earlier applications are left out too: they would name ones outside an inviting admin's list.
+        fieldsets = self.fieldsets if roles.sees_every_application(request.user) else INVITING_ADMIN_FIELDSETS
         if request.user.has_perm("vetting.view_invitation"):
-            return self.fieldsets
+            return fieldsets
         # Agents may not open invitations: the same list, without links that would answer 403.
-        return [*self.fieldsets[:-1], (_("Invitations"), {"fields": ["invitation_list_unlinked"]})]
+        return [*fieldsets[:-1], (_("Invitations"), {"fields": ["invitation_list_unlinked"]})]
 
     @admin.display(description=_("Matrix invitations (as last synced)"))
     def invitation_list(self, application: Application, linked: bool = True) -> str:
@@ -448,8 +467,11 @@ class ApplicationAdmin(admin.ModelAdmin):
             context["notes"] = obj.notes.select_related("author")
             # In place of Django's History, which lists admin edits: applications are never edited here.
             context["audit_url"] = audit_url(obj) if request.user.has_perm("vetting.view_auditevent") else ""
-            # Newest first (the model's ordering); two queries whatever the number of answers.
-            context["information_replies"] = obj.information_replies.prefetch_related("evidence")
+            # Vetting material, like the fields an inviting admin does not see (INVITING_ADMIN_FIELDSETS).
+            context["shows_answers"] = roles.sees_every_application(request.user)
+            if context["shows_answers"]:
+                # Newest first (the model's ordering); two queries whatever the number of answers.
+                context["information_replies"] = obj.information_replies.prefetch_related("evidence")
             # Without it the evidence inline is hidden too: the answers then only count their files.
             context["can_view_evidence"] = request.user.has_perm("evidence.view_evidence")
             context["can_add_note"] = request.user.has_perm("vetting.add_staffnote")
@@ -478,15 +500,17 @@ class ApplicationAdmin(admin.ModelAdmin):
         form_class = ACTION_FORMS[name]
         form = form_class(request.POST or None, initial=_initial(name, application)) if form_class else None
         if request.method == "POST" and (form is None or form.is_valid()):
+            seen = SeenStateForm(request.POST)
+            if not seen.is_valid():
+                self.message_user(request, BAD_SEEN_STATE, messages.ERROR)
+                return redirect(change_url)
             # The state the person saw when they chose the action: when someone else
             # acted in between, the workflow then says so (and by whom), not just "not possible".
-            seen_status = request.POST.get("seen_status")
-            if seen_status in Application.Status.values:
-                application.status = seen_status
-            # And whose claim they saw: Release must not end a claim made since.
-            seen_claimer = request.POST.get("seen_claimed_by")
-            if seen_claimer is not None:
-                application.claimed_by_id = int(seen_claimer) if seen_claimer.isdecimal() else None
+            if seen.cleaned_data["seen_status"]:
+                application.status = seen.cleaned_data["seen_status"]
+            # And whose claim they saw (blank: none): Release must not end a claim made since.
+            if "seen_claimed_by" in request.POST:
+                application.claimed_by_id = seen.cleaned_data["seen_claimed_by"]
             try:
                 result = _run_transition(
                     name, application, request.user, form.cleaned_data if form else {}, request
@@ -685,8 +709,5 @@ class StaffNoteAdmin(ReadOnlyModelAdmin):
     readonly_fields = ["application", "author", "text", "created_at"]
 
     def get_queryset(self, request):
-        queryset = super().get_queryset(request)
-        if not roles.sees_every_application(request.user):
-            # The same applications as on their application list (ApplicationAdmin.get_queryset).
-            queryset = queryset.filter(application__status__in=roles.INVITING_ADMIN_STATUSES)
-        return queryset
+        # The notes of the applications on the person's own list (ApplicationAdmin.get_queryset).
+        return roles.visible_to(request.user, super().get_queryset(request), "application__status")

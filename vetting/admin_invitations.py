@@ -23,7 +23,7 @@ from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_POST
 
-from vetting import matrix, workflow
+from vetting import matrix, roles, workflow
 from vetting.admin_readonly import ReadOnlyModelAdmin
 from vetting.forms import RevokeInvitationForm
 from vetting.models import Application, Invitation
@@ -71,6 +71,11 @@ class InvitationAdmin(ReadOnlyModelAdmin):
     date_hierarchy = "issued_at"
     actions = ["revoke_selected", "reissue_selected"]
     change_list_template = "admin/vetting/invitation/change_list.html"
+
+    def get_queryset(self, request):
+        # An inviting admin's list: the invitations of the applications they see. Once an
+        # application is reopened or rejected, its reference and Matrix username are no longer theirs.
+        return roles.visible_to(request.user, super().get_queryset(request), "application__status")
 
     def get_list_display(self, request):
         return [
@@ -153,11 +158,12 @@ class InvitationAdmin(ReadOnlyModelAdmin):
         ] + super().get_urls()
 
     def changelist_view(self, request, extra_context=None):
-        counts = dict(Invitation.objects.values_list("state").annotate(total=Count("pk")).order_by())
+        invitations = self.get_queryset(request)
+        counts = dict(invitations.values_list("state").annotate(total=Count("pk")).order_by())
         extra_context = {
             **(extra_context or {}),
             "state_counts": [(label, counts.get(value, 0)) for value, label in Invitation.State.choices],
-            "mismatch_count": Invitation.objects.filter(redemption_check=Invitation.Check.MISMATCH).count(),
+            "mismatch_count": invitations.filter(redemption_check=Invitation.Check.MISMATCH).count(),
             "can_sync": _may_see_tokens(request),
         }
         return super().changelist_view(request, extra_context)

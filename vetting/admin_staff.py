@@ -3,7 +3,8 @@
 Server admins manage vetting agents; superadmins manage everyone and approve
 accounts that server admins created. Every change goes through vetting.workflow.
 People choose their own password through a mailed link; only a superadmin may
-set someone else's, and both are audited.
+set someone else's, and both are audited. So are changes to the role groups
+themselves (RoleGroupAdmin).
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.contrib.auth import get_user_model
-from django.contrib.auth.admin import UserAdmin
+from django.contrib.auth.admin import GroupAdmin, UserAdmin
+from django.contrib.auth.models import Group
 from django.contrib.auth.views import PasswordResetConfirmView
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
@@ -24,7 +26,7 @@ from django_otp.plugins.otp_static.models import StaticDevice
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from vetting import audit, roles, workflow
-from vetting.forms import StaffAccountForm
+from vetting.forms import EmailAddressField, StaffAccountForm
 
 User = get_user_model()
 
@@ -107,6 +109,12 @@ class StaffUserAdmin(UserAdmin):
         if request.user.is_superuser:
             return super().get_fieldsets(request, obj)
         return SERVER_ADMIN_FIELDSETS
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        if db_field.name == "email":
+            # As when the account was created: an address our mail can be sent to.
+            kwargs["form_class"] = EmailAddressField
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
 
     def get_readonly_fields(self, request, obj=None):
         if request.user.is_superuser:
@@ -267,6 +275,69 @@ class StaffUserAdmin(UserAdmin):
 
 admin.site.unregister(User)
 admin.site.register(User, StaffUserAdmin)
+
+
+def _permission_names(group: Group) -> set[str]:
+    return {
+        f"{app_label}.{codename}"
+        for app_label, codename in group.permissions.values_list("content_type__app_label", "codename")
+    }
+
+
+class RoleGroupAdmin(GroupAdmin):
+    """The role groups (vetting.roles): their permissions are what each member may do, so a change
+    to them is audited like a change to someone's roles. Django's add, change and delete pages
+    run in one transaction, which the audit events join."""
+
+    def save_related(self, request, form, formsets, change) -> None:
+        group = form.instance
+        before = _permission_names(group) if change else set()
+        super().save_related(request, form, formsets, change)
+        after = _permission_names(group)
+        if not change:
+            audit.record(
+                "group.created",
+                actor=request.user,
+                target=group,
+                request=request,
+                details={"name": group.name, "permissions": sorted(after)},
+            )
+            return
+        details = {"name": group.name, "added": sorted(after - before), "removed": sorted(before - after)}
+        if "name" in form.changed_data:
+            details["renamed_from"] = form.initial["name"]
+        if details["added"] or details["removed"] or "renamed_from" in details:
+            audit.record("group.changed", actor=request.user, target=group, request=request, details=details)
+
+    def delete_model(self, request, obj) -> None:
+        self._record_deletion(request, obj)
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset) -> None:
+        # "Delete selected groups" runs outside the page transaction Django gives the others.
+        with transaction.atomic():
+            for group in queryset:
+                self._record_deletion(request, group)
+            super().delete_queryset(request, queryset)
+
+    @staticmethod
+    def _record_deletion(request, group: Group) -> None:
+        # Before the row goes: the event names it by its id.
+        audit.record(
+            "group.deleted",
+            actor=request.user,
+            target=group,
+            request=request,
+            details={
+                "name": group.name,
+                "permissions": sorted(_permission_names(group)),
+                "members": group.user_set.count(),
+            },
+        )
+
+
+admin.site.unregister(Group)
+admin.site.register(Group, RoleGroupAdmin)
 
 
 class StaffPasswordResetConfirmView(PasswordResetConfirmView):

@@ -141,10 +141,19 @@ def find_broken_link() -> BrokenLink | None:
             return BrokenLink(
                 event.pk, "its link to the previous event does not match (an event was removed)"
             )
+        # The hash covers a redacted row's stored digest in place of its IP and details
+        # (personal_digest), so only their absence shows that they were not rewritten.
+        if event.redacted_digest and (event.ip is not None or event.details != {}):
+            return BrokenLink(
+                event.pk, "it is marked as erased but has details or an address (the row was changed)"
+            )
         if content_hash(event) != event.hash:
             return BrokenLink(event.pk, "its content does not match its hash (the row was changed)")
         expected_previous = event.hash
     head = AuditChainHead.objects.filter(pk=1).first()
+    # Every event moves the head (record): events without one means it was removed.
+    if head is None and expected_previous != GENESIS_HASH:
+        return BrokenLink(None, "the chain head is missing (it records the newest event's hash)")
     if head is not None and head.last_hash != expected_previous:
         return BrokenLink(None, "the newest events are missing (the chain head points past the last event)")
     return None

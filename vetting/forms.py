@@ -12,6 +12,7 @@ from django.utils.text import format_lazy
 from django.utils.translation import gettext_lazy as _
 
 from evidence.validation import ALLOWED_TYPES, ValidatedUpload, display_name, validate_upload
+from notifications.models import validate_sendable_address
 from vetting import workflow
 from vetting.models import MATRIX_LOCALPART_MAX_LENGTH, Application, validate_matrix_localpart
 
@@ -78,6 +79,36 @@ class EvidenceFieldsMixin:
         return [display_name(upload.name) for key in self.files for upload in self.files.getlist(key)]
 
 
+class EmailAddressField(forms.EmailField):
+    """An address our mail can be sent to, typed or pasted by a person.
+
+    Invisible format characters (a bidi mark copied along with the address from
+    right-to-left text, a zero-width joiner) are dropped; an address whose domain
+    mail cannot encode is refused like any other invalid address (code "invalid").
+    """
+
+    default_validators = [validate_sendable_address]
+
+    def to_python(self, value):
+        if isinstance(value, str):
+            value = "".join(char for char in value if unicodedata.category(char) != "Cf")
+        return super().to_python(value)
+
+
+class TextareaField(forms.CharField):
+    """Text from a textarea, each line break as a single LF.
+
+    Browsers count a line break as one character against maxlength but send it as
+    CRLF: without this, text the browser let through would be refused as too long.
+    """
+
+    def to_python(self, value):
+        if isinstance(value, str):
+            # CRLF first, then a lone CR (old Mac line ends).
+            value = value.replace("\r\n", "\n").replace("\r", "\n")
+        return super().to_python(value)
+
+
 def state_length_limit(field: forms.CharField) -> None:
     """Say the field's limit under it: the browser stops typing at maxlength without a word."""
     limit = number_format(field.max_length, force_grouping=True)
@@ -128,6 +159,7 @@ class ApplicationForm(EvidenceFieldsMixin, forms.ModelForm):
         help_texts = {
             "matrix_username": _("Lowercase letters, digits and . _ = - / +, e.g. alex.smith"),
         }
+        field_classes = {"email": EmailAddressField, "referral": TextareaField, "statement": TextareaField}
         widgets = {
             "referral": forms.Textarea(attrs={"rows": 3}),
             "statement": forms.Textarea(attrs={"rows": 6}),
@@ -182,7 +214,7 @@ class StaffApplicationForm(ApplicationForm):
 class AddInformationForm(EvidenceFieldsMixin, forms.Form):
     """The applicant's answer to a request for information (status page)."""
 
-    message = forms.CharField(
+    message = TextareaField(
         required=False,
         max_length=5000,
         label=_("Your answer"),
@@ -320,7 +352,7 @@ class StaffAccountForm(forms.Form):
 
     username = forms.CharField(label=_("Username"), max_length=150)
     # User.email's column; Django's EmailValidator would let up to 320 characters through.
-    email = forms.EmailField(label=_("E-mail address"), max_length=254)
+    email = EmailAddressField(label=_("E-mail address"), max_length=254)
     role = forms.ChoiceField(label=_("Role"))
 
     def __init__(self, *args, allowed_roles: list[tuple[str, str]], **kwargs) -> None:

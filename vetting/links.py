@@ -3,8 +3,9 @@
 The status link never expires (it is the applicant's way back for months);
 it is mailed only to a confirmed address (workflow._applicant_mail). A public
 application's confirmation link expires with the unconfirmed application
-itself; a staff-entered application's does not: it is that person's way in,
-however late they come, and the application stays in the queue meanwhile.
+itself (confirmation_expired); a staff-entered application's does not: it is
+that person's way in, however late they come, and the application stays in
+the queue meanwhile.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.core import signing
 from django.urls import reverse
+from django.utils import timezone
 
 from vetting.models import Application
 
@@ -50,40 +52,51 @@ def admin_url(application: Application) -> str:
     return settings.SITE_URL + reverse("admin:vetting_application_change", args=[application.pk])
 
 
-def _application_for(token: str, salt: str, max_age: timedelta | None) -> Application | None:
+def confirmation_expired(application: Application) -> bool:
+    """Whether a public application's address went unconfirmed for UNCONFIRMED_LIFETIME after
+    applying: its confirmation link confirms nothing any more, and purge_unconfirmed deletes
+    it (workflow.never_confirmed)."""
+    return (
+        application.source == Application.Source.PUBLIC
+        and application.email_confirmed_at is None
+        and timezone.now() - application.created_at > UNCONFIRMED_LIFETIME
+    )
+
+
+def _is_genuine(token: str, salt: str) -> bool:
+    """Whether we signed this link, however old it is (a tampered one is not)."""
     try:
-        public_id = signing.loads(token, salt=salt, max_age=max_age)
+        signing.loads(token, salt=salt)
+    except signing.BadSignature:
+        return False
+    return True
+
+
+def _application_for(token: str, salt: str) -> Application | None:
+    try:
+        public_id = signing.loads(token, salt=salt)
     except signing.BadSignature:
         return None
     return Application.objects.filter(public_id=public_id).first()
 
 
 def application_for_status_token(token: str) -> Application | None:
-    return _application_for(token, STATUS_SALT, None)
+    return _application_for(token, STATUS_SALT)
+
+
+def is_genuine_status_token(token: str) -> bool:
+    return _is_genuine(token, STATUS_SALT)
 
 
 def is_genuine_confirm_token(token: str) -> bool:
-    """Whether we signed this confirmation link, however old it is (a tampered one is not)."""
-    try:
-        signing.loads(token, salt=CONFIRM_SALT)
-    except signing.BadSignature:
-        return False
-    return True
+    return _is_genuine(token, CONFIRM_SALT)
 
 
 def application_for_confirm_token(token: str) -> Application | None:
     """The application of a live confirmation link. A public application's expired link only
     leads back to an address confirmed in time (a second click, days later): it never
     confirms anything. A staff-entered application's link does not expire."""
-    try:
-        public_id = signing.loads(token, salt=CONFIRM_SALT, max_age=UNCONFIRMED_LIFETIME)
-    except signing.SignatureExpired:
-        application = _application_for(token, CONFIRM_SALT, None)
-        if application is None:
-            return None
-        if application.email_confirmed_at is None and application.source != Application.Source.STAFF:
-            return None
-        return application
-    except signing.BadSignature:
+    application = _application_for(token, CONFIRM_SALT)
+    if application is None or confirmation_expired(application):
         return None
-    return Application.objects.filter(public_id=public_id).first()
+    return application

@@ -336,6 +336,10 @@ class SynapseClient:
             "revoking a registration token",
         )
 
+    def revoke_token_by_value(self, token: str) -> None:
+        # Synapse addresses a token by its value.
+        self.revoke_token(token)
+
     def get_account(self, localpart: str) -> MatrixAccount | None:
         user_id = f"@{localpart}:{self.server_name}"
         try:
@@ -482,6 +486,18 @@ class MasClient:
             # MAS answers 400 for a token that is already revoked: that is what we wanted.
             if not self.get_token(server_id).revoked:
                 raise
+
+    def revoke_token_by_value(self, token: str) -> None:
+        """Revoke the valid token with this value; NotFound when there is none.
+
+        MAS addresses a token by an id of its own and cannot look one up by its
+        value, so the valid tokens are searched (one call per page).
+        """
+        for registration_token in self.list_tokens(valid=True):
+            if registration_token.token == token:
+                self.revoke_token(registration_token.server_id)
+                return
+        raise NotFound("The authentication service has no valid registration token with that value.")
 
     def get_account(self, localpart: str) -> MatrixAccount | None:
         try:

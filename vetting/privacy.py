@@ -7,4 +7,4 @@ shows which text its applicant agreed to.
 
 from __future__ import annotations
 
-PRIVACY_NOTICE_VERSION = "2026-11-28"
+PRIVACY_NOTICE_VERSION = "2026-11-29"

@@ -71,6 +71,17 @@ def sees_every_application(user) -> bool:
     return user.has_perm("vetting.claim_application")
 
 
+def visible_to(user, queryset, status_lookup: str = "status"):
+    """`queryset` without the applications `user` does not see, nor the rows that belong to them.
+
+    `status_lookup` leads from the queryset's model to its application's status
+    ("application__status" for invitations and notes).
+    """
+    if sees_every_application(user):
+        return queryset
+    return queryset.filter(**{f"{status_lookup}__in": INVITING_ADMIN_STATUSES})
+
+
 def sees_status(user, status: str) -> bool:
     """Whether applications in this state are on `user`'s list (and counted on their dashboard)."""
     return sees_every_application(user) or status in INVITING_ADMIN_STATUSES

@@ -95,26 +95,48 @@ def confirm(request: HttpRequest, token: str) -> HttpResponse:
     if application is None:
         if not links.is_genuine_confirm_token(token):
             raise Http404("Unknown confirmation link.")
-        # Ours, but past the confirmation window or its application is gone:
-        # copying the link again cannot help.
-        return render(
-            request, "vetting/confirm_expired.html", {"days": links.UNCONFIRMED_LIFETIME.days}, status=410
-        )
+        return _link_expired(request)
     workflow.confirm_email(application, request=request)
     return redirect("vetting:status", token=links.status_token(application))
 
 
-def _get_application_for_token(token: str) -> Application:
-    application = links.application_for_status_token(token)
-    if application is None:
-        raise Http404("Unknown status link.")
-    return application
+def _link_expired(request: HttpRequest) -> HttpResponse:
+    """A link of ours past the confirmation window, or whose application was deleted for it:
+    copying the link again cannot help."""
+    return render(
+        request, "vetting/confirm_expired.html", {"days": links.UNCONFIRMED_LIFETIME.days}, status=410
+    )
+
+
+def _with_status_link(view):
+    """Hand the view the application of the status link in its path.
+
+    A link we never signed is unknown (404). One of ours without an application
+    was never confirmed and was purged (only purge_unconfirmed deletes
+    applications): it expired, like its confirmation link (410).
+    """
+
+    @functools.wraps(view)
+    def with_application(request: HttpRequest, token: str) -> HttpResponse:
+        application = links.application_for_status_token(token)
+        if application is None:
+            if not links.is_genuine_status_token(token):
+                raise Http404("Unknown status link.")
+            return _link_expired(request)
+        return view(request, token, application)
+
+    return with_application
+
+
+def _status_page_with(token: str, notice: str) -> HttpResponse:
+    # Public pages have no session: the notice travels in the query string.
+    return redirect(f"{reverse('vetting:status', args=[token])}?{notice}=1")
 
 
 @require_http_methods(["GET", "HEAD", "POST"])
 @rate_limited(ratelimits.STATUS_PAGE)
-def status(request: HttpRequest, token: str) -> HttpResponse:
-    application = _get_application_for_token(token)
+@_with_status_link
+def status(request: HttpRequest, token: str, application: Application) -> HttpResponse:
     form = None
     if application.status == Application.Status.INFO_REQUESTED:
         if request.method == "POST":
@@ -124,18 +146,22 @@ def status(request: HttpRequest, token: str) -> HttpResponse:
                     workflow.add_information(
                         application, form.validated_uploads, form.cleaned_data["message"], request=request
                     )
+                except workflow.AlreadyDecided:
+                    # Answered meanwhile (a second click, another tab), withdrawn or decided:
+                    # the page as it is now, saying so, rather than the stale form again.
+                    return _status_page_with(token, "not_waiting")
                 except workflow.WorkflowError as error:
                     form.add_error(None, str(error))
                 except OSError:
                     logger.exception("Could not store evidence added on a status page.")
                     form.add_error(None, STORAGE_FAILED_MESSAGE)
                 else:
-                    return redirect(f"{reverse('vetting:status', args=[token])}?sent=1")
+                    return _status_page_with(token, "sent")
         else:
             form = AddInformationForm()
     elif request.method == "POST":
-        # Stale page: the request for information was answered or withdrawn meanwhile.
-        return redirect("vetting:status", token=token)
+        # A stale answer form: the request for information was answered or withdrawn meanwhile.
+        return _status_page_with(token, "not_waiting")
     return render(
         request,
         "vetting/status.html",
@@ -144,6 +170,9 @@ def status(request: HttpRequest, token: str) -> HttpResponse:
             "form": form,
             "token": token,
             "sent": request.GET.get("sent") == "1",
+            "not_waiting": request.GET.get("not_waiting") == "1",
+            "confirmation_expired": links.confirmation_expired(application),
+            "confirmation_days": links.UNCONFIRMED_LIFETIME.days,
             # Shown instead of the links, which would only lead to these refusals.
             "withdrawal_refusal": workflow.withdrawal_refusal(application),
             "erasure_refusal": workflow.erasure_refusal(application),
@@ -151,9 +180,10 @@ def status(request: HttpRequest, token: str) -> HttpResponse:
     )
 
 
-def _confirm_then_act(request: HttpRequest, token: str, refusal_of, act, template_name: str) -> HttpResponse:
+def _confirm_then_act(
+    request: HttpRequest, token: str, application: Application, refusal_of, act, template_name: str
+) -> HttpResponse:
     """GET explains and asks for confirmation, or says why the step is not possible; POST takes it."""
-    application = _get_application_for_token(token)
     error = refusal_of(application)
     if request.method == "POST" and error is None:
         try:
@@ -172,9 +202,10 @@ def _confirm_then_act(request: HttpRequest, token: str, refusal_of, act, templat
 
 @require_http_methods(["GET", "HEAD", "POST"])
 @rate_limited(ratelimits.STATUS_PAGE)
-def withdraw(request: HttpRequest, token: str) -> HttpResponse:
+@_with_status_link
+def withdraw(request: HttpRequest, token: str, application: Application) -> HttpResponse:
     return _confirm_then_act(
-        request, token, workflow.withdrawal_refusal, workflow.withdraw, "vetting/withdraw.html"
+        request, token, application, workflow.withdrawal_refusal, workflow.withdraw, "vetting/withdraw.html"
     )
 
 
@@ -193,9 +224,9 @@ def privacy(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 @rate_limited(ratelimits.STATUS_PAGE)
-def download_data(request: HttpRequest, token: str) -> HttpResponse:
+@_with_status_link
+def download_data(request: HttpRequest, token: str, application: Application) -> HttpResponse:
     """The applicant's own data as a ZIP (vetting.data_export)."""
-    application = _get_application_for_token(token)
     if application.erased_at is not None:
         raise Http404("This application was erased.")
     try:
@@ -217,7 +248,13 @@ def download_data(request: HttpRequest, token: str) -> HttpResponse:
 
 @require_http_methods(["GET", "HEAD", "POST"])
 @rate_limited(ratelimits.STATUS_PAGE)
-def erase(request: HttpRequest, token: str) -> HttpResponse:
+@_with_status_link
+def erase(request: HttpRequest, token: str, application: Application) -> HttpResponse:
     return _confirm_then_act(
-        request, token, workflow.erasure_refusal, workflow.erase_application, "vetting/erase.html"
+        request,
+        token,
+        application,
+        workflow.erasure_refusal,
+        workflow.erase_application,
+        "vetting/erase.html",
     )

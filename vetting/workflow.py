@@ -32,7 +32,6 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.contrib.auth.tokens import default_token_generator
 from django.core.exceptions import ValidationError
-from django.core.validators import validate_email
 from django.db import IntegrityError, connection, transaction
 from django.db.models import BooleanField, CharField, Exists, ExpressionWrapper, OuterRef, Q, QuerySet
 from django.db.models.functions import Cast
@@ -49,7 +48,7 @@ from evidence.models import Evidence
 from evidence.previews import forget_preview
 from evidence.storage import delete_left_behind
 from evidence.validation import ValidatedUpload
-from notifications.models import OutboundEmail
+from notifications.models import OutboundEmail, validate_sendable_address
 from notifications.outbox import queue_email
 from vetting import audit, links, matrix, roles
 from vetting.models import (
@@ -460,7 +459,11 @@ def add_information(
         with transaction.atomic():
             locked = _lock(application)
             if locked.status != Status.INFO_REQUESTED:
-                raise WorkflowError(_("Staff are not waiting for information from you at the moment."))
+                refusal = _("Staff are not waiting for information from you at the moment.")
+                if application.status == Status.INFO_REQUESTED:
+                    # A lost race: answered meanwhile (a second click, another tab), withdrawn or decided.
+                    raise AlreadyDecided(refusal)
+                raise WorkflowError(refusal)
             if not uploads and not message.strip():
                 raise WorkflowError(_("Add a file or write a message."))
             _store_uploads(locked, uploads, None, stored)
@@ -870,15 +873,28 @@ def add_note(application: Application, user, text: str, request: HttpRequest | N
     return note
 
 
+def never_confirmed(older_than) -> QuerySet:
+    """Public applications created before `older_than` whose address was never confirmed:
+    still waiting for it, or withdrawn before it. Staff never saw them.
+
+    Past UNCONFIRMED_LIFETIME these are the ones links.confirmation_expired calls expired.
+    """
+    return Application.objects.filter(
+        source=Application.Source.PUBLIC,
+        email_confirmed_at__isnull=True,
+        status__in=[Status.UNCONFIRMED, Status.WITHDRAWN],
+        created_at__lt=older_than,
+    )
+
+
 def purge_unconfirmed(older_than) -> int:
-    """Delete unconfirmed applications created before `older_than`, files included."""
+    """Delete the never_confirmed applications created before `older_than`, files included."""
     purged = 0
-    for application in Application.objects.filter(status=Status.UNCONFIRMED, created_at__lt=older_than):
+    for application in never_confirmed(older_than):
         files = [(evidence.file.storage, evidence.file.name) for evidence in application.evidence.all()]
         with transaction.atomic():
-            locked = Application.objects.select_for_update().filter(
-                pk=application.pk, status=Status.UNCONFIRMED
-            )
+            # Confirmed meanwhile: it stays.
+            locked = never_confirmed(older_than).select_for_update().filter(pk=application.pk)
             if not locked.exists():
                 continue
             audit.record(
@@ -944,23 +960,34 @@ def create_staff_account(username: str, email: str, role: str, *, created_by=Non
             )
     try:
         User.username_validator(username)
-        validate_email(email)
+        validate_sendable_address(email)
     except ValidationError as error:
         raise WorkflowError(" ".join(error.messages)) from error
-    if User.objects.filter(username__iexact=username).exists():
-        raise WorkflowError(_("The username %(username)s is taken.") % {"username": username})
-    if User.objects.filter(email__iexact=email).exists():
-        raise WorkflowError(_("A staff account with this e-mail address exists."))
+    taken = _("The username %(username)s is taken.") % {"username": username}
     active = created_by is None or created_by.is_superuser
     with transaction.atomic():
-        user = User.objects.create_user(
-            username=username,
-            email=email,
-            password=None,
-            is_staff=True,
-            is_active=active,
-            is_superuser=role == roles.SUPERADMIN,
-        )
+        if connection.vendor == "postgresql":
+            # Two accounts created at once take turns, so each sees the other's username and
+            # address below: the database's own rule ignores case and knows no e-mail.
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(hashtext('staff-account'))")
+        if User.objects.filter(username__iexact=username).exists():
+            raise WorkflowError(taken)
+        if User.objects.filter(email__iexact=email).exists():
+            raise WorkflowError(_("A staff account with this e-mail address exists."))
+        try:
+            with transaction.atomic():
+                user = User.objects.create_user(
+                    username=username,
+                    email=email,
+                    password=None,
+                    is_staff=True,
+                    is_active=active,
+                    is_superuser=role == roles.SUPERADMIN,
+                )
+        except IntegrityError as error:
+            # Made meanwhile by a creator that took no lock (SQLite, or `createsuperuser`).
+            raise WorkflowError(taken) from error
         if role != roles.SUPERADMIN:
             user.groups.add(Group.objects.get(name=roles.group_name(role)))
         audit.record(
@@ -1110,7 +1137,23 @@ REMINDER_BEFORE_EXPIRY = timedelta(days=5)
 CLOCK_SLACK = timedelta(minutes=2)
 
 
-def _matrix_failure(action: str, error: matrix.MatrixError, application: Application, user, request) -> None:
+# In place of a failed create's own advice: the homeserver made the token all the same, and
+# it was taken back, or it could not be (invitation.orphan_revoke_failed). See _revoke_orphan.
+ORPHAN_REVOKED_ADVICE = gettext_lazy(
+    "The homeserver had made the registration token all the same; it was deleted again, and no "
+    "invitation was issued. Try again in a few minutes; if it keeps failing, ask an operator to run "
+    "“manage.py matrix_check”."
+)
+ORPHAN_LEFT_ADVICE = gettext_lazy(
+    "No invitation was issued, but the homeserver may have made the registration token, and it could "
+    "not be deleted: ask an operator to delete it (the audit trail records "
+    "“invitation.orphan_revoke_failed”) and to run “manage.py matrix_check”."
+)
+
+
+def _matrix_failure(
+    action: str, error: matrix.MatrixError, application: Application, user, request, advice: str | None = None
+) -> None:
     """Audit a failed homeserver call (in its own transaction) and raise what staff should read."""
     audit.record(
         action,
@@ -1119,7 +1162,7 @@ def _matrix_failure(action: str, error: matrix.MatrixError, application: Applica
         request=request,
         details={"error": str(error), "kind": type(error).__name__},
     )
-    raise WorkflowError(f"{error} {error.advice}")
+    raise WorkflowError(f"{error} {advice or error.advice}")
 
 
 def _assigned_username(application: Application, requested: str | None) -> str:
@@ -1209,21 +1252,11 @@ def _issue(name: str, application: Application, user, matrix_username: str | Non
                 },
             )
             _invitation_mails(invitation, locked, user, client.server_name)
-    except matrix.MatrixError as error:
-        if (
-            attempted
-            and created is None
-            and isinstance(error, matrix.Unavailable)
-            and client.backend == matrix.SYNAPSE
-        ):
-            # The create may have been applied without an answer reaching us. We
-            # chose the token, and Synapse addresses tokens by their value, so
-            # it can be taken back (a 404 means it never existed).
-            _revoke_orphan(client, attempted, application)
-        _matrix_failure("invitation.issue_failed", error, application, user, request)
     except BaseException as error:
-        if created is not None:
-            _revoke_orphan(client, created.server_id, application)
+        # Once the create was sent, a token may exist on the homeserver with no invitation here.
+        advice = _revoke_orphan(client, application, created, attempted) if attempted else None
+        if isinstance(error, matrix.MatrixError):
+            _matrix_failure("invitation.issue_failed", error, application, user, request, advice)
         if isinstance(error, IntegrityError):
             # The one-live-invitation constraint caught a race the row lock could not (SQLite).
             raise AlreadyDecided(
@@ -1302,16 +1335,33 @@ def _invitation_mails(invitation: Invitation, application: Application, user, se
         _applicant_mail("invitation-token", application, **context)
 
 
-def _revoke_orphan(client, server_id: str, application: Application) -> None:
-    """Our transaction failed after the homeserver made the token: take it back."""
+def _revoke_orphan(
+    client, application: Application, created: matrix.RegistrationToken | None, attempted: str
+) -> str | None:
+    """Issuing failed after the create was sent: take back the token.
+
+    `created` when the homeserver answered. Without an answer the create may
+    still have been applied: the answer was lost, or a retry of it was refused
+    because the first attempt had made the token. We chose the token
+    (`attempted`), so it can be found by its value; not finding it means it
+    was never made (or is gone already).
+
+    Returns what the admin is told about the token in place of the failed
+    call's own advice, or None when the homeserver has no such token.
+    """
     try:
-        client.revoke_token(server_id)
+        if created is not None:
+            client.revoke_token(created.server_id)
+        else:
+            client.revoke_token_by_value(attempted)
     except matrix.NotFound:
-        pass
+        return None
     except matrix.MatrixError as error:
         # Leave a trace for an operator: a token on the server without an
         # invitation here is the orphan. No part of the token goes in the trail.
         audit.record("invitation.orphan_revoke_failed", target=application, details={"error": str(error)})
+        return str(ORPHAN_LEFT_ADVICE)
+    return str(ORPHAN_REVOKED_ADVICE)
 
 
 def revoke_invitation(

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import io
+import json
+import os
 import re
 import runpy
+import shlex
 import shutil
 import subprocess
 import sys
@@ -14,6 +17,7 @@ import pytest
 from django.conf import settings
 from django.core.management import CommandError, call_command
 
+from iama_vetting import maintenance
 from iama_vetting.management.commands.deploy_config import template_names
 from notifications.management.commands.send_outbox import EXIT_CONFIGURATION_ERROR
 
@@ -139,9 +143,57 @@ def test_the_backup_age_is_checked_daily_after_the_backup(tmp_path):
 def test_backup_runs_daily_at_two_and_purge_daily(tmp_path):
     out = render(tmp_path / "out")
     assert "OnCalendar=hourly\n" in (out / "systemd" / "rvi-sync-invitations.timer").read_text()
-    assert "OnCalendar=*-*-* 03:30:00 UTC\n" in (out / "systemd" / "rvi-purge-unconfirmed.timer").read_text()
+    assert "OnCalendar=*-*-* 04:45:00 UTC\n" in (out / "systemd" / "rvi-purge-unconfirmed.timer").read_text()
     assert "OnCalendar=*-*-* 01:30:00 UTC\n" in (out / "systemd" / "rvi-backup.timer").read_text()
     assert "OnCalendar=*-*-* 04:30:00 UTC\n" in (out / "systemd" / "rvi-purge-evidence.timer").read_text()
+
+
+def test_no_daily_job_is_timed_inside_the_default_maintenance_window(tmp_path):
+    window = maintenance.parse_window("first sunday 02:00-04:00")
+    for timer in (render(tmp_path / "out") / "systemd").glob("*.timer"):
+        times = re.findall(
+            r"^OnCalendar=\*-\*-\* (\d\d):(\d\d):00 UTC$", timer.read_text(), flags=re.MULTILINE
+        )
+        for hour, minute in times:
+            assert not window.start <= (int(hour), int(minute)) < window.end, timer.name
+
+
+# Jobs that may wait for their next run; the backup, its check and the daily report run and alert.
+SKIPPED_IN_MAINTENANCE = [
+    "rvi-sync-invitations.service",
+    "rvi-purge-unconfirmed.service",
+    "rvi-purge-evidence.service",
+]
+
+
+@pytest.mark.parametrize("unit", SKIPPED_IN_MAINTENANCE)
+def test_jobs_that_can_wait_are_skipped_not_failed_while_maintenance_mode_is_on(tmp_path, unit):
+    """With the database stopped for maintenance, the job's own command would fail and raise the alert."""
+    out = render(tmp_path / "out", app_dir=str(settings.BASE_DIR), venv=sys.prefix)
+    [command] = re.findall(r"^ExecStart=(.*)$", (out / "systemd" / unit).read_text(), flags=re.MULTILINE)
+    maintenance_file = tmp_path / "maintenance.json"
+    maintenance_file.write_text('{"since": "2026-12-06T02:00:00+00:00", "until": null}')
+    environment = {
+        **os.environ,
+        # Nothing listens there: the database is stopped.
+        "DATABASE_URL": "postgres://rvi@127.0.0.1:1/rvi",
+        "DATABASE_POOL_TIMEOUT": "1",
+        "MAINTENANCE_FILE": str(maintenance_file),
+        "EVIDENCE_ROOT": str(tmp_path / "missing-evidence-root"),
+    }
+    run = subprocess.run(
+        shlex.split(command),
+        cwd=settings.BASE_DIR,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert run.returncode == 0, run.stderr
+    [line] = run.stderr.splitlines()
+    job = unit.removeprefix("rvi-").removesuffix(".service").replace("-", "_")
+    assert json.loads(line)["message"] == f"Maintenance mode is on: {job} skipped; its timer runs it again."
 
 
 def test_nginx_body_limit_matches_the_upload_limits(tmp_path):

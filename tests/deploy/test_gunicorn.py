@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 
 import requests
 
@@ -46,3 +49,60 @@ def test_a_wrong_method_gets_the_whole_error_page_through_gunicorn(tmp_path):
     assert response.headers["Allow"] == "POST"
     assert "This page does not accept that kind of request" in response.text
     assert response.text.rstrip().endswith("</html>")
+
+
+# The rendered config plus a hook that runs in the master just before each fork: it records
+# which of the project's modules the new worker would inherit rather than import afresh.
+FORK_RECORDING_CONFIG = """
+import json
+import sys
+from pathlib import Path
+
+exec(compile(Path({config!r}).read_text(), {config!r}, "exec"))
+pidfile = {pidfile!r}
+
+
+def pre_fork(server, worker):
+    inherited = sorted(
+        name
+        for name, module in list(sys.modules.items())
+        if (getattr(module, "__file__", None) or "").startswith({app_dir!r})
+        and not (getattr(module, "__file__", None) or "").startswith({venv!r})
+    )
+    with open({record!r}, "a") as record:
+        record.write(json.dumps(inherited) + "\\n")
+"""
+
+
+def test_workers_forked_after_a_reload_inherit_no_module_of_the_app(tmp_path):
+    """A module of the app in the master would reach every later worker as the old release's code."""
+    app = servers.App(tmp_path / "app")
+    app.static_root.mkdir(parents=True)
+    port = servers.free_port()
+    rendered = app.render_deploy(tmp_path / "rendered", app_port=port)
+    record, pidfile = tmp_path / "forks.jsonl", tmp_path / "gunicorn.pid"
+    config = tmp_path / "recording.conf.py"
+    config.write_text(
+        FORK_RECORDING_CONFIG.format(
+            config=str(rendered / "gunicorn.conf.py"),
+            pidfile=str(pidfile),
+            app_dir=f"{servers.BASE_DIR}/",
+            venv=f"{servers.VENV}/",
+            record=str(record),
+        )
+    )
+    with app.gunicorn(config, port, workers=2) as url:
+        os.kill(int(pidfile.read_text()), signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while len(record.read_text().splitlines()) < 4 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert requests.get(url + "/healthz", timeout=10).status_code == 200
+    forks = [json.loads(line) for line in record.read_text().splitlines()]
+    lines = (app.root / f"gunicorn-{port}.log").read_text().splitlines()
+
+    assert len(forks) == 4, forks
+    assert forks == [[]] * 4
+    # The reload sets gunicorn's logger up again: its lines after it are still the app's JSON.
+    messages = [entry["message"] for entry in map(json.loads, lines) if entry["logger"] == "gunicorn.error"]
+    assert "Handling signal: hup" in messages
+    assert messages[-1] == "Shutting down: Master"

@@ -17,6 +17,8 @@ from notifications.relay import RelayEmailBackend
 
 pytestmark = pytest.mark.django_db
 
+REDIS_CACHE = "django.core.cache.backends.redis.RedisCache"
+
 
 @pytest.fixture
 def good(settings, tmp_path, monkeypatch, smtp_server, use_relay, fake_synapse):
@@ -32,6 +34,17 @@ def good(settings, tmp_path, monkeypatch, smtp_server, use_relay, fake_synapse):
     settings.SECURE_HSTS_PRELOAD = True
     settings.SECURE_SSL_REDIRECT = True
     settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    # Production's defaults the suite turns off: staff 2FA, and rate limits counted in Redis
+    # (only the setting is read; nothing here talks to Redis).
+    settings.STAFF_REQUIRE_2FA = True
+    settings.RATELIMIT_ENABLE = True
+    settings.CACHES = {
+        **settings.CACHES,
+        "ratelimit": {
+            "BACKEND": "iama_vetting.cache.FallbackCache",
+            "OPTIONS": {"PRIMARY": {"BACKEND": REDIS_CACHE, "LOCATION": "redis://127.0.0.1:6379/0"}},
+        },
+    }
     # Each run starts as a fresh process would: no relay port remembered.
     monkeypatch.setattr(RelayEmailBackend, "working_port", {})
     use_relay(smtp_server.port)
@@ -106,6 +119,26 @@ def test_check_deploy_warnings_fail_the_run(good, settings):
     passed, output = verify()
     assert not passed
     assert "security.W004" in output
+
+
+@pytest.mark.parametrize(
+    ("unsafe", "finding"),
+    [
+        ({"STAFF_REQUIRE_2FA": False}, "(iama_vetting.W001) STAFF_REQUIRE_2FA is off"),
+        ({"RATELIMIT_ENABLE": False}, "(iama_vetting.W002) RATELIMIT_ENABLE is off"),
+        (
+            {"CACHES": {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}},
+            "(iama_vetting.W003) Rate limits are counted in each worker process's memory",
+        ),
+    ],
+)
+def test_values_that_leave_production_unprotected_fail_the_run(good, settings, unsafe, finding):
+    for name, value in unsafe.items():
+        setattr(settings, name, value)
+    passed, output = verify()
+    assert not passed
+    assert "FAIL check --deploy" in output
+    assert finding in output
 
 
 def test_secrets_never_appear_in_the_output(good, settings):

@@ -133,6 +133,33 @@ def test_truncated_jpeg_is_refused_with_a_clear_message():
     assert "could not be read as an image" in refused.value.messages[0]
 
 
+def gif_of_two_identical_longest_frames() -> bytes:
+    """85 bytes: two identical 1×1 frames shown 655.35 s each, the most a GIF frame can say.
+
+    Pillow merges identical frames, and their summed duration no longer fits the format.
+    """
+    header = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff"
+    looping = b"!\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00"
+    frame = (
+        b"!\xf9\x04\x04\xff\xff\x00\x00"  # graphic control: 0xFFFF hundredths of a second
+        + b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00"
+    )
+    return header + looping + frame * 2 + b";"
+
+
+def test_gif_whose_merged_frames_overflow_is_refused_as_unreadable_and_logged_by_type(caplog):
+    content = gif_of_two_identical_longest_frames()
+    assert len(content) == 85
+    with pytest.raises(ValidationError) as refused:
+        validate_upload(upload("holiday.gif", content))
+    assert refused.value.messages == [
+        "“holiday.gif” could not be read as an image. Please send another copy or a PDF."
+    ]
+    (record,) = [record for record in caplog.records if record.name == "evidence.images"]
+    assert record.levelname == "WARNING"
+    assert record.getMessage() == "An uploaded image/gif image could not be re-encoded (OverflowError)."
+
+
 def test_pdf_is_kept_byte_for_byte():
     from tests.factories import PDF_BYTES
 

@@ -43,12 +43,18 @@ def path_of(evidence: Evidence):
     return evidence.file.storage.path(evidence.file.name)
 
 
+# As the privacy notice says: the files go N days after the decision, whichever it was,
+# including an approved or invited person who never registers.
+DECIDED = ("approved", "invited", "rejected", "withdrawn", "joined")
+OPEN = ("submitted", "in_review", "info_requested", "recommended")
+
+
 def test_purges_files_of_applications_decided_longer_ago_than_retention(settings):
     settings.EVIDENCE_RETENTION_DAYS = 180
-    old = [store_for(status, 181) for status in ("rejected", "withdrawn", "joined")]
+    old = [store_for(status, 181) for status in DECIDED]
     files = [path_of(evidence) for evidence in old]
     output = purge()
-    assert "3 evidence files of applications decided more than 180 days ago were purged." in output
+    assert "5 evidence files of applications decided more than 180 days ago were purged." in output
     for evidence, path in zip(old, files, strict=True):
         assert not os.path.exists(path)
         evidence.refresh_from_db()
@@ -67,7 +73,7 @@ def test_purges_files_of_applications_decided_longer_ago_than_retention(settings
 
 
 def test_keeps_evidence_of_open_and_recently_decided_applications():
-    kept = [store_for("rejected", 179), store_for("in_review", 400), store_for("approved", 400)]
+    kept = [store_for(status, 179) for status in DECIDED] + [store_for(status, 400) for status in OPEN]
     output = purge()
     assert "0 evidence files" in output
     for evidence in kept:

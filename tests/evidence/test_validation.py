@@ -309,6 +309,27 @@ def test_refuses_zip_that_is_not_a_real_docx():
         validate_upload(upload("letter.docx", plain_zip_bytes()))
 
 
+def docx_needing_zip_version_6_4() -> bytes:
+    """A DOCX whose central directory says "version needed to extract: 6.4", which zipfile refuses."""
+    data = bytearray(docx_bytes())
+    at = 0
+    while (at := data.find(b"PK\x01\x02", at)) != -1:
+        data[at + 6] = 64
+        at += 4
+    return bytes(data)
+
+
+def test_refuses_docx_in_a_zip_version_python_cannot_read_and_logs_the_error_type(caplog):
+    with pytest.raises(ValidationError) as refused:
+        validate_upload(upload("letter.docx", docx_needing_zip_version_6_4()))
+    assert refused.value.messages[0].startswith("“letter.docx” does not contain what its name says")
+    (record,) = [record for record in caplog.records if record.name == "evidence.validation"]
+    assert record.levelname == "WARNING"
+    assert (
+        record.getMessage() == "An uploaded .docx could not be read as a zip archive (NotImplementedError)."
+    )
+
+
 @pytest.mark.parametrize(
     "name", ["run.exe", "page.html", "image.svg", "script.js", "archive.zip", "noextension"]
 )

@@ -240,17 +240,23 @@ def test_smtp_relay_down_for_the_whole_run_then_up_delivers_every_mail_once(tran
     assert set(OutboundEmail.objects.values_list("status", flat=True)) == {OutboundEmail.Status.SENT}
 
 
-class FlakyProxy:
-    """Forwards to the real homeserver, but answers 500 to the first `failures` requests.
+CREATE_TOKEN = "/_synapse/admin/v1/registration_tokens/new"
 
-    The first failure is the nasty kind: the homeserver did the work (the token
-    exists), only the answer is lost.
+
+class LostCreateAnswerProxy:
+    """Forwards every request to the real homeserver; the first token creation it forwards is
+    answered 500 all the same.
+
+    The nasty kind of failure: the homeserver did the work (the token exists),
+    only the answer is lost. The client's retry of the create then meets the
+    token its first attempt made.
     """
 
-    def __init__(self, upstream: str, failures: int) -> None:
+    def __init__(self, upstream: str) -> None:
         self.upstream = upstream
-        self.failures = failures
+        self.lost_answers: list[int] = []  # the homeserver's own status of each create answered 500
         proxy = self
+        lock = threading.Lock()
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def _forward(self) -> None:
@@ -262,12 +268,15 @@ class FlakyProxy:
                     headers={k: v for k, v in self.headers.items() if k.lower() != "host"},
                 )
                 try:
-                    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - our Synapse
+                    with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310 - our Synapse
                         status, payload = answer.status, answer.read()
                 except urllib.error.HTTPError as error:
                     status, payload = error.code, error.read()
-                if proxy.failures > 0:
-                    proxy.failures -= 1
+                with lock:
+                    lose = self.command == "POST" and self.path == CREATE_TOKEN and not proxy.lost_answers
+                    if lose:
+                        proxy.lost_answers.append(status)
+                if lose:
                     status, payload = 500, b'{"errcode": "M_UNKNOWN", "error": "Internal server error"}'
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -293,26 +302,36 @@ class FlakyProxy:
 def test_homeserver_500_then_recovering_leaves_exactly_one_token(
     synapse,  # noqa: F811
     approved,  # noqa: F811
-    fast_retries,  # noqa: F811
+    fast_retries,  # noqa: F811 - no waits between retries
     inviting_admin,
     settings,
+    monkeypatch,
 ):
-    before = {token.token for token in matrix.get_client().list_tokens()}
-    proxy = FlakyProxy(synapse.url, failures=1 + len(matrix.RETRY_DELAYS))  # more than one call's retries
+    """The homeserver makes the token but its answer is lost: the failed click leaves no token
+    behind, and the next click makes the one token the invitation names."""
+    # A real read timeout: a slow Synapse must not turn into a timeout, which is another failure.
+    monkeypatch.setattr(matrix, "READ_TIMEOUT", 10.0)
+
+    def tokens_on_synapse() -> set[str]:
+        settings.MATRIX_HOMESERVER_URL = synapse.url
+        return {token.token for token in matrix.get_client().list_tokens()}
+
+    before = tokens_on_synapse()
+    proxy = LostCreateAnswerProxy(synapse.url)
     settings.MATRIX_HOMESERVER_URL = proxy.url
     try:
         with pytest.raises(workflow.WorkflowError):
             workflow.issue_invitation(approved, inviting_admin, matrix_username="alex")
-        approved.refresh_from_db()
-        assert approved.status == Application.Status.APPROVED  # nothing changed locally
-        assert not Invitation.objects.exists()
-
-        # The homeserver is back: the admin clicks again.
-        workflow.issue_invitation(approved, inviting_admin, matrix_username="alex")
     finally:
         proxy.close()
+    assert proxy.lost_answers == [200], "the homeserver made the token and only its answer was lost"
+    approved.refresh_from_db()
+    assert approved.status == Application.Status.APPROVED  # nothing changed locally
+    assert not Invitation.objects.exists()
+    assert tokens_on_synapse() == before, "the failed click left a token on the homeserver"
+
+    # The homeserver answers again: the admin clicks again.
+    workflow.issue_invitation(approved, inviting_admin, matrix_username="alex")
     approved.refresh_from_db()
     assert approved.status == Application.Status.INVITED
-    settings.MATRIX_HOMESERVER_URL = synapse.url
-    new_tokens = {token.token for token in matrix.get_client().list_tokens()} - before
-    assert new_tokens == {Invitation.objects.get().token}  # exactly one token exists for it
+    assert tokens_on_synapse() - before == {Invitation.objects.get().token}  # exactly one, for it

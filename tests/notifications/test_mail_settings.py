@@ -88,6 +88,8 @@ def test_staff_notify_emails_may_have_spaces_after_the_commas():
     [
         ("queue@x.org, Staff <s@x.org>", "Staff <s@x.org>"),
         ("queue@x.org;lead@x.org", "queue@x.org;lead@x.org"),
+        # Django's validator accepts it; IDNA cannot encode the domain, so no mail could carry it.
+        ("queue@x.org, lead@x\u05de.org", "lead@x\u05de.org"),
     ],
 )
 def test_an_entry_in_staff_notify_emails_that_is_no_address_refuses_to_start(value, bad_entry):
@@ -95,3 +97,31 @@ def test_an_entry_in_staff_notify_emails_that_is_no_address_refuses_to_start(val
     assert result.returncode != 0
     assert "ImproperlyConfigured" in result.stderr
     assert f"STAFF_NOTIFY_EMAILS: {bad_entry!r} is not an e-mail address" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "IaMA, RVI Support <support@rvi.iam-alliance.com>",
+        "support@rvi.iam-alliance.com, lead@rvi.iam-alliance.com",
+        "support",
+        "IaMA RVI Support <support@rvi>",
+    ],
+)
+def test_a_sender_that_is_not_one_address_with_a_domain_refuses_to_start(value):
+    # Started anyway, the worker would fail every queued mail for good as "not sendable".
+    result = load(**PRODUCTION, DEFAULT_FROM_EMAIL=value)
+    assert result.returncode != 0
+    assert "ImproperlyConfigured: DEFAULT_FROM_EMAIL must be one address with its domain" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "IaMA RVI Support <support@rvi.iam-alliance.com>",
+        '"IaMA, RVI Support" <support@rvi.iam-alliance.com>',
+        "support@rvi.iam-alliance.com",
+    ],
+)
+def test_a_sender_with_or_without_a_name_is_accepted(value):
+    assert load(**PRODUCTION, DEFAULT_FROM_EMAIL=value).returncode == 0

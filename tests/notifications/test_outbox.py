@@ -102,6 +102,29 @@ def test_an_address_with_a_line_break_is_rejected_and_nothing_is_queued():
     assert not OutboundEmail.objects.exists()
 
 
+@pytest.mark.parametrize(
+    "address",
+    ["staff@example.org\u200e", "staff@x\u05de.example", "staff@" + "\u00e4" * 63 + ".de"],
+    ids=["trailing-lrm", "hebrew-and-latin-label", "63-char-non-ascii-label"],
+)
+def test_an_address_whose_domain_mail_cannot_encode_is_refused_and_nothing_is_queued(address):
+    application = make_application()
+    with pytest.raises(ValidationError) as refused:
+        queue_email(
+            "staff-new-application",
+            ["ok@staff.example", address],
+            {"application": application, "admin_url": "https://rvi.example.org/admin/"},
+        )
+    assert refused.value.code == "invalid"
+    assert not OutboundEmail.objects.exists()
+
+
+def test_an_internationalised_domain_mail_can_carry_is_queued_in_punycode():
+    application = make_application(email="alex@bücher.example")
+    [queued] = queue_email("application-received", [application.email], {"application": application})
+    assert queued.as_message().message()["To"] == "alex@xn--bcher-kva.example"
+
+
 def test_queueing_sends_nothing_even_after_commit(settings, django_capture_on_commit_callbacks):
     settings.DEBUG = True
     settings.SMTP_RELAY_AUTHPW = ""

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
 from urllib.parse import quote
@@ -26,6 +27,11 @@ from tests.factories import make_application
 pytestmark = [pytest.mark.postgres, pytest.mark.smtp]
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
+# Longer than the test server holds a mail (Recorder.hold_timeout, 30 s): a mail held while the
+# test waits for something else (the other worker, a signal, a kill) is never given up by the
+# worker, however long a busy machine makes that wait. (At most OUTBOX_LEASE_SECONDS / 6 with
+# one port, or the worker refuses to start.)
+SMTP_TIMEOUT_SECONDS = "45"
 
 
 def database_url() -> str:
@@ -47,7 +53,7 @@ def start_worker(server, certificates, *options: str, **environment: str) -> sub
         "SMTP_RELAY_PORTS": str(server.port),
         "SMTP_RELAY_USER": RELAY_USER,
         "SMTP_RELAY_AUTHPW": RELAY_PASSWORD,
-        "SMTP_TIMEOUT": "1",
+        "SMTP_TIMEOUT": SMTP_TIMEOUT_SECONDS,
         "SMTP_CA_FILE": str(certificates.ca),
         "OUTBOX_POLL_SECONDS": "1",
         "LOG_LEVEL": "INFO",
@@ -111,12 +117,15 @@ def test_sigterm_finishes_the_mail_in_hand_and_hands_the_rest_back(
     transactional_db, smtp_server, certificates
 ):
     recorder = smtp_server.recorder
-    recorder.delay = 1  # each mail takes a second to be accepted: time for the signal to arrive
+    signalled = threading.Event()
+    # The first mail is answered only after the signal was sent: it arrives while that mail is in hand.
+    recorder.hold = lambda: not signalled.is_set()
     queue_mails(5)
-    worker = start_worker(smtp_server, certificates, "--loop", "--batch-size", "5", SMTP_TIMEOUT="5")
+    worker = start_worker(smtp_server, certificates, "--loop", "--batch-size", "5")
     assert recorder.data_started.wait(30), "the worker never sent a mail"
 
     worker.send_signal(signal.SIGTERM)
+    signalled.set()
     out, err = worker.communicate(timeout=30)
 
     assert worker.returncode == 0, err

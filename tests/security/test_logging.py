@@ -11,12 +11,14 @@ from datetime import UTC, datetime
 import pytest
 import time_machine
 from django.db import OperationalError
+from django.http import HttpRequest
 from django.test import Client
 from django_otp.oath import totp
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from evidence.models import Evidence
 from iama_vetting.logs import JSONFormatter, RequestContextFilter, TextFormatter
+from iama_vetting.middleware import loggable_path
 from tests.factories import PDF_BYTES, make_application, upload
 from tests.vetting.test_apply import form_data
 from vetting.links import status_token
@@ -110,6 +112,54 @@ def test_capability_tokens_in_paths_are_not_logged(client, settings, json_log):
     client.get("/status/SECRET-STATUS-TOKEN-123/", {"x": 1}, HTTP_HOST="nope.invalid")
     assert "SECRET-STATUS-TOKEN-123" not in json_log.getvalue()
     assert access_lines(json_log)[0]["path"] == "/status/<token>/"
+
+
+SECRET = "ImRlYWRiZWVmIg:1xXJAT:unresolved-path-canary"
+
+
+@pytest.mark.parametrize(
+    ("path", "logged"),
+    [
+        # CommonMiddleware answers these 301 (the slash is missing) ...
+        (f"/status/{SECRET}", "/status/<token>"),
+        (f"/status/{SECRET}/withdraw", "/status/<token>/withdraw"),
+        (f"/status/{SECRET}/my-data", "/status/<token>/my-data"),
+        (f"/status/{SECRET}/erase", "/status/<token>/erase"),
+        (f"/confirm/{SECRET}", "/confirm/<token>"),
+        (f"/reset/MQ/{SECRET}", "/reset/<uidb64>/<token>"),
+        # ... and these 404: no route, but the token is still there.
+        (f"/status/{SECRET}/)", "/status/<token>/)"),
+        (f"/status/{SECRET}/.", "/status/<token>/."),
+        (f"/confirm/{SECRET}/x/", "/confirm/<token>/x/"),
+        (f"/reset/MQ/{SECRET}/x", "/reset/<uidb64>/<token>/x"),
+        (f"/Status/{SECRET}/", "/Status/<token>/"),
+    ],
+)
+def test_tokens_in_paths_that_resolve_to_no_page_are_masked_too(client, json_log, path, logged):
+    client.get(path)
+    [line] = access_lines(json_log)
+    assert line["status"] in (301, 404)
+    assert line["path"] == logged
+    assert line["message"].startswith(f"GET {logged} ")
+    assert SECRET not in json_log.getvalue()
+
+
+def request_for(path: str, script_name: str = "") -> HttpRequest:
+    """As the WSGI handler makes it (the test client would read "//status" as a host name)."""
+    request = HttpRequest()
+    request.path, request.path_info = script_name + path, path
+    return request
+
+
+def test_a_doubled_slash_or_a_script_prefix_does_not_hide_a_token():
+    assert loggable_path(request_for(f"//status/{SECRET}/x")) == "//status/<token>/x"
+    assert loggable_path(request_for(f"/status/{SECRET}/", "/rvi")) == "/rvi/status/<token>/"
+
+
+def test_pages_beside_the_token_routes_keep_their_names(client, json_log):
+    client.get("/reset/done/")
+    client.get("/status/")
+    assert [line["path"] for line in access_lines(json_log)] == ["/reset/done/", "/status/"]
 
 
 def test_development_lines_are_readable_text():

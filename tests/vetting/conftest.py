@@ -30,8 +30,17 @@ def approved(agent, server_admin):
 
 @pytest.fixture
 def fast_retries(monkeypatch):
-    """Retries without the real waits, and a short read timeout, so failure tests take milliseconds."""
+    """Retries without the real waits, so failure tests take milliseconds.
+
+    The read timeout stays the real one: on a busy machine a slow answer must
+    not turn into a timeout. Tests that simulate a hang add `short_read_timeout`.
+    """
     monkeypatch.setattr(matrix, "RETRY_DELAYS", (0.0, 0.0, 0.0))
+
+
+@pytest.fixture
+def short_read_timeout(monkeypatch):
+    """Only for tests whose homeserver never answers (HANG): the client gives up after half a second."""
     monkeypatch.setattr(matrix, "READ_TIMEOUT", 0.5)
 
 

@@ -257,6 +257,8 @@ class FakeMas:
             return 200, {"server_name": "localhost", "registration_token_required": True}
         if path == "/user-registration-tokens" and request.method == "POST":
             body = request.json()
+            if any(attributes["token"] == body.get("token") for attributes in self.tokens.values()):
+                return 409, {"errors": [{"title": "A registration token with the same token already exists"}]}
             token_id = self._ulid()
             self.tokens[token_id] = {
                 "token": body.get("token") or f"generated{token_id[-6:]}",
@@ -325,3 +327,19 @@ class FakeMas:
 
     def close(self) -> None:
         self.server.close()
+
+
+def apply_then_fail_once(homeserver: FakeSynapse | FakeMas, create_path: str) -> None:
+    """The first POST to `create_path` is applied but answered 500, as by a proxy whose upstream
+    timed out: the client's retry then meets the token that first attempt made."""
+    answer = homeserver.server.handler
+    failed: list[Request] = []
+
+    def apply_then_500(request: Request) -> Response:
+        result = answer(request)
+        if request.method == "POST" and request.path == create_path and not failed:
+            failed.append(request)
+            return 500, {"errcode": "M_UNKNOWN", "error": "Internal server error"}
+        return result
+
+    homeserver.server.handler = apply_then_500

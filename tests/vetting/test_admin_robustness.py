@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import html
+import re
+
 import pytest
 from django.contrib.auth.models import Group
 from django.db import connection
@@ -12,6 +15,7 @@ from evidence.models import Evidence
 from evidence.validation import validate_upload
 from tests.factories import PDF_BYTES, make_application, upload
 from vetting import workflow
+from vetting.admin import EARLIER_APPLICATIONS_SHOWN
 from vetting.models import Application, AuditEvent, StaffNote
 
 pytestmark = pytest.mark.django_db
@@ -283,3 +287,124 @@ def test_a_known_filter_value_is_no_bad_filter(client, agent):
     page = client.get("/admin/vetting/application/?status=rejected&claim=unclaimed").content.decode()
     assert "Rejected Person" in page
     assert BAD_FILTER not in page
+
+
+# Lookups in the query string: only those the list's own filters and links offer ----------
+
+
+def test_a_masked_token_cannot_be_found_letter_by_letter_from_the_invitation_list(
+    client, approved, inviting_admin, server_admin, fake_synapse
+):
+    invitation = workflow.issue_invitation(approved, inviting_admin)
+    client.force_login(server_admin)
+    assert invitation.token not in client.get("/admin/vetting/invitation/").content.decode()
+    for lookup, value in [
+        ("token__startswith", invitation.token[:2]),
+        ("token", invitation.token),
+        ("token__exact", invitation.token),
+        ("raw_response__contains", invitation.token[:2]),
+        ("server_id__gte", invitation.token[:2]),
+    ]:
+        response = client.get("/admin/vetting/invitation/", {lookup: value})
+        assert response.status_code == 302, lookup
+        assert response["Location"] == "/admin/vetting/invitation/?e=1"
+    assert BAD_FILTER in client.get("/admin/vetting/invitation/?e=1").content.decode()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        # PostgreSQL refused these with a server error (an address, JSON): now no filter offers them.
+        "/admin/vetting/auditevent/?ip=abc",
+        "/admin/vetting/auditevent/?details__contains=x",
+        "/admin/vetting/auditevent/?details__has_key=x",
+        "/admin/vetting/auditevent/?target_id__gt=1",
+        "/admin/vetting/application/?status=all&public_id=abc",
+        "/admin/vetting/application/?status=all&score__gt=99999999999999999999",
+        "/admin/notifications/outboundemail/?port_used=abc",
+        "/admin/auth/user/?password__startswith=md5",
+        "/admin/auth/group/?name__startswith=S",
+    ],
+)
+def test_a_lookup_none_of_the_lists_filters_offers_is_a_bad_filter_not_a_server_error(
+    client, superadmin, url
+):
+    application = make_application()
+    workflow.claim(application, superadmin)
+    client.force_login(superadmin)
+    client.raise_request_exception = False
+    response = client.get(url)
+    assert response.status_code == 302
+    assert response["Location"] == url.split("?")[0] + "?e=1"
+
+
+def _list_links(page: str, list_path: str) -> set[str]:
+    """The links of a page to a list with a query string, relative ones ("?status=all") resolved."""
+    links = set()
+    for href in re.findall(r'href="([^"]*\?[^"]*)"', page):
+        href = html.unescape(href)
+        if href.startswith("?"):
+            links.add(list_path + href)
+        elif re.fullmatch(r"/admin/[a-z_]+/[a-z_]+/\?.*", href):
+            links.add(href)
+    return links
+
+
+def test_every_link_the_app_and_django_build_to_a_list_still_filters(
+    client, approved, inviting_admin, superadmin, fake_synapse
+):
+    from iama_vetting.models import CSPViolation
+
+    workflow.issue_invitation(approved, inviting_admin)  # an invitation, and its mail in the outbox
+    # More earlier applications than the page shows: it links to all of them.
+    for _ in range(EARLIER_APPLICATIONS_SHOWN + 1):
+        make_application(email=approved.email.upper())
+    workflow.add_note(approved, superadmin, "A note.")
+    CSPViolation.objects.record("script-src", "inline", "/apply/")
+    client.force_login(superadmin)
+    lists = [
+        "/admin/vetting/application/?status=all",  # every status, not only the open queue
+        "/admin/vetting/auditevent/",
+        "/admin/vetting/invitation/",
+        "/admin/vetting/staffnote/",
+        "/admin/notifications/outboundemail/",
+        "/admin/iama_vetting/cspviolation/",
+        "/admin/auth/user/",
+        "/admin/auth/group/",
+    ]
+    links = _list_links(client.get("/admin/").content.decode(), "/admin/")
+    links |= _list_links(client.get(f"/admin/vetting/application/{approved.pk}/change/").content.decode(), "")
+    assert f"/admin/vetting/auditevent/?application={approved.reference}" in links
+    assert any("email__iexact=" in link for link in links)
+    assert "/admin/vetting/application/?status=approved" in links  # the dashboard's
+    for list_url in lists:
+        links |= _list_links(client.get(list_url).content.decode(), list_url.split("?")[0])
+    assert any("created_at__year=" in link for link in links)  # date hierarchies
+    assert any("actor__id__exact=" in link for link in links)  # a related filter
+    assert any("state__exact=" in link for link in links)  # a choices filter
+
+    for link in sorted(links):
+        response = client.get(link)
+        assert response.status_code == 200, link
+        assert BAD_FILTER not in response.content.decode(), link
+
+
+# What the page showed when the action was chosen (seen_status, seen_claimed_by) -----------
+
+
+@pytest.mark.parametrize("seen_claimer", ["1" * 5000, "abc", "-1", "1.5"])
+def test_a_mangled_claimer_on_release_changes_nothing_and_says_so(client, agent, seen_claimer):
+    application = make_application()
+    workflow.claim(application, agent)
+    client.force_login(agent)
+    client.raise_request_exception = False
+    response = client.post(
+        f"/admin/vetting/application/{application.pk}/action/release/",
+        {"seen_status": "in_review", "seen_claimed_by": seen_claimer},
+        follow=True,
+    )
+    assert response.status_code == 200
+    assert "did not come from the application&#x27;s page as it was sent" in response.content.decode()
+    application.refresh_from_db()
+    assert (application.status, application.claimed_by) == (Application.Status.IN_REVIEW, agent)
+    assert not AuditEvent.objects.filter(action="application.released").exists()

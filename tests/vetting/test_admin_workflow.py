@@ -17,7 +17,7 @@ from tests.notifications.test_mail_privacy import mail_parts
 from tests.vetting.test_workflow import recommended_by
 from vetting import links, workflow
 from vetting.admin import EARLIER_APPLICATIONS_SHOWN
-from vetting.models import Application, AuditEvent, StaffNote
+from vetting.models import Application, AuditEvent, InformationReply, StaffNote
 
 pytestmark = pytest.mark.django_db
 Status = Application.Status
@@ -462,14 +462,16 @@ def test_the_verification_form_chooses_nothing_for_the_agent_but_the_date(client
     workflow.claim(application, agent)
     client.force_login(agent)
 
-    form = verification_form(client, application)
+    with time_machine.travel(timezone.now(), tick=False):  # the form's today and ours are one day
+        form = verification_form(client, application)
+        today = timezone.localdate()
 
     for name in ("verification_method", "score", "recommendation"):
         # A browser shows (and sends) the marked option, else the first one.
         first = re.search(rf'<select name="{name}"[^>]*>\s*<option value="([^"]*)"', form).group(1)
         assert (first, selected(form, name)) == ("", "")
     assert 'name="identity_verified"' in form and "checked" not in form
-    assert f'name="verified_on" value="{timezone.localdate():%Y-%m-%d}"' in form
+    assert f'name="verified_on" value="{today:%Y-%m-%d}"' in form
     assert "from 1, serious doubts, to 5, fully confident" in form
     assert '<option value="2">2 – some doubts</option>' in form
 
@@ -480,19 +482,22 @@ def test_a_verification_sent_with_only_date_and_place_is_refused_and_saves_nothi
     client.force_login(agent)
 
     # What a browser sends: each select's shown option, whether or not the agent touched it.
-    form = verification_form(client, application)
-    shown = {
-        name: (
-            re.search(r'<option value="([^"]*)" selected>', options) or re.search(r'value="([^"]*)"', options)
-        ).group(1)
-        for name, options in re.findall(r'<select name="([^"]+)"[^>]*>(.*?)</select>', form, re.S)
-    }
-    response = submit_action(
-        client,
-        application,
-        "record_verification",
-        {**shown, "verified_on": f"{timezone.localdate():%Y-%m-%d}", "verification_location": "Lisbon"},
-    )
+    # Today's date, sent on the day the server reads it.
+    with time_machine.travel(timezone.now(), tick=False):
+        form = verification_form(client, application)
+        shown = {
+            name: (
+                re.search(r'<option value="([^"]*)" selected>', options)
+                or re.search(r'value="([^"]*)"', options)
+            ).group(1)
+            for name, options in re.findall(r'<select name="([^"]+)"[^>]*>(.*?)</select>', form, re.S)
+        }
+        response = submit_action(
+            client,
+            application,
+            "record_verification",
+            {**shown, "verified_on": f"{timezone.localdate():%Y-%m-%d}", "verification_location": "Lisbon"},
+        )
 
     assert response.content.decode().count("This field is required.") == 3
     application.refresh_from_db()
@@ -743,6 +748,44 @@ def test_inviting_admins_are_not_shown_earlier_applications_they_may_not_open(cl
     assert earlier.reference in client.get(change_url(current)).content.decode()
     client.force_login(inviting_admin)
     assert earlier.reference not in client.get(change_url(current)).content.decode()
+
+
+VETTING_SECRETS = {
+    "statement": "SECRET-STATEMENT",
+    "referral": "SECRET-REFERRAL",
+    "phone": "+44 7700 900555",
+    "verification_notes": "SECRET-VERIFICATION-NOTES",
+    "verification_location": "SECRET-LOCATION",
+    "decision_reason": "SECRET-DECISION-REASON",
+    "message_to_applicant": "SECRET-SHARED-MESSAGE",
+    "information_request": "SECRET-QUESTION",
+}
+
+
+def test_inviting_admins_see_only_what_issuing_a_token_needs(client, approved, agent, inviting_admin):
+    Application.objects.filter(pk=approved.pk).update(**VETTING_SECRETS)
+    InformationReply.objects.create(application=approved, question="Which city?", text="SECRET-ANSWER")
+    secrets = [*VETTING_SECRETS.values(), "SECRET-ANSWER"]
+    client.force_login(agent)
+    page = client.get(change_url(approved)).content.decode()
+    assert all(secret in page for secret in secrets)  # what vetting staff read
+
+    client.force_login(inviting_admin)
+    page = client.get(change_url(approved)).content.decode()
+
+    for shown in (approved.reference, approved.full_name, approved.email, "alex", "Approved", "server_admin"):
+        assert shown in page
+    assert not [secret for secret in secrets if secret in page]
+    assert "Answers from the applicant" not in page
+    assert "Score" not in page and "Recommendation" not in page
+    # Nor on any action's page, the ones their role refuses included.
+    for name in workflow.STAFF_TRANSITIONS:
+        action_page = client.get(f"/admin/vetting/application/{approved.pk}/action/{name}/")
+        assert not [secret for secret in secrets if secret in action_page.content.decode()], name
+    # Nor by filtering the list on them.
+    for lookup in ("statement__icontains", "verification_notes__startswith", "decision_reason"):
+        response = client.get("/admin/vetting/application/", {"status": "all", lookup: "SECRET"})
+        assert response["Location"] == "/admin/vetting/application/?e=1", lookup
 
 
 def test_inviting_admins_read_notes_only_on_applications_they_may_see(client, agent, inviting_admin):

@@ -148,6 +148,59 @@ def test_invalid_email_is_refused(client):
 
 
 @pytest.mark.parametrize(
+    "email",
+    [
+        "alex@ex\ufffdample.org",  # a character IDNA refuses
+        "alex@x\u05de.example",  # one label mixing Hebrew and Latin letters
+        "alex@" + "\u00e4" * 63 + ".de",  # 63 characters, too long once encoded
+    ],
+    ids=["replacement-character", "hebrew-and-latin-label", "63-char-non-ascii-label"],
+)
+def test_an_address_django_accepts_but_mail_cannot_carry_is_refused_and_nothing_is_kept(
+    client, settings, email
+):
+    response = client.post("/apply/", form_data(email=email, evidence_1=upload("a.pdf", PDF_BYTES)))
+    assert response.status_code == 200
+    assert "Enter an e-mail address like name@example.org." in response.content.decode()
+    assert not Application.objects.exists()
+    assert not OutboundEmail.objects.exists()
+    assert files_on_disk(settings) == []
+
+
+@pytest.mark.parametrize("mark", ["\u200e", "\u200f", "\u200d"], ids=["lrm", "rlm", "zwj"])
+def test_an_invisible_mark_pasted_with_the_address_is_dropped(client, mark):
+    response = client.post("/apply/", form_data(email=f"{mark}alex@applicant.exa{mark}mple{mark}"))
+    assert response.status_code == 302
+    assert Application.objects.get().email == "alex@applicant.example"
+    assert OutboundEmail.objects.get(template="application-received").to == "alex@applicant.example"
+
+
+def test_a_statement_the_browser_allowed_with_its_line_breaks_as_crlf_is_kept_with_lf(client):
+    # What a browser sends for a textarea with maxlength="5000" holding 5000
+    # characters, 50 of them line breaks: it counts each as one, and sends CRLF.
+    typed = "\n".join(["x" * 97] * 50 + ["x" * 100])
+    assert (len(typed), typed.count("\n")) == (5000, 50)
+    response = client.post("/apply/", form_data(statement=typed.replace("\n", "\r\n")))
+    assert response.status_code == 302
+    assert Application.objects.get().statement == typed
+
+
+def test_a_referral_with_lone_carriage_returns_is_kept_with_lf(client):
+    typed = "\n".join(["y" * 199] * 10)
+    assert len(typed) == 1999
+    response = client.post("/apply/", form_data(referral=typed.replace("\n", "\r")))
+    assert response.status_code == 302
+    assert Application.objects.get().referral == typed
+
+
+def test_a_statement_over_the_limit_after_normalising_is_still_refused(client):
+    response = client.post("/apply/", form_data(statement="x" * 4999 + "\r\n" + "x"))
+    assert response.status_code == 200
+    assert "at most 5000 characters (it has 5001)" in response.content.decode()
+    assert not Application.objects.exists()
+
+
+@pytest.mark.parametrize(
     "username", ["has space", "Ünïcode", "alex:example.org", "_reserved", "a" * 65, "semi;colon"]
 )
 def test_matrix_username_outside_localpart_grammar_is_refused(client, username):

@@ -11,7 +11,7 @@ from django.test.utils import CaptureQueriesContext
 from tests.conftest import STAFF_PASSWORD
 from tests.factories import make_application
 from vetting import audit, workflow
-from vetting.models import AuditEvent
+from vetting.models import AuditChainHead, AuditEvent
 
 pytestmark = pytest.mark.django_db
 
@@ -61,6 +61,32 @@ def test_verify_audit_reports_the_newest_row_removed(agent):
     AuditEvent.objects.filter(pk=events[-1].pk).delete()
     with pytest.raises(CommandError, match="the end of the chain"):
         call_command("verify_audit")
+
+
+def test_verify_audit_reports_details_rewritten_behind_a_copied_digest(agent):
+    """An erased row's hash covers its stored digest, not its details: rewritten ones must still show."""
+    events = make_trail(agent)
+    event = events[1]
+    AuditEvent.objects.filter(pk=event.pk).update(
+        details={"note": "rewritten"}, redacted_digest=audit.personal_digest(event)
+    )
+    with pytest.raises(CommandError, match=f"broken at event {event.pk}: it is marked as erased"):
+        call_command("verify_audit")
+    AuditEvent.objects.filter(pk=event.pk).update(details={}, ip="10.6.6.6")
+    assert audit.find_broken_link().event_id == event.pk
+
+
+def test_verify_audit_reports_a_missing_chain_head(agent):
+    events = make_trail(agent)
+    AuditEvent.objects.filter(pk=events[-1].pk).delete()
+    AuditChainHead.objects.all().delete()
+    with pytest.raises(CommandError, match="the end of the chain: the chain head is missing"):
+        call_command("verify_audit")
+
+
+def test_an_empty_trail_without_a_chain_head_verifies():
+    assert not AuditChainHead.objects.exists()
+    assert audit.find_broken_link() is None
 
 
 def test_secret_looking_details_are_masked():

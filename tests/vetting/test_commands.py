@@ -73,3 +73,48 @@ def test_purge_unconfirmed_deletes_only_stale_unconfirmed_applications_with_thei
     event = AuditEvent.objects.get(action="application.purged_unconfirmed")
     assert event.actor_kind == "system"
     assert event.details == {"reference": stale.reference, "evidence": 1}
+
+
+def test_purge_unconfirmed_deletes_an_application_withdrawn_before_its_address_was_confirmed(settings):
+    # Someone applied with a stranger's address, and the stranger withdrew it from the
+    # "received" mail's status link instead of ignoring the mail: staff never saw it.
+    now = timezone.now()
+    withdrawn = _application_created_at(
+        now - datetime.timedelta(days=8), status="withdrawn", email_confirmed_at=None
+    )
+    withdrawn_file = Path(settings.EVIDENCE_ROOT) / withdrawn.evidence.get().file.name
+    recent = _application_created_at(
+        now - datetime.timedelta(days=6), status="withdrawn", email_confirmed_at=None
+    )
+    # Withdrawn after its address was confirmed: staff may have seen it, it stays.
+    confirmed = _application_created_at(now - datetime.timedelta(days=30), status="withdrawn")
+    # Entered by staff: in the queue from the start, whatever its address.
+    entered = _application_created_at(
+        now - datetime.timedelta(days=30), status="withdrawn", email_confirmed_at=None, source="staff"
+    )
+
+    out = StringIO()
+    call_command("purge_unconfirmed", "--dry-run", stdout=out)
+    assert "Would purge 1 unconfirmed application(s)" in out.getvalue()
+    assert withdrawn_file.exists()
+
+    out = StringIO()
+    call_command("purge_unconfirmed", stdout=out)
+    assert "Purged 1 unconfirmed application(s)" in out.getvalue()
+    assert set(Application.objects.all()) == {recent, confirmed, entered}
+    assert not withdrawn_file.exists()
+    event = AuditEvent.objects.get(action="application.purged_unconfirmed")
+    assert event.details == {"reference": withdrawn.reference, "evidence": 1}
+
+
+def test_an_application_withdrawn_from_the_received_mail_is_deleted_a_week_later(client, settings):
+    from tests.vetting.test_apply import files_on_disk, form_data
+    from vetting import links
+
+    assert client.post("/apply/", form_data(evidence_1=upload("id.pdf", PDF_BYTES))).status_code == 302
+    application = Application.objects.get()
+    assert client.post(f"/status/{links.status_token(application)}/withdraw/").status_code == 302
+    with time_machine.travel(timezone.now() + datetime.timedelta(days=7, hours=1)):
+        call_command("purge_unconfirmed", stdout=StringIO())
+    assert not Application.objects.exists()
+    assert files_on_disk(settings) == []

@@ -64,3 +64,53 @@ def test_two_admins_deciding_at_once_exactly_one_wins(agent, server_admin, secon
     assert application.status == ("approved" if winners == ["approve"] else "rejected")
     decisions = AuditEvent.objects.filter(action__in=["application.approved", "application.rejected"])
     assert decisions.count() == 1
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "refusal"),
+    [
+        (("sam", "sam@staff.example"), ("Sam", "other@staff.example"), "is taken"),
+        (("sam", "sam@staff.example"), ("robin", "SAM@staff.example"), "with this e-mail address exists"),
+    ],
+    ids=["username-in-another-case", "same-address"],
+)
+def test_two_staff_accounts_created_at_once_with_the_same_name_or_address_one_is_refused(
+    superadmin, first, second, refusal
+):
+    from django.apps import apps
+    from django.contrib.auth import get_user_model
+
+    from vetting import roles
+
+    roles.sync_role_groups(apps)  # transactional tests start without the migration's groups
+    both_ready = threading.Barrier(2)
+    outcomes: dict[str, str] = {}
+    real_queue_mail = workflow.queue_set_password_mail
+
+    def slow_mail(*args, **kwargs):
+        # Hold the first account's transaction open while the other one checks.
+        time.sleep(0.5)
+        return real_queue_mail(*args, **kwargs)
+
+    def create(username: str, email: str) -> None:
+        try:
+            both_ready.wait(timeout=10)
+            workflow.create_staff_account(username, email, roles.VETTING_AGENT, created_by=superadmin)
+            outcomes[username] = "created"
+        except workflow.WorkflowError as error:
+            outcomes[username] = str(error)
+        finally:
+            connection.close()
+
+    with mock.patch.object(workflow, "queue_set_password_mail", slow_mail):
+        threads = [threading.Thread(target=create, args=details) for details in (first, second)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+
+    created = [username for username, outcome in outcomes.items() if outcome == "created"]
+    assert len(created) == 1
+    [loser] = {first[0], second[0]} - set(created)
+    assert refusal in outcomes[loser]
+    assert get_user_model().objects.filter(is_superuser=False).count() == 1

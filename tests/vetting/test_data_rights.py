@@ -51,7 +51,11 @@ def test_privacy_notice_states_version_retention_and_rights(client, settings):
     settings.EVIDENCE_RETENTION_DAYS = 90
     page = client.get("/privacy/").content.decode()
     assert f"Version {PRIVACY_NOTICE_VERSION}" in page
-    assert "deleted 90 days after your application is decided" in page
+    assert (
+        "deleted 90 days after your application is decided (approved or not), or after you withdraw it"
+        in page
+    )
+    assert "the whole application is deleted after 7 days, also if you withdrew it" in page
     assert "PDF and Word files are kept exactly as you send them" in page
     assert "download your data" in page and "erase your application" in page
 

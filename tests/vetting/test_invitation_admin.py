@@ -92,6 +92,27 @@ def test_the_token_is_shown_to_inviting_admins_and_masked_for_everyone_else(
     assert invitation.masked_token in client.get(LIST_URL).content.decode()
 
 
+def test_an_inviting_admin_no_longer_lists_invitations_of_an_application_taken_off_their_list(
+    client, approved, inviting_admin, server_admin, superadmin, fake_synapse
+):
+    invitation = workflow.issue_invitation(approved, inviting_admin)
+    workflow.revoke_invitation(approved, inviting_admin, "Approved by mistake")
+    workflow.reopen(approved, superadmin, "Approved by mistake")  # back to recommended: not theirs
+    detail = f"{LIST_URL}{invitation.pk}/change/"
+
+    client.force_login(inviting_admin)
+    page = client.get(LIST_URL).content.decode()
+    assert approved.reference not in page and 'field-matrix_username">alex<' not in page
+    assert "<strong>0</strong>Revoked" in page
+    assert client.get(detail).status_code == 302  # "doesn't exist", to the index
+
+    client.force_login(server_admin)
+    page = client.get(LIST_URL).content.decode()
+    assert approved.reference in page and 'field-matrix_username">alex<' in page
+    assert "<strong>1</strong>Revoked" in page
+    assert client.get(detail).status_code == 200
+
+
 def test_agents_cannot_see_the_invitation_list(client, agent):
     client.force_login(agent)
     assert client.get(LIST_URL).status_code == 403

@@ -15,18 +15,41 @@ from vetting.models import Application, Invitation
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 
-def issue_at_once(fake_synapse, *clicks: tuple[Application, object]) -> list[str]:
-    """Each (application, admin) clicks "Issue invitation" at the same moment; "won" or the refusal, per click."""
+CREATE_TOKEN = "/_synapse/admin/v1/registration_tokens/new"
+
+
+def another_connection_waits_on_a_lock() -> bool:
+    """Whether some other connection to the test database is waiting for a lock (a row, an advisory lock)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+        )
+        return cursor.fetchone()[0] > 0
+
+
+def issue_at_once(fake_synapse, *clicks: tuple[Application, object]) -> tuple[list[str], bool]:
+    """Each (application, admin) clicks "Issue invitation" at the same moment; "won" or the refusal,
+    per click, and whether the other click waited on the first one's lock.
+
+    The first click to ask the homeserver for a token is held there, in its transaction with
+    its locks, until the other click waits on one of those locks, so the two overlap however
+    slow the machine. (A click that never waits ends the hold when it asks for a token too.)
+    """
     both_loaded = threading.Barrier(len(clicks))
     outcomes: dict[int, str] = {}
     real_handle = fake_synapse.server.handler
+    first_create = threading.Lock()
+    create_held = threading.Event()
+    release = threading.Event()
 
-    def slow_homeserver(request):
-        # Hold each issue open (row locked) so the other click overlaps it.
-        time.sleep(0.3)
+    def holding_homeserver(request):
+        if request.method == "POST" and request.path == CREATE_TOKEN and first_create.acquire(blocking=False):
+            create_held.set()
+            release.wait(timeout=60)
         return real_handle(request)
 
-    fake_synapse.server.handler = slow_homeserver
+    fake_synapse.server.handler = holding_homeserver
 
     def issue(number: int, application: Application, user) -> None:
         try:
@@ -42,16 +65,29 @@ def issue_at_once(fake_synapse, *clicks: tuple[Application, object]) -> list[str
     threads = [threading.Thread(target=issue, args=(number, *click)) for number, click in enumerate(clicks)]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-    return list(outcomes.values())
+    other_waited = False
+    try:
+        if create_held.wait(timeout=30):
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and fake_synapse.server.calls("POST", CREATE_TOKEN) < 2:
+                if another_connection_waits_on_a_lock():
+                    other_waited = True
+                    break
+                time.sleep(0.01)
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join(timeout=60)
+    return list(outcomes.values()), other_waited
 
 
 def test_two_admins_issuing_at_once_create_one_token(
     approved, inviting_admin, django_user_model, fake_synapse
 ):
     second_admin = _staff_user(django_user_model, "second_inviting_admin", roles.INVITING_ADMIN)
-    outcomes = issue_at_once(fake_synapse, (approved, inviting_admin), (approved, second_admin))
+    outcomes, other_waited = issue_at_once(fake_synapse, (approved, inviting_admin), (approved, second_admin))
+
+    assert other_waited, "the second click never waited on the first one's row lock"
 
     assert outcomes.count("won") == 1
     loser = next(outcome for outcome in outcomes if outcome != "won")
@@ -71,7 +107,9 @@ def test_two_applications_asking_for_one_username_get_one_token_for_it(
     other.save(update_fields=["matrix_username"])
     workflow.approve(other, server_admin)
     second_admin = _staff_user(django_user_model, "second_inviting_admin", roles.INVITING_ADMIN)
-    outcomes = issue_at_once(fake_synapse, (approved, inviting_admin), (other, second_admin))
+    outcomes, other_waited = issue_at_once(fake_synapse, (approved, inviting_admin), (other, second_admin))
+
+    assert other_waited, "the second click never waited on the first one's lock on the username"
 
     assert outcomes.count("won") == 1
     loser = next(outcome for outcome in outcomes if outcome != "won")

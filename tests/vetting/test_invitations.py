@@ -25,6 +25,7 @@ from django.core import mail
 from django.utils import timezone
 
 from notifications.models import OutboundEmail
+from tests.vetting.homeservers import apply_then_fail_once
 from tests.vetting.test_workflow import actions, assert_unchanged, recommended_by
 from vetting import workflow
 from vetting.models import Application, AuditEvent, Invitation
@@ -479,7 +480,9 @@ def test_mail_is_only_queued_never_sent_during_issue(approved, inviting_admin, f
     assert mail.outbox == []
 
 
-def test_a_create_left_unanswered_is_taken_back_on_synapse(approved, inviting_admin, fake_synapse):
+def test_a_create_left_unanswered_is_taken_back_on_synapse(
+    approved, inviting_admin, fake_synapse, short_read_timeout
+):
     """Synapse applied the create but the answer never came: the token we chose is deleted again."""
     from tests.vetting.homeservers import HANG
 
@@ -495,4 +498,38 @@ def test_a_create_left_unanswered_is_taken_back_on_synapse(approved, inviting_ad
         issue(approved, inviting_admin)
     assert fake_synapse.server.calls("DELETE", "/_synapse/admin/v1/registration_tokens/") == 1
     assert fake_synapse.tokens == {}
+    assert_unchanged(approved)
+
+
+def test_a_create_applied_before_a_500_is_taken_back_and_the_admin_told_so(
+    approved, inviting_admin, fake_synapse
+):
+    apply_then_fail_once(fake_synapse, "/_synapse/admin/v1/registration_tokens/new")
+    with pytest.raises(workflow.WorkflowError) as raised:
+        issue(approved, inviting_admin)
+    assert fake_synapse.server.calls("POST", "/_synapse/admin/v1/registration_tokens/new") == 2
+    assert fake_synapse.tokens == {}  # no orphan token on the server
+    assert "had made the registration token all the same; it was deleted again" in str(raised.value)
+    assert_unchanged(approved)
+    assert not Invitation.objects.exists()
+    assert actions(approved)[-1] == "invitation.issue_failed"
+
+
+def test_a_token_that_cannot_be_taken_back_is_audited_and_the_admin_told(
+    approved, inviting_admin, fake_synapse
+):
+    apply_then_fail_once(fake_synapse, "/_synapse/admin/v1/registration_tokens/new")
+    answer = fake_synapse.server.handler
+    fake_synapse.server.handler = lambda request: (
+        (503, {"errcode": "M_UNKNOWN"}) if request.method == "DELETE" else answer(request)
+    )
+    with pytest.raises(workflow.WorkflowError) as raised:
+        issue(approved, inviting_admin)
+    message = str(raised.value)
+    assert "may have made the registration token, and it could not be deleted" in message
+    assert "Nothing was changed" not in message
+    [token] = fake_synapse.tokens
+    assert token not in message
+    failure = AuditEvent.objects.get(action="invitation.orphan_revoke_failed")
+    assert token not in str(failure.details)
     assert_unchanged(approved)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.vetting.homeservers import apply_then_fail_once
 from vetting import workflow
 from vetting.models import Application, Invitation
 
@@ -51,3 +52,14 @@ def test_wrong_mas_client_credentials_change_nothing(approved, inviting_admin, f
         workflow.issue_invitation(approved, inviting_admin)
     assert fake_mas.tokens == {}
     assert not Invitation.objects.exists()
+
+
+def test_a_create_applied_before_a_500_is_taken_back_on_mas(approved, inviting_admin, fake_mas):
+    apply_then_fail_once(fake_mas, "/api/admin/v1/user-registration-tokens")
+    with pytest.raises(workflow.WorkflowError, match="it was deleted again"):
+        workflow.issue_invitation(approved, inviting_admin)
+    [token] = fake_mas.tokens.values()
+    assert token["revoked_at"] is not None  # MAS keeps a revoked token; it no longer works
+    assert not Invitation.objects.exists()
+    approved.refresh_from_db()
+    assert approved.status == Application.Status.APPROVED

@@ -83,7 +83,7 @@ def test_a_refused_admin_token_is_a_configuration_error_and_never_retried(script
     assert scripted.requests[0].headers["authorization"] == f"Bearer {ADMIN_TOKEN}"
 
 
-def test_an_unanswered_request_times_out_without_a_retry(scripted):
+def test_an_unanswered_request_times_out_without_a_retry(scripted, short_read_timeout):
     scripted.answers.append(HANG)
     scripted.hang_seconds = 2.0
     with pytest.raises(matrix.Unavailable, match="did not answer in time"):

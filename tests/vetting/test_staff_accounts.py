@@ -3,6 +3,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 from io import StringIO
+from unittest import mock
 
 import pytest
 import time_machine
@@ -59,6 +60,8 @@ def test_create_staff_superadmin_is_a_superuser():
     [
         (["bad name!", "x@staff.example"], "Enter a valid username"),
         (["okname", "not-an-email"], "Enter a valid email address"),
+        # Django's validator accepts it; building a mail to it would fail (IDNA).
+        (["okname", "sam@ex\u05deample.org"], "Enter a valid email address"),
     ],
 )
 def test_create_staff_refuses_bad_input(args, message):
@@ -70,6 +73,23 @@ def test_create_staff_refuses_bad_input(args, message):
 def test_create_staff_refuses_a_taken_username(agent):
     with pytest.raises(CommandError, match="The username Agent is taken"):
         call_command("create_staff", "Agent", "new@staff.example", "--role", "vetting_agent")
+
+
+def test_a_username_created_elsewhere_in_the_same_moment_is_refused_with_the_same_message(superadmin):
+    real_create_user = User.objects.create_user
+
+    def created_meanwhile(**fields):
+        # Another request (or createsuperuser) made the account after our check, before our insert.
+        User.objects.bulk_create([User(username=fields["username"], email="other@staff.example")])
+        return real_create_user(**fields)
+
+    with (
+        mock.patch.object(User.objects, "create_user", side_effect=created_meanwhile),
+        pytest.raises(workflow.WorkflowError, match="The username sam is taken"),
+    ):
+        workflow.create_staff_account("sam", "sam@staff.example", roles.VETTING_AGENT, created_by=superadmin)
+    assert not AuditEvent.objects.filter(action="staff.created").exists()
+    assert not OutboundEmail.objects.exists()
 
 
 def test_server_admin_creates_an_agent_who_waits_for_a_superadmin(client, server_admin, superadmin):

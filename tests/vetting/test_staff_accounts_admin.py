@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 from django.contrib.auth import authenticate, get_user_model
+from django.contrib.auth.models import Group, Permission
 from django.core.management import CommandError, call_command
 
 from notifications.models import OutboundEmail
 from tests.conftest import STAFF_PASSWORD
 from tests.vetting.test_staff_accounts import NEW_PASSWORD, set_password_link
-from vetting import roles, workflow
+from vetting import admin_staff, audit, roles, workflow
 from vetting.models import AuditEvent
 
 pytestmark = pytest.mark.django_db
@@ -93,6 +96,26 @@ def test_the_add_form_refuses_an_address_longer_than_the_column(client, server_a
     assert not User.objects.filter(username="newbie").exists()
 
 
+def test_the_add_form_refuses_an_address_mail_cannot_carry_and_drops_a_pasted_bidi_mark(client, superadmin):
+    client.force_login(superadmin)
+    response = client.post(
+        "/admin/auth/user/add/",
+        {"username": "newbie", "email": "newbie@x\u05de.example", "role": roles.VETTING_AGENT},
+    )
+    assert response.status_code == 200
+    assert "Enter a valid email address." in response.content.decode()
+    assert not User.objects.filter(username="newbie").exists()
+    assert not OutboundEmail.objects.exists()
+
+    response = client.post(
+        "/admin/auth/user/add/",
+        {"username": "newbie", "email": "newbie@staff.example\u200f", "role": roles.VETTING_AGENT},
+    )
+    assert response.status_code == 302
+    assert User.objects.get(username="newbie").email == "newbie@staff.example"
+    assert OutboundEmail.objects.get().to == "newbie@staff.example"
+
+
 @pytest.mark.parametrize(
     ("username", "email", "message"),
     [
@@ -161,3 +184,109 @@ def test_not_even_a_superadmin_activates_an_account_by_ticking_a_box(client, sup
     assert saved.status_code == 302
     goneagent.refresh_from_db()
     assert (goneagent.first_name, goneagent.is_active) == ("Gone", False)
+
+
+def test_a_superadmin_cannot_give_an_account_an_address_mail_cannot_carry(client, superadmin, agent):
+    client.force_login(superadmin)
+    change_url = f"/admin/auth/user/{agent.pk}/change/"
+    fields = {"username": "agent", "first_name": "Agent", "is_staff": "on"}
+    fields["groups"] = [group.pk for group in agent.groups.all()]
+    refused = client.post(change_url, {**fields, "email": "agent@x\u05de.example"})
+    assert refused.status_code == 200
+    assert "Enter a valid email address." in refused.content.decode()
+    agent.refresh_from_db()
+    assert agent.email == "agent@staff.example"
+    # A bidi mark pasted along with a good address is dropped, as on the add form.
+    assert client.post(change_url, {**fields, "email": "agent@new.example\u200f"}).status_code == 302
+    agent.refresh_from_db()
+    assert agent.email == "agent@new.example"
+
+
+# Role groups: what every member may do ---------------------------------------------------
+
+
+def _permission_pks(*dotted: str) -> list[int]:
+    return [
+        Permission.objects.get(content_type__app_label=name.split(".")[0], codename=name.split(".")[1]).pk
+        for name in dotted
+    ]
+
+
+def test_changing_a_role_groups_permissions_is_audited_with_what_was_added_and_removed(client, superadmin):
+    group = Group.objects.get(name=roles.group_name(roles.VETTING_AGENT))
+    kept = [name for name in roles.ROLE_PERMISSIONS[roles.VETTING_AGENT] if name != "vetting.add_staffnote"]
+    client.force_login(superadmin)
+
+    response = client.post(
+        f"/admin/auth/group/{group.pk}/change/",
+        {"name": group.name, "permissions": _permission_pks(*kept, "vetting.decide_application")},
+    )
+
+    assert response.status_code == 302
+    event = AuditEvent.objects.get(action="group.changed")
+    assert (event.actor, event.target_type, event.target_id) == (superadmin, "group", str(group.pk))
+    assert event.details == {
+        "name": group.name,
+        "added": ["vetting.decide_application"],
+        "removed": ["vetting.add_staffnote"],
+    }
+    assert audit.find_broken_link() is None
+
+
+def test_saving_a_role_group_unchanged_writes_no_event(client, superadmin):
+    group = Group.objects.get(name=roles.group_name(roles.VETTING_AGENT))
+    client.force_login(superadmin)
+    client.post(
+        f"/admin/auth/group/{group.pk}/change/",
+        {"name": group.name, "permissions": _permission_pks(*roles.ROLE_PERMISSIONS[roles.VETTING_AGENT])},
+    )
+    assert not AuditEvent.objects.filter(action__startswith="group.").exists()
+
+
+def test_a_group_change_and_its_audit_event_are_one_transaction(client, superadmin):
+    group = Group.objects.get(name=roles.group_name(roles.VETTING_AGENT))
+    before = set(group.permissions.all())
+    client.force_login(superadmin)
+    with (
+        mock.patch.object(admin_staff.audit, "record", side_effect=RuntimeError("audit log unavailable")),
+        pytest.raises(RuntimeError),
+    ):
+        client.post(
+            f"/admin/auth/group/{group.pk}/change/",
+            {"name": group.name, "permissions": _permission_pks("vetting.decide_application")},
+        )
+    assert set(group.permissions.all()) == before
+
+
+def test_creating_renaming_and_deleting_groups_is_audited(client, superadmin):
+    client.force_login(superadmin)
+    client.post(
+        "/admin/auth/group/add/",
+        {"name": "Deciders", "permissions": _permission_pks("vetting.decide_application")},
+    )
+    group = Group.objects.get(name="Deciders")
+    client.post(f"/admin/auth/group/{group.pk}/change/", {"name": "Approvers", "permissions": []})
+    client.post(f"/admin/auth/group/{group.pk}/delete/", {"post": "yes"})
+    other = Group.objects.create(name="Spare")
+    client.post(
+        "/admin/auth/group/",
+        {"action": "delete_selected", "post": "yes", "_selected_action": [str(other.pk)]},
+    )
+
+    assert not Group.objects.filter(name__in=["Approvers", "Spare"]).exists()
+    events = list(AuditEvent.objects.filter(action__startswith="group.").order_by("id"))
+    assert [(event.action, event.details) for event in events] == [
+        ("group.created", {"name": "Deciders", "permissions": ["vetting.decide_application"]}),
+        (
+            "group.changed",
+            {
+                "name": "Approvers",
+                "renamed_from": "Deciders",
+                "added": [],
+                "removed": ["vetting.decide_application"],
+            },
+        ),
+        ("group.deleted", {"name": "Approvers", "permissions": [], "members": 0}),
+        ("group.deleted", {"name": "Spare", "permissions": [], "members": 0}),
+    ]
+    assert all(event.actor == superadmin for event in events)

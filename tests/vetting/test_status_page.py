@@ -61,7 +61,9 @@ def test_status_page_never_shows_staff_notes_or_internal_reasons(client, server_
         "",
         "a" * 500,
         "abc:def:ghi",
-        signing.dumps("0" * 32, salt=links.STATUS_SALT),  # well signed, no such application
+        # Well signed but for another purpose: a confirmation link, the done page's reference.
+        signing.dumps("0" * 32, salt=links.CONFIRM_SALT),
+        signing.dumps("0" * 32),
     ],
 )
 def test_tampered_or_unknown_status_links_are_404(client, token):
@@ -351,3 +353,109 @@ def test_a_tampered_confirm_link_of_an_application_that_is_gone_stays_404(client
     application.delete()
     assert client.get(f"/confirm/{token}x/").status_code == 404
     assert client.get(f"/confirm/{links.status_token(application)}/").status_code == 404
+
+
+def test_an_answer_sent_twice_shows_the_page_as_it_is_now_saying_the_first_was_received(client, monkeypatch):
+    application = make_application(status=Status.INFO_REQUESTED, information_request="Send your ID.")
+    path = status_path(application)
+    # The second request (a double click, a second tab) read the application before the first committed.
+    stale = Application.objects.get(pk=application.pk)
+    answer = {"message": "Here it is", "evidence_1": upload("id.pdf", PDF_BYTES)}
+    assert client.post(path, answer)["Location"] == f"{path}?sent=1"
+    monkeypatch.setattr(links, "application_for_status_token", lambda token: stale)
+    response = client.post(path, {**answer, "evidence_1": upload("id.pdf", PDF_BYTES)})
+    assert response.status_code == 302
+    assert response["Location"] == f"{path}?not_waiting=1"
+    monkeypatch.undo()
+
+    page = client.get(response["Location"]).content.decode()
+    assert "Received, waiting for a vetting agent" in page
+    assert "Your answer was already received, on " in page
+    assert (
+        "Staff are no longer waiting for information from you, so what you sent just now was not kept."
+        in page
+    )
+    assert "Staff need more information" not in page and 'name="message"' not in page
+    assert application.information_replies.count() == 1
+    assert Evidence.objects.count() == 1
+
+
+def test_an_answer_from_a_tab_opened_before_the_withdrawal_says_it_was_not_kept(client):
+    application = make_application(status=Status.INFO_REQUESTED, information_request="Send your ID.")
+    path = status_path(application)
+    workflow.withdraw(application)
+    response = client.post(path, {"message": "Here it is"})
+    assert response["Location"] == f"{path}?not_waiting=1"
+    page = client.get(response["Location"]).content.decode()
+    assert "You withdrew this application." in page
+    assert (
+        "Staff are no longer waiting for information from you, so what you sent just now was not kept."
+        in page
+    )
+    assert "already received" not in page  # there was no answer
+    assert not application.information_replies.exists()
+
+
+def test_the_not_waiting_notice_is_not_shown_while_staff_are_waiting(client):
+    application = make_application(status=Status.INFO_REQUESTED, information_request="Send your ID.")
+    page = client.get(f"{status_path(application)}?not_waiting=1").content.decode()
+    assert "no longer waiting" not in page
+    assert 'name="message"' in page
+
+
+def test_an_answer_the_browser_allowed_with_crlf_line_breaks_is_kept_with_lf(client):
+    application = make_application(status=Status.INFO_REQUESTED, information_request="Send your ID.")
+    # A textarea with maxlength="5000" counts each line break as one character; browsers send CRLF.
+    typed = "\n".join(["x" * 97] * 50 + ["x" * 100])
+    assert len(typed) == 5000
+    response = client.post(status_path(application), {"message": typed.replace("\n", "\r\n")})
+    assert response.status_code == 302
+    assert application.information_replies.get().text == typed
+
+
+def test_the_status_page_of_an_application_not_confirmed_in_time_says_it_expired(client):
+    with time_machine.travel(datetime.datetime(2026, 11, 1, tzinfo=datetime.UTC)):
+        application = make_application(status=Status.UNCONFIRMED, email_confirmed_at=None)
+        path = status_path(application)
+        page = client.get(path).content.decode()
+        assert "Please confirm your e-mail address" in page
+    # Past the 7 days, before the daily purge: the confirmation link answers 410.
+    with time_machine.travel(datetime.datetime(2026, 11, 8, 0, 1, tzinfo=datetime.UTC)):
+        page = client.get(path).content.decode()
+    assert "Please confirm your e-mail address" not in page
+    assert "Expired: your e-mail address was not confirmed in time" in page
+    assert "This application has expired: e-mail addresses must be confirmed within 7 days" in page
+    assert 'href="/apply/">Apply again</a>' in page
+
+
+def test_a_staff_entered_application_never_expires_on_its_status_page(client):
+    with time_machine.travel(datetime.datetime(2026, 11, 1, tzinfo=datetime.UTC)):
+        application = make_application(source="staff", email_confirmed_at=None)
+        path = status_path(application)
+    with time_machine.travel(datetime.datetime(2026, 12, 1, tzinfo=datetime.UTC)):
+        page = client.get(path).content.decode()
+    assert "expired" not in page.lower()
+    assert "Your application is in the queue." in page
+
+
+@pytest.mark.parametrize("suffix", ["", "withdraw/", "erase/", "my-data/"])
+def test_the_status_link_of_a_purged_application_is_gone_not_mistyped(client, suffix):
+    with time_machine.travel(datetime.datetime(2026, 11, 1, tzinfo=datetime.UTC)):
+        application = make_application(status=Status.UNCONFIRMED, email_confirmed_at=None)
+        path = status_path(application)
+    with time_machine.travel(datetime.datetime(2026, 11, 8, 1, tzinfo=datetime.UTC)):
+        assert workflow.purge_unconfirmed(timezone.now() - links.UNCONFIRMED_LIFETIME) == 1
+        response = client.get(f"{path}{suffix}")
+    assert response.status_code == 410
+    page = response.content.decode()
+    assert "This link has expired. E-mail addresses must be confirmed within 7 days" in page
+    assert 'href="/apply/"' in page
+    assert "copy it again from the e-mail" not in page
+
+
+def test_a_tampered_status_link_of_a_purged_application_stays_404(client):
+    application = make_application(status=Status.UNCONFIRMED, email_confirmed_at=None)
+    path = status_path(application)
+    application.delete()
+    assert client.get(f"{path[:-1]}x/").status_code == 404
+    assert client.get(f"/status/{links.confirm_token(application)}/").status_code == 404

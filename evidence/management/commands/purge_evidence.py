@@ -19,9 +19,10 @@ ORPHAN_MIN_AGE = timedelta(hours=1)
 
 class Command(BaseCommand):
     help = (
-        "Delete the evidence files of applications decided (rejected, withdrawn, joined) more than "
-        "EVIDENCE_RETENTION_DAYS ago, keeping each row's SHA-256, type and size; also remove stored "
-        "files that have no row, and list rows whose file is missing (removed only with --remove-missing)."
+        "Delete the evidence files of applications decided (approved, invited, rejected, withdrawn, "
+        "joined) more than EVIDENCE_RETENTION_DAYS ago, keeping each row's SHA-256, type and size; "
+        "also remove stored files that have no row, and list rows whose file is missing (removed only "
+        "with --remove-missing)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:

@@ -4,13 +4,12 @@ from django.core.management.base import BaseCommand
 from django.utils import timezone
 
 from vetting import links, workflow
-from vetting.models import Application
 
 
 class Command(BaseCommand):
     help = (
-        "Deletes applications whose e-mail address was never confirmed within 7 days, "
-        "with their evidence files."
+        "Deletes public applications whose e-mail address was not confirmed within 7 days, "
+        "whether still waiting for it or withdrawn before it, with their evidence files."
     )
 
     def add_arguments(self, parser) -> None:
@@ -19,9 +18,7 @@ class Command(BaseCommand):
     def handle(self, *args, dry_run: bool, **options) -> None:
         cutoff = timezone.now() - links.UNCONFIRMED_LIFETIME
         if dry_run:
-            count = Application.objects.filter(
-                status=Application.Status.UNCONFIRMED, created_at__lt=cutoff
-            ).count()
+            count = workflow.never_confirmed(cutoff).count()
             self.stdout.write(f"Would purge {count} unconfirmed application(s) older than 7 days.")
             return
         count = workflow.purge_unconfirmed(cutoff)

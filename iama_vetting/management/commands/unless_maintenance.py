@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+import argparse
+import logging
+
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandParser
+
+from iama_vetting import maintenance
+
+logger = logging.getLogger(__name__)
+
+
+class Command(BaseCommand):
+    help = (
+        "Runs another command, as the timers do, unless maintenance mode is on: then it logs one line "
+        "and exits 0, so a job that may wait for its next run does not fail (and raise an alert) while "
+        "the database may be stopped."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("job", help="The command to run, e.g. sync_invitations.")
+        parser.add_argument("job_args", nargs=argparse.REMAINDER, help="Its arguments and options.")
+
+    def handle(self, *args, job: str, job_args: list[str], **options) -> None:
+        if maintenance.read_state() is not None:
+            logger.warning("Maintenance mode is on: %s skipped; its timer runs it again.", job)
+            return
+        call_command(job, *job_args)
