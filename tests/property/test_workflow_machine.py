@@ -1209,9 +1209,12 @@ def shrinking_for_a_minute(monkeypatch):
 
 @pytest.fixture
 def homeserver(settings, monkeypatch):
-    """tests/vetting/conftest.py's `fake_synapse` with its fast retries (that conftest is not ours)."""
+    """tests/vetting/conftest.py's `fake_synapse` with its fast retries (that conftest is not ours).
+
+    The read timeout stays the client's own: this fake never hangs, and a short one would
+    let a busy machine turn a slow answer into a failure the machine never chose.
+    """
     monkeypatch.setattr(matrix, "RETRY_DELAYS", (0.0, 0.0, 0.0))
-    monkeypatch.setattr(matrix, "READ_TIMEOUT", 0.5)
     fake = FakeSynapse(server_name=SERVER)
     settings.MATRIX_BACKEND = "synapse"
     settings.MATRIX_HOMESERVER_URL = fake.url
