@@ -61,6 +61,12 @@ NO_VALID_SELECTION = _(
     "Items must be selected in order to perform actions on them. No items have been changed."
 )
 WRONG_CODE = _("That code is not right, or it was used already. Wait for the next code and try again.")
+# The unconfirmed authenticator key this session's setup page shows (two_factor_setup).
+SETUP_DEVICE_SESSION_KEY = "rvi_two_factor_setup_device"
+SETUP_KEY_REPLACED = _(
+    "The key changed: the set-up page was opened again elsewhere (in another browser or tab). "
+    "Remove the IaMA RVI entry you just added to your app, scan this new key, and enter its code."
+)
 
 
 def admin_access_required(view: Callable) -> Callable:
@@ -297,10 +303,24 @@ class StaffAdminSite(admin.AdminSite):
         user = request.user
         if user_has_device(user):
             return self._to("admin:two_factor", request)
-        device = TOTPDevice.objects.filter(user=user, confirmed=False).first()
+        # The key being set up belongs to this session alone. A key kept for the account would be
+        # shown to anyone who signs in with the password before the person confirms it (a new
+        # account, a reset after a lost phone), who could then keep generating valid codes.
+        device = None
+        if request.method == "POST":
+            device = TOTPDevice.objects.filter(
+                pk=request.session.get(SETUP_DEVICE_SESSION_KEY), user=user, confirmed=False
+            ).first()
+        replaced = request.method == "POST" and device is None
         if device is None:
-            device = TOTPDevice.objects.create(user=user, name="Authenticator app", confirmed=False)
-        form = CodeForm(request.POST or None)
+            # A first visit, or a key that another session's setup page has replaced since.
+            with transaction.atomic():
+                TOTPDevice.objects.filter(user=user, confirmed=False).delete()
+                device = TOTPDevice.objects.create(user=user, name="Authenticator app", confirmed=False)
+            request.session[SETUP_DEVICE_SESSION_KEY] = device.pk
+        if replaced:
+            messages.warning(request, SETUP_KEY_REPLACED)
+        form = CodeForm(request.POST if request.method == "POST" and not replaced else None)
         if request.method == "POST" and form.is_valid():
             if device.verify_token(form.cleaned_data["token"].strip().replace(" ", "")):
                 codes = self._confirm(device)

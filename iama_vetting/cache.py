@@ -29,6 +29,11 @@ from django.utils.module_loading import import_string
 logger = logging.getLogger(__name__)
 
 RETRY_SECONDS = 5.0
+# Counters one process keeps during an outage. When full, LocMemCache forgets a third of them,
+# the oldest first: at Django's default of 300, a client making new keys (a password reset for
+# a new address each time) would soon make it forget its own sign-in counters. About 200 bytes
+# each, so at most some 10 MB a process, and only while Redis is away.
+FALLBACK_MAX_ENTRIES = 50_000
 LOG_INTERVAL_SECONDS = 60.0
 # What "unreachable" means: anything the Redis client raises, and socket errors.
 UNREACHABLE = (redis.exceptions.RedisError, OSError)
@@ -144,7 +149,7 @@ class FallbackCache(BaseCache):
         # Named, so all threads of the process share the same fallback counters.
         self._fallback = LocMemCache(
             f"fallback:{primary_location}|{primary.get('KEY_PREFIX', '')}",
-            {"TIMEOUT": params.get("TIMEOUT", 300)},
+            {"TIMEOUT": params.get("TIMEOUT", 300), "OPTIONS": {"MAX_ENTRIES": FALLBACK_MAX_ENTRIES}},
         )
 
     def _either(self, operation: Callable[[BaseCache], Any]) -> Any:

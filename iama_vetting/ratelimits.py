@@ -89,9 +89,10 @@ class Limit:
     json: bool = False
 
     def tiers(self) -> list[tuple[str, str]]:
+        """(group, rate) of each tier, the longest first."""
         return [
             (f"{self.group}:{period}", f"{count}/{period}")
-            for period, count in ((MINUTE, self.per_minute), (HOUR, self.per_hour), (DAY, self.per_day))
+            for period, count in ((DAY, self.per_day), (HOUR, self.per_hour), (MINUTE, self.per_minute))
             if count is not None
         ]
 
@@ -130,8 +131,14 @@ DEFAULT_TIER_NAME = "default"
 
 
 def seconds_until_allowed(request: HttpRequest, *limits: Limit) -> int | None:
-    """Count this request against every tier; the Retry-After if any is exceeded, else None."""
-    retry_after = None
+    """Count this request against the tiers in turn; the Retry-After of the first one exceeded, else None.
+
+    A refused request is counted no further: the tiers and limits after it would only
+    gain counters (one per address tried, for a keyed limit) for a request that is not
+    served, and while Redis is away those would crowd the client's own counters out of
+    the fallback. Tiers go longest first (Limit.tiers), so the Retry-After is the
+    longest wait of the limit that refused. A request that is served is counted in every tier.
+    """
     for limit in limits:
         if limit.methods is not None and request.method not in limit.methods:
             continue
@@ -139,8 +146,8 @@ def seconds_until_allowed(request: HttpRequest, *limits: Limit) -> int | None:
             usage = get_usage(request, group=group, key=limit.key, rate=rate, increment=True)
             if usage is not None and usage["should_limit"]:
                 logger.warning("Rate limit %s (%s) exceeded.", group, rate)
-                retry_after = max(retry_after or 1, usage["time_left"])
-    return retry_after
+                return max(1, usage["time_left"])
+    return None
 
 
 # Every other anonymous view: one per-minute tier (settings.RATELIMIT_DEFAULT_PER_MINUTE).

@@ -12,6 +12,7 @@ from django.core.cache import caches
 from django.core.handlers.wsgi import WSGIHandler
 
 from iama_vetting import cache as fallback_module
+from iama_vetting import ratelimits
 from iama_vetting.cache import FallbackCache
 from tests.security.conftest import free_port
 
@@ -226,3 +227,19 @@ def test_a_refused_request_is_not_counted_again(client, settings, own_redis):
     assert [int(server.get(key)) for key in server.keys("*:default:127.0.0.1:*")] == [3]
     # Refusals have their own hourly count, for security_report.
     assert [int(server.get(key)) for key in server.keys("*:refusals:default:*")] == [3]
+
+
+def test_refused_requests_cannot_crowd_a_clients_sign_in_counters_out_of_the_fallback(
+    client, settings, agent
+):
+    """Each refused password reset for a new address used to add counters of its own: a few
+    hundred, and the fallback forgot the oldest, the client's sign-in counters among them."""
+    settings.CACHES = {**settings.CACHES, "ratelimit": fallback_config(f"redis://127.0.0.1:{free_port()}/0")}
+
+    def guess() -> int:
+        return client.post("/admin/login/", {"username": "agent", "password": "wrong"}).status_code
+
+    assert [guess() for _ in range(ratelimits.ADMIN_LOGIN_PER_USERNAME.per_minute + 1)][-1] == 429
+    for n in range(400):
+        client.post("/admin/password_reset/", {"email": f"someone-{n}@example.org"})
+    assert guess() == 429

@@ -137,6 +137,46 @@ def test_enrolment_shows_a_qr_code_and_then_ten_backup_codes_once(client, agent,
     assert client.get("/admin/two-factor/setup/").status_code == 302
 
 
+def test_a_key_shown_to_another_session_before_enrolment_never_opens_the_account(
+    client, agent, two_factor_required
+):
+    """Someone holding only the password opens the set-up page first: the key they copy
+    must not be the one the person then enrols, or they could make codes for ever."""
+    intruder = Client()
+    sign_in(intruder, "agent")
+    intruder.get("/admin/two-factor/setup/")
+    copied = TOTPDevice.objects.get(user=agent)
+
+    enrol(client, agent)
+    enrolled = TOTPDevice.objects.get(user=agent)
+    assert enrolled.confirmed
+    assert enrolled.bin_key != copied.bin_key
+    assert not TOTPDevice.objects.filter(pk=copied.pk).exists()
+    refused = intruder.post("/admin/two-factor/", {"token": current_code(copied)})
+    assert "That code is not right" in refused.content.decode()
+    assert intruder.get("/admin/vetting/application/").status_code == 302
+
+
+def test_a_key_replaced_by_another_set_up_page_is_refused_with_a_new_key_shown(
+    client, agent, two_factor_required
+):
+    sign_in(client, "agent")
+    client.get("/admin/two-factor/setup/")
+    first = TOTPDevice.objects.get(user=agent)
+    other_tab = Client()
+    sign_in(other_tab, "agent")
+    other_tab.get("/admin/two-factor/setup/")
+
+    page = client.post("/admin/two-factor/setup/", {"token": current_code(first)})
+    assert "The key changed" in page.content.decode()
+    assert not TOTPDevice.objects.filter(confirmed=True).exists()
+    # The key now shown is this session's own, and it enrols.
+    shown = TOTPDevice.objects.get(user=agent)
+    assert shown.pk != first.pk
+    done = client.post("/admin/two-factor/setup/", {"token": current_code(shown)})
+    assert len(re.findall(r"<li><code>([a-z2-7]+)</code></li>", done.content.decode())) == 10
+
+
 def test_next_sign_in_asks_for_the_code_and_accepts_it(client, agent, two_factor_required):
     enrol(client, agent)
     client.logout()
