@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from base64 import b32encode
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from urllib.parse import urlencode
 
 import segno
@@ -30,13 +31,16 @@ from django.db.models.base import ModelBase
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.decorators import method_decorator
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
+from django_otp import devices_for_user, match_token, user_has_device
 from django_otp import login as otp_login
-from django_otp import match_token, user_has_device
+from django_otp.models import Device
 from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
@@ -67,6 +71,35 @@ SETUP_KEY_REPLACED = _(
     "The key changed: the set-up page was opened again elsewhere (in another browser or tab). "
     "Remove the IaMA RVI entry you just added to your app, scan this new key, and enter its code."
 )
+
+
+def _throttle_refusal(devices: Iterable[Device]) -> str | None:
+    """Why no code can be checked now, or None when one of the devices may check one.
+
+    After a wrong code django-otp makes a device refuse every code, right ones
+    too, for 1, 2, 4… seconds (ThrottlingMixin); without this it reads as a wrong code.
+    """
+    now = timezone.now()
+    waits = []
+    for device in devices:
+        allowed, details = device.verify_is_allowed()
+        if allowed or "locked_until" not in details:
+            return None
+        waits.append(max(1, math.ceil((details["locked_until"] - now).total_seconds())))
+    if not waits:
+        return None
+    seconds = min(waits)
+    return ngettext(
+        "Too many wrong codes: wait %(seconds)d second, then enter the code your app shows then.",
+        "Too many wrong codes: wait %(seconds)d seconds, then enter the code your app shows then.",
+        seconds,
+    ) % {"seconds": seconds}
+
+
+def admin_form(form: forms.Form, fieldsets: list | None = None) -> helpers.AdminForm:
+    """A form of our own pages laid out as the admin lays out its own: each field's errors above it,
+    its help below (with admin/includes/fieldset.html)."""
+    return helpers.AdminForm(form, fieldsets or [(None, {"fields": list(form.fields)})], {})
 
 
 def admin_access_required(view: Callable) -> Callable:
@@ -197,8 +230,8 @@ class CodeForm(forms.Form):
 
 
 class StaffAdminSite(admin.AdminSite):
-    site_header = _("IaMA RVI staff")
-    site_title = _("IaMA RVI staff")
+    # No site_header or site_title: templates/admin/base_site.html names the site, on the password
+    # pages outside the admin site too.
 
     def register(self, model_or_iterable, admin_class=None, **options) -> None:
         models = [model_or_iterable] if isinstance(model_or_iterable, ModelBase) else model_or_iterable
@@ -279,7 +312,10 @@ class StaffAdminSite(admin.AdminSite):
             return self._to("admin:two_factor_setup", request)
         form = CodeForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
-            device = match_token(request.user, form.cleaned_data["token"].strip().replace(" ", ""))
+            # While throttled no code is checked, so none is counted as wrong (audit, log).
+            refusal = _throttle_refusal(devices_for_user(request.user))
+            token = form.cleaned_data["token"].strip().replace(" ", "")
+            device = None if refusal else match_token(request.user, token)
             if device is not None:
                 otp_login(request, device)
                 logger.info("Staff member passed the second step with their %s.", device.name)
@@ -291,11 +327,14 @@ class StaffAdminSite(admin.AdminSite):
                     details={"device": device.name},
                 )
                 return HttpResponseRedirect(self._next(request))
-            logger.warning("A wrong second-step code was entered.")
-            audit.record(
-                "user.second_factor_failed", actor=request.user, target=request.user, request=request
-            )
-            form.add_error("token", WRONG_CODE)
+            if refusal:
+                form.add_error("token", refusal)
+            else:
+                logger.warning("A wrong second-step code was entered.")
+                audit.record(
+                    "user.second_factor_failed", actor=request.user, target=request.user, request=request
+                )
+                form.add_error("token", WRONG_CODE)
         return self._render(request, "verify.html", {"form": form, "title": _("Second step: your code")})
 
     @method_decorator(ratelimits.rate_limited(ratelimits.TWO_FACTOR_PER_USER))
@@ -322,7 +361,10 @@ class StaffAdminSite(admin.AdminSite):
             messages.warning(request, SETUP_KEY_REPLACED)
         form = CodeForm(request.POST if request.method == "POST" and not replaced else None)
         if request.method == "POST" and form.is_valid():
-            if device.verify_token(form.cleaned_data["token"].strip().replace(" ", "")):
+            refusal = _throttle_refusal([device])
+            if refusal:
+                form.add_error("token", refusal)
+            elif device.verify_token(form.cleaned_data["token"].strip().replace(" ", "")):
                 codes = self._confirm(device)
                 otp_login(request, device)
                 logger.info("Staff member enrolled an authenticator app and got backup codes.")
@@ -332,7 +374,8 @@ class StaffAdminSite(admin.AdminSite):
                 return self._render(
                     request, "backup_codes.html", {"codes": codes, "title": _("Your backup codes")}
                 )
-            form.add_error("token", WRONG_CODE)
+            else:
+                form.add_error("token", WRONG_CODE)
         return self._render(
             request,
             "setup.html",

@@ -6,18 +6,20 @@ from urllib.parse import urlencode
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import Case, CharField, Count, IntegerField, OuterRef, Q, Subquery, When
-from django.db.models.functions import Cast, Coalesce
+from django.db.models import Case, CharField, IntegerField, OuterRef, Q, QuerySet, Subquery, When
+from django.db.models.functions import Cast
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
+from django.utils.timezone import localtime
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_POST
 
 from evidence.admin import EvidenceInline
 from evidence.models import Evidence
+from iama_vetting.admin_site import admin_form
 from vetting import (
     admin_invitations,  # noqa: F401  (registers the invitation list)
     admin_staff,  # noqa: F401  (registers the staff accounts page)
@@ -166,6 +168,32 @@ SAME_EMAIL_LOOKUP = "email__iexact"
 
 # Their confirmation pages show the verification being decided on.
 DECISION_ACTIONS = ("approve", "reject", "request_information")
+# What each confirmation page asks; the button under it keeps DESIGN.md's label.
+ACTION_QUESTIONS = {
+    "record_verification": _("Record the verification of application %(reference)s (%(name)s)?"),
+    "request_information": _("Ask %(name)s (application %(reference)s) for more information?"),
+    "approve": _("Approve application %(reference)s (%(name)s)?"),
+    "reject": _("Reject application %(reference)s (%(name)s)?"),
+    "reopen": _("Reopen application %(reference)s (%(name)s)?"),
+    "issue_invitation": _("Issue a Matrix invitation for application %(reference)s (%(name)s)?"),
+    "revoke_invitation": _("Revoke the Matrix invitation of application %(reference)s (%(name)s)?"),
+    "reissue_invitation": _("Issue a new Matrix invitation for application %(reference)s (%(name)s)?"),
+}
+# How a done message ends, "The application is now …": the status labels are list headings
+# ("More information requested"), not words that follow "is now".
+STATUS_NOW = {
+    Application.Status.UNCONFIRMED: _("waiting for e-mail confirmation"),
+    Application.Status.SUBMITTED: _("in the queue"),
+    Application.Status.IN_REVIEW: _("in review"),
+    Application.Status.INFO_REQUESTED: _("waiting for more information"),
+    Application.Status.RECOMMENDED: _("recommended"),
+    Application.Status.APPROVED: _("approved"),
+    Application.Status.REJECTED: _("rejected"),
+    Application.Status.INVITED: _("invited"),
+    Application.Status.JOINED: _("joined"),
+    Application.Status.WITHDRAWN: _("withdrawn"),
+}
+INVITATION_ACTIONS = ("issue_invitation", "reissue_invitation")
 # Taken with one click on the application's page, without a confirmation page:
 # they are undone as easily (claim ↔ release) and audited like every transition.
 ONE_CLICK_ACTIONS = frozenset({"claim", "release"})
@@ -206,7 +234,7 @@ def _initial(name: str, application: Application) -> dict:
     username asked for (or the one assigned before)."""
     if name == "record_verification":
         return VerificationForm.initial_from(application)
-    if name not in ("issue_invitation", "reissue_invitation"):
+    if name not in INVITATION_ACTIONS:
         return {}
     earlier = application.invitations.order_by("-issued_at").first()
     return {"matrix_username": earlier.matrix_username if earlier else application.matrix_username}
@@ -235,7 +263,7 @@ def _run_transition(name: str, application: Application, user, data: dict, reque
         )
     if name == "reopen":
         return workflow.reopen(application, user, data["reason"], request=request)
-    if name in ("issue_invitation", "reissue_invitation"):
+    if name in INVITATION_ACTIONS:
         return getattr(workflow, name)(application, user, data["matrix_username"], request=request)
     if name == "revoke_invitation":
         return workflow.revoke_invitation(application, user, data["reason"], request=request)
@@ -277,17 +305,9 @@ def _handover(invitation: Invitation, application: Application, user) -> str:
 
 @admin.register(Application)
 class ApplicationAdmin(admin.ModelAdmin):
-    list_display = [
-        "reference",
-        "full_name",
-        "email",
-        "status",
-        "answered",
-        "source",
-        "claimed_by",
-        "evidence_count",
-        "created_at",
-    ]
+    # What a queue needs at 1280 px beside the sidebar and filters; the address, the source and
+    # the evidence are a click away (search, the source filter, the application's page).
+    list_display = ["reference", "full_name", "status", "applied_at", "claimed_by", "answered"]
     list_filter = [StatusFilter, ClaimFilter, AnswerFilter, "source"]
     list_select_related = ["claimed_by"]
     search_fields = ["reference", "full_name", "email"]
@@ -315,21 +335,7 @@ class ApplicationAdmin(admin.ModelAdmin):
     show_full_result_count = False
 
     def get_queryset(self, request):
-        # A correlated subquery, not a JOIN + GROUP BY: PostgreSQL evaluates it
-        # only for the rows of the page, so the changelist stays fast at 10,000.
-        evidence_total = (
-            Evidence.objects.filter(application=OuterRef("pk"))
-            .order_by()
-            .values("application")
-            .annotate(total=Count("pk"))
-            .values("total")
-        )
-        queryset = (
-            super()
-            .get_queryset(request)
-            .with_unreviewed_answer()
-            .annotate(evidence_total=Coalesce(Subquery(evidence_total), 0))
-        )
+        queryset = super().get_queryset(request).with_unreviewed_answer()
         # Lists, pages, actions and search all go through here.
         return roles.visible_to(request.user, queryset)
 
@@ -338,9 +344,10 @@ class ApplicationAdmin(admin.ModelAdmin):
         """The applicant answered a request for information since the last verification: review it again."""
         return application.has_unreviewed_answer
 
-    @admin.display(description=_("evidence"), ordering="evidence_total")
-    def evidence_count(self, application: Application) -> int:
-        return application.evidence_total
+    @admin.display(description=_("applied at"), ordering="created_at")
+    def applied_at(self, application: Application) -> str:
+        # Short enough for one line in the queue; Django's default ("Nov. 29, 2026, 9:50 a.m.") is not.
+        return localtime(application.created_at).strftime("%Y-%m-%d %H:%M")
 
     @admin.display(description=_("from the same e-mail or Matrix username"))
     def earlier_applications(self, application: Application) -> str:
@@ -499,6 +506,7 @@ class ApplicationAdmin(admin.ModelAdmin):
         change_url = reverse("admin:vetting_application_change", args=[application.pk])
         form_class = ACTION_FORMS[name]
         form = form_class(request.POST or None, initial=_initial(name, application)) if form_class else None
+        failure = None
         if request.method == "POST" and (form is None or form.is_valid()):
             seen = SeenStateForm(request.POST)
             if not seen.is_valid():
@@ -516,25 +524,39 @@ class ApplicationAdmin(admin.ModelAdmin):
                     name, application, request.user, form.cleaned_data if form else {}, request
                 )
             except workflow.WorkflowError as error:
-                self.message_user(request, str(error), messages.ERROR)
+                # A lost race is told on the application's page, which shows what the winner did; so
+                # is a one-click action's refusal. Any other (a homeserver that failed, a username
+                # taken) is said on this page, above what was typed, to correct or send again.
+                if isinstance(error, workflow.AlreadyDecided) or name in ONE_CLICK_ACTIONS:
+                    self.message_user(request, str(error), messages.ERROR)
+                    return redirect(change_url)
+                failure = str(error)
             else:
                 done = _("%(action)s: done. The application is now %(status)s.") % {
                     "action": workflow.STAFF_TRANSITIONS[name].label,
-                    "status": application.get_status_display().lower(),
+                    "status": STATUS_NOW[application.status],
                 }
                 if isinstance(result, Invitation):
                     done = format_html("{} {}", done, _handover(result, application, request.user))
                 self.message_user(request, done, messages.SUCCESS)
-            return redirect(change_url)
+                return redirect(change_url)
+        refusal = workflow.guard_reason(name, application, request.user)
+        if refusal is None and name in INVITATION_ACTIONS:
+            # Said when the page opens: the workflow finds it only once the form is sent.
+            refusal = matrix.configuration_problem()
         context = {
             **self.admin_site.each_context(request),
             "opts": self.opts,
             "original": application,
             "title": workflow.STAFF_TRANSITIONS[name].label,
             "action_label": workflow.STAFF_TRANSITIONS[name].label,
+            "question": ACTION_QUESTIONS[name]
+            % {"reference": application.reference, "name": application.full_name},
             "form": form,
+            "adminform": admin_form(form) if form else None,
+            "failure": failure,
             "change_url": change_url,
-            "refusal": workflow.guard_reason(name, application, request.user),
+            "refusal": refusal,
         }
         if name in DECISION_ACTIONS:
             context["decision"] = True
@@ -577,11 +599,17 @@ class ApplicationAdmin(admin.ModelAdmin):
                     messages.SUCCESS,
                 )
                 return redirect(reverse("admin:vetting_application_change", args=[application.pk]))
+        files = [field.name for pair in form.evidence_fields() for field in pair]
+        fieldsets = [
+            (None, {"fields": [name for name in form.fields if name not in files]}),
+            (_("Evidence"), {"fields": files}),
+        ]
         context = {
             **self.admin_site.each_context(request),
             "opts": self.opts,
             "title": _("Enter an application for someone you vetted in person"),
             "form": form,
+            "adminform": admin_form(form, fieldsets),
         }
         return TemplateResponse(request, "admin/vetting/application/staff_add.html", context)
 
@@ -626,6 +654,35 @@ def _events_of(applications) -> Q:
     return Q(target_type="application", target_id__in=pks) | Q(target_type="evidence", target_id__in=evidence)
 
 
+def with_target_reference(events: QuerySet[AuditEvent]) -> QuerySet[AuditEvent]:
+    """`events` with the reference of an application target, in the list's own query: no query per row."""
+    # Only application targets have integer ids; the CASE keeps the cast away from the others.
+    reference = Application.objects.filter(pk=Cast(OuterRef("target_id"), IntegerField())).values(
+        "reference"
+    )[:1]
+    return events.annotate(
+        target_reference=Case(
+            When(target_type="application", then=Subquery(reference)), output_field=CharField()
+        )
+    )
+
+
+def audit_target(event: AuditEvent) -> str:
+    """What an event (annotated by with_target_reference) was about: a link to its application if any."""
+    if event.target_type == "application" and event.target_reference:
+        return format_html(
+            '<a href="{}">{} {}</a>',
+            reverse("admin:vetting_application_change", args=[event.target_id]),
+            _("application"),
+            event.target_reference,
+        )
+    # A purged application keeps its reference in its last event; evidence names its application.
+    reference = event.details.get("reference") or event.details.get("application")
+    if reference:
+        return f"{event.target_type} {event.target_id} ({reference})"
+    return f"{event.target_type} {event.target_id}".strip()
+
+
 class ApplicationEventsFilter(admin.SimpleListFilter):
     """`?application=<reference>`: one application's trail (the link on the application's page)."""
 
@@ -662,20 +719,7 @@ class AuditEventAdmin(ReadOnlyModelAdmin):
     readonly_fields = [field.name for field in AuditEvent._meta.fields] + ["target"]
 
     def get_queryset(self, request):
-        # The reference of an application target, in the list's own query: no query per row.
-        # Only application targets have integer ids; the CASE keeps the cast away from the others.
-        reference = Application.objects.filter(pk=Cast(OuterRef("target_id"), IntegerField())).values(
-            "reference"
-        )[:1]
-        return (
-            super()
-            .get_queryset(request)
-            .annotate(
-                target_reference=Case(
-                    When(target_type="application", then=Subquery(reference)), output_field=CharField()
-                )
-            )
-        )
+        return with_target_reference(super().get_queryset(request))
 
     def get_search_results(self, request, queryset, search_term):
         results, may_have_duplicates = super().get_search_results(request, queryset, search_term)
@@ -686,18 +730,7 @@ class AuditEventAdmin(ReadOnlyModelAdmin):
 
     @admin.display(description=_("target"), ordering="target_id")
     def target(self, event: AuditEvent) -> str:
-        if event.target_type == "application" and event.target_reference:
-            return format_html(
-                '<a href="{}">{} {}</a>',
-                reverse("admin:vetting_application_change", args=[event.target_id]),
-                _("application"),
-                event.target_reference,
-            )
-        # A purged application keeps its reference in its last event; evidence names its application.
-        reference = event.details.get("reference") or event.details.get("application")
-        if reference:
-            return f"{event.target_type} {event.target_id} ({reference})"
-        return f"{event.target_type} {event.target_id}".strip()
+        return audit_target(event)
 
 
 @admin.register(StaffNote)

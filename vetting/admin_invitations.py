@@ -171,6 +171,11 @@ class InvitationAdmin(ReadOnlyModelAdmin):
     def sync_view(self, request: HttpRequest) -> HttpResponse:
         if not _may_see_tokens(request):
             raise PermissionDenied
+        # With no live invitation the sync asks the homeserver nothing, so it would report success.
+        problem = matrix.configuration_problem()
+        if problem:
+            self.message_user(request, _("Cannot sync: %(problem)s") % {"problem": problem}, messages.ERROR)
+            return redirect(reverse("admin:vetting_invitation_changelist"))
         try:
             report = workflow.sync_invitations(actor=request.user)
         except matrix.MatrixError as error:

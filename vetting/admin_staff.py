@@ -25,6 +25,7 @@ from django.utils.translation import gettext_lazy as _
 from django_otp.plugins.otp_static.models import StaticDevice
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from iama_vetting.admin_site import admin_form
 from vetting import audit, roles, workflow
 from vetting.forms import EmailAddressField, StaffAccountForm
 
@@ -342,6 +343,15 @@ admin.site.register(Group, RoleGroupAdmin)
 
 class StaffPasswordResetConfirmView(PasswordResetConfirmView):
     """The page behind set-password and reset links; the chosen password is audited as the user's act."""
+
+    # A new account's first password as much as a reset one (templates/registration/).
+    title = _("Choose your password")
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        if context["form"] is not None:
+            context["adminform"] = admin_form(context["form"])
+        return context
 
     def form_valid(self, form):
         with transaction.atomic():

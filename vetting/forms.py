@@ -13,7 +13,7 @@ from django.utils.translation import gettext_lazy as _
 
 from evidence.validation import ALLOWED_TYPES, ValidatedUpload, display_name, validate_upload
 from notifications.models import validate_sendable_address
-from vetting import workflow
+from vetting import matrix, workflow
 from vetting.models import MATRIX_LOCALPART_MAX_LENGTH, Application, validate_matrix_localpart
 
 EVIDENCE_SLOTS = range(1, settings.EVIDENCE_MAX_FILES + 1)
@@ -157,7 +157,7 @@ class ApplicationForm(EvidenceFieldsMixin, forms.ModelForm):
             "statement": {"required": _("Tell us why you want to join.")},
         }
         help_texts = {
-            "matrix_username": _("Lowercase letters, digits and . _ = - / +, e.g. alex.smith"),
+            "matrix_username": _("Letters a–z, digits 0–9 and . _ = - / +, e.g. alex.smith"),
         }
         field_classes = {"email": EmailAddressField, "referral": TextareaField, "statement": TextareaField}
         widgets = {
@@ -182,11 +182,35 @@ class ApplicationForm(EvidenceFieldsMixin, forms.ModelForm):
         return bool(self.data.get("website"))
 
     def clean_matrix_username(self) -> str:
-        # People often type "@alex:example.org" or "Alex": keep what they meant.
-        value = self.cleaned_data["matrix_username"].strip().lower().removeprefix("@")
-        if value:
-            Application._meta.get_field("matrix_username").run_validators(value)
-        return value
+        # People often type "@Alex.Smith:example.org" or "Alex": keep what they meant.
+        typed = self.cleaned_data["matrix_username"].strip()
+        localpart, _colon, server = typed.lower().removeprefix("@").partition(":")
+        own_server = matrix.server_name().lower()
+        if server and server != own_server:
+            # An account on another server is no way in here: they choose a name on ours.
+            message = (
+                _(
+                    "“%(server)s” is another server: type the username you would like on this "
+                    "community's server, %(own)s, e.g. alex.smith."
+                )
+                if own_server
+                else _("Type only the username you would like, without “:%(server)s”, e.g. alex.smith.")
+            )
+            raise forms.ValidationError(
+                message, params={"server": server, "own": own_server}, code="other_server"
+            )
+        if typed:
+            try:
+                validate_matrix_localpart(localpart)
+            except forms.ValidationError as error:
+                if error.code != "invalid_localpart":
+                    raise
+                # The model's words forbid "@" and ":server", which this field takes off.
+                raise forms.ValidationError(
+                    _("Use only letters a–z, digits 0–9 and the characters . _ = - / + (no spaces)."),
+                    code=error.code,
+                ) from None
+        return localpart
 
     def clean(self) -> dict:
         cleaned_data = super().clean()
@@ -201,6 +225,24 @@ class StaffApplicationForm(ApplicationForm):
         label=_("The applicant has read the privacy notice and agreed to it."),
         error_messages={"required": _("The applicant must agree to the privacy notice first.")},
     )
+
+    class Meta(ApplicationForm.Meta):
+        # Staff fill it in about the applicant: the public form's questions speak to the applicant.
+        labels = {
+            **ApplicationForm.Meta.labels,
+            "matrix_username": _("Matrix username they would like (optional)"),
+            "referral": _("Who referred them, or how do they know the community?"),
+            "statement": _("Why do they want to join?"),
+        }
+        error_messages = {
+            "full_name": {"required": _("Enter the applicant's full name.")},
+            "email": {
+                **ApplicationForm.Meta.error_messages["email"],
+                "required": _("Enter the applicant's e-mail address."),
+            },
+            "referral": {"required": _("Say who referred them, or how they know the community.")},
+            "statement": {"required": _("Say why they want to join.")},
+        }
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -258,7 +300,8 @@ class VerificationForm(forms.Form):
         label=_("Method"), choices=NOTHING_CHOSEN + Application.VerificationMethod.choices
     )
     verified_on = forms.DateField(
-        label=_("Date (YYYY-MM-DD)"),
+        # Not "YYYY-MM-DD": the browser's date picker shows the date in its own format.
+        label=_("Date"),
         initial=timezone.localdate,
         # A date input takes ISO dates only, whatever the language's own date format.
         widget=forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d"),

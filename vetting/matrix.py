@@ -542,3 +542,15 @@ def get_client(**http_options) -> HomeserverClient:
     return SynapseClient(
         settings.MATRIX_HOMESERVER_URL, settings.MATRIX_ADMIN_TOKEN, server_name(), **http_options
     )
+
+
+def configuration_problem() -> str | None:
+    """What keeps get_client() from working, with its advice, or None; asks the homeserver nothing.
+
+    Pages that need the homeserver say it before staff fill in a form, not after.
+    """
+    try:
+        get_client()
+    except NotConfigured as error:
+        return f"{error} {error.advice}"
+    return None

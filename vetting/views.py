@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from email.utils import parseaddr
 
 from django.conf import settings
 from django.core import signing
@@ -22,8 +23,8 @@ from vetting.forms import AddInformationForm, ApplicationForm
 from vetting.models import Application, new_reference
 from vetting.privacy import PRIVACY_NOTICE_VERSION
 
-# The done page learns the reference from a signed, short-lived query value,
-# so the public pages need no session.
+# The done page learns the reference and the masked address from a signed,
+# short-lived query value, so the public pages need no session.
 DONE_SALT = "vetting.apply-done"
 DONE_MAX_AGE = 60 * 60
 STORAGE_FAILED_MESSAGE = _(
@@ -56,8 +57,10 @@ def apply(request: HttpRequest) -> HttpResponse:
         return HttpResponse(page.replace(CSRF_PLACEHOLDER, get_token(request)))
     form = ApplicationForm(request.POST, request.FILES)
     if form.is_spam:
-        # Answer the bot exactly like a person, and keep nothing.
-        return _redirect_to_done(new_reference())
+        # Answer the bot exactly like a person, and keep nothing. Its address is cut to what
+        # the field lets a person type: it goes into the redirect's URL.
+        email = form.data.get("email", "")[: form.fields["email"].max_length]
+        return _redirect_to_done(new_reference(), email)
     if form.is_valid():
         try:
             application = workflow.submit_application(
@@ -68,22 +71,30 @@ def apply(request: HttpRequest) -> HttpResponse:
             logger.exception("Could not store evidence for a new application.")
             form.add_error(None, STORAGE_FAILED_MESSAGE)
             return render(request, "vetting/apply.html", {"form": form}, status=503)
-        return _redirect_to_done(application.reference)
+        return _redirect_to_done(application.reference, application.email)
     return render(request, "vetting/apply.html", {"form": form})
 
 
-def _redirect_to_done(reference: str) -> HttpResponse:
-    signed = signing.dumps(reference, salt=DONE_SALT)
+def _masked_address(address: str) -> str:
+    """The address as a…@example.org: enough to spot a typo in it, no more, for the done
+    page's signed value is readable and stays in the browser's history."""
+    local_part, _at, domain = address.rpartition("@")
+    return f"{local_part[:1]}…@{domain}"
+
+
+def _redirect_to_done(reference: str, email: str) -> HttpResponse:
+    signed = signing.dumps([reference, _masked_address(email)], salt=DONE_SALT)
     return redirect(f"{reverse('vetting:apply_done')}?r={signed}")
 
 
 @require_safe
 def apply_done(request: HttpRequest) -> HttpResponse:
     try:
-        reference = signing.loads(request.GET.get("r", ""), salt=DONE_SALT, max_age=DONE_MAX_AGE)
-    except signing.BadSignature:
-        reference = None
-    return render(request, "vetting/apply_done.html", {"reference": reference})
+        reference, email = signing.loads(request.GET.get("r", ""), salt=DONE_SALT, max_age=DONE_MAX_AGE)
+    except (signing.BadSignature, ValueError):
+        # ValueError: a value signed before it carried the address (the reference alone).
+        reference = email = None
+    return render(request, "vetting/apply_done.html", {"reference": reference, "email": email})
 
 
 @require_GET
@@ -96,8 +107,11 @@ def confirm(request: HttpRequest, token: str) -> HttpResponse:
         if not links.is_genuine_confirm_token(token):
             raise Http404("Unknown confirmation link.")
         return _link_expired(request)
-    workflow.confirm_email(application, request=request)
-    return redirect("vetting:status", token=links.status_token(application))
+    status_token = links.status_token(application)
+    if workflow.confirm_email(application, request=request):
+        return _status_page_with(status_token, "confirmed")
+    # A second click: the page as it is, with no news.
+    return redirect("vetting:status", token=status_token)
 
 
 def _link_expired(request: HttpRequest) -> HttpResponse:
@@ -170,12 +184,15 @@ def status(request: HttpRequest, token: str, application: Application) -> HttpRe
             "form": form,
             "token": token,
             "sent": request.GET.get("sent") == "1",
+            "confirmed": request.GET.get("confirmed") == "1",
             "not_waiting": request.GET.get("not_waiting") == "1",
             "confirmation_expired": links.confirmation_expired(application),
             "confirmation_days": links.UNCONFIRMED_LIFETIME.days,
             # Shown instead of the links, which would only lead to these refusals.
             "withdrawal_refusal": workflow.withdrawal_refusal(application),
             "erasure_refusal": workflow.erasure_refusal(application),
+            "answer_awaiting_staff": workflow.answer_awaiting_staff(application),
+            "support_address": parseaddr(settings.DEFAULT_FROM_EMAIL)[1],
         },
     )
 

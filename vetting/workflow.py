@@ -495,7 +495,21 @@ def withdrawal_refusal(application: Application) -> str | None:
         return _("This application can no longer be withdrawn. Its status: %(status)s.") % {
             "status": application.applicant_status
         }
+    if links.confirmation_expired(application):
+        # Staff never saw it and purge_unconfirmed deletes it: there is nothing left to stop.
+        return _(
+            "This application can no longer be withdrawn: it expired because your e-mail address was "
+            "not confirmed in time, and it will be deleted within a day."
+        )
     return None
+
+
+def answer_awaiting_staff(application: Application) -> InformationReply | None:
+    """The applicant's last answer to a request for information when it put the application
+    back in the queue (submitted), or None: the status page says staff will look again."""
+    if application.status != Status.SUBMITTED:
+        return None
+    return application.information_replies.first()
 
 
 def withdraw(application: Application, request: HttpRequest | None = None) -> None:

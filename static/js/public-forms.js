@@ -7,7 +7,9 @@
  *  - the page's error summary gets the focus, and its links show the whole question;
  *  - the answer replaces the page only when it is the form again (errors to correct);
  *    any other answer (429, 403, 500, maintenance) keeps the form as it is and shows
- *    what the answer says in the error summary.
+ *    what the answer says in the error summary;
+ *  - a CSRF refusal (the cookie was lost) is met by fetching the form's page for a fresh
+ *    cookie and token and sending once more, keeping everything typed and chosen.
  * No framework, no inline code: loaded as a static file (strict CSP).
  */
 (function () {
@@ -132,7 +134,8 @@
     var progress = form.querySelector(".upload-progress");
     if (button) {
       if (sending) {
-        button.dataset.label = button.textContent;
+        // Sending again after a CSRF refusal: the label is already "Sending…".
+        if (!button.disabled) { button.dataset.label = button.textContent; }
         button.textContent = form.dataset.messageSending;
       } else if (button.dataset.label) {
         button.textContent = button.dataset.label;
@@ -204,8 +207,8 @@
 
   // Any other answer leaves the form as it is, with everything typed and chosen, and
   // shows the answer's own words above it: its error summary (the form came back with
-  // a 503: storage failed), else its heading and first paragraph (our 429, CSRF 403,
-  // 400, 500 and maintenance pages). Returns false for a page that is none of ours.
+  // a 503: storage failed), else its heading and first paragraph (our 429, 400, 500 and
+  // maintenance pages). Returns false for a page that is none of ours.
   function showReply(form, nextMain) {
     var summary = nextMain.querySelector("#error-summary");
     if (summary) {
@@ -220,12 +223,46 @@
     return true;
   }
 
+  // A CSRF refusal that sending again did not cure (the browser blocks cookies): all that
+  // our page says, its link to the form included.
+  function showWholeReply(form, nextMain) {
+    setSending(form, false);
+    var summary = emptySummary(form, textOf(nextMain.querySelector("h1")));
+    Array.prototype.forEach.call(nextMain.querySelectorAll("p"), function (paragraph) {
+      summary.appendChild(document.importNode(paragraph, true));
+    });
+    focusSummary(form, summary);
+  }
+
+  // Our CSRF refusal (templates/403_csrf.html): the cookie was lost (a restarted browser,
+  // a page open for long), so pressing send again would be refused again, and reloading
+  // would lose what was typed and chosen. The form's own page sets a new cookie and carries
+  // a token that matches it: put that token in and send once more.
+  function sendWithFreshToken(form, target, refusal) {
+    var request = new XMLHttpRequest();
+    request.open("GET", target);
+    request.addEventListener("load", function () {
+      var page = new DOMParser().parseFromString(request.responseText || "", "text/html");
+      var fresh = page.querySelector("form[data-upload-form] input[name=csrfmiddlewaretoken]");
+      var token = form.querySelector("input[name=csrfmiddlewaretoken]");
+      if (request.status === 200 && fresh && token) {
+        token.value = fresh.value;
+        send(form, true);
+      } else {
+        showWholeReply(form, refusal);
+      }
+    });
+    request.addEventListener("error", function () { showWholeReply(form, refusal); });
+    request.send();
+  }
+
   // The request never carries the #fragment, so its responseURL never has one.
   function withoutFragment(url) {
     return url.split("#")[0];
   }
 
-  function send(form) {
+  // `retried`: this is the one new try after a CSRF refusal.
+  function send(form, retried) {
     var request = new XMLHttpRequest();
     var target = withoutFragment(form.action);
     request.open("POST", target);
@@ -249,6 +286,14 @@
           // A redirect back to this same address (the status page after staff moved
           // the application on): show that page, as the post without the script would.
           window.location.assign(request.responseURL || target);
+        }
+        return;
+      }
+      if (request.status === 403 && nextMain && nextMain.querySelector("[data-csrf-failure]")) {
+        if (retried) {
+          showWholeReply(form, nextMain);
+        } else {
+          sendWithFreshToken(form, target, nextMain);
         }
         return;
       }
@@ -291,7 +336,7 @@
         showSummary(form, problems);
         return;
       }
-      send(form);
+      send(form, false);
     });
   }
 

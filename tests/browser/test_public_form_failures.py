@@ -9,6 +9,7 @@ from django_ratelimit.core import _get_window
 from playwright.sync_api import expect
 
 from iama_vetting import ratelimits
+from tests.browser.test_csrf_retry import block_cookies
 from tests.browser.test_public_pages import PHONE, fill_form, new_page
 from tests.security.test_gunicorn_shared_limits import start_well_inside_the_minute
 from vetting.models import Application
@@ -80,8 +81,9 @@ def _too_many_posts(page, settings, monkeypatch):
         Client().post("/apply/", {})
 
 
-def _cookies_lost(page, settings, monkeypatch):
-    page.context.clear_cookies()  # a browser restarted with the tab restored: no CSRF cookie
+def _cookies_blocked(page, settings, monkeypatch):
+    # A lost cookie alone is cured by the script's one new try (test_csrf_retry.py).
+    block_cookies(page, "/apply/")
 
 
 def _maintenance_on(page, settings, monkeypatch):
@@ -121,7 +123,7 @@ def _request_not_understood(page, settings, monkeypatch):
     ("cause", "heading", "paragraph"),
     [
         (_too_many_posts, "Too many requests", "Please wait a minute and try again."),
-        (_cookies_lost, "Please send the form again", "Your form could not be checked"),
+        (_cookies_blocked, "Please send the form again", "Your form could not be checked"),
         (_maintenance_on, "Down for maintenance", "We are working on the site right now"),
         (_bug, "Something went wrong on our side", "Nothing you sent was kept half-way."),
         (_database_down, "Back in a moment", "The service is briefly unavailable."),

@@ -8,6 +8,7 @@ from urllib.parse import quote
 
 import pytest
 from django.core.exceptions import ValidationError
+from django.test import override_settings
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
@@ -17,6 +18,7 @@ from iama_vetting.views import CSP_REPORT_MAX_ENTRIES, CSP_REPORT_TYPES
 from notifications.models import OutboundEmail
 from tests.factories import make_application
 from vetting import links
+from vetting.forms import ApplicationForm
 from vetting.models import MATRIX_LOCALPART_RE, Application, AuditEvent, validate_matrix_localpart
 
 pytestmark = pytest.mark.django_db
@@ -163,6 +165,24 @@ def test_matrix_username_validation_accepts_exactly_the_localpart_grammar(value)
     else:
         assert grammar
         assert set(value) <= set(string.ascii_lowercase + string.digits + "._=-/+")
+
+
+@given(
+    localparts, st.booleans(), st.booleans(), st.sampled_from(["example.org", "Example.ORG", "matrix.org"])
+)
+def test_a_typed_user_id_keeps_its_username_only_on_this_community_s_server(localpart, at, capitals, server):
+    typed = ("@" if at else "") + (localpart.upper() if capitals else localpart) + ":" + server
+    with override_settings(MATRIX_SERVER_NAME="example.org"):
+        form = ApplicationForm({**VALID_POST, "matrix_username": typed})
+        valid = form.is_valid()
+    if server.lower() == "example.org":
+        assert valid, form.errors
+        assert form.cleaned_data["matrix_username"] == localpart
+    else:
+        assert form.errors["matrix_username"] == [
+            "“matrix.org” is another server: type the username you would like on this community's "
+            "server, example.org, e.g. alex.smith."
+        ]
 
 
 @web

@@ -216,6 +216,55 @@ def test_a_backup_code_works_once(client, agent, two_factor_required):
     assert codes[0] not in str(list(AuditEvent.objects.values_list("details", flat=True)))
 
 
+def test_a_right_code_right_after_a_wrong_one_is_told_to_wait_not_called_wrong(
+    client, agent, two_factor_required
+):
+    with time_machine.travel(datetime(2026, 3, 2, 9, 0, tzinfo=UTC), tick=False) as clock:
+        enrol(client, agent)
+        client.logout()
+        clock.shift(60)  # past the time step of the code used to enrol
+        sign_in(client, "agent")
+        device = TOTPDevice.objects.get(user=agent)
+        wrong = "000000" if current_code(device) != "000000" else "111111"
+        assert (
+            "That code is not right" in client.post("/admin/two-factor/", {"token": wrong}).content.decode()
+        )
+
+        # django-otp now makes every device wait a second, whatever code comes.
+        waiting = client.post("/admin/two-factor/", {"token": current_code(device)})
+        assert waiting.status_code == 200
+        page = waiting.content.decode()
+        assert "Too many wrong codes: wait 1 second, then enter the code your app shows then." in page
+        assert "That code is not right" not in page
+
+        clock.shift(1)
+        passed = client.post("/admin/two-factor/", {"token": current_code(device)})
+    assert passed.status_code == 302
+    trail = AuditEvent.objects.filter(action__startswith="user.second_factor").order_by("id")
+    # Only the one wrong code counts as a failure: the refused right one was never checked.
+    assert list(trail.values_list("action", flat=True)) == [
+        "user.second_factor_enrolled",
+        "user.second_factor_failed",
+        "user.second_factor_passed",
+    ]
+
+
+def test_the_set_up_page_also_says_to_wait_after_a_wrong_code(client, agent, two_factor_required):
+    with time_machine.travel(datetime(2026, 3, 2, 9, 0, tzinfo=UTC), tick=False) as clock:
+        sign_in(client, "agent")
+        client.get("/admin/two-factor/setup/")
+        device = TOTPDevice.objects.get(user=agent)
+        wrong = "000000" if current_code(device) != "000000" else "111111"
+        client.post("/admin/two-factor/setup/", {"token": wrong})
+
+        page = client.post("/admin/two-factor/setup/", {"token": current_code(device)}).content.decode()
+        assert "Too many wrong codes: wait 1 second, then enter the code your app shows then." in page
+
+        clock.shift(1)
+        done = client.post("/admin/two-factor/setup/", {"token": current_code(device)}).content.decode()
+    assert len(re.findall(r"<li><code>([a-z2-7]+)</code></li>", done)) == 10
+
+
 def test_code_guessing_is_rate_limited_per_user(client, agent, two_factor_required):
     with time_machine.travel(datetime(2026, 3, 2, 9, 0, tzinfo=UTC), tick=False):
         enrol(client, agent)  # the first of five codes this minute

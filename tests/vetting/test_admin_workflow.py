@@ -72,7 +72,7 @@ def test_agent_claims_and_releases_with_one_click_on_the_application_page(client
 
     release = one_click_form(page, "release")
     page = client.post(release["url"], release["fields"], follow=True).content.decode()
-    assert "Release: done. The application is now submitted." in page
+    assert "Release: done. The application is now in the queue." in page
     application.refresh_from_db()
     assert (application.status, application.claimed_by) == (Status.SUBMITTED, None)
     assert AuditEvent.objects.filter(action="application.released", actor=agent).count() == 1
@@ -227,7 +227,7 @@ def test_requesting_information_through_the_form_stores_and_mails_exactly_the_ty
     response = submit_action(client, application, "request_information", {"question": question})
 
     assert response.redirect_chain[-1][0] == change_url(application)
-    assert "Request information: done. The application is now more information requested." in (
+    assert "Request information: done. The application is now waiting for more information." in (
         response.content.decode()
     )
     application.refresh_from_db()

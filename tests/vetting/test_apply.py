@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import hashlib
 import re
+from base64 import urlsafe_b64decode
 from pathlib import Path
 from unittest import mock
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from django.core import mail
+from django.core import mail, signing
 
 from evidence.models import Evidence
 from evidence.storage import EvidenceStorage
@@ -15,6 +17,7 @@ from tests.evidence.test_storage import S3_ERROR_IDS, S3_ERRORS, FailingS3Storag
 from tests.evidence.test_validation import ole_bytes
 from tests.factories import HTML_BYTES, PDF_BYTES, TEXT_BYTES, png_bytes, upload
 from vetting.models import Application
+from vetting.views import DONE_SALT
 
 pytestmark = pytest.mark.django_db
 
@@ -112,6 +115,34 @@ def test_done_page_with_tampered_reference_shows_no_reference(client):
     response = client.get("/apply/done/?r=ABCDEFGH:forged")
     assert response.status_code == 200
     assert "ABCDEFGH" not in response.content.decode()
+
+
+def test_the_done_page_shows_the_address_masked_and_the_link_never_carries_it_whole(client):
+    response = client.post("/apply/", form_data(email="robin.mistyped@applicant.example"))
+    signed = parse_qs(urlsplit(response["Location"]).query)["r"][0]
+    # The signed value is readable by anyone who has the URL (browser history).
+    payload = urlsafe_b64decode(signed.split(":")[0] + "==").decode()
+    assert "@applicant.example" in payload and "robin" not in payload
+    page = client.get(response["Location"]).content.decode()
+    assert "We sent it to <strong>r…@applicant.example</strong>" in page
+    assert "robin.mistyped" not in page
+    assert "If you mistyped your address" in page
+
+
+def test_a_done_link_signed_before_it_carried_the_address_shows_no_reference(client):
+    # Signed with the reference alone (links up to an hour old when this changed).
+    signed = signing.dumps("ABCDEFGH", salt=DONE_SALT)
+    response = client.get(f"/apply/done/?r={signed}")
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "ABCDEFGH" not in page and "We sent it to" not in page
+    assert "We have sent your reference to you by e-mail." in page
+
+
+def test_a_bot_s_long_address_is_cut_before_it_goes_into_the_url(client):
+    response = client.post("/apply/", form_data(website="spam", email="x" * 10_000 + "@spam.example"))
+    assert response.status_code == 302
+    assert len(response["Location"]) < 1000
 
 
 @pytest.mark.parametrize(
@@ -218,6 +249,61 @@ def test_matrix_username_is_normalised_to_a_localpart(client, typed, stored):
     assert Application.objects.get().matrix_username == stored
 
 
+@pytest.mark.parametrize(
+    "typed", ["@Alex.Smith:example.org", "@alex.smith:Example.ORG", " alex.smith:example.org "]
+)
+def test_a_user_id_on_this_community_s_server_is_kept_as_its_username(client, settings, typed):
+    settings.MATRIX_SERVER_NAME = "example.org"
+    response = client.post("/apply/", form_data(matrix_username=typed))
+    assert response.status_code == 302
+    assert Application.objects.get().matrix_username == "alex.smith"
+
+
+def test_the_server_name_defaults_to_the_homeserver_s_host_for_the_username_too(client, settings):
+    settings.MATRIX_SERVER_NAME = ""
+    settings.MATRIX_HOMESERVER_URL = "https://example.org"
+    client.post("/apply/", form_data(matrix_username="@alex.smith:example.org"))
+    assert Application.objects.get().matrix_username == "alex.smith"
+
+
+@pytest.mark.parametrize(
+    ("server_name", "message"),
+    [
+        (
+            "example.org",
+            "“matrix.org” is another server: type the username you would like on this community&#x27;s "
+            "server, example.org, e.g. alex.smith.",
+        ),
+        ("", "Type only the username you would like, without “:matrix.org”, e.g. alex.smith."),
+    ],
+    ids=["server-known", "server-not-configured"],
+)
+def test_a_user_id_on_another_server_is_refused_saying_so(client, settings, server_name, message):
+    settings.MATRIX_SERVER_NAME = server_name
+    settings.MATRIX_HOMESERVER_URL = ""
+    response = client.post("/apply/", form_data(matrix_username="@alex.smith:matrix.org"))
+    assert response.status_code == 200
+    assert message in response.content.decode()
+    assert not Application.objects.exists()
+
+
+@pytest.mark.parametrize("typed", ["Alex Smith", "alex@example.org", "@", "@:example.org"])
+def test_a_username_outside_the_grammar_is_refused_in_words_true_for_this_field(client, settings, typed):
+    settings.MATRIX_SERVER_NAME = "example.org"
+    response = client.post("/apply/", form_data(matrix_username=typed))
+    page = response.content.decode()
+    assert "Use only letters a–z, digits 0–9 and the characters . _ = - / + (no spaces)." in page
+    # The field takes "@" and ":example.org" off, and capitals down: it says none of them is refused.
+    assert "no @" not in page and ":server part" not in page
+    assert not Application.objects.exists()
+
+
+def test_the_username_hint_does_not_ask_for_lowercase_letters_it_makes_itself(client):
+    page = client.get("/apply/").content.decode()
+    assert "Letters a–z, digits 0–9 and . _ = - / +, e.g. alex.smith" in page
+    assert "Lowercase" not in page
+
+
 def test_filled_honeypot_looks_like_success_and_stores_nothing(client, settings):
     response = client.post(
         "/apply/", form_data(website="http://spam.example", evidence_1=upload("a.pdf", PDF_BYTES))
@@ -226,6 +312,7 @@ def test_filled_honeypot_looks_like_success_and_stores_nothing(client, settings)
     assert response["Location"].startswith("/apply/done/?r=")
     done = client.get(response["Location"])
     assert "Your reference" in done.content.decode()
+    assert "We sent it to <strong>a…@applicant.example</strong>" in done.content.decode()
     assert not Application.objects.exists()
     assert not OutboundEmail.objects.exists()
     assert files_on_disk(settings) == []

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
+from django.utils import timezone
 from django.utils.formats import date_format
 
 from tests.vetting.test_admin_workflow import buttons, change_url
@@ -44,14 +46,62 @@ def test_a_bad_username_is_refused_on_the_form(client, approved, inviting_admin,
     assert fake_synapse.server.requests == []
 
 
-def test_a_homeserver_failure_shows_what_to_do(client, approved, inviting_admin, fake_synapse, settings):
+def test_a_homeserver_failure_is_said_on_the_form_keeping_what_was_typed(
+    client, approved, inviting_admin, fake_synapse, settings
+):
     settings.MATRIX_ADMIN_TOKEN = "syt_wrong_token_value"
     client.force_login(inviting_admin)
-    response = client.post(action_url(approved, "issue_invitation"), {"matrix_username": "alex"}, follow=True)
+    response = client.post(
+        action_url(approved, "issue_invitation"), {"seen_status": "approved", "matrix_username": "alex.smith"}
+    )
+    assert response.status_code == 200
     page = response.content.decode()
-    assert "The homeserver rejected our admin token: ask an operator to run “manage.py matrix_check”." in page
+    summary = re.search(r'<p class="errornote" id="error-summary" tabindex="-1">([^<]*)</p>', page).group(1)
+    assert summary.endswith(
+        "The homeserver rejected our admin token: ask an operator to run “manage.py matrix_check”."
+    )
+    assert 'name="matrix_username" value="alex.smith"' in page
+    assert '<input type="submit" class="default" value="Issue invitation">' in page
     assert "syt_wrong_token_value" not in page
-    assert buttons(page) == ["Issue invitation"]
+    approved.refresh_from_db()
+    assert approved.status == Status.APPROVED
+    assert buttons(client.get(change_url(approved)).content.decode()) == ["Issue invitation"]
+
+
+@pytest.mark.parametrize("name", ["issue_invitation", "reissue_invitation"])
+def test_the_issue_pages_say_at_once_that_no_homeserver_is_configured(
+    client, approved, inviting_admin, settings, name
+):
+    settings.MATRIX_HOMESERVER_URL = ""
+    if name == "reissue_invitation":
+        Invitation.objects.create(
+            application=approved,
+            token="expired-token",
+            matrix_username="alex",
+            expires_at=timezone.now(),
+            state=Invitation.State.EXPIRED,
+            issued_by=inviting_admin,
+            issued_at=timezone.now(),
+        )
+    client.force_login(inviting_admin)
+    page = client.get(action_url(approved, name)).content.decode()
+    assert (
+        '<p class="errornote">MATRIX_HOMESERVER_URL is not set. Ask an operator to configure the homeserver '
+        "settings, then run “manage.py matrix_check”.</p>"
+    ) in page
+    assert 'name="matrix_username"' not in page  # nothing to fill in that could not be sent
+    assert not AuditEvent.objects.filter(action="invitation.issue_failed").exists()
+
+
+def test_sync_now_without_a_homeserver_says_it_cannot_sync(client, inviting_admin, settings):
+    settings.MATRIX_HOMESERVER_URL = ""
+    client.force_login(inviting_admin)
+    page = client.post(f"{LIST_URL}sync/", follow=True).content.decode()
+    assert (
+        '<li class="error">Cannot sync: MATRIX_HOMESERVER_URL is not set. Ask an operator to configure the '
+        "homeserver settings, then run “manage.py matrix_check”.</li>"
+    ) in page
+    assert "Synced" not in page
 
 
 def test_revoke_then_reissue_through_the_buttons(client, approved, inviting_admin, fake_synapse):

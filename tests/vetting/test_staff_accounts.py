@@ -47,7 +47,30 @@ def test_create_staff_makes_an_active_account_and_mails_a_set_password_link(clie
     set_url = form_page.redirect_chain[-1][0]
     client.post(set_url, {"new_password1": NEW_PASSWORD, "new_password2": NEW_PASSWORD})
     assert authenticate(username="sam", password=NEW_PASSWORD) == user
-    assert "invalid" in client.get(link, follow=True).content.decode().lower()
+    assert "This link no longer works" in client.get(link, follow=True).content.decode()
+
+
+def test_the_set_password_pages_name_the_site_and_suit_a_first_password(client, settings):
+    call_command("create_staff", "sam", "sam@staff.example", "--role", "vetting_agent", stdout=StringIO())
+    link = set_password_link(OutboundEmail.objects.get(template="staff-account-created"))
+
+    form_page = client.get(link.replace(settings.SITE_URL, ""), follow=True)
+    page = form_page.content.decode()
+    assert "<title>Choose your password | IaMA RVI staff</title>" in page
+    assert '<div id="site-name"><a href="/admin/">IaMA RVI staff</a></div>' in page
+    assert '<input type="submit" class="default" value="Set my password">' in page
+    assert "Django" not in page and "reset" not in page.lower().replace("/reset/", "")
+
+    done = client.post(
+        form_page.redirect_chain[-1][0],
+        {"new_password1": NEW_PASSWORD, "new_password2": NEW_PASSWORD},
+        follow=True,
+    )
+    page = done.content.decode()
+    assert done.redirect_chain[-1][0] == "/reset/done/"
+    assert "<title>Your password is set | IaMA RVI staff</title>" in page
+    assert "<h1>Your password is set</h1>" in page
+    assert "Django" not in page and "Password reset" not in page
 
 
 def test_create_staff_superadmin_is_a_superuser():

@@ -14,7 +14,7 @@ from notifications.models import OutboundEmail
 from tests.evidence.test_storage import FailingS3Storage
 from tests.factories import HTML_BYTES, PDF_BYTES, make_application, upload
 from vetting import links, workflow
-from vetting.models import Application
+from vetting.models import Application, Invitation
 
 pytestmark = pytest.mark.django_db
 Status = Application.Status
@@ -83,16 +83,40 @@ def test_a_confirm_token_is_not_a_status_token(client):
     assert client.get(f"/status/{links.confirm_token(application)}/").status_code == 404
 
 
-def test_the_confirm_link_confirms_and_shows_the_status_page(client):
+def test_the_confirm_link_confirms_and_shows_the_status_page_saying_so(client):
     application = make_application(status=Status.UNCONFIRMED, email_confirmed_at=None)
     # One second for both: a status link signed in another second differs.
     with time_machine.travel(datetime.datetime.now(datetime.UTC), tick=False):
         response = client.get(f"/confirm/{links.confirm_token(application)}/")
         assert response.status_code == 302
-        assert response["Location"] == status_path(application)
+        assert response["Location"] == f"{status_path(application)}?confirmed=1"
     application.refresh_from_db()
     assert application.status == Status.SUBMITTED
-    assert client.get(response["Location"]).status_code == 200
+    page = client.get(response["Location"])
+    assert page.status_code == 200
+    assert "Thank you: your e-mail address is confirmed." in page.content.decode()
+
+
+def test_the_confirm_link_clicked_again_shows_the_status_page_without_news(client):
+    application = make_application(status=Status.UNCONFIRMED, email_confirmed_at=None)
+    with time_machine.travel(datetime.datetime.now(datetime.UTC), tick=False):
+        client.get(f"/confirm/{links.confirm_token(application)}/")
+        response = client.get(f"/confirm/{links.confirm_token(application)}/")
+        assert response["Location"] == status_path(application)
+    assert "your e-mail address is confirmed" not in client.get(response["Location"]).content.decode()
+
+
+def test_the_confirmed_notice_is_not_shown_for_an_address_nobody_confirmed(client):
+    application = make_application(source="staff", email_confirmed_at=None)
+    page = client.get(f"{status_path(application)}?confirmed=1").content.decode()
+    assert "your e-mail address is confirmed" not in page
+
+
+def test_a_staff_entered_application_s_confirm_link_says_the_address_is_confirmed(client):
+    application = make_application(source="staff", email_confirmed_at=None)
+    response = client.get(f"/confirm/{links.confirm_token(application)}/", follow=True)
+    assert "Thank you: your e-mail address is confirmed." in response.content.decode()
+    assert "Your application is in the queue." in response.content.decode()
 
 
 def test_the_confirm_link_expires_after_7_days(client):
@@ -130,6 +154,44 @@ def test_applicant_answers_with_a_file(client, settings):
     application.refresh_from_db()
     assert application.status == Status.SUBMITTED
     assert Evidence.objects.get(application=application).original_name == "id.pdf"
+
+
+def test_after_answering_the_page_says_staff_have_the_answer_and_shows_the_question(client):
+    application = make_application(
+        status=Status.INFO_REQUESTED, information_request="Who at the Lisbon meetup knows you?"
+    )
+    path = status_path(application)
+    with time_machine.travel(datetime.datetime(2026, 11, 20, 10, tzinfo=datetime.UTC)):
+        response = client.post(path, {"message": "Sam does."})
+    page = client.get(response["Location"]).content.decode()
+    assert "Thank you: your answer was sent to staff." in page
+    assert "Staff have your answer and will look at your application again; we will e-mail you." in page
+    assert "Who at the Lisbon meetup knows you?" in page
+    assert "You answered on 2026-11-20." in page
+    # Not the words for an application nobody has looked at yet.
+    assert "A vetting agent will pick it up" not in page
+    # Still so later, without the notice (the mail's link, a bookmark).
+    assert "Who at the Lisbon meetup knows you?" in client.get(path).content.decode()
+
+
+def test_the_answered_application_shows_its_last_question(client, server_admin):
+    application = make_application(status=Status.INFO_REQUESTED, information_request="First question?")
+    workflow.add_information(application, [], "First answer.")
+    Application.objects.filter(pk=application.pk).update(status=Status.IN_REVIEW)
+    application.refresh_from_db()
+    workflow.request_information(application, server_admin, "Second question?")
+    workflow.add_information(application, [], "Second answer.")
+    page = client.get(status_path(application)).content.decode()
+    assert "Second question?" in page and "First question?" not in page
+
+
+def test_once_a_vetting_agent_has_the_answered_application_the_page_says_it_is_being_checked(client, agent):
+    application = make_application(status=Status.INFO_REQUESTED, information_request="Who knows you?")
+    workflow.add_information(application, [], "Sam does.")
+    workflow.claim(application, agent)
+    page = client.get(status_path(application)).content.decode()
+    assert "A vetting agent is checking your application." in page
+    assert "Staff have your answer" not in page
 
 
 def test_a_spoofed_file_on_the_status_page_is_refused_and_nothing_changes(client, settings):
@@ -295,6 +357,44 @@ def test_the_status_page_explains_why_an_invited_application_cannot_be_erased_in
     assert "Your invitation to the Matrix server is still open" in page
 
 
+def test_the_invited_page_says_until_when_the_invitation_works_and_whom_to_write_to(
+    client, settings, inviting_admin
+):
+    settings.DEFAULT_FROM_EMAIL = "Community Help <help@community.example>"
+    application = make_application(status=Status.INVITED)
+    Invitation.objects.create(
+        application=application,
+        backend="synapse",
+        token="abcdefgh",
+        server_id="abcdefgh",
+        matrix_username="alex",
+        expires_at=datetime.datetime(2026, 12, 30, 12, tzinfo=datetime.UTC),
+        issued_by=inviting_admin,
+        issued_at=timezone.now(),
+    )
+    page = client.get(status_path(application)).content.decode()
+    # The date the person is told (the token really works 48 hours longer).
+    assert "Your invitation works until 2026-12-28 12:00 UTC: create your account before then." in page
+    assert (
+        'No message yet? Write to <a href="mailto:help@community.example">help@community.example</a> '
+        f"with your reference {application.reference}."
+    ) in page
+
+
+def test_the_invited_page_says_why_it_offers_no_withdrawal(client):
+    application = make_application(status=Status.INVITED)
+    path = status_path(application)
+    page = client.get(path).content.decode()
+    assert f'href="{path}withdraw/"' not in page
+    assert "<li>This application can no longer be withdrawn. Its status: Invitation issued.</li>" in page
+
+
+def test_the_withdrawn_page_does_not_repeat_that_it_cannot_be_withdrawn(client):
+    page = client.get(status_path(make_application(status=Status.WITHDRAWN))).content.decode()
+    assert "You withdrew this application." in page
+    assert "can no longer be withdrawn" not in page
+
+
 def test_the_status_page_explains_the_erasure_policy_during_review_instead_of_linking(client, settings):
     settings.ERASURE_BLOCKED_DURING_REVIEW = True
     application = make_application(status=Status.IN_REVIEW)
@@ -426,6 +526,31 @@ def test_the_status_page_of_an_application_not_confirmed_in_time_says_it_expired
     assert "Expired: your e-mail address was not confirmed in time" in page
     assert "This application has expired: e-mail addresses must be confirmed within 7 days" in page
     assert 'href="/apply/">Apply again</a>' in page
+    # Nothing to withdraw: staff never saw it, and it is about to be deleted.
+    assert f'href="{path}withdraw/"' not in page
+    assert "This application can no longer be withdrawn: it expired" in page
+
+
+def test_an_application_not_confirmed_in_time_cannot_be_withdrawn(client):
+    with time_machine.travel(datetime.datetime(2026, 11, 1, tzinfo=datetime.UTC)):
+        application = make_application(status=Status.UNCONFIRMED, email_confirmed_at=None)
+        path = status_path(application)
+    with time_machine.travel(datetime.datetime(2026, 11, 8, 0, 1, tzinfo=datetime.UTC)):
+        response = client.post(f"{path}withdraw/")
+        with pytest.raises(workflow.WorkflowError, match="it expired because your e-mail address"):
+            workflow.withdraw(application)
+    assert response.status_code == 409
+    assert "This application can no longer be withdrawn: it expired" in response.content.decode()
+    application.refresh_from_db()
+    assert application.status == Status.UNCONFIRMED
+    assert not OutboundEmail.objects.filter(template="application-withdrawn").exists()
+
+
+def test_an_unconfirmed_application_can_be_withdrawn_within_the_confirmation_window(client):
+    application = make_application(status=Status.UNCONFIRMED, email_confirmed_at=None)
+    path = status_path(application)
+    assert f'href="{path}withdraw/"' in client.get(path).content.decode()
+    assert workflow.withdrawal_refusal(application) is None
 
 
 def test_a_staff_entered_application_never_expires_on_its_status_page(client):

@@ -1,4 +1,5 @@
-"""The admin index dashboard: the queue at a glance, drawn on the server (no script, no CDN)."""
+"""The admin index dashboard: the queue at a glance, drawn on the server (no script, no CDN),
+and the person's own recent actions."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from django.db.models.functions import TruncWeek
 from django.utils import timezone
 
 from vetting import roles
-from vetting.models import Application
+from vetting.admin import audit_target, with_target_reference
+from vetting.models import Application, AuditEvent
 
 register = template.Library()
 
 WEEKS = 12
+RECENT_ACTIONS = 10
 CHART_WIDTH = 600
 CHART_HEIGHT = 160
 CHART_LABEL_SPACE = 20
@@ -100,4 +103,17 @@ def _bar_chart(weeks, totals) -> dict:
         "bars": bars,
         "label_y": CHART_HEIGHT - 4,
         "total": sum(totals),
+    }
+
+
+@register.inclusion_tag("admin/vetting/recent_actions.html", takes_context=True)
+def my_recent_actions(context) -> dict:
+    """The person's own latest audit events, in place of Django's LogEntry list, which the workflow never writes."""
+    user = context["request"].user
+    # Signing in and out is the person's own session, not work they did.
+    events = with_target_reference(AuditEvent.objects.filter(actor=user).exclude(action__startswith="user."))
+    return {
+        "actions": [(event, audit_target(event)) for event in events.order_by("-id")[:RECENT_ACTIONS]],
+        "can_view_trail": user.has_perm("vetting.view_auditevent"),
+        "actor": user,
     }
