@@ -179,20 +179,6 @@ ACTION_QUESTIONS = {
     "revoke_invitation": _("Revoke the Matrix invitation of application %(reference)s (%(name)s)?"),
     "reissue_invitation": _("Issue a new Matrix invitation for application %(reference)s (%(name)s)?"),
 }
-# How a done message ends, "The application is now …": the status labels are list headings
-# ("More information requested"), not words that follow "is now".
-STATUS_NOW = {
-    Application.Status.UNCONFIRMED: _("waiting for e-mail confirmation"),
-    Application.Status.SUBMITTED: _("in the queue"),
-    Application.Status.IN_REVIEW: _("in review"),
-    Application.Status.INFO_REQUESTED: _("waiting for more information"),
-    Application.Status.RECOMMENDED: _("recommended"),
-    Application.Status.APPROVED: _("approved"),
-    Application.Status.REJECTED: _("rejected"),
-    Application.Status.INVITED: _("invited"),
-    Application.Status.JOINED: _("joined"),
-    Application.Status.WITHDRAWN: _("withdrawn"),
-}
 INVITATION_ACTIONS = ("issue_invitation", "reissue_invitation")
 # Taken with one click on the application's page, without a confirmation page:
 # they are undone as easily (claim ↔ release) and audited like every transition.
@@ -534,7 +520,7 @@ class ApplicationAdmin(admin.ModelAdmin):
             else:
                 done = _("%(action)s: done. The application is now %(status)s.") % {
                     "action": workflow.STAFF_TRANSITIONS[name].label,
-                    "status": STATUS_NOW[application.status],
+                    "status": application.status_phrase,
                 }
                 if isinstance(result, Invitation):
                     done = format_html("{} {}", done, _handover(result, application, request.user))

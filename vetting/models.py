@@ -109,6 +109,21 @@ class Application(models.Model):
         Status.WITHDRAWN: _("Withdrawn by you"),
     }
 
+    # The status in a staff sentence, "the application is now …" or "while the application
+    # is …": the labels above are list headings ("More information requested").
+    STATUS_PHRASES = {
+        Status.UNCONFIRMED: _("waiting for e-mail confirmation"),
+        Status.SUBMITTED: _("in the queue"),
+        Status.IN_REVIEW: _("in review"),
+        Status.INFO_REQUESTED: _("waiting for more information"),
+        Status.RECOMMENDED: _("recommended"),
+        Status.APPROVED: _("approved"),
+        Status.REJECTED: _("rejected"),
+        Status.INVITED: _("invited"),
+        Status.JOINED: _("joined"),
+        Status.WITHDRAWN: _("withdrawn"),
+    }
+
     class Source(models.TextChoices):
         PUBLIC = "public", _("Public form")
         STAFF = "staff", _("Entered by staff")
@@ -241,6 +256,11 @@ class Application(models.Model):
                 if not Application.objects.filter(reference=self.reference).exists():
                     raise
         raise IntegrityError("Could not generate a unique application reference.")
+
+    @property
+    def status_phrase(self) -> str:
+        """The status as it reads in a staff sentence (STATUS_PHRASES)."""
+        return str(self.STATUS_PHRASES[self.status])
 
     @property
     def applicant_status(self) -> str:

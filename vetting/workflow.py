@@ -151,7 +151,7 @@ def guard_reason(name: str, application: Application, user) -> str | None:
     if application.status not in transition.sources:
         return _("“%(action)s” is not possible while the application is %(status)s.") % {
             "action": transition.label,
-            "status": application.get_status_display().lower(),
+            "status": application.status_phrase,
         }
     reason = _personal_refusal(name, application, user)
     if reason is None and name in ("issue_invitation", "reissue_invitation"):
@@ -274,7 +274,7 @@ def _lost_race_message(locked: Application, user) -> str:
     field like decided_by: that one names the approver after an invitation
     was issued or revoked, and nobody after a reopen or a release.
     """
-    status = locked.get_status_display().lower()
+    status = locked.status_phrase
     event = (
         AuditEvent.objects.filter(
             target_type="application", target_id=str(locked.pk), action__in=STATUS_CHANGE_ACTIONS

@@ -13,7 +13,7 @@ from tests.factories import PDF_BYTES, TEXT_BYTES, make_application, upload
 from tests.vetting.test_admin_workflow import change_url
 from tests.vetting.test_workflow import recommended_by
 from vetting import workflow
-from vetting.admin import ACTION_QUESTIONS, ONE_CLICK_ACTIONS, STATUS_NOW
+from vetting.admin import ACTION_QUESTIONS, ONE_CLICK_ACTIONS
 from vetting.models import Application
 
 pytestmark = pytest.mark.django_db
@@ -145,9 +145,15 @@ def test_every_confirmation_page_asks_its_own_question(client, agent, server_adm
     assert '<input type="submit" class="default" value="Request information">' in page
 
 
-def test_every_status_reads_after_is_now():
-    assert set(STATUS_NOW) == set(Application.Status)
-    assert STATUS_NOW[Application.Status.INFO_REQUESTED] == "waiting for more information"
+def test_every_status_has_a_phrase_for_staff_sentences():
+    assert set(Application.STATUS_PHRASES) == set(Application.Status)
+
+
+def test_a_refusal_names_the_status_as_a_sentence_not_as_a_list_heading(server_admin):
+    waiting = make_application(status=Application.Status.INFO_REQUESTED)
+    assert workflow.guard_reason("approve", waiting, server_admin) == (
+        "“Approve” is not possible while the application is waiting for more information."
+    )
 
 
 # The queue -----------------------------------------------------------------------------

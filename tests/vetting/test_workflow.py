@@ -330,7 +330,7 @@ def test_an_agent_cannot_decide(agent, second_agent):
 
 def test_approve_needs_a_recommendation_first(server_admin):
     application = make_application()
-    with pytest.raises(workflow.WorkflowError, match="not possible while the application is submitted"):
+    with pytest.raises(workflow.WorkflowError, match="not possible while the application is in the queue"):
         workflow.approve(application, server_admin)
     assert_unchanged(application)
 
