@@ -42,6 +42,10 @@ EXEMPT_PREFIXES = (
 NOTICE_BEFORE = timedelta(hours=48)
 # Retry-After when the end is unknown or already past.
 DEFAULT_RETRY_AFTER = 600
+# Past these, maintenance mode counts as forgotten (`forgotten`): the jobs it holds back
+# (unless_maintenance) fail, and so alert, instead of skipping quietly for ever.
+FORGOTTEN_AFTER_END = timedelta(hours=1)
+LONGEST_WITHOUT_END = timedelta(hours=6)
 
 _ORDINALS = {"first": 1, "second": 2, "third": 3, "fourth": 4, "last": -1}
 _WEEKDAYS = [day.lower() for day in calendar.day_name]
@@ -143,9 +147,19 @@ def read_state() -> MaintenanceState | None:
         since = datetime.fromisoformat(data["since"])
         until = datetime.fromisoformat(data["until"]) if data.get("until") else None
     except (ValueError, KeyError, TypeError):
-        # A damaged file still means "someone switched maintenance on".
-        return MaintenanceState(since=timezone.now(), until=None)
+        # A damaged file still means "someone switched maintenance on", when it was written.
+        written = datetime.fromtimestamp(settings.MAINTENANCE_FILE.stat().st_mtime, tz=UTC)
+        return MaintenanceState(since=written, until=None)
     return MaintenanceState(since=since, until=until)
+
+
+def forgotten(state: MaintenanceState, now: datetime | None = None) -> bool:
+    """Whether maintenance mode has outlived any maintenance: past its end by FORGOTTEN_AFTER_END,
+    or on for LONGEST_WITHOUT_END when no end was given. Someone forgot to switch it off."""
+    now = now or timezone.now()
+    if state.until is not None:
+        return now > state.until + FORGOTTEN_AFTER_END
+    return now > state.since + LONGEST_WITHOUT_END
 
 
 def switch_on(until: datetime | None) -> MaintenanceState:

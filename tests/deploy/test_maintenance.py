@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -155,3 +156,61 @@ def test_the_maintenance_page_needs_no_database(client, django_assert_num_querie
     command("on")
     with django_assert_num_queries(0):
         assert client.get("/apply/").status_code == 503
+
+
+# Jobs the timers run through `unless_maintenance` ----------------------------------------
+
+
+def switched_on(maintenance_file, since: datetime, until: datetime | None) -> None:
+    maintenance_file.parent.mkdir(parents=True, exist_ok=True)
+    maintenance_file.write_text(
+        json.dumps({"since": since.isoformat(), "until": until.isoformat() if until else None})
+    )
+
+
+def test_with_maintenance_off_the_job_runs_with_its_arguments(capsys):
+    call_command("unless_maintenance", "purge_unconfirmed", "--dry-run")
+    assert "Would purge 0 unconfirmed application(s)" in capsys.readouterr().out
+
+
+def test_with_maintenance_off_a_failing_job_still_fails(settings, tmp_path):
+    settings.EVIDENCE_ROOT = tmp_path / "missing-evidence-root"
+    with pytest.raises(CommandError):
+        call_command("unless_maintenance", "purge_evidence")
+
+
+@pytest.mark.parametrize(
+    ("on_for", "ends_in"),
+    [
+        (timedelta(hours=3), timedelta(minutes=30)),
+        (timedelta(hours=5), None),
+        (timedelta(hours=2), -timedelta(minutes=50)),
+    ],
+)
+def test_during_maintenance_the_job_is_skipped(maintenance_file, capsys, caplog, on_for, ends_in):
+    now = datetime.now(UTC)
+    switched_on(maintenance_file, now - on_for, now + ends_in if ends_in is not None else None)
+    call_command("unless_maintenance", "purge_unconfirmed", "--dry-run")
+    assert "Would purge" not in capsys.readouterr().out
+    assert "Maintenance mode is on: purge_unconfirmed skipped" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("on_for", "ends_in"),
+    [(timedelta(hours=3), -timedelta(minutes=61)), (timedelta(hours=6, minutes=1), None)],
+)
+def test_maintenance_left_on_fails_the_job_so_the_alert_fires(maintenance_file, capsys, on_for, ends_in):
+    now = datetime.now(UTC)
+    switched_on(maintenance_file, now - on_for, now + ends_in if ends_in is not None else None)
+    with pytest.raises(CommandError, match="Switch it off"):
+        call_command("unless_maintenance", "purge_unconfirmed", "--dry-run")
+    assert "Would purge" not in capsys.readouterr().out
+
+
+def test_a_damaged_switch_counts_from_when_it_was_written(maintenance_file):
+    maintenance_file.parent.mkdir(parents=True, exist_ok=True)
+    maintenance_file.write_text("{not json")
+    seven_hours_ago = (datetime.now(UTC) - timedelta(hours=7)).timestamp()
+    os.utime(maintenance_file, (seven_hours_ago, seven_hours_ago))
+    with pytest.raises(CommandError, match="Switch it off"):
+        call_command("unless_maintenance", "purge_unconfirmed", "--dry-run")

@@ -329,6 +329,12 @@ def test_the_access_log_masks_a_token_with_or_without_a_slash_after_it(site):
         f"/reset/MQ/{secret}": "/reset/<uidb64>/<token>",
         f"/reset/MQ/{secret}/": "/reset/<uidb64>/<token>/",
         "/reset/done/": "/reset/done/",
+        # What the app also reads as these pages: another case, doubled slashes, percent-encoding.
+        f"/Status/{secret}/": "/Status/<token>/",
+        f"//status/{secret}/": "/status/<token>/",
+        f"/status//{secret}/": "/status/<token>/",
+        # (requests decodes an encoded letter itself, so the colons are the ones encoded here).
+        f"/status/{secret.replace(':', '%3A')}/": "/<percent-encoded>",
     }
     for path in logged:
         site.get(path)

@@ -230,10 +230,12 @@ def test_a_refused_request_is_not_counted_again(client, settings, own_redis):
 
 
 def test_refused_requests_cannot_crowd_a_clients_sign_in_counters_out_of_the_fallback(
-    client, settings, agent
+    client, settings, agent, monkeypatch
 ):
     """Each refused password reset for a new address used to add counters of its own: a few
     hundred, and the fallback forgot the oldest, the client's sign-in counters among them."""
+    # The unreachable port's "down" state stays with this test, not with a later server on it.
+    monkeypatch.setattr(fallback_module, "_health_by_location", {})
     settings.CACHES = {**settings.CACHES, "ratelimit": fallback_config(f"redis://127.0.0.1:{free_port()}/0")}
 
     def guess() -> int:

@@ -10,6 +10,7 @@ import pytest
 from django.db import connection
 
 from tests.factories import make_application
+from tests.vetting.test_invitation_concurrency import another_connection_waits_on_a_lock
 from tests.vetting.test_workflow import verification
 from vetting import workflow
 from vetting.models import Application, AuditEvent
@@ -85,11 +86,18 @@ def test_two_staff_accounts_created_at_once_with_the_same_name_or_address_one_is
     roles.sync_role_groups(apps)  # transactional tests start without the migration's groups
     both_ready = threading.Barrier(2)
     outcomes: dict[str, str] = {}
+    waited = threading.Event()
     real_queue_mail = workflow.queue_set_password_mail
 
-    def slow_mail(*args, **kwargs):
-        # Hold the first account's transaction open while the other one checks.
-        time.sleep(0.5)
+    def held_mail(*args, **kwargs):
+        # Hold the first account's transaction open until the other one waits on its lock,
+        # however slow the machine (the second to get here finds nobody waiting: no hold).
+        deadline = time.monotonic() + 10
+        while not waited.is_set() and time.monotonic() < deadline:
+            if another_connection_waits_on_a_lock():
+                waited.set()
+            else:
+                time.sleep(0.01)
         return real_queue_mail(*args, **kwargs)
 
     def create(username: str, email: str) -> None:
@@ -102,13 +110,14 @@ def test_two_staff_accounts_created_at_once_with_the_same_name_or_address_one_is
         finally:
             connection.close()
 
-    with mock.patch.object(workflow, "queue_set_password_mail", slow_mail):
+    with mock.patch.object(workflow, "queue_set_password_mail", held_mail):
         threads = [threading.Thread(target=create, args=details) for details in (first, second)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(timeout=30)
 
+    assert waited.is_set(), "the two creations never overlapped"
     created = [username for username, outcome in outcomes.items() if outcome == "created"]
     assert len(created) == 1
     [loser] = {first[0], second[0]} - set(created)
