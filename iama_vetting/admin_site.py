@@ -21,12 +21,11 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.exceptions import DisallowedModelAdminLookup
 from django.contrib.admin.options import IncorrectLookupParameters
-from django.contrib.admin.utils import get_fields_from_path
 from django.contrib.admin.views.main import ERROR_FLAG, ChangeList
 from django.contrib.auth import logout
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import ValidationError
-from django.db import models, transaction
+from django.db import transaction
 from django.db.models.base import ModelBase
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
@@ -129,9 +128,12 @@ class CheckedChangeList(ChangeList):
     character (?source=%00): PostgreSQL refuses it in any text. A value none of
     our own filters offers (?status=bogus): their queryset() would leave the
     list unfiltered, so it would list everything. A lookup none of the list's
-    filters offers (?token__startswith=ab): CheckedListInput.lookup_allowed
-    refuses it. As a bad lookup the list redirects to its "?e=1" page like for
-    any other unusable filter.
+    filters reads (?token__startswith=ab): Django would apply any lookup on the
+    model's own fields, so a masked token could be found letter by letter, a
+    role could search what it may not read, and ?ip=abc would fail in
+    PostgreSQL; only the lookups of links the app builds to the list are let
+    through (the admin class's `linked_lookups`). As a bad lookup the list
+    redirects to its "?e=1" page like for any other unusable filter.
     """
 
     def get_filters(self, request):
@@ -140,9 +142,16 @@ class CheckedChangeList(ChangeList):
         try:
             filters = super().get_filters(request)
         except (DisallowedModelAdminLookup, OverflowError, ValueError) as error:
-            # Refused by CheckedListInput.lookup_allowed: a bad filter like an unknown
-            # field, with its message, rather than Django's bare 400 page.
+            # A bad filter like an unknown field, with its message, rather than Django's bare 400 page.
             raise IncorrectLookupParameters(error) from error
+        # What the list's filters did not read, Django would apply as it is. The date hierarchy's
+        # year, month and day come back as the bounds of their period.
+        expected = set(getattr(self.model_admin, "linked_lookups", ()))
+        if self.date_hierarchy:
+            expected |= {f"{self.date_hierarchy}__gte", f"{self.date_hierarchy}__lt"}
+        unread = set(filters[2]) - expected
+        if unread:
+            raise IncorrectLookupParameters(f"No filter of this list reads {', '.join(sorted(unread))}.")
         for spec in filters[0]:
             if not isinstance(spec, admin.SimpleListFilter):
                 continue
@@ -153,17 +162,6 @@ class CheckedChangeList(ChangeList):
         return filters
 
 
-def _field_filter_lookups(model: type[models.Model], field_path: str) -> set[str]:
-    """The query parameters Django's list filter for this field reads (django.contrib.admin.filters)."""
-    field = get_fields_from_path(model, field_path)[-1]
-    lookups = {field_path, f"{field_path}__exact", f"{field_path}__isnull"}
-    if field.is_relation:
-        lookups.add(f"{field_path}__{field.target_field.name}__exact")
-    elif isinstance(field, models.DateField):
-        lookups |= {f"{field_path}__gte", f"{field_path}__lt"}
-    return lookups
-
-
 class CheckedListInput:
     """On every list of the site (StaffAdminSite.register mixes it in): filters (see
     CheckedChangeList) and ticked rows that Django would turn into a server error, or
@@ -171,26 +169,6 @@ class CheckedListInput:
 
     def get_changelist(self, request, **kwargs):
         return CheckedChangeList
-
-    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest) -> bool:
-        """Only the parameters of the list's own filters, date hierarchy and links.
-
-        Django accepts any lookup on the model's own fields: ?token__startswith=ab
-        would find a masked token letter by letter, ?statement__contains=… search
-        what a role may not read, and ?ip=abc fail in PostgreSQL.
-        """
-        # An admin class's `linked_lookups`: those of links the app builds to its list (ApplicationAdmin's
-        # "All applications from this e-mail address"). No default here, where it would hide the class's.
-        allowed = set(getattr(self, "linked_lookups", ()))
-        if self.date_hierarchy:
-            allowed |= {f"{self.date_hierarchy}__{part}" for part in ("year", "month", "day")}
-        for list_filter in self.get_list_filter(request):
-            if isinstance(list_filter, type) and issubclass(list_filter, admin.SimpleListFilter):
-                allowed.add(list_filter.parameter_name)
-            elif isinstance(list_filter, str | list | tuple):
-                field_path = list_filter if isinstance(list_filter, str) else list_filter[0]
-                allowed |= _field_filter_lookups(self.model, field_path)
-        return lookup in allowed
 
     def changelist_view(self, request, extra_context=None):
         if ERROR_FLAG in request.GET:
@@ -345,12 +323,11 @@ class StaffAdminSite(admin.AdminSite):
         # The key being set up belongs to this session alone. A key kept for the account would be
         # shown to anyone who signs in with the password before the person confirms it (a new
         # account, a reset after a lost phone), who could then keep generating valid codes.
-        device = None
-        if request.method == "POST":
-            device = TOTPDevice.objects.filter(
-                pk=request.session.get(SETUP_DEVICE_SESSION_KEY), user=user, confirmed=False
-            ).first()
-        replaced = request.method == "POST" and device is None
+        # Reloading the page, or coming back from the authenticator app, keeps this session's key.
+        device = TOTPDevice.objects.filter(
+            pk=request.session.get(SETUP_DEVICE_SESSION_KEY), user=user, confirmed=False
+        ).first()
+        replaced = device is None and SETUP_DEVICE_SESSION_KEY in request.session
         if device is None:
             # A first visit, or a key that another session's setup page has replaced since.
             with transaction.atomic():
@@ -366,6 +343,9 @@ class StaffAdminSite(admin.AdminSite):
                 form.add_error("token", refusal)
             elif device.verify_token(form.cleaned_data["token"].strip().replace(" ", "")):
                 codes = self._confirm(device)
+                if codes is None:
+                    # Replaced by another session's setup page meanwhile: the page says so, with the new key.
+                    return HttpResponseRedirect(request.get_full_path())
                 otp_login(request, device)
                 logger.info("Staff member enrolled an authenticator app and got backup codes.")
                 audit.record("user.second_factor_enrolled", actor=user, target=user, request=request)
@@ -388,11 +368,13 @@ class StaffAdminSite(admin.AdminSite):
         )
 
     @staticmethod
-    def _confirm(device: TOTPDevice) -> list[str]:
+    def _confirm(device: TOTPDevice) -> list[str] | None:
+        """Confirm the device and make its backup codes; None when the device is gone meanwhile."""
         codes = [StaticToken.random_token() for _ in range(BACKUP_CODE_COUNT)]
         with transaction.atomic():
+            if not TOTPDevice.objects.filter(pk=device.pk, confirmed=False).update(confirmed=True):
+                return None
             device.confirmed = True
-            device.save(update_fields=["confirmed"])
             backup = StaticDevice.objects.create(user=device.user, name="Backup codes", confirmed=True)
             StaticToken.objects.bulk_create(StaticToken(device=backup, token=code) for code in codes)
         return codes

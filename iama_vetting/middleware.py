@@ -56,11 +56,9 @@ def _path_secrets(path_info: str) -> list[tuple[int, str, str]]:
         secret in name for secret in SECRET_URL_PARAMETERS for name in match.kwargs
     ):
         return []  # a page of its own among the tokens' routes: /reset/done/
-    return [
-        (index, name, segments[index])
-        for index, name in enumerate(names, start=first + 1)
-        if index < len(segments) and segments[index]
-    ]
+    # The non-empty segments after the route's name: Django's routes see "/status//<token>/" too.
+    after = [index for index in range(first + 1, len(segments)) if segments[index]]
+    return [(index, name, segments[index]) for index, name in zip(after, names, strict=False)]
 
 
 def url_secrets(request: HttpRequest) -> list[tuple[str, str]]:

@@ -14,9 +14,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
 from django.core.mail import get_connection
-from django.core.mail.message import sanitize_address
 from django.template.loader import render_to_string
 from django.utils import timezone
 
@@ -89,14 +87,8 @@ def send_batch(worker: str, size: int, should_stop: Callable[[], bool] = lambda:
     Returns None when no mail was due. Each mail ends sent, queued for a
     retry (connection failures, 4xx), failed (5xx, an impossible address) or,
     when the worker stops, its lease runs short or the connection is lost,
-    handed back unsent. A sender address Django's mail refuses raises
-    ImproperlyConfigured before any mail is claimed: it is no mail's fault.
+    handed back unsent.
     """
-    try:
-        # As the relay backend reads it for every mail's envelope.
-        sanitize_address(settings.DEFAULT_FROM_EMAIL, settings.DEFAULT_CHARSET)
-    except ValueError as error:
-        raise ImproperlyConfigured("DEFAULT_FROM_EMAIL is not an address mail can be sent from.") from error
     mails = OutboundEmail.objects.claim(worker, size)
     if not mails:
         return None

@@ -179,7 +179,6 @@ ACTION_QUESTIONS = {
     "revoke_invitation": _("Revoke the Matrix invitation of application %(reference)s (%(name)s)?"),
     "reissue_invitation": _("Issue a new Matrix invitation for application %(reference)s (%(name)s)?"),
 }
-INVITATION_ACTIONS = ("issue_invitation", "reissue_invitation")
 # Taken with one click on the application's page, without a confirmation page:
 # they are undone as easily (claim ↔ release) and audited like every transition.
 ONE_CLICK_ACTIONS = frozenset({"claim", "release"})
@@ -220,7 +219,7 @@ def _initial(name: str, application: Application) -> dict:
     username asked for (or the one assigned before)."""
     if name == "record_verification":
         return VerificationForm.initial_from(application)
-    if name not in INVITATION_ACTIONS:
+    if name not in workflow.INVITATION_ACTIONS:
         return {}
     earlier = application.invitations.order_by("-issued_at").first()
     return {"matrix_username": earlier.matrix_username if earlier else application.matrix_username}
@@ -249,7 +248,7 @@ def _run_transition(name: str, application: Application, user, data: dict, reque
         )
     if name == "reopen":
         return workflow.reopen(application, user, data["reason"], request=request)
-    if name in INVITATION_ACTIONS:
+    if name in workflow.INVITATION_ACTIONS:
         return getattr(workflow, name)(application, user, data["matrix_username"], request=request)
     if name == "revoke_invitation":
         return workflow.revoke_invitation(application, user, data["reason"], request=request)
@@ -527,7 +526,7 @@ class ApplicationAdmin(admin.ModelAdmin):
                 self.message_user(request, done, messages.SUCCESS)
                 return redirect(change_url)
         refusal = workflow.guard_reason(name, application, request.user)
-        if refusal is None and name in INVITATION_ACTIONS:
+        if refusal is None and name in workflow.INVITATION_ACTIONS:
             # Said when the page opens: the workflow finds it only once the form is sent.
             refusal = matrix.configuration_problem()
         context = {

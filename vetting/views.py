@@ -176,6 +176,7 @@ def status(request: HttpRequest, token: str, application: Application) -> HttpRe
     elif request.method == "POST":
         # A stale answer form: the request for information was answered or withdrawn meanwhile.
         return _status_page_with(token, "not_waiting")
+    not_waiting = request.GET.get("not_waiting") == "1"
     return render(
         request,
         "vetting/status.html",
@@ -185,7 +186,8 @@ def status(request: HttpRequest, token: str, application: Application) -> HttpRe
             "token": token,
             "sent": request.GET.get("sent") == "1",
             "confirmed": request.GET.get("confirmed") == "1",
-            "not_waiting": request.GET.get("not_waiting") == "1",
+            "not_waiting": not_waiting,
+            "already_answered": workflow.answer_to_last_request(application) if not_waiting else None,
             "confirmation_expired": links.confirmation_expired(application),
             "confirmation_days": links.UNCONFIRMED_LIFETIME.days,
             # Shown instead of the links, which would only lead to these refusals.

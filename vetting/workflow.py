@@ -130,6 +130,8 @@ STAFF_TRANSITIONS: dict[str, Transition] = {
         _has("vetting.issue_invitation"),
     ),
 }
+# The transitions that make a registration token on the homeserver.
+INVITATION_ACTIONS = ("issue_invitation", "reissue_invitation")
 # An invited person has a live token: staff revoke it rather than the applicant withdrawing.
 APPLICANT_WITHDRAWABLE = frozenset(
     {
@@ -154,7 +156,7 @@ def guard_reason(name: str, application: Application, user) -> str | None:
             "status": application.status_phrase,
         }
     reason = _personal_refusal(name, application, user)
-    if reason is None and name in ("issue_invitation", "reissue_invitation"):
+    if reason is None and name in INVITATION_ACTIONS:
         reason = _invitation_guard(name, application)
     return reason
 
@@ -181,10 +183,7 @@ def _personal_refusal(name: str, application: Application, user) -> str | None:
             "You recorded the verification of this application, so another server admin must decide it "
             "(four-eyes rule)."
         )
-    if (
-        name in ("issue_invitation", "reissue_invitation")
-        and application.verification_recorded_by_id == user.pk
-    ):
+    if name in INVITATION_ACTIONS and application.verification_recorded_by_id == user.pk:
         return _(
             "You recorded the verification of this application, so another inviting admin must issue its "
             "invitation (four-eyes rule)."
@@ -510,6 +509,15 @@ def answer_awaiting_staff(application: Application) -> InformationReply | None:
     if application.status != Status.SUBMITTED:
         return None
     return application.information_replies.first()
+
+
+def answer_to_last_request(application: Application) -> InformationReply | None:
+    """The applicant's answer to the last request for information, if they sent one: not
+    an answer to an earlier request (each answer keeps the question it answered)."""
+    reply = application.information_replies.first()
+    if reply is None or reply.question != application.information_request:
+        return None
+    return reply
 
 
 def withdraw(application: Application, request: HttpRequest | None = None) -> None:

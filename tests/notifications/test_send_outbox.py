@@ -282,21 +282,3 @@ def test_after_a_421_reply_the_rest_of_the_batch_goes_over_a_new_connection_unch
     assert (waiting.status, waiting.last_error) == (OutboundEmail.Status.SENT, "")
     assert [received.rcpt_tos for received in smtp_server.recorder.received] == [[waiting.to]]
     assert smtp_server.recorder.connections == 2
-
-
-@pytest.mark.smtp
-def test_a_sender_address_the_mail_refuses_stops_the_worker_with_ex_config_and_mail_stays_queued(
-    settings, smtp_server, use_relay
-):
-    """Every mail would fail on it alike: a setting to mend, not mail to give up on."""
-    use_relay(smtp_server.port)
-    queue_mails(2)
-    settings.DEFAULT_FROM_EMAIL = "IaMA, RVI Support <support@rvi.iam-alliance.com>"
-
-    with pytest.raises(CommandError, match="^DEFAULT_FROM_EMAIL is not an address") as refused:
-        run_worker()
-    assert refused.value.returncode == EXIT_CONFIGURATION_ERROR
-    assert set(OutboundEmail.objects.values_list("status", "attempts", "last_error")) == {
-        (OutboundEmail.Status.QUEUED, 0, "")
-    }
-    assert smtp_server.recorder.received == []

@@ -153,6 +153,8 @@ def request_for(path: str, script_name: str = "") -> HttpRequest:
 
 def test_a_doubled_slash_or_a_script_prefix_does_not_hide_a_token():
     assert loggable_path(request_for(f"//status/{SECRET}/x")) == "//status/<token>/x"
+    assert loggable_path(request_for(f"/status//{SECRET}/x")) == "/status//<token>/x"
+    assert loggable_path(request_for(f"/reset//MQ//{SECRET}/")) == "/reset//<uidb64>//<token>/"
     assert loggable_path(request_for(f"/status/{SECRET}/", "/rvi")) == "/rvi/status/<token>/"
 
 

@@ -157,6 +157,17 @@ def test_a_key_shown_to_another_session_before_enrolment_never_opens_the_account
     assert intruder.get("/admin/vetting/application/").status_code == 302
 
 
+def test_reloading_the_set_up_page_keeps_the_key_being_scanned(client, agent, two_factor_required):
+    sign_in(client, "agent")
+    client.get("/admin/two-factor/setup/")
+    scanned = TOTPDevice.objects.get(user=agent)
+    reloaded = client.get("/admin/two-factor/setup/").content.decode()
+    assert "The key changed" not in reloaded
+    assert TOTPDevice.objects.get(user=agent) == scanned
+    done = client.post("/admin/two-factor/setup/", {"token": current_code(scanned)})
+    assert len(re.findall(r"<li><code>([a-z2-7]+)</code></li>", done.content.decode())) == 10
+
+
 def test_a_key_replaced_by_another_set_up_page_is_refused_with_a_new_key_shown(
     client, agent, two_factor_required
 ):

@@ -71,6 +71,7 @@ def test_the_set_password_pages_name_the_site_and_suit_a_first_password(client, 
     assert "<title>Your password is set | IaMA RVI staff</title>" in page
     assert "<h1>Your password is set</h1>" in page
     assert "Django" not in page and "Password reset" not in page
+    assert '<a href="/admin/login/">Log in</a>' in page
 
 
 def test_create_staff_superadmin_is_a_superuser():

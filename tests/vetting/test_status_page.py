@@ -584,3 +584,17 @@ def test_a_tampered_status_link_of_a_purged_application_stays_404(client):
     application.delete()
     assert client.get(f"{path[:-1]}x/").status_code == 404
     assert client.get(f"/status/{links.confirm_token(application)}/").status_code == 404
+
+
+def test_a_stale_answer_form_never_claims_an_earlier_answer_was_this_one(client, agent, server_admin):
+    application = make_application()
+    workflow.claim(application, agent)
+    workflow.request_information(application, server_admin, "Who referred you?")
+    workflow.add_information(application, [], "Sam did.")
+    workflow.claim(application, agent)
+    workflow.request_information(application, server_admin, "Please send a photo of your ID.")
+    token = links.status_token(application)
+    workflow.withdraw(application)  # in another tab, with the answer form still open here
+    page = client.post(f"/status/{token}/", {"message": "Here is the photo."}, follow=True).content.decode()
+    assert "Staff are no longer waiting for information from you" in page
+    assert "already received" not in page

@@ -53,8 +53,7 @@ class Command(BaseCommand):
     help = (
         "Sends the mail waiting in the outbox: every due mail once (--once), or for as long as it runs "
         "(--loop, stopped cleanly by SIGTERM or Ctrl-C after the mail in hand). Exits with status 78 "
-        "(EX_CONFIG), the mail left queued, when the relay is not configured or mail cannot be sent "
-        "from DEFAULT_FROM_EMAIL."
+        "(EX_CONFIG) when the relay is not configured."
     )
 
     def add_arguments(self, parser) -> None:
@@ -79,7 +78,10 @@ class Command(BaseCommand):
         try:
             get_connection()
         except ImproperlyConfigured as error:
-            raise self.configuration_error(error) from error
+            raise CommandError(
+                f"{error} Mail stays queued; set it in the environment file, then start the worker again.",
+                returncode=EXIT_CONFIGURATION_ERROR,
+            ) from error
 
         worker = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         stopping = StopFlag()
@@ -94,22 +96,12 @@ class Command(BaseCommand):
                     tally += self._round(worker, batch_size, stopping)
                     stopping.sleep(settings.OUTBOX_POLL_SECONDS)
                 logger.info("Outbox worker %s stopped.", worker)
-        except ImproperlyConfigured as error:
-            # Found while sending (the sender address): every mail would fail on it alike.
-            raise self.configuration_error(error) from error
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
         self.stdout.write(f"Outbox: {tally}.")
         if once and (tally.retrying or tally.failed):
             raise CommandError("Some mail could not be sent; see the log and the outbox in the admin.")
-
-    @staticmethod
-    def configuration_error(error: ImproperlyConfigured) -> CommandError:
-        return CommandError(
-            f"{error} Mail stays queued; set it in the environment file, then start the worker again.",
-            returncode=EXIT_CONFIGURATION_ERROR,
-        )
 
     @staticmethod
     def _round(worker: str, batch_size: int, stopping: StopFlag) -> Tally:
