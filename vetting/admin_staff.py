@@ -204,6 +204,7 @@ class StaffUserAdmin(UserAdmin):
             "opts": self.opts,
             "title": _("Add a staff account"),
             "form": form,
+            "adminform": admin_form(form),
         }
         return TemplateResponse(request, "admin/auth/user/staff_add.html", context)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from unittest import mock
 
 import pytest
@@ -290,3 +291,27 @@ def test_creating_renaming_and_deleting_groups_is_audited(client, superadmin):
         ("group.deleted", {"name": "Spare", "permissions": [], "members": 0}),
     ]
     assert all(event.actor == superadmin for event in events)
+
+
+def test_the_add_form_shows_each_error_with_its_field_under_a_focused_summary(client, server_admin):
+    client.force_login(server_admin)
+    page = client.post("/admin/auth/user/add/", {"username": "", "email": "", "role": ""}).content.decode()
+    assert (
+        '<p class="errornote" id="error-summary" tabindex="-1">Please correct the errors below.</p>' in page
+    )
+    assert '<script src="/static/vetting/error-summary.js" defer></script>' in page
+    for field in ("username", "email", "role"):
+        row = page[page.index(f'<div class="form-row errors field-{field}">') :]
+        row = row[: row.index("</div>\n", row.index(f'id="id_{field}"'))]
+        assert f'<ul class="errorlist" id="id_{field}_error"><li>This field is required.</li></ul>' in row
+        assert re.search(rf'aria-describedby="[^"]*\bid_{field}_error\b', row)
+
+
+def test_a_refusal_of_the_workflow_is_said_in_the_summary(client, server_admin, agent):
+    client.force_login(server_admin)
+    page = client.post(
+        "/admin/auth/user/add/",
+        {"username": "Agent", "email": "new@staff.example", "role": roles.VETTING_AGENT},
+    ).content.decode()
+    summary = page[page.index('id="error-summary"') :]
+    assert "The username Agent is taken." in summary[: summary.index("<fieldset")]
