@@ -1,8 +1,9 @@
 """/healthz for the load balancer: is the database answering, is the cache?
 
 The answer names only which part fails, never why: no host names, no error
-texts. It goes through no rate limit and no maintenance switch (see
-iama_vetting.maintenance.EXEMPT_PREFIXES), so a probe never trips a limit.
+texts. HEAD gets the same status as GET. It goes through no rate limit and no
+maintenance switch (see iama_vetting.maintenance.EXEMPT_PREFIXES), so a probe
+never trips a limit.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from django.core.cache import cache
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_safe
 
 from iama_vetting import ratelimits
 
@@ -74,7 +75,8 @@ def run_checks(timeout: float = TIMEOUT) -> dict[str, str]:
 
 
 @ratelimits.exempt
-@require_GET
+# GET and HEAD: load balancers often probe with HEAD and read only the status.
+@require_safe
 @never_cache
 def healthz(request: HttpRequest) -> JsonResponse:
     results = run_checks()

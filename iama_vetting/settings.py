@@ -81,7 +81,10 @@ if DEBUG and not all(is_local_host(host) for host in ALLOWED_HOSTS):
     raise ImproperlyConfigured(
         "DEBUG is on with a public host in ALLOWED_HOSTS: refusing to start. Set DEBUG=false in production."
     )
-CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", default=[])
+# In DEBUG, the addresses runserver answers on (DESIGN: "localhost when DEBUG").
+CSRF_TRUSTED_ORIGINS = env_list(
+    "CSRF_TRUSTED_ORIGINS", default=["http://127.0.0.1:8000", "http://localhost:8000"] if DEBUG else []
+)
 # Our page for a refused form, not Django's (templates/403_csrf.html).
 CSRF_FAILURE_VIEW = "iama_vetting.views.csrf_failure"
 # Absolute links in e-mails (status page, admin) start with this.
@@ -242,6 +245,8 @@ USE_TZ = True
 STATIC_URL = "/static/"
 STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(BASE_DIR / "staticfiles"))).resolve()
 STATICFILES_DIRS = [BASE_DIR / "static"]
+# Files browsers ask for at the site root (favicon.ico), served by WhiteNoise.
+WHITENOISE_ROOT = BASE_DIR / "static" / "root"
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
@@ -250,8 +255,27 @@ STORAGES = {
 
 # Evidence files: local disk below EVIDENCE_ROOT, 0750 directories, 0640 files.
 EVIDENCE_ROOT = Path(env.str("EVIDENCE_ROOT", default=str(BASE_DIR / "uploads" / "evidence"))).resolve()
-if EVIDENCE_ROOT == STATIC_ROOT or STATIC_ROOT in EVIDENCE_ROOT.parents:
-    raise ImproperlyConfigured("EVIDENCE_ROOT must not be inside STATIC_ROOT: evidence would be public.")
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    directory = directory.resolve()
+    return path == directory or directory in path.parents
+
+
+# Every directory that ends up public, and how.
+for _public_dir, _how in (
+    (STATIC_ROOT, "STATIC_ROOT: evidence would be public"),
+    (WHITENOISE_ROOT, "WHITENOISE_ROOT: evidence would be public at the site root"),
+    *(
+        (
+            static_dir,
+            "a STATICFILES_DIRS directory: collectstatic would copy evidence into STATIC_ROOT, where it is public",
+        )
+        for static_dir in STATICFILES_DIRS
+    ),
+):
+    if _inside(EVIDENCE_ROOT, _public_dir):
+        raise ImproperlyConfigured(f"EVIDENCE_ROOT must not be inside {_how}.")
 EVIDENCE_STORAGE = env.str("EVIDENCE_STORAGE", default="local")
 if EVIDENCE_STORAGE == "s3":
     # django-storages on any S3-compatible service. Objects are private and
@@ -468,9 +492,6 @@ if DEBUG:
 else:
     CONTENT_SECURITY_POLICY = {"DIRECTIVES": _CSP_STRICT}
     CONTENT_SECURITY_POLICY_REPORT_ONLY = None
-
-# Files browsers ask for at the site root (favicon.ico), served by WhiteNoise.
-WHITENOISE_ROOT = BASE_DIR / "static" / "root"
 
 # security.txt (RFC 9116): where to report a vulnerability.
 SECURITY_CONTACT = env.str("SECURITY_CONTACT", default="mailto:support@rvi.iam-alliance.com")

@@ -2,11 +2,14 @@
 
 Some networks block one port or another, so the relay listens on several.
 RelayEmailBackend tries SMTP_RELAY_PORTS in order, starting with the port
-that worked last in this process. It moves on to the next port only when a
-port cannot carry a secure connection at all (refused, timed out, no
-STARTTLS, a certificate that does not verify): a refusal by the relay itself
-(wrong password, any 4xx or 5xx reply) would be the same on every port.
-Nothing is ever sent, AUTH included, before TLS is up.
+that worked last in this process. It moves on to the next port whenever a
+port cannot carry a secure connection (refused, timed out, a refusal
+greeting such as "554 port blocked", STARTTLS refused or not offered, a
+certificate that does not verify, the connection dropped): that is the
+port's doing, or the network's in front of it. A refusal of our login is
+the relay's verdict on the account and would be the same on every port, so
+it stops at once; so do refused senders or recipients, which come later,
+in send_messages. Nothing is ever sent, AUTH included, before TLS is up.
 """
 
 from __future__ import annotations
@@ -125,14 +128,18 @@ class RelayEmailBackend(EmailBackend):
                 )
                 connection.starttls(context=self.ssl_context)
                 connection.login(self.username, self.password)
-            except smtplib.SMTPResponseException as error:
-                # The relay answered and refused: the same on every port.
+            except smtplib.SMTPAuthenticationError as error:
+                # The relay refused our login: the same on every port, and trying
+                # each would only hammer it with a wrong password. The outbox retries later.
                 self._record(port, started, describe(error), ok=False)
                 self._discard(connection)
                 if self.fail_silently:
                     return None
                 raise
             except OSError as error:
+                # This port's doing (or the network's in front of it): a refusal
+                # greeting (SMTPConnectError), STARTTLS refused or not offered, a TLS
+                # handshake that failed, a dropped connection, a timeout. Try the next.
                 failures.append(f"{port}: {describe(error)}")
                 self._record(port, started, describe(error), ok=False)
                 self._discard(connection)

@@ -20,6 +20,9 @@ PRINT_SETTINGS = (
 )
 
 
+PRODUCTION = {"DEBUG": "false", "SESSION_SECRET": "s" * 50, "ALLOWED_HOSTS": "rvi.example.org"}
+
+
 def load_settings(**environment: str) -> subprocess.CompletedProcess:
     clean = {
         key: value
@@ -35,6 +38,7 @@ def load_settings(**environment: str) -> subprocess.CompletedProcess:
             "EVIDENCE_ROOT",
             "STATIC_ROOT",
             "LOG_LEVEL",
+            "CSRF_TRUSTED_ORIGINS",
         }
     }
     clean["DJANGO_SETTINGS_MODULE"] = "iama_vetting.settings"
@@ -96,6 +100,21 @@ def test_debug_defaults_to_off():
             "DEFAULT_FROM_EMAIL must be one address with its domain, a name without commas before it "
             "if wanted: IaMA RVI Support <support@example.org>.",
         ),
+        # Production: evidence inside a directory that ends up public.
+        (
+            {**PRODUCTION, "EVIDENCE_ROOT": str(PROJECT_DIR / "static" / "evidence")},
+            "EVIDENCE_ROOT must not be inside a STATICFILES_DIRS directory: collectstatic would copy "
+            "evidence into STATIC_ROOT, where it is public.",
+        ),
+        (
+            {**PRODUCTION, "EVIDENCE_ROOT": str(PROJECT_DIR / "static")},
+            "EVIDENCE_ROOT must not be inside a STATICFILES_DIRS directory: collectstatic would copy "
+            "evidence into STATIC_ROOT, where it is public.",
+        ),
+        (
+            {**PRODUCTION, "EVIDENCE_ROOT": str(PROJECT_DIR / "static" / "root" / "evidence")},
+            "EVIDENCE_ROOT must not be inside WHITENOISE_ROOT: evidence would be public at the site root.",
+        ),
     ],
 )
 def test_manage_py_says_what_is_misconfigured_in_one_line_and_exits_with_ex_config(setting, message):
@@ -147,6 +166,27 @@ def test_evidence_root_inside_static_root_refuses_to_start(tmp_path):
     )
     assert result.returncode != 0
     assert "EVIDENCE_ROOT must not be inside STATIC_ROOT" in result.stderr
+
+
+def test_evidence_root_next_to_the_static_directories_is_accepted():
+    # Only inside them is refused: a sibling of static/ with a similar name is fine.
+    result = load_settings(**PRODUCTION, EVIDENCE_ROOT=str(PROJECT_DIR / "static-evidence"))
+    assert result.returncode == 0, result.stderr
+
+
+def test_debug_trusts_the_development_servers_origins_for_csrf():
+    result = load_settings(DEBUG="true")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["CSRF_TRUSTED_ORIGINS"] == [
+        "http://127.0.0.1:8000",
+        "http://localhost:8000",
+    ]
+
+
+def test_production_trusts_no_extra_csrf_origins_by_default():
+    result = load_settings(**PRODUCTION)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["CSRF_TRUSTED_ORIGINS"] == []
 
 
 def test_postgres_url_gets_a_pool_and_timeouts():

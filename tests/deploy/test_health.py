@@ -74,5 +74,23 @@ def test_healthz_answers_during_maintenance(client, settings, tmp_path):
     assert client.get("/healthz").status_code == 200
 
 
+def test_head_answers_200_without_a_body_when_the_database_and_cache_answer(client):
+    response = client.head("/healthz")
+    assert response.status_code == 200
+    assert response.content == b""
+    assert "no-cache" in response["Cache-Control"] or "no-store" in response["Cache-Control"]
+
+
+@pytest.mark.parametrize("part", ["database", "cache"])
+def test_head_answers_503_when_the_database_or_the_cache_is_down(client, monkeypatch, part):
+    def refuse():
+        raise OperationalError("could not connect to server at db.internal")
+
+    monkeypatch.setitem(health.CHECKS, part, refuse)
+    response = client.head("/healthz")
+    assert response.status_code == 503
+    assert response.content == b""
+
+
 def test_healthz_refuses_post(client):
     assert client.post("/healthz").status_code == 405

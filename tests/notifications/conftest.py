@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -81,6 +82,58 @@ def silent_port() -> Iterator[int]:
         listener.bind(("127.0.0.1", 0))
         listener.listen(16)
         yield listener.getsockname()[1]
+
+
+@pytest.fixture
+def scripted_smtp_port() -> Iterator[Callable[..., int]]:
+    """A port whose SMTP server says a fixed greeting and fixed replies, then hangs up.
+
+    scripted_smtp_port("554 5.7.1 port blocked by provider") refuses at the
+    greeting; scripted_smtp_port("220 ready", starttls="454 4.7.0 TLS not available")
+    offers STARTTLS and refuses it. Returns the port; it serves until the test ends.
+    """
+    listeners: list[tuple[socket.socket, threading.Thread]] = []
+
+    def serve(listener: socket.socket, greeting: str, starttls: str) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # the listener was closed: the test is over
+            with client, client.makefile("rwb") as stream:
+                stream.write(f"{greeting}\r\n".encode())
+                stream.flush()
+                if not greeting.startswith("220"):
+                    continue
+                for line in stream:
+                    verb = line.split(maxsplit=1)[0].upper() if line.strip() else b""
+                    if verb == b"EHLO":
+                        reply = "250-localhost\r\n250 STARTTLS"
+                    elif verb == b"STARTTLS":
+                        reply = starttls
+                    elif verb == b"QUIT":
+                        reply = "221 bye"
+                    else:
+                        reply = "503 5.5.1 not in this script"
+                    stream.write(f"{reply}\r\n".encode())
+                    stream.flush()
+                    if verb == b"QUIT":
+                        break
+
+    def start(greeting: str, *, starttls: str = "454 4.7.0 TLS not available") -> int:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        thread = threading.Thread(target=serve, args=(listener, greeting, starttls), daemon=True)
+        thread.start()
+        listeners.append((listener, thread))
+        return listener.getsockname()[1]
+
+    yield start
+    for listener, thread in listeners:
+        listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() the thread waits in
+        listener.close()
+        thread.join(5)
 
 
 @pytest.fixture

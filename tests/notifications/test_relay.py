@@ -114,6 +114,102 @@ def test_a_server_without_starttls_gets_no_login_and_no_mail(start_smtp_server, 
     assert "STARTTLS" in mail.last_error
 
 
+def test_a_port_that_greets_with_a_refusal_is_a_failed_attempt_and_the_next_port_delivers(
+    smtp_server, use_relay, scripted_smtp_port, caplog
+):
+    blocked = scripted_smtp_port("554 5.7.1 port blocked by provider")
+    use_relay(blocked, smtp_server.port)
+    mail = queue_received_mail()
+    with caplog.at_level(logging.INFO, logger="notifications.relay"):
+        send_outbox()
+    [received] = smtp_server.recorder.received
+    assert received.over_tls
+    mail.refresh_from_db()
+    assert mail.status == OutboundEmail.Status.SENT
+    assert mail.port_used == smtp_server.port
+    assert attempts_logged(caplog) == [
+        (blocked, "554 5.7.1 port blocked by provider"),
+        (smtp_server.port, "connected"),
+    ]
+
+
+def test_a_port_that_refuses_starttls_gets_no_login_and_the_next_port_delivers(
+    smtp_server, use_relay, scripted_smtp_port, caplog
+):
+    refusing = scripted_smtp_port(
+        "220 relay ESMTP", starttls="454 4.7.0 TLS not available due to temporary reason"
+    )
+    use_relay(refusing, smtp_server.port)
+    mail = queue_received_mail()
+    with caplog.at_level(logging.INFO, logger="notifications.relay"):
+        send_outbox()
+    assert len(smtp_server.recorder.received) == 1
+    mail.refresh_from_db()
+    assert mail.status == OutboundEmail.Status.SENT
+    assert mail.port_used == smtp_server.port
+    assert attempts_logged(caplog) == [
+        (refusing, "454 4.7.0 TLS not available due to temporary reason"),
+        (smtp_server.port, "connected"),
+    ]
+
+
+def test_a_port_that_does_not_offer_starttls_gets_no_login_and_the_next_port_delivers(
+    start_smtp_server, use_relay, caplog
+):
+    plain, secure = start_smtp_server(tls=False), start_smtp_server()
+    use_relay(plain.port, secure.port)
+    mail = queue_received_mail()
+    with caplog.at_level(logging.INFO, logger="notifications.relay"):
+        send_outbox()
+    assert plain.recorder.logins == [] and plain.recorder.commands == []
+    [received] = secure.recorder.received
+    assert received.over_tls
+    mail.refresh_from_db()
+    assert mail.port_used == secure.port
+    [(port, outcome), second] = attempts_logged(caplog)
+    assert port == plain.port and "STARTTLS" in outcome
+    assert second == (secure.port, "connected")
+
+
+def test_when_every_port_refuses_its_greeting_the_mail_waits_for_a_retry_with_each_port_named(
+    use_relay, scripted_smtp_port
+):
+    first = scripted_smtp_port("554 5.7.1 port blocked by provider")
+    second = scripted_smtp_port("421 4.3.2 service not available")
+    use_relay(first, second)
+    mail = queue_received_mail()
+
+    with pytest.raises(CommandError):
+        send_outbox()
+
+    mail.refresh_from_db()
+    assert mail.status == OutboundEmail.Status.QUEUED
+    assert mail.attempts == 1
+    assert f"{first}: 554 5.7.1 port blocked by provider" in mail.last_error
+    assert f"{second}: 421 4.3.2 service not available" in mail.last_error
+
+
+def test_a_wrong_password_after_a_blocked_port_still_stops_before_the_remaining_ports(
+    start_smtp_server, use_relay, scripted_smtp_port, caplog
+):
+    blocked = scripted_smtp_port("554 5.7.1 port blocked by provider")
+    first, second = start_smtp_server(), start_smtp_server()
+    use_relay(blocked, first.port, second.port, password="Wrong-Passw0rd-known-to-this-test")
+    mail = queue_received_mail()
+
+    with caplog.at_level(logging.INFO, logger="notifications.relay"), pytest.raises(CommandError):
+        send_outbox()
+
+    assert first.recorder.logins and first.recorder.accepted_logins == 0
+    assert second.recorder.connections == 0  # a 535 would be the same there
+    mail.refresh_from_db()
+    assert mail.status == OutboundEmail.Status.QUEUED
+    assert mail.last_error.startswith("535")
+    [(port, _), (port_refusing_login, outcome)] = attempts_logged(caplog)
+    assert (port, port_refusing_login) == (blocked, first.port)
+    assert outcome.startswith("535")
+
+
 def test_a_certificate_that_does_not_verify_is_a_failed_attempt_and_the_next_port_delivers(
     start_smtp_server, use_relay, other_certificates, caplog
 ):

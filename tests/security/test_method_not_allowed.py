@@ -32,7 +32,7 @@ def test_a_wrong_method_on_the_application_form_gets_the_error_page_and_no_sessi
 
 def test_a_post_to_the_health_check_gets_the_error_page(client):
     response = client.post("/healthz")
-    assert_error_page(response, {"GET"})
+    assert_error_page(response, {"GET", "HEAD"})
     assert not response.cookies
 
 
