@@ -452,10 +452,10 @@ class ApplicationAdmin(admin.ModelAdmin):
     def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
         # `obj` is the application the change view already loaded: no second query for it.
         if obj is not None:
-            context["transitions"] = workflow.allowed_actions(obj, request.user)
+            # An action the role allows but this person may not take (four-eyes, an address mail cannot
+            # carry) or that cannot work here (no homeserver): said beside the buttons, not just missing.
+            context["transitions"], context["refusals"] = workflow.page_actions(obj, request.user)
             context["one_click_actions"] = ONE_CLICK_ACTIONS
-            # An action the role allows but this person may not take (four-eyes...): said, not just missing.
-            context["refusals"] = workflow.refusals(obj, request.user)
             context["notes"] = obj.notes.select_related("author")
             # In place of Django's History, which lists admin edits: applications are never edited here.
             context["audit_url"] = audit_url(obj) if request.user.has_perm("vetting.view_auditevent") else ""

@@ -289,7 +289,20 @@ def _permission_names(group: Group) -> set[str]:
 class RoleGroupAdmin(GroupAdmin):
     """The role groups (vetting.roles): their permissions are what each member may do, so a change
     to them is audited like a change to someone's roles. Django's add, change and delete pages
-    run in one transaction, which the audit events join."""
+    run in one transaction, which the audit events join.
+
+    A role group keeps its name and cannot be deleted: the code finds each role by its
+    group's name (roles.GROUP_NAMES). Its permissions can still be changed."""
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is not None and obj.name in roles.GROUP_NAMES.values():
+            return ("name",)
+        return super().get_readonly_fields(request, obj)
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        if obj is not None and obj.name in roles.GROUP_NAMES.values():
+            return False
+        return super().has_delete_permission(request, obj)
 
     def save_related(self, request, form, formsets, change) -> None:
         group = form.instance

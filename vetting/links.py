@@ -10,6 +10,8 @@ the queue meanwhile.
 
 from __future__ import annotations
 
+import uuid
+import zlib
 from datetime import timedelta
 
 from django.conf import settings
@@ -63,19 +65,36 @@ def confirmation_expired(application: Application) -> bool:
     )
 
 
+def _signed_public_id(token: str, salt: str) -> uuid.UUID | None:
+    """The application id a link of ours carries, or None for a link we did not sign.
+
+    We only ever sign an application's public_id as a string. Any other payload under our
+    salt (a number, a list, "zz", or bytes that are not compressed JSON at all) can only come
+    from someone holding a current or retired secret key: it is not one of our links, and it
+    never reaches the database lookup, which would raise on it.
+    """
+    try:
+        payload = signing.loads(token, salt=salt)
+    except (signing.BadSignature, ValueError, zlib.error, RecursionError):
+        # Signed bytes that are not base64 or not JSON (ValueError), not compressed data
+        # (zlib.error), or JSON nested deeper than the parser goes (RecursionError).
+        return None
+    if not isinstance(payload, str):
+        return None
+    try:
+        return uuid.UUID(payload)
+    except ValueError:
+        return None
+
+
 def _is_genuine(token: str, salt: str) -> bool:
     """Whether we signed this link, however old it is (a tampered one is not)."""
-    try:
-        signing.loads(token, salt=salt)
-    except signing.BadSignature:
-        return False
-    return True
+    return _signed_public_id(token, salt) is not None
 
 
 def _application_for(token: str, salt: str) -> Application | None:
-    try:
-        public_id = signing.loads(token, salt=salt)
-    except signing.BadSignature:
+    public_id = _signed_public_id(token, salt)
+    if public_id is None:
         return None
     return Application.objects.filter(public_id=public_id).first()
 

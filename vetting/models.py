@@ -27,6 +27,15 @@ def new_reference() -> str:
 
 
 def validate_matrix_localpart(value: str) -> None:
+    # Synapse only caps the whole user ID at 255 characters; our own cap keeps every name
+    # within the fields that store it, even where no max_length guards the way in
+    # (workflow._assigned_username).
+    if len(value) > MATRIX_LOCALPART_MAX_LENGTH:
+        raise ValidationError(
+            _("A Matrix username can have at most %(limit)d characters (this one has %(length)d)."),
+            code="localpart_too_long",
+            params={"limit": MATRIX_LOCALPART_MAX_LENGTH, "length": len(value)},
+        )
     if not MATRIX_LOCALPART_RE.match(value):
         raise ValidationError(
             _(

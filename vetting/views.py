@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import zlib
 from email.utils import parseaddr
 
 from django.conf import settings
@@ -90,9 +91,14 @@ def _redirect_to_done(reference: str, email: str) -> HttpResponse:
 @require_safe
 def apply_done(request: HttpRequest) -> HttpResponse:
     try:
-        reference, email = signing.loads(request.GET.get("r", ""), salt=DONE_SALT, max_age=DONE_MAX_AGE)
-    except (signing.BadSignature, ValueError):
-        # ValueError: a value signed before it carried the address (the reference alone).
+        signed = signing.loads(request.GET.get("r", ""), salt=DONE_SALT, max_age=DONE_MAX_AGE)
+    except (signing.BadSignature, ValueError, zlib.error, RecursionError):
+        signed = None  # Tampered or expired; the rest only a secret key's holder could sign.
+    # Anything but the [reference, address] pair we sign shows neither: the reference alone
+    # was signed before the value carried the address.
+    if isinstance(signed, list) and len(signed) == 2 and all(isinstance(part, str) for part in signed):
+        reference, email = signed
+    else:
         reference = email = None
     return render(request, "vetting/apply_done.html", {"reference": reference, "email": email})
 

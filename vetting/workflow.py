@@ -23,6 +23,8 @@ e-mails in that same transaction: it applies completely or not at all.
 from __future__ import annotations
 
 import contextlib
+import logging
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -32,7 +34,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.contrib.auth.tokens import default_token_generator
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import BooleanField, CharField, Exists, ExpressionWrapper, OuterRef, Q, QuerySet
 from django.db.models.functions import Cast
 from django.http import HttpRequest
@@ -62,6 +64,8 @@ from vetting.models import (
 from vetting.privacy import PRIVACY_NOTICE_VERSION
 
 Status = Application.Status
+
+logger = logging.getLogger(__name__)
 
 
 class WorkflowError(Exception):
@@ -132,6 +136,9 @@ STAFF_TRANSITIONS: dict[str, Transition] = {
 }
 # The transitions that make a registration token on the homeserver.
 INVITATION_ACTIONS = ("issue_invitation", "reissue_invitation")
+# The staff transitions that mail the applicant (_applicant_mail); issuing does only when the
+# token goes to them too (token_mailed_to_applicant).
+APPLICANT_MAILED = frozenset({"request_information", "approve", "reject"})
 # An invited person has a live token: staff revoke it rather than the applicant withdrawing.
 APPLICANT_WITHDRAWABLE = frozenset(
     {
@@ -158,6 +165,8 @@ def guard_reason(name: str, application: Application, user) -> str | None:
     reason = _personal_refusal(name, application, user)
     if reason is None and name in INVITATION_ACTIONS:
         reason = _invitation_guard(name, application)
+    if reason is None:
+        reason = _mail_refusal(name, application)
     return reason
 
 
@@ -178,7 +187,7 @@ def _personal_refusal(name: str, application: Application, user) -> str | None:
     if name == "reopen" and application.erased_at is not None:
         # Erasure is final: the person asked us to forget them, and nobody is left to tell.
         return _("This application was erased at the applicant's request, so it cannot be reopened.")
-    if name in ("approve", "reject") and application.verification_recorded_by_id == user.pk:
+    if _decides(name, application) and application.verification_recorded_by_id == user.pk:
         return _(
             "You recorded the verification of this application, so another server admin must decide it "
             "(four-eyes rule)."
@@ -191,16 +200,89 @@ def _personal_refusal(name: str, application: Application, user) -> str | None:
     return None
 
 
+def _decides(name: str, application: Application) -> bool:
+    """Whether `name` is a decision on the verification: approve, reject, or sending a
+    recommended application back for more information (DESIGN's diagram draws all three
+    out of "recommended")."""
+    return name in ("approve", "reject") or (
+        name == "request_information" and application.status == Status.RECOMMENDED
+    )
+
+
 def refusals(application: Application, user) -> list[str]:
-    """Why `user` cannot take actions their role allows in this state: said, not just left out."""
+    """Why `user` cannot take actions their role allows in this state: said, not just left out.
+
+    The personal refusals, and an applicant's address that mail cannot carry.
+    """
     reasons: list[str] = []
     for name, transition in STAFF_TRANSITIONS.items():
         if not transition.allowed_for(user) or application.status not in transition.sources:
             continue
-        reason = _personal_refusal(name, application, user)
-        if reason is not None and reason not in reasons:
-            reasons.append(reason)
+        for reason in (_personal_refusal(name, application, user), _mail_refusal(name, application)):
+            if reason is not None and reason not in reasons:
+                reasons.append(reason)
     return reasons
+
+
+def _mails_applicant(name: str, application: Application) -> bool:
+    return name in APPLICANT_MAILED or (name in INVITATION_ACTIONS and token_mailed_to_applicant(application))
+
+
+def _mail_refusal(name: str, application: Application) -> str | None:
+    return unmailable_address(application) if _mails_applicant(name, application) else None
+
+
+def unmailable_address(application: Application) -> str | None:
+    """Why no mail can be queued to the applicant's stored address, or None when it can (or none is sent).
+
+    Addresses are checked as mail uses them when they are typed (validate_sendable_address),
+    but rows stored before that check may hold one queue_email refuses: a bidi mark pasted
+    with it, a domain IDNA cannot encode. A change that must mail the applicant is then
+    refused, like any other, rather than made without the mail that tells them.
+    """
+    if application.erased_at is not None:
+        return None  # Erasure blanked the address: _applicant_mail tells nobody.
+    address = application.email
+    try:
+        validate_sendable_address(address)
+    except ValidationError:
+        return _(
+            "The applicant's stored e-mail address, “%(address)s”, cannot be mailed: %(why)s. Nothing that "
+            "mails the applicant (a request for information, a decision, the token) can be done until it "
+            "is corrected. It cannot be changed here: ask an operator to correct the address stored with "
+            "application %(reference)s, then try again."
+        ) % {"address": address, "why": _why_unmailable(address), "reference": application.reference}
+    return None
+
+
+def _why_unmailable(address: str) -> str:
+    for character in address:
+        # Format and control characters: a bidi mark, a zero-width joiner, a line break.
+        if unicodedata.category(character) in ("Cc", "Cf", "Zl", "Zp"):
+            return _("it contains an invisible character, U+%(code)04X %(name)s") % {
+                "code": ord(character),
+                "name": unicodedata.name(character, ""),
+            }
+    try:
+        # What Django's mail does with the domain (sanitize_address).
+        address.rpartition("@")[2].encode("idna")
+    except UnicodeError:
+        return _("its domain cannot be written in the form mail needs (IDNA)")
+    return _("it is not an address mail can be sent to")
+
+
+def unavailable_reason(name: str) -> str | None:
+    """Why a transition the guard allows cannot work on this installation now, or None.
+
+    Not part of the guard: issuing meets a missing homeserver setting itself, and audits
+    it (invitation.issue_failed). Pages use this so as not to offer a button that cannot
+    work; the confirmation page checks again, as the settings may differ by then.
+    """
+    if name in INVITATION_ACTIONS:
+        problem = matrix.configuration_problem()
+        if problem:
+            return _("Invitations cannot be issued: %(problem)s") % {"problem": problem}
+    return None
 
 
 def _invitation_guard(name: str, application: Application) -> str | None:
@@ -225,6 +307,22 @@ def allowed_actions(application: Application, user) -> list[tuple[str, str]]:
         for name, transition in STAFF_TRANSITIONS.items()
         if guard_reason(name, application, user) is None
     ]
+
+
+def page_actions(application: Application, user) -> tuple[list[tuple[str, str]], list[str]]:
+    """The application page's buttons, and why an action the role allows in this state is missing.
+
+    An allowed action that cannot work here (no homeserver configured) gets no button:
+    its reason is said with the refusals instead.
+    """
+    offered, reasons = [], refusals(application, user)
+    for name, label in allowed_actions(application, user):
+        unavailable = unavailable_reason(name)
+        if unavailable is None:
+            offered.append((name, label))
+        elif unavailable not in reasons:
+            reasons.append(unavailable)
+    return offered, reasons
 
 
 def _lock(application: Application) -> Application:
@@ -317,7 +415,12 @@ def _applicant_mail(name: str, application: Application, **context) -> None:
         link = {"status_url": links.status_url(application)}
     else:
         link = {"confirm_url": links.confirm_url(application)}
-    queue_email(name, [application.email], {"application": application, **link, **context})
+    try:
+        queue_email(name, [application.email], {"application": application, **link, **context})
+    except ValidationError as error:
+        # An address stored before it was checked as mail uses it. The staff transitions
+        # refuse it in their guard already; this covers every other caller (withdraw).
+        raise WorkflowError(unmailable_address(application) or " ".join(error.messages)) from error
 
 
 def _store_uploads(
@@ -330,6 +433,38 @@ def _store_uploads(
 def _delete_files(stored: list[Evidence]) -> None:
     for evidence in stored:
         delete_left_behind(evidence.file.storage, evidence.file.name)
+
+
+def _save_with_evidence(application: Application, stored: list[Evidence], save: Callable[[], None]) -> None:
+    """Run `save` (which writes evidence files into `stored`) in one transaction; the files
+    stay only with a committed row.
+
+    A failure before the commit rolls everything back, so the files go. A failed commit
+    is ambiguous: the server may have committed before the connection broke. Then the
+    files go only if the row is surely not there; while the database cannot say, they
+    stay, and purge_evidence removes them later if no row names them.
+    """
+    committing = False
+    try:
+        with transaction.atomic():
+            save()
+            committing = True
+    except BaseException:
+        if not committing or not _may_be_stored(application):
+            _delete_files(stored)
+        raise
+
+
+def _may_be_stored(application: Application) -> bool:
+    try:
+        return Application.objects.filter(pk=application.pk).exists()
+    except DatabaseError:
+        logger.warning(
+            "Could not tell whether application %s was stored; its evidence files stay until "
+            "purge_evidence finds them without a row.",
+            application.reference,
+        )
+        return True
 
 
 # Applicant side ------------------------------------------------------------
@@ -346,32 +481,31 @@ def submit_application(
     far are deleted, so no row and no orphan file remains.
     """
     stored: list[Evidence] = []
-    try:
-        with transaction.atomic():
-            application.status = Status.UNCONFIRMED
-            application.source = Application.Source.PUBLIC
-            application.consent_given_at = timezone.now()
-            application.privacy_notice_version = PRIVACY_NOTICE_VERSION
-            application.save()
-            _store_uploads(application, uploads, None, stored)
-            audit.record(
-                "application.submitted",
-                actor_kind=AuditEvent.ActorKind.APPLICANT,
-                target=application,
-                request=request,
-                details={"reference": application.reference, "evidence": len(stored)},
-            )
-            # The one status link to an unconfirmed address: the applicant typed it
-            # themselves, and the confirmation link beside it opens the same page anyway.
-            _applicant_mail(
-                "application-received",
-                application,
-                status_url=links.status_url(application),
-                evidence_count=len(stored),
-            )
-    except BaseException:
-        _delete_files(stored)
-        raise
+
+    def save() -> None:
+        application.status = Status.UNCONFIRMED
+        application.source = Application.Source.PUBLIC
+        application.consent_given_at = timezone.now()
+        application.privacy_notice_version = PRIVACY_NOTICE_VERSION
+        application.save()
+        _store_uploads(application, uploads, None, stored)
+        audit.record(
+            "application.submitted",
+            actor_kind=AuditEvent.ActorKind.APPLICANT,
+            target=application,
+            request=request,
+            details={"reference": application.reference, "evidence": len(stored)},
+        )
+        # The one status link to an unconfirmed address: the applicant typed it
+        # themselves, and the confirmation link beside it opens the same page anyway.
+        _applicant_mail(
+            "application-received",
+            application,
+            status_url=links.status_url(application),
+            evidence_count=len(stored),
+        )
+
+    _save_with_evidence(application, stored, save)
     return application
 
 
@@ -386,26 +520,25 @@ def submit_staff_application(
     if not user.has_perm("vetting.add_application"):
         raise WorkflowError(_("Your role does not allow entering applications."))
     stored: list[Evidence] = []
-    try:
-        with transaction.atomic():
-            application.status = Status.SUBMITTED
-            application.source = Application.Source.STAFF
-            application.consent_given_at = timezone.now()
-            application.privacy_notice_version = PRIVACY_NOTICE_VERSION
-            application.email_confirmed_at = None
-            application.save()
-            _store_uploads(application, uploads, user, stored)
-            audit.record(
-                "application.entered_by_staff",
-                actor=user,
-                target=application,
-                request=request,
-                details={"reference": application.reference, "evidence": len(stored)},
-            )
-            _applicant_mail("application-entered", application)
-    except BaseException:
-        _delete_files(stored)
-        raise
+
+    def save() -> None:
+        application.status = Status.SUBMITTED
+        application.source = Application.Source.STAFF
+        application.consent_given_at = timezone.now()
+        application.privacy_notice_version = PRIVACY_NOTICE_VERSION
+        application.email_confirmed_at = None
+        application.save()
+        _store_uploads(application, uploads, user, stored)
+        audit.record(
+            "application.entered_by_staff",
+            actor=user,
+            target=application,
+            request=request,
+            details={"reference": application.reference, "evidence": len(stored)},
+        )
+        _applicant_mail("application-entered", application)
+
+    _save_with_evidence(application, stored, save)
     return application
 
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
+import json
+import socket
 import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -22,9 +26,14 @@ pytestmark = [
 ]
 
 
+# The site's gunicorn runs this many (sync) workers; every_worker_takes_a_new_connection holds each once.
+GUNICORN_WORKERS = 2
+
+
 @dataclass
 class Site:
     app: servers.App
+    app_url: str
     http_url: str
     https_url: str
     https_port: int
@@ -68,7 +77,7 @@ def site(tmp_path_factory) -> Site:
     config = servers.nginx_wrapper(rendered / "nginx" / "iama-rvi.conf", root)
     https_url = f"https://localhost:{https_port}"
     with (
-        app.gunicorn(rendered / "gunicorn.conf.py", app_port),
+        app.gunicorn(rendered / "gunicorn.conf.py", app_port, workers=GUNICORN_WORKERS) as app_url,
         servers.nginx(config, https_port),
     ):
         evidence = servers.pdf_bytes(300_000)
@@ -79,6 +88,7 @@ def site(tmp_path_factory) -> Site:
         )
         yield Site(
             app=app,
+            app_url=app_url,
             http_url=f"http://127.0.0.1:{http_port}",
             https_url=https_url,
             https_port=https_port,
@@ -344,24 +354,66 @@ def test_the_access_log_masks_a_token_with_or_without_a_slash_after_it(site):
     assert secret not in log
 
 
+def every_worker_takes_a_new_connection(app_url: str) -> None:
+    """Return once each gunicorn worker has taken a connection opened now, and answered it.
+
+    A sync worker writes all it writes about a request (an access line, were one configured)
+    before it takes its next connection: every request answered before this call is then in
+    the log in full. One listening socket hands out connections in the order they were opened,
+    and a connection waiting for the end of its headers holds its worker, so the workers take
+    one each; finishing them last first lets no worker answer one before the others took theirs.
+    """
+    address = urlsplit(app_url)
+    held: list[socket.socket] = []
+    try:
+        for _worker in range(GUNICORN_WORKERS):
+            held.append(socket.create_connection((address.hostname, address.port), timeout=30))
+            held[-1].sendall(b"GET /healthz HTTP/1.0\r\n")
+        for connection in reversed(held):
+            connection.sendall(b"Host: localhost\r\n\r\n")
+            while connection.recv(65536):  # until the worker closes the connection: answered
+                pass
+    finally:
+        for connection in held:
+            connection.close()
+
+
+def log_lines_of(log_file: Path, request_ids: list[str], timeout: float = 30.0) -> dict[str, str]:
+    """The app's line for each request id, waiting for them up to `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = {}
+        for line in log_file.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                if isinstance(entry, dict) and entry.get("request_id") in request_ids:
+                    found[entry["request_id"]] = line
+        if len(found) == len(request_ids) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
 def test_gunicorn_writes_no_token_to_its_output(site):
     """What gunicorn prints goes to the journal: no request line or Referer with a token."""
     secret = "ImRlYWRiZWVmIg:1xXJAT:gunicorn-canary-signature"
     referer = {"Referer": f"https://localhost:{site.https_port}/status/{secret}/"}
-    site.get(f"/status/{secret}/", headers=referer)
-    site.get(f"/confirm/{secret}/", headers=referer)
-    site.get(f"/reset/MQ/{secret}/", headers=referer)
+    masked = {
+        f"/status/{secret}/": "/status/<token>/",
+        f"/confirm/{secret}/": "/confirm/<token>/",
+        f"/reset/MQ/{secret}/": "/reset/<uidb64>/<token>/",
+    }
+    # Each request's own line, known by the id nginx gave it: not one an earlier test left.
+    request_ids = {
+        site.get(path, headers=referer).headers["X-Request-ID"]: page for path, page in masked.items()
+    }
+    # Whatever gunicorn itself would write about these requests is written by then.
+    every_worker_takes_a_new_connection(site.app_url)
     [log_file] = site.app.root.glob("gunicorn-*.log")
-    expected = ('"/status/<token>/"', '"/confirm/<token>/"', '"/reset/<uidb64>/<token>/"')
-    for _attempt in range(100):
-        log = log_file.read_text()
-        if all(path in log for path in expected):
-            break
-        time.sleep(0.05)
-    # The app's access lines are in; gunicorn would write its own just after each response.
-    time.sleep(0.5)
+    lines = log_lines_of(log_file, list(request_ids))
     log = log_file.read_text()
-    assert all(path in log for path in expected), log[-2000:]
+    assert sorted(lines) == sorted(request_ids), log[-2000:]
+    for request_id, page in request_ids.items():
+        assert json.loads(lines[request_id])["path"] == page
     assert secret not in log
 
 

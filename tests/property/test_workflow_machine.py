@@ -961,8 +961,10 @@ class WorkflowMachine(RuleBasedStateMachine):
         else:
             assert (written[0].actor_kind, written[0].actor_id) == (AuditEvent.ActorKind.USER, actor.pk)
 
-        # Four eyes, at the moment of the decision.
-        if name in ("approve", "reject", "issue_invitation", "reissue_invitation"):
+        # Four eyes, at the moment of the decision; sending a recommended application back is one.
+        if name in ("approve", "reject", "issue_invitation", "reissue_invitation") or (
+            name == "request_information" and old["status"] == Status.RECOMMENDED
+        ):
             assert old["verification_recorded_by_id"] != actor.pk, f"the verifier could {name}"
 
         # The mails DESIGN.md lists, to whom it lists them, and nothing else; only erasure deletes mail.

@@ -14,7 +14,7 @@ from evidence.models import Evidence
 from notifications.models import OutboundEmail
 from tests.factories import PDF_BYTES, make_application, upload
 from tests.notifications.test_mail_privacy import mail_parts
-from tests.vetting.test_workflow import recommended_by
+from tests.vetting.test_workflow import actions, recommended_by, with_stored_address
 from vetting import links, workflow
 from vetting.admin import EARLIER_APPLICATIONS_SHOWN
 from vetting.models import Application, AuditEvent, InformationReply, StaffNote
@@ -257,6 +257,52 @@ def test_four_eyes_refusal_is_shown_not_a_500(client, server_admin):
     assert "four-eyes" in response.content.decode()
     application.refresh_from_db()
     assert application.status == Status.RECOMMENDED
+
+
+def unmailable_refusal(application: Application) -> str:
+    """What staff read about an application stored with "alex@applicant.example" and a bidi mark after it."""
+    return escape(
+        "The applicant's stored e-mail address, “alex@applicant.example\u200f”, cannot be mailed: it contains "
+        "an invisible character, U+200F RIGHT-TO-LEFT MARK. Nothing that mails the applicant (a request for "
+        "information, a decision, the token) can be done until it is corrected. It cannot be changed here: "
+        f"ask an operator to correct the address stored with application {application.reference}, then "
+        "try again."
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "fields"),
+    [
+        ("request_information", {"question": "Which meetup was it?"}),
+        ("approve", {}),
+        ("reject", {"reason": "No referee", "message_to_applicant": "Sorry."}),
+    ],
+)
+def test_an_action_that_would_mail_an_address_mail_cannot_carry_is_refused_not_a_500(
+    client, agent, server_admin, name, fields
+):
+    application = with_stored_address(recommended_by(agent), "alex@applicant.example\u200f")
+    before = actions(application)
+    client.force_login(server_admin)
+    # Sent from a page opened before (or by hand): the workflow refuses it, as the page would have.
+    response = client.post(
+        f"/admin/vetting/application/{application.pk}/action/{name}/",
+        {"seen_status": "recommended", **fields},
+    )
+    assert response.status_code == 200
+    assert f'<p class="errornote">{unmailable_refusal(application)}</p>' in response.content.decode()
+    application.refresh_from_db()
+    assert application.status == Status.RECOMMENDED
+    assert not OutboundEmail.objects.exists()
+    assert actions(application) == before
+
+
+def test_an_address_mail_cannot_carry_is_said_beside_the_buttons_it_takes_away(client, agent, server_admin):
+    application = with_stored_address(recommended_by(agent), "alex@applicant.example\u200f")
+    client.force_login(server_admin)
+    page = client.get(change_url(application)).content.decode()
+    assert buttons(page) == []  # request information, approve and reject would all mail the applicant
+    assert f'<li class="warning">{unmailable_refusal(application)}</li>' in page
 
 
 def test_an_unknown_action_is_refused(client, agent):
@@ -641,7 +687,8 @@ def test_the_verifier_is_told_beside_the_buttons_why_they_cannot_decide(client, 
     application = recommended_by(server_admin)
     client.force_login(server_admin)
     page = client.get(change_url(application)).content.decode()
-    assert buttons(page) == ["Request information"]
+    # Sending it back for more information is one of the decisions too (DESIGN's diagram).
+    assert buttons(page) == []
     assert (
         '<li class="warning">You recorded the verification of this application, so another server admin '
         "must decide it (four-eyes rule).</li>" in page

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 from base64 import urlsafe_b64decode
 from pathlib import Path
 from unittest import mock
@@ -9,6 +10,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from django.core import mail, signing
+from django.db import OperationalError, connections
+from django.db.backends.utils import CursorWrapper
 
 from evidence.models import Evidence
 from evidence.storage import EvidenceStorage
@@ -460,6 +463,71 @@ def test_nothing_is_left_behind_when_the_transaction_fails_after_all_files(clien
     with mock.patch("vetting.workflow.queue_email", side_effect=RuntimeError("template broke")):
         response = client.post("/apply/", form_data(**files))
     assert response.status_code == 500
+    assert not Application.objects.exists()
+    assert files_on_disk(settings) == []
+
+
+def _post_three_files_with_commit(client, commit):
+    files = {f"evidence_{slot}": upload(f"f{slot}.pdf", PDF_BYTES) for slot in range(1, 4)}
+    client.raise_request_exception = False
+    with mock.patch.object(type(connections["default"]), "commit", commit):
+        return client.post("/apply/", form_data(**files))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_commit_whose_answer_is_lost_keeps_the_files_of_the_application_it_stored(client, settings):
+    # The connection breaks after PostgreSQL committed: the applicant sees the outage
+    # page, but the application exists, so its evidence must too.
+    real_commit = type(connections["default"]).commit
+
+    def commit_then_lose_the_answer(wrapper):
+        real_commit(wrapper)
+        raise OperationalError("server closed the connection unexpectedly")
+
+    response = _post_three_files_with_commit(client, commit_then_lose_the_answer)
+    assert response.status_code == 503
+    application = Application.objects.get()
+    stored = sorted(
+        Path(settings.EVIDENCE_ROOT, evidence.file.name) for evidence in application.evidence.all()
+    )
+    assert len(stored) == 3
+    assert sorted(files_on_disk(settings)) == stored
+
+
+@pytest.mark.django_db(transaction=True)
+def test_while_the_database_cannot_say_whether_it_committed_the_files_stay_for_the_purge(
+    client, settings, caplog
+):
+    # Deleting them could leave a stored application without its evidence; purge_evidence
+    # removes files without a row once they are an hour old.
+    real_commit = type(connections["default"]).commit
+    real_execute = CursorWrapper.execute
+    lost = threading.Event()
+
+    def commit_then_lose_the_database(wrapper):
+        real_commit(wrapper)
+        lost.set()
+        raise OperationalError("server closed the connection unexpectedly")
+
+    def execute_unless_lost(cursor, *args, **kwargs):
+        if lost.is_set():
+            raise OperationalError("connection refused")
+        return real_execute(cursor, *args, **kwargs)
+
+    with mock.patch.object(CursorWrapper, "execute", execute_unless_lost):
+        response = _post_three_files_with_commit(client, commit_then_lose_the_database)
+    assert response.status_code == 503
+    assert len(files_on_disk(settings)) == 3
+    assert "its evidence files stay until purge_evidence finds them without a row" in caplog.text
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_commit_refused_by_the_database_leaves_no_file(client, settings):
+    def refuse_the_commit(wrapper):
+        raise OperationalError("could not serialize access")
+
+    response = _post_three_files_with_commit(client, refuse_the_commit)
+    assert response.status_code == 503
     assert not Application.objects.exists()
     assert files_on_disk(settings) == []
 

@@ -9,8 +9,10 @@ import pytest
 from django.utils import timezone
 from django.utils.formats import date_format
 
-from tests.vetting.test_admin_workflow import buttons, change_url
+from notifications.models import OutboundEmail
+from tests.vetting.test_admin_workflow import buttons, change_url, unmailable_refusal
 from tests.vetting.test_invitations import make_invitations
+from tests.vetting.test_workflow import with_stored_address
 from vetting import workflow
 from vetting.models import Application, AuditEvent, Invitation
 
@@ -91,6 +93,65 @@ def test_the_issue_pages_say_at_once_that_no_homeserver_is_configured(
     ) in page
     assert 'name="matrix_username"' not in page  # nothing to fill in that could not be sent
     assert not AuditEvent.objects.filter(action="invitation.issue_failed").exists()
+
+
+def expired_invitation(application: Application, issued_by) -> Invitation:
+    return Invitation.objects.create(
+        application=application,
+        token="expired-token",
+        matrix_username="alex",
+        expires_at=timezone.now(),
+        state=Invitation.State.EXPIRED,
+        issued_by=issued_by,
+        issued_at=timezone.now(),
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "label"),
+    [("issue_invitation", "Issue invitation"), ("reissue_invitation", "Re-issue invitation")],
+)
+def test_without_a_homeserver_the_application_page_says_why_instead_of_offering_the_button(
+    client, approved, inviting_admin, settings, name, label
+):
+    if name == "reissue_invitation":
+        expired_invitation(approved, inviting_admin)
+    settings.MATRIX_HOMESERVER_URL = ""
+    client.force_login(inviting_admin)
+    page = client.get(change_url(approved)).content.decode()
+    assert buttons(page) == []
+    assert f"/action/{name}/" not in page
+    assert (
+        '<ul class="messagelist workflow-refusals">\n  <li class="warning">Invitations cannot be issued: '
+        "MATRIX_HOMESERVER_URL is not set. Ask an operator to configure the homeserver settings, then run "
+        "“manage.py matrix_check”.</li>\n</ul>"
+    ) in page
+    # Configured, the same page offers the button and says nothing about it.
+    settings.MATRIX_HOMESERVER_URL = "https://matrix.example.org"
+    settings.MATRIX_ADMIN_TOKEN = "syt_configured"
+    page = client.get(change_url(approved)).content.decode()
+    assert buttons(page) == [label]
+    assert "workflow-refusals" not in page
+
+
+def test_an_issue_whose_token_would_be_mailed_to_an_address_mail_cannot_carry_is_refused_not_a_500(
+    client, approved, inviting_admin, fake_synapse, settings
+):
+    settings.MATRIX_SEND_TOKEN_TO_APPLICANT = True
+    with_stored_address(approved, "alex@applicant.example\u200f")
+    client.force_login(inviting_admin)
+    page = client.get(change_url(approved)).content.decode()
+    assert buttons(page) == []
+    assert f'<li class="warning">{unmailable_refusal(approved)}</li>' in page
+    response = client.post(
+        action_url(approved, "issue_invitation"), {"seen_status": "approved", "matrix_username": "alex"}
+    )
+    assert response.status_code == 200
+    assert f'<p class="errornote">{unmailable_refusal(approved)}</p>' in response.content.decode()
+    assert fake_synapse.server.requests == []
+    approved.refresh_from_db()
+    assert approved.status == Status.APPROVED
+    assert not OutboundEmail.objects.exists()
 
 
 def test_sync_now_without_a_homeserver_says_it_cannot_sync(client, inviting_admin, settings):

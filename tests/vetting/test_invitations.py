@@ -26,7 +26,7 @@ from django.utils import timezone
 
 from notifications.models import OutboundEmail
 from tests.vetting.homeservers import apply_then_fail_once
-from tests.vetting.test_workflow import actions, assert_unchanged, recommended_by
+from tests.vetting.test_workflow import actions, assert_unchanged, recommended_by, with_stored_address
 from vetting import workflow
 from vetting.models import Application, AuditEvent, Invitation
 
@@ -87,6 +87,30 @@ def test_the_token_is_never_mailed_to_an_address_nobody_confirmed(
     to_admin = OutboundEmail.objects.get(template="invitation-issued")
     assert "also e-mailed to the applicant" not in to_admin.body_text
     assert "two separate messages" in to_admin.body_text
+
+
+@pytest.mark.parametrize("name", workflow.INVITATION_ACTIONS)
+def test_no_token_is_made_when_it_must_be_mailed_to_an_address_mail_cannot_carry(
+    approved, inviting_admin, fake_synapse, settings, name
+):
+    settings.MATRIX_SEND_TOKEN_TO_APPLICANT = True
+    if name == "reissue_invitation":
+        issue(approved, inviting_admin)
+        workflow.revoke_invitation(approved, inviting_admin)
+        fake_synapse.server.requests.clear()
+        OutboundEmail.objects.all().delete()
+    with_stored_address(approved, "alex@applicant.example\u200f")
+    before = actions(approved)
+    with pytest.raises(workflow.WorkflowError, match="U\\+200F RIGHT-TO-LEFT MARK"):
+        getattr(workflow, name)(approved, inviting_admin)
+    assert fake_synapse.server.requests == []  # refused before the homeserver: no token to take back
+    assert_unchanged(approved)
+    assert actions(approved) == before
+    assert not OutboundEmail.objects.exists()
+    # When the token goes to the issuing admin alone, the applicant's address is not needed.
+    settings.MATRIX_SEND_TOKEN_TO_APPLICANT = False
+    getattr(workflow, name)(approved, inviting_admin)
+    assert approved.status == Status.INVITED
 
 
 def test_the_verifier_may_not_issue_the_invitation(agent, server_admin, fake_synapse):

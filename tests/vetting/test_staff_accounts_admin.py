@@ -293,6 +293,32 @@ def test_creating_renaming_and_deleting_groups_is_audited(client, superadmin):
     assert all(event.actor == superadmin for event in events)
 
 
+@pytest.mark.parametrize("role", list(roles.GROUP_NAMES))
+def test_a_role_group_keeps_its_name_and_cannot_be_deleted(client, superadmin, agent, role):
+    # Roles are found by their group's name: a renamed "Vetting agent" group would
+    # leave server admins unable to see or manage any agent.
+    group = Group.objects.get(name=roles.group_name(role))
+    client.force_login(superadmin)
+    page = client.get(f"/admin/auth/group/{group.pk}/change/").content.decode()
+    assert 'name="name"' not in page
+    assert "/delete/" not in page
+
+    client.post(
+        f"/admin/auth/group/{group.pk}/change/",
+        {"name": "Renamed", "permissions": _permission_pks(*roles.ROLE_PERMISSIONS[role])},
+    )
+    assert client.post(f"/admin/auth/group/{group.pk}/delete/", {"post": "yes"}).status_code == 403
+    client.post(
+        "/admin/auth/group/",
+        {"action": "delete_selected", "post": "yes", "_selected_action": [str(group.pk)]},
+    )
+
+    group.refresh_from_db()
+    assert group.name == roles.group_name(role)
+    assert not AuditEvent.objects.filter(action="group.deleted").exists()
+    assert roles.is_only_agent(agent)
+
+
 def test_the_add_form_shows_each_error_with_its_field_under_a_focused_summary(client, server_admin):
     client.force_login(server_admin)
     page = client.post("/admin/auth/user/add/", {"username": "", "email": "", "role": ""}).content.decode()

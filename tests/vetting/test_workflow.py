@@ -292,6 +292,29 @@ def test_four_eyes_the_verifier_cannot_approve_or_reject(server_admin):
     assert_unchanged(application)
 
 
+def test_four_eyes_the_verifier_cannot_send_their_recommendation_back_for_information(
+    server_admin, second_server_admin
+):
+    application = make_application()
+    workflow.claim(application, server_admin)
+    workflow.record_verification(application, server_admin, **verification())
+    with pytest.raises(workflow.WorkflowError, match="four-eyes"):
+        workflow.request_information(application, server_admin, "Who referred you?")
+    assert_unchanged(application)
+    # Another server admin deciding may ask.
+    workflow.request_information(application, second_server_admin, "Who referred you?")
+    application.refresh_from_db()
+    assert application.status == Status.INFO_REQUESTED
+
+
+def test_the_claimer_still_asks_for_information_while_verifying(server_admin):
+    application = make_application()
+    workflow.claim(application, server_admin)
+    workflow.request_information(application, server_admin, "Which chapter?")
+    application.refresh_from_db()
+    assert application.status == Status.INFO_REQUESTED
+
+
 def test_the_verifier_is_told_why_they_cannot_decide(server_admin, second_server_admin):
     application = make_application()
     workflow.claim(application, server_admin)
@@ -435,6 +458,88 @@ def test_an_erased_application_reopened_before_that_was_refused_is_decided_witho
     application.refresh_from_db()
     assert application.status == Status.APPROVED
     assert not OutboundEmail.objects.filter(template="application-approved").exists()
+
+
+# An address stored before it was checked as mail uses it -------------------------
+
+# Each with what the refusal says is wrong with it.
+UNMAILABLE_ADDRESSES = {
+    "rlm": ("alex@applicant.example\u200f", "it contains an invisible character, U+200F RIGHT-TO-LEFT MARK"),
+    "64-char-non-ascii-label": (
+        "alex@" + "\u00e4" * 64 + ".de",
+        "its domain cannot be written in the form mail needs (IDNA)",
+    ),
+}
+
+
+def with_stored_address(application: Application, address: str) -> Application:
+    """As a row written before validate_sendable_address existed: past every form's check."""
+    Application.objects.filter(pk=application.pk).update(email=address)
+    application.refresh_from_db()
+    return application
+
+
+DECISIONS_THAT_MAIL = {
+    "request_information": lambda application, user: workflow.request_information(
+        application, user, "Which meetup was it?"
+    ),
+    "approve": lambda application, user: workflow.approve(application, user),
+    "reject": lambda application, user: workflow.reject(application, user, "No referee", "Sorry."),
+}
+
+
+@pytest.mark.parametrize(("address", "why"), UNMAILABLE_ADDRESSES.values(), ids=UNMAILABLE_ADDRESSES.keys())
+@pytest.mark.parametrize("name", DECISIONS_THAT_MAIL)
+def test_a_change_that_would_mail_an_address_mail_cannot_carry_is_refused_and_changes_nothing(
+    agent, server_admin, name, address, why
+):
+    application = with_stored_address(recommended_by(agent), address)
+    before = actions(application)
+    with pytest.raises(workflow.WorkflowError) as refused:
+        DECISIONS_THAT_MAIL[name](application, server_admin)
+    assert str(refused.value) == (
+        f"The applicant's stored e-mail address, “{address}”, cannot be mailed: {why}. Nothing that mails "
+        "the applicant (a request for information, a decision, the token) can be done until it is "
+        "corrected. It cannot be changed here: ask an operator to correct the address stored with "
+        f"application {application.reference}, then try again."
+    )
+    assert_unchanged(application)
+    assert actions(application) == before
+    assert not OutboundEmail.objects.exists()
+
+
+def test_staff_are_told_before_choosing_that_the_applicant_cannot_be_mailed(agent, server_admin):
+    application = with_stored_address(make_application(), "alex@applicant.example\u200f")
+    # What mails nobody goes on: the claim, the verification.
+    workflow.claim(application, agent)
+    workflow.record_verification(application, agent, **verification())
+    application.refresh_from_db()
+    assert application.status == Status.RECOMMENDED
+    # Request information, approve and reject would mail the applicant: not offered, and said once.
+    assert workflow.allowed_actions(application, server_admin) == []
+    [refusal] = workflow.refusals(application, server_admin)
+    assert refusal.startswith("The applicant's stored e-mail address, “alex@applicant.example\u200f”, cannot")
+
+
+def test_an_applicant_withdrawing_with_such_an_address_is_refused_and_nothing_changes():
+    # Their own act, from the status page; it mails them too (application-withdrawn).
+    application = with_stored_address(make_application(), "alex@applicant.example\u200f")
+    with pytest.raises(workflow.WorkflowError, match="U\\+200F RIGHT-TO-LEFT MARK"):
+        workflow.withdraw(application)
+    assert_unchanged(application)
+    assert not OutboundEmail.objects.exists()
+
+
+def test_a_bad_address_does_not_hold_up_an_erased_application_which_mails_nobody(agent, server_admin):
+    application = recommended_by(agent)
+    workflow.erase_application(application)
+    # Erasure blanks the address, which is no address at all; nobody is mailed anyway.
+    Application.objects.filter(pk=application.pk).update(status=Status.RECOMMENDED)
+    application.refresh_from_db()
+    assert workflow.refusals(application, server_admin) == []
+    workflow.approve(application, server_admin)
+    application.refresh_from_db()
+    assert application.status == Status.APPROVED
 
 
 # Withdrawal ------------------------------------------------------------------
