@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -76,6 +78,8 @@ def app_server(
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            # Its own process group, so a master that will not stop is killed with its workers.
+            start_new_session=True,
         )
         base_url = f"http://127.0.0.1:{port}"
         try:
@@ -91,15 +95,47 @@ def app_server(
                 time.sleep(0.2)
             yield base_url
         finally:
-            server.terminate()
-            server.wait(timeout=15)
+            stop(server)
+
+
+def stop(server: subprocess.Popen) -> None:
+    """Stop gunicorn gracefully, or kill its whole process group: none may outlive the test."""
+    server.terminate()
+    try:
+        server.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=15)
+
+
+@dataclass(frozen=True)
+class Server:
+    base_url: str
+    evidence_root: Path
+    # Where uploads wait as temporary files (TemporaryFileUploadHandler): empty between requests.
+    upload_temp_dir: Path
+    log_path: Path
+
+
+def upload_temp_dir(tmp_path: Path) -> Path:
+    """A directory of the server's own for temporary uploads, given to it as TMPDIR.
+
+    The settings have no FILE_UPLOAD_TEMP_DIR, so Django puts uploads in Python's
+    tempfile directory, which TMPDIR sets: a leftover upload shows up here.
+    """
+    directory = tmp_path / "upload-tmp"
+    directory.mkdir(exist_ok=True)
+    return directory
 
 
 @pytest.fixture
 def gunicorn_on_postgres(transactional_db, settings, collected_static, tmp_path):
     evidence_root = tmp_path / "evidence"
-    with app_server(settings, collected_static, evidence_root, tmp_path / "gunicorn.log") as base_url:
-        yield base_url, evidence_root
+    temp_dir = upload_temp_dir(tmp_path)
+    log_path = tmp_path / "gunicorn.log"
+    with app_server(settings, collected_static, evidence_root, log_path, TMPDIR=str(temp_dir)) as base_url:
+        yield Server(base_url, evidence_root, temp_dir, log_path)
 
 
 class Applicant:
@@ -109,9 +145,21 @@ class Applicant:
         self.base_url = base_url
         self.email = f"person{number}@applicant.example"
         self.session = requests.Session()
+        self.form: requests.Response | None = None
 
     def post(self, files: dict[str, tuple[str, bytes]], consent: bool = True) -> requests.Response:
-        form = self.session.get(f"{self.base_url}/apply/", timeout=30)
+        self.open_form()
+        return self.send(files, consent)
+
+    def open_form(self) -> None:
+        """GET the form: its CSRF token and cookie for `send`."""
+        self.form = self.session.get(f"{self.base_url}/apply/", timeout=30)
+        self.form.raise_for_status()
+
+    def send(self, files: dict[str, tuple[str, bytes]], consent: bool = True) -> requests.Response:
+        """POST the form opened with `open_form`."""
+        form = self.form
+        assert form is not None, "open_form first"
         token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text).group(1)
         data = {
             "csrfmiddlewaretoken": token,
