@@ -440,22 +440,31 @@ def _save_with_evidence(application: Application, stored: list[Evidence], save: 
     stay only with a committed row.
 
     A failure before the commit rolls everything back, so the files go. A failed commit
-    is ambiguous: the server may have committed before the connection broke. Then the
-    files go only if the row is surely not there; while the database cannot say, they
-    stay, and purge_evidence removes them later if no row names them.
+    is ambiguous: the server may have committed before the connection broke. So the row
+    is looked for: found, the application was stored and this is a success (telling the
+    applicant to send it again would make a duplicate); not found, the files go; while
+    the database cannot say, the error stands and the files stay, for purge_evidence to
+    remove if no row names them.
     """
     committing = False
     try:
         with transaction.atomic():
             save()
             committing = True
-    except BaseException:
-        if not committing or not _may_be_stored(application):
+    except BaseException as error:
+        found = _row_found(application) if committing else False
+        if found and isinstance(error, DatabaseError):
+            logger.warning(
+                "The answer to storing application %s was lost; it was stored.", application.reference
+            )
+            return
+        if found is False:
             _delete_files(stored)
         raise
 
 
-def _may_be_stored(application: Application) -> bool:
+def _row_found(application: Application) -> bool | None:
+    """Whether the application's row is in the database; None when the database cannot say."""
     try:
         return Application.objects.filter(pk=application.pk).exists()
     except DatabaseError:
@@ -464,7 +473,7 @@ def _may_be_stored(application: Application) -> bool:
             "purge_evidence finds them without a row.",
             application.reference,
         )
-        return True
+        return None
 
 
 # Applicant side ------------------------------------------------------------

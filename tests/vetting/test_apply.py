@@ -475,9 +475,9 @@ def _post_three_files_with_commit(client, commit):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_commit_whose_answer_is_lost_keeps_the_files_of_the_application_it_stored(client, settings):
-    # The connection breaks after PostgreSQL committed: the applicant sees the outage
-    # page, but the application exists, so its evidence must too.
+def test_a_commit_whose_answer_is_lost_is_a_stored_application_not_an_error(client, settings):
+    # The connection breaks after PostgreSQL committed. Telling the applicant to send it
+    # again would make a duplicate: the application and all its evidence are there.
     real_commit = type(connections["default"]).commit
 
     def commit_then_lose_the_answer(wrapper):
@@ -485,13 +485,15 @@ def test_a_commit_whose_answer_is_lost_keeps_the_files_of_the_application_it_sto
         raise OperationalError("server closed the connection unexpectedly")
 
     response = _post_three_files_with_commit(client, commit_then_lose_the_answer)
-    assert response.status_code == 503
+    assert response.status_code == 302
+    assert response["Location"].startswith("/apply/done/")
     application = Application.objects.get()
     stored = sorted(
         Path(settings.EVIDENCE_ROOT, evidence.file.name) for evidence in application.evidence.all()
     )
     assert len(stored) == 3
     assert sorted(files_on_disk(settings)) == stored
+    assert OutboundEmail.objects.filter(to=application.email, template="application-received").count() == 1
 
 
 @pytest.mark.django_db(transaction=True)
