@@ -13,7 +13,7 @@ e-mails in that same transaction: it applies completely or not at all.
     recommended ──approve──▶ approved
     submitted, in_review, info_requested, recommended ──reject──▶ rejected
     approved, rejected ──reopen (superadmin)──▶ recommended, or submitted without a verification
-    any open state, approved ──withdraw (applicant)──▶ withdrawn
+    any open state, approved, invited ──withdraw (applicant; an invited one's token is revoked)──▶ withdrawn
     approved ──issue_invitation / reissue_invitation──▶ invited
     invited ──revoke_invitation──▶ approved
     invited ──sync_invitations: token used──▶ joined
@@ -139,7 +139,8 @@ INVITATION_ACTIONS = ("issue_invitation", "reissue_invitation")
 # The staff transitions that mail the applicant (_applicant_mail); issuing does only when the
 # token goes to them too (token_mailed_to_applicant).
 APPLICANT_MAILED = frozenset({"request_information", "approve", "reject"})
-# An invited person has a live token: staff revoke it rather than the applicant withdrawing.
+# DESIGN: "any open state ──applicant withdraws──▶ withdrawn". An invited person's
+# withdrawal takes their live token back from the homeserver (withdraw).
 APPLICANT_WITHDRAWABLE = frozenset(
     {
         Status.UNCONFIRMED,
@@ -148,6 +149,7 @@ APPLICANT_WITHDRAWABLE = frozenset(
         Status.INFO_REQUESTED,
         Status.RECOMMENDED,
         Status.APPROVED,
+        Status.INVITED,
     }
 )
 
@@ -663,11 +665,16 @@ def answer_to_last_request(application: Application) -> InformationReply | None:
 
 
 def withdraw(application: Application, request: HttpRequest | None = None) -> None:
+    """The applicant closes their application; an invited one's live token is revoked first,
+    so nothing is changed unless the homeserver let go of it (or no longer has it)."""
     with transaction.atomic():
         locked = _lock(application)
         refusal = withdrawal_refusal(locked)
         if refusal:
             raise WorkflowError(refusal)
+        details = {}
+        if locked.status == Status.INVITED:
+            details = _revoke_for_withdrawal(locked)
         locked.status = Status.WITHDRAWN
         locked.save(update_fields=["status", "updated_at"])
         audit.record(
@@ -675,9 +682,44 @@ def withdraw(application: Application, request: HttpRequest | None = None) -> No
             actor_kind=AuditEvent.ActorKind.APPLICANT,
             target=locked,
             request=request,
+            details=details,
         )
         _applicant_mail("application-withdrawn", locked)
     _refresh(application, locked)
+
+
+def _revoke_for_withdrawal(locked: Application) -> dict:
+    """Revoke the live invitation of an application being withdrawn; what the audit event says of it."""
+    invitation = locked.invitations.live().select_for_update().first()
+    if invitation is None:
+        return {}
+    already_gone = False
+    try:
+        client = matrix.get_client()
+        if client.get_token(invitation.server_id).used_up:
+            raise WorkflowError(
+                _(
+                    "Your invitation was already used to create an account, so this application can no "
+                    "longer be withdrawn. To leave, write to support."
+                )
+            )
+        client.revoke_token(invitation.server_id)
+    except matrix.NotFound:
+        already_gone = True
+    except matrix.MatrixError as error:
+        logger.warning(
+            "Could not revoke the invitation of withdrawn application %s: %s", locked.reference, error
+        )
+        raise WorkflowError(
+            _(
+                "Your invitation could not be cancelled on the Matrix server just now, so nothing was "
+                "changed. Try again in a few minutes, or write to support."
+            )
+        ) from error
+    invitation.state = Invitation.State.REVOKED
+    invitation.revoked_at = timezone.now()
+    invitation.save(update_fields=["state", "revoked_at"])
+    return {"invitation_revoked": invitation.pk, "already_gone_on_server": already_gone}
 
 
 # While staff are deciding, the community may forbid erasure (ERASURE_BLOCKED_DURING_REVIEW).
@@ -705,8 +747,8 @@ def erasure_refusal(application: Application) -> str | None:
     if application.status == Status.INVITED:
         # A live registration token would outlive the data it was issued for.
         return _(
-            "Your invitation to the Matrix server is still open. Use it, or write to support to have it "
-            "revoked; then you can erase your application."
+            "Your invitation to the Matrix server is still open. Withdraw your application first (that "
+            "cancels the invitation); then you can erase it."
         )
     if settings.ERASURE_BLOCKED_DURING_REVIEW and application.status in DECISION_PENDING:
         return _(

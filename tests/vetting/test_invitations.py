@@ -293,6 +293,64 @@ def test_a_failed_revoke_changes_nothing_and_is_audited(approved, inviting_admin
     assert actions(approved)[-1] == "invitation.revoke_failed"
 
 
+# The applicant withdraws while invited ---------------------------------------------
+
+
+def test_withdrawing_while_invited_revokes_the_token_then_closes_the_application(
+    approved, inviting_admin, fake_synapse
+):
+    invitation = issue(approved, inviting_admin)
+    workflow.withdraw(approved)
+    invitation.refresh_from_db()
+    assert fake_synapse.tokens == {}
+    assert approved.status == Status.WITHDRAWN
+    assert (invitation.state, invitation.revoked_by) == (Invitation.State.REVOKED, None)
+    event = AuditEvent.objects.get(action="application.withdrawn")
+    assert event.actor_kind == AuditEvent.ActorKind.APPLICANT
+    assert event.details == {"invitation_revoked": invitation.pk, "already_gone_on_server": False}
+    assert OutboundEmail.objects.filter(to=approved.email, template="application-withdrawn").count() == 1
+
+
+def test_withdrawing_with_the_token_already_gone_on_the_server_still_withdraws(
+    approved, inviting_admin, fake_synapse
+):
+    invitation = issue(approved, inviting_admin)
+    del fake_synapse.tokens[invitation.token]
+    workflow.withdraw(approved)
+    assert approved.status == Status.WITHDRAWN
+    assert AuditEvent.objects.get(action="application.withdrawn").details["already_gone_on_server"] is True
+
+
+def test_withdrawing_with_a_used_token_is_refused_in_the_applicant_s_words(
+    approved, inviting_admin, fake_synapse
+):
+    invitation = issue(approved, inviting_admin)
+    fake_synapse.register(invitation.token, "alex")
+    with pytest.raises(workflow.WorkflowError, match="already used to create an account") as refusal:
+        workflow.withdraw(approved)
+    assert "Sync now" not in str(refusal.value)
+    assert invitation.token in fake_synapse.tokens
+    assert_unchanged(approved)
+
+
+@pytest.mark.parametrize("failure", ["unreachable", "not configured"])
+def test_withdrawing_while_the_homeserver_fails_changes_nothing(
+    approved, inviting_admin, fake_synapse, settings, failure
+):
+    invitation = issue(approved, inviting_admin)
+    if failure == "unreachable":
+        settings.MATRIX_ADMIN_TOKEN = "syt_wrong"
+    else:
+        settings.MATRIX_HOMESERVER_URL = ""
+    with pytest.raises(workflow.WorkflowError, match="could not be cancelled on the Matrix server just now"):
+        workflow.withdraw(approved)
+    invitation.refresh_from_db()
+    assert invitation.state == Invitation.State.PENDING
+    assert invitation.token in fake_synapse.tokens
+    assert_unchanged(approved)
+    assert not AuditEvent.objects.filter(action="application.withdrawn").exists()
+
+
 def test_reissue_after_revocation_gives_a_new_token_for_the_same_username(
     approved, inviting_admin, fake_synapse
 ):

@@ -21,7 +21,6 @@ Status = Application.Status
     ("status", "erased"),
     [
         (Status.REJECTED, False),
-        (Status.INVITED, False),
         (Status.JOINED, False),
         (Status.WITHDRAWN, False),
         (Status.WITHDRAWN, True),

@@ -267,7 +267,6 @@ def test_withdrawing_a_rejected_application_explains_why_not(client):
 @pytest.mark.parametrize(
     ("status", "words"),
     [
-        (Status.INVITED, "Invitation issued"),
         (Status.REJECTED, "Not approved"),
         (Status.JOINED, "Joined the Matrix server"),
         (Status.WITHDRAWN, "Withdrawn by you"),
@@ -381,12 +380,16 @@ def test_the_invited_page_says_until_when_the_invitation_works_and_whom_to_write
     ) in page
 
 
-def test_the_invited_page_says_why_it_offers_no_withdrawal(client):
+def test_the_invited_page_offers_withdrawal_and_says_what_it_does_to_the_invitation(client):
     application = make_application(status=Status.INVITED)
     path = status_path(application)
     page = client.get(path).content.decode()
-    assert f'href="{path}withdraw/"' not in page
-    assert "<li>This application can no longer be withdrawn. Its status: Invitation issued.</li>" in page
+    assert f'href="{path}withdraw/"' in page
+    assert (
+        "Your invitation to the Matrix server will be cancelled"
+        in client.get(f"{path}withdraw/").content.decode()
+    )
+    assert "Withdraw your application first (that cancels the invitation); then you can erase it." in page
 
 
 def test_the_withdrawn_page_does_not_repeat_that_it_cannot_be_withdrawn(client):

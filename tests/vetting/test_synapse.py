@@ -18,7 +18,7 @@ from django.core.management import CommandError, call_command
 from notifications.models import OutboundEmail
 from tests.synapse.server import call
 from tests.vetting.test_workflow import actions, assert_unchanged, recommended_by
-from vetting import matrix, workflow
+from vetting import links, matrix, workflow
 from vetting.models import Application, AuditEvent, Invitation
 
 pytestmark = [pytest.mark.synapse, pytest.mark.django_db]
@@ -113,6 +113,24 @@ def test_revoking_deletes_the_token_on_synapse_so_it_no_longer_registers(
     again = workflow.reissue_invitation(application, inviting_admin)
     assert remote_token(synapse, again.token)[0] == 200
     assert register(synapse, username, again.token)[0] == 200
+
+
+def test_an_invited_applicant_withdrawing_on_their_status_page_revokes_the_token_on_synapse(
+    client, agent, server_admin, inviting_admin, synapse
+):
+    username = f"robin{secrets.token_hex(3)}"
+    application = approved_application(agent, server_admin, username)
+    invitation = workflow.issue_invitation(application, inviting_admin)
+    path = f"/status/{links.status_token(application)}/withdraw/"
+
+    page = client.get(path).content.decode()
+    assert "Your invitation to the Matrix server will be cancelled" in page
+    assert client.post(path).status_code == 302
+
+    application.refresh_from_db()
+    assert application.status == Status.WITHDRAWN
+    assert remote_token(synapse, invitation.token)[0] == 404
+    assert register(synapse, username, invitation.token)[0] != 200
 
 
 def test_a_token_deleted_on_synapse_is_recorded_as_revoked_and_a_new_one_can_be_issued(

@@ -565,7 +565,7 @@ def test_applicant_withdraws_an_open_application(status):
     assert AuditEvent.objects.get(action="application.withdrawn").actor_kind == "applicant"
 
 
-@pytest.mark.parametrize("status", [Status.REJECTED, Status.WITHDRAWN, Status.INVITED, Status.JOINED])
+@pytest.mark.parametrize("status", [Status.REJECTED, Status.WITHDRAWN, Status.JOINED])
 def test_a_closed_application_cannot_be_withdrawn(status):
     application = make_application(status=status)
     with pytest.raises(workflow.WorkflowError, match="can no longer be withdrawn"):
