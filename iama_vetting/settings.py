@@ -276,6 +276,13 @@ for _public_dir, _how in (
 ):
     if _inside(EVIDENCE_ROOT, _public_dir):
         raise ImproperlyConfigured(f"EVIDENCE_ROOT must not be inside {_how}.")
+# purge_evidence deletes what lies under the root and no evidence row names.
+for _kept_dir in (BASE_DIR, STATIC_ROOT, WHITENOISE_ROOT, *STATICFILES_DIRS):
+    if _inside(_kept_dir.resolve(), EVIDENCE_ROOT):
+        raise ImproperlyConfigured(
+            "EVIDENCE_ROOT must not contain the project or a static directory: purge_evidence "
+            "deletes files under it that no evidence row names."
+        )
 EVIDENCE_STORAGE = env.str("EVIDENCE_STORAGE", default="local")
 if EVIDENCE_STORAGE == "s3":
     # django-storages on any S3-compatible service. Objects are private and

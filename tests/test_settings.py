@@ -115,6 +115,15 @@ def test_debug_defaults_to_off():
             {**PRODUCTION, "EVIDENCE_ROOT": str(PROJECT_DIR / "static" / "root" / "evidence")},
             "EVIDENCE_ROOT must not be inside WHITENOISE_ROOT: evidence would be public at the site root.",
         ),
+        # An evidence root holding the code: its orphan sweep would delete the project.
+        *(
+            (
+                {**PRODUCTION, "EVIDENCE_ROOT": str(root)},
+                "EVIDENCE_ROOT must not contain the project or a static directory: purge_evidence "
+                "deletes files under it that no evidence row names.",
+            )
+            for root in (PROJECT_DIR, PROJECT_DIR.parent)
+        ),
     ],
 )
 def test_manage_py_says_what_is_misconfigured_in_one_line_and_exits_with_ex_config(setting, message):

@@ -251,10 +251,45 @@ def unmailable_address(application: Application) -> str | None:
         return _(
             "The applicant's stored e-mail address, “%(address)s”, cannot be mailed: %(why)s. Nothing that "
             "mails the applicant (a request for information, a decision, the token) can be done until it "
-            "is corrected. It cannot be changed here: ask an operator to correct the address stored with "
-            "application %(reference)s, then try again."
+            "is corrected. It cannot be changed here: ask an operator to run “manage.py correct_email "
+            "%(reference)s <address>”, then try again."
         ) % {"address": address, "why": _why_unmailable(address), "reference": application.reference}
     return None
+
+
+def correct_email(application: Application, address: str) -> str:
+    """An operator corrects the applicant's stored address (`manage.py correct_email`): the
+    way out for one mail cannot carry (unmailable_address). Checked as a typed address is,
+    audited with both; the confirmation stands, as this is the applicant's own address
+    written correctly. Returns the address stored."""
+    address = address.strip()
+    try:
+        validate_sendable_address(address)
+    except ValidationError as error:
+        raise WorkflowError(
+            _("“%(address)s” is not an address mail can be sent to.") % {"address": address}
+        ) from error
+    with transaction.atomic():
+        locked = _lock(application)
+        if locked.erased_at is not None:
+            raise WorkflowError(
+                _("This application was erased at the applicant's request: it keeps no address.")
+            )
+        previous = locked.email
+        if previous == address:
+            raise WorkflowError(
+                _("Application %(reference)s already has this address.") % {"reference": locked.reference}
+            )
+        locked.email = address
+        locked.save(update_fields=["email", "updated_at"])
+        audit.record(
+            "application.email_corrected",
+            actor_kind=AuditEvent.ActorKind.SYSTEM,
+            target=locked,
+            details={"previous": previous, "corrected": address},
+        )
+    _refresh(application, locked)
+    return address
 
 
 def _why_unmailable(address: str) -> str:
@@ -457,7 +492,9 @@ def _save_with_evidence(application: Application, stored: list[Evidence], save: 
         found = _row_found(application) if committing else False
         if found and isinstance(error, DatabaseError):
             logger.warning(
-                "The answer to storing application %s was lost; it was stored.", application.reference
+                "The answer to storing application %s was lost (%s); it was stored.",
+                application.reference,
+                type(error).__name__,
             )
             return
         if found is False:
@@ -665,16 +702,18 @@ def answer_to_last_request(application: Application) -> InformationReply | None:
 
 
 def withdraw(application: Application, request: HttpRequest | None = None) -> None:
-    """The applicant closes their application; an invited one's live token is revoked first,
-    so nothing is changed unless the homeserver let go of it (or no longer has it)."""
+    """The applicant closes their application. An invited one's live token is revoked on the
+    homeserver as the transaction's last step, so a refusal or failure before it changes
+    nothing anywhere, and a failed revoke rolls the withdrawal back."""
     with transaction.atomic():
         locked = _lock(application)
         refusal = withdrawal_refusal(locked)
         if refusal:
             raise WorkflowError(refusal)
+        revoke_last = None
         details = {}
         if locked.status == Status.INVITED:
-            details = _revoke_for_withdrawal(locked)
+            revoke_last, details = _invitation_to_revoke_on_withdrawal(locked)
         locked.status = Status.WITHDRAWN
         locked.save(update_fields=["status", "updated_at"])
         audit.record(
@@ -684,42 +723,63 @@ def withdraw(application: Application, request: HttpRequest | None = None) -> No
             request=request,
             details=details,
         )
-        _applicant_mail("application-withdrawn", locked)
+        # The applicant is on the page that shows the result: an address stored before
+        # mail could be checked (unmailable_address) costs only this confirmation.
+        if unmailable_address(locked) is None:
+            _applicant_mail("application-withdrawn", locked)
+        else:
+            logger.warning(
+                "Application %s was withdrawn without its confirmation mail: its stored address "
+                "cannot be mailed.",
+                locked.reference,
+            )
+        if revoke_last is not None:
+            revoke_last()
     _refresh(application, locked)
 
 
-def _revoke_for_withdrawal(locked: Application) -> dict:
-    """Revoke the live invitation of an application being withdrawn; what the audit event says of it."""
+WITHDRAWAL_REVOKE_FAILED = gettext_lazy(
+    "Your invitation could not be cancelled on the Matrix server just now, so nothing was changed. "
+    "Try again in a few minutes, or write to support."
+)
+WITHDRAWAL_TOKEN_USED = gettext_lazy(
+    "Your invitation was already used to create an account, so this application can no longer be "
+    "withdrawn. To leave, write to support."
+)
+
+
+def _invitation_to_revoke_on_withdrawal(locked: Application) -> tuple[Callable[[], None] | None, dict]:
+    """Mark the live invitation revoked by the applicant; the homeserver call to make last, and
+    what the audit event says of it. Refused, in the applicant's words, if the token was used."""
     invitation = locked.invitations.live().select_for_update().first()
     if invitation is None:
-        return {}
-    already_gone = False
+        return None, {}
     try:
         client = matrix.get_client()
-        if client.get_token(invitation.server_id).used_up:
-            raise WorkflowError(
-                _(
-                    "Your invitation was already used to create an account, so this application can no "
-                    "longer be withdrawn. To leave, write to support."
-                )
-            )
-        client.revoke_token(invitation.server_id)
-    except matrix.NotFound:
-        already_gone = True
+        on_server = _token_on_server(client, invitation, WITHDRAWAL_TOKEN_USED)
     except matrix.MatrixError as error:
-        logger.warning(
-            "Could not revoke the invitation of withdrawn application %s: %s", locked.reference, error
-        )
-        raise WorkflowError(
-            _(
-                "Your invitation could not be cancelled on the Matrix server just now, so nothing was "
-                "changed. Try again in a few minutes, or write to support."
-            )
-        ) from error
+        _withdrawal_revoke_failed(locked, error)
     invitation.state = Invitation.State.REVOKED
     invitation.revoked_at = timezone.now()
     invitation.save(update_fields=["state", "revoked_at"])
-    return {"invitation_revoked": invitation.pk, "already_gone_on_server": already_gone}
+
+    def revoke() -> None:
+        try:
+            _revoke_on_server(client, invitation)
+        except matrix.MatrixError as error:
+            _withdrawal_revoke_failed(locked, error)
+
+    details = {"invitation_revoked": invitation.pk, "already_gone_on_server": not on_server}
+    return (revoke if on_server else None), details
+
+
+def _withdrawal_revoke_failed(application: Application, error: matrix.MatrixError) -> None:
+    logger.warning(
+        "Could not revoke the invitation of application %s, whose applicant is withdrawing it: %s",
+        application.reference,
+        error,
+    )
+    raise WorkflowError(WITHDRAWAL_REVOKE_FAILED) from error
 
 
 # While staff are deciding, the community may forbid erasure (ERASURE_BLOCKED_DURING_REVIEW).
@@ -1416,8 +1476,7 @@ def _issue(name: str, application: Application, user, matrix_username: str | Non
             # Re-issuing after the clock ran out, before sync_invitations noticed.
             for stale in locked.invitations.live().select_for_update():
                 # A token gone from the server has no use left to record (the sync treats it alike).
-                with contextlib.suppress(matrix.NotFound):
-                    _refuse_if_used(client, stale)
+                _token_on_server(client, stale)
                 stale.state = Invitation.State.EXPIRED
                 stale.save(update_fields=["state"])
             account = client.get_account(username)
@@ -1505,15 +1564,28 @@ def _refuse_username_held_elsewhere(username: str, application: Application) -> 
         )
 
 
-def _refuse_if_used(client, invitation: Invitation) -> None:
-    """Refuse to let go of a token the homeserver says was used: sync_invitations must record it."""
-    if client.get_token(invitation.server_id).used_up:
-        raise WorkflowError(
-            _(
-                "This invitation was already used to create an account: choose "
-                "“Sync now” on the invitation list to record it."
-            )
-        )
+TOKEN_USED_FOR_STAFF = gettext_lazy(
+    "This invitation was already used to create an account: choose “Sync now” on the invitation list "
+    "to record it."
+)
+
+
+def _token_on_server(client, invitation: Invitation, used_message=TOKEN_USED_FOR_STAFF) -> bool:
+    """Whether the homeserver still has the invitation's token; refused (`used_message`) when it
+    was used: sync_invitations must record that, and the token must not be let go of."""
+    try:
+        token = client.get_token(invitation.server_id)
+    except matrix.NotFound:
+        return False
+    if token.used_up:
+        raise WorkflowError(str(used_message))
+    return True
+
+
+def _revoke_on_server(client, invitation: Invitation) -> None:
+    """Revoke the token; one gone meanwhile counts as revoked."""
+    with contextlib.suppress(matrix.NotFound):
+        client.revoke_token(invitation.server_id)
 
 
 def token_mailed_to_applicant(application: Application) -> bool:
@@ -1573,7 +1645,11 @@ def _revoke_orphan(
 def revoke_invitation(
     application: Application, user, reason: str = "", request: HttpRequest | None = None
 ) -> None:
-    """Delete the live token on the homeserver (invited → approved); a token already gone counts as revoked."""
+    """Delete the live token on the homeserver (invited → approved); a token already gone counts as revoked.
+
+    The homeserver's revoke is the transaction's last step: nothing after it can fail and
+    leave the token gone with the invitation still live here.
+    """
     seen = application.status
     reason = reason.strip()
     try:
@@ -1584,11 +1660,7 @@ def revoke_invitation(
             invitation = locked.invitations.live().select_for_update().first()
             already_gone = False
             if invitation is not None:
-                try:
-                    _refuse_if_used(client, invitation)
-                    client.revoke_token(invitation.server_id)
-                except matrix.NotFound:
-                    already_gone = True
+                already_gone = not _token_on_server(client, invitation)
                 invitation.state = Invitation.State.REVOKED
                 invitation.revoked_at = timezone.now()
                 invitation.revoked_by = user
@@ -1606,6 +1678,8 @@ def revoke_invitation(
                     "already_gone_on_server": already_gone,
                 },
             )
+            if invitation is not None and not already_gone:
+                _revoke_on_server(client, invitation)
     except matrix.MatrixError as error:
         _matrix_failure("invitation.revoke_failed", error, application, user, request)
     _refresh(application, locked)

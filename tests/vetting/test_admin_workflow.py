@@ -265,7 +265,7 @@ def unmailable_refusal(application: Application) -> str:
         "The applicant's stored e-mail address, “alex@applicant.example\u200f”, cannot be mailed: it contains "
         "an invisible character, U+200F RIGHT-TO-LEFT MARK. Nothing that mails the applicant (a request for "
         "information, a decision, the token) can be done until it is corrected. It cannot be changed here: "
-        f"ask an operator to correct the address stored with application {application.reference}, then "
+        f"ask an operator to run “manage.py correct_email {application.reference} <address>”, then "
         "try again."
     )
 

@@ -333,6 +333,47 @@ def test_withdrawing_with_a_used_token_is_refused_in_the_applicant_s_words(
     assert_unchanged(approved)
 
 
+def test_a_withdrawal_that_fails_before_its_commit_leaves_the_token_on_the_server(
+    approved, inviting_admin, fake_synapse
+):
+    # The homeserver's revoke is the last step: a failure before it changes nothing anywhere.
+    invitation = issue(approved, inviting_admin)
+    with (
+        mock.patch.object(workflow.audit, "record", side_effect=RuntimeError("audit log unavailable")),
+        pytest.raises(RuntimeError),
+    ):
+        workflow.withdraw(approved)
+    invitation.refresh_from_db()
+    assert invitation.token in fake_synapse.tokens
+    assert invitation.state == Invitation.State.PENDING
+    assert_unchanged(approved)
+
+
+def test_a_staff_revoke_that_fails_before_its_commit_leaves_the_token_on_the_server(
+    approved, inviting_admin, fake_synapse
+):
+    invitation = issue(approved, inviting_admin)
+    with (
+        mock.patch.object(workflow.audit, "record", side_effect=RuntimeError("audit log unavailable")),
+        pytest.raises(RuntimeError),
+    ):
+        workflow.revoke_invitation(approved, inviting_admin, "Sent to the wrong person")
+    invitation.refresh_from_db()
+    assert invitation.token in fake_synapse.tokens
+    assert invitation.state == Invitation.State.PENDING
+    assert_unchanged(approved)
+
+
+def test_an_invited_applicant_whose_address_cannot_be_mailed_still_withdraws_and_the_token_goes(
+    approved, inviting_admin, fake_synapse
+):
+    issue(approved, inviting_admin)
+    application = with_stored_address(approved, "alex@applicant.example\u200f")
+    workflow.withdraw(application)
+    assert fake_synapse.tokens == {}
+    assert application.status == Status.WITHDRAWN
+
+
 @pytest.mark.parametrize("failure", ["unreachable", "not configured"])
 def test_withdrawing_while_the_homeserver_fails_changes_nothing(
     approved, inviting_admin, fake_synapse, settings, failure

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import datetime
+import io
+import re
 
 import pytest
+from django.core.management import CommandError, call_command
 from django.forms.models import model_to_dict
 from django.utils import timezone
 
@@ -500,8 +503,8 @@ def test_a_change_that_would_mail_an_address_mail_cannot_carry_is_refused_and_ch
     assert str(refused.value) == (
         f"The applicant's stored e-mail address, “{address}”, cannot be mailed: {why}. Nothing that mails "
         "the applicant (a request for information, a decision, the token) can be done until it is "
-        "corrected. It cannot be changed here: ask an operator to correct the address stored with "
-        f"application {application.reference}, then try again."
+        f"corrected. It cannot be changed here: ask an operator to run “manage.py correct_email "
+        f"{application.reference} <address>”, then try again."
     )
     assert_unchanged(application)
     assert actions(application) == before
@@ -521,13 +524,51 @@ def test_staff_are_told_before_choosing_that_the_applicant_cannot_be_mailed(agen
     assert refusal.startswith("The applicant's stored e-mail address, “alex@applicant.example\u200f”, cannot")
 
 
-def test_an_applicant_withdrawing_with_such_an_address_is_refused_and_nothing_changes():
-    # Their own act, from the status page; it mails them too (application-withdrawn).
-    application = with_stored_address(make_application(), "alex@applicant.example\u200f")
-    with pytest.raises(workflow.WorkflowError, match="U\\+200F RIGHT-TO-LEFT MARK"):
-        workflow.withdraw(application)
+def test_an_operator_corrects_the_address_and_the_refused_decision_goes_through(agent, server_admin):
+    application = with_stored_address(recommended_by(agent), "alex@applicant.example\u200f")
+    out = io.StringIO()
+    call_command("correct_email", application.reference.lower(), "alex@applicant.example", stdout=out)
+    assert (
+        f"Application {application.reference} now has the address alex@applicant.example." in out.getvalue()
+    )
+    application.refresh_from_db()
+    assert application.email == "alex@applicant.example"
+    event = AuditEvent.objects.get(action="application.email_corrected")
+    assert event.actor_kind == AuditEvent.ActorKind.SYSTEM
+    assert event.details == {
+        "previous": "alex@applicant.example\u200f",
+        "corrected": "alex@applicant.example",
+    }
+    workflow.approve(application, server_admin)
+    assert OutboundEmail.objects.get(template="application-approved").to == "alex@applicant.example"
+
+
+@pytest.mark.parametrize(
+    ("reference", "address", "message"),
+    [
+        ("NOSUCHRF", "alex@applicant.example", "No application has the reference 'NOSUCHRF'."),
+        (None, "alex@applicant.example\u200f", "is not an address mail can be sent to."),
+        (None, "not an address", "is not an address mail can be sent to."),
+        (None, "alex@applicant.example", "already has this address."),
+    ],
+)
+def test_correct_email_refuses_what_it_cannot_do_and_changes_nothing(agent, reference, address, message):
+    application = recommended_by(agent)
+    with pytest.raises(CommandError, match=re.escape(message)):
+        call_command("correct_email", reference or application.reference, address)
     assert_unchanged(application)
+    assert not AuditEvent.objects.filter(action="application.email_corrected").exists()
+
+
+def test_an_applicant_with_such_an_address_still_withdraws_without_the_confirmation_mail(caplog):
+    # Their own act, on the page that shows the result: a refusal worded for staff would
+    # leave them with an application they cannot close.
+    application = with_stored_address(make_application(), "alex@applicant.example\u200f")
+    workflow.withdraw(application)
+    application.refresh_from_db()
+    assert application.status == Status.WITHDRAWN
     assert not OutboundEmail.objects.exists()
+    assert f"Application {application.reference} was withdrawn without its confirmation mail" in caplog.text
 
 
 def test_a_bad_address_does_not_hold_up_an_erased_application_which_mails_nobody(agent, server_admin):
