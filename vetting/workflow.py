@@ -762,6 +762,7 @@ def _invitation_to_revoke_on_withdrawal(locked: Application) -> tuple[Callable[[
     invitation.state = Invitation.State.REVOKED
     invitation.revoked_at = timezone.now()
     invitation.save(update_fields=["state", "revoked_at"])
+    _tell_issuer_of_withdrawal(invitation, locked, already_gone=not on_server)
 
     def revoke() -> None:
         try:
@@ -771,6 +772,33 @@ def _invitation_to_revoke_on_withdrawal(locked: Application) -> tuple[Callable[[
 
     details = {"invitation_revoked": invitation.pk, "already_gone_on_server": not on_server}
     return (revoke if on_server else None), details
+
+
+def _tell_issuer_of_withdrawal(
+    invitation: Invitation, application: Application, *, already_gone: bool
+) -> None:
+    """The inviting admin who holds the token may not have handed it over yet; the
+    application has left their list, so they are told not to send it."""
+    issuer = invitation.issued_by
+    if not issuer.email:  # a superuser made by createsuperuser may have none
+        return
+    try:
+        queue_email(
+            "invitation-withdrawn",
+            [issuer.email],
+            {
+                "application": application,
+                "user_id": invitation.user_id(matrix.server_name()),
+                "already_gone": already_gone,
+            },
+        )
+    except ValidationError:
+        # A staff address stored before addresses were checked as mail uses them: the
+        # applicant's withdrawal does not wait for it.
+        logger.warning(
+            "Could not tell the issuer of application %s's invitation of its withdrawal.",
+            application.reference,
+        )
 
 
 def _withdrawal_revoke_failed(application: Application, error: matrix.MatrixError) -> None:

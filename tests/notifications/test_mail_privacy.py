@@ -108,6 +108,8 @@ def test_no_mail_carries_the_statement_the_referral_an_answer_or_evidence(
     invitation = workflow.issue_invitation(joining, inviting_admin, matrix_username="alex")
     with time_machine.travel(invitation.expires_at - timedelta(days=4)):
         assert workflow.sync_invitations().reminders == 1
+    # Then they change their mind: the inviting admin is told not to send the token.
+    workflow.withdraw(joining)
 
     # Two more applications with the same private text: one rejected, one withdrawn.
     rejected = apply(client, secret, "sam@applicant.example")

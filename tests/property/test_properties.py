@@ -19,6 +19,7 @@ from iama_vetting.models import CSPViolation
 from iama_vetting.views import CSP_REPORT_MAX_ENTRIES, CSP_REPORT_TYPES
 from notifications.models import OutboundEmail
 from tests.factories import make_application
+from tests.vetting.test_links import STATUS_ROUTES
 from vetting import links
 from vetting.forms import ApplicationForm
 from vetting.models import Application, AuditEvent, validate_matrix_localpart
@@ -270,16 +271,6 @@ def test_a_typed_user_id_keeps_its_username_only_on_this_community_s_server(loca
         ]
 
 
-# Every route that takes a signed link, with the methods it answers (my-data is GET only).
-STATUS_LINK_ROUTES = [
-    ("get", "/status/{}/"),
-    ("post", "/status/{}/"),
-    ("get", "/status/{}/withdraw/"),
-    ("post", "/status/{}/withdraw/"),
-    ("get", "/status/{}/my-data/"),
-    ("get", "/status/{}/erase/"),
-    ("post", "/status/{}/erase/"),
-]
 CONFIRM_LINK_ROUTES = [("get", "/confirm/{}/")]
 
 
@@ -326,7 +317,7 @@ def test_edited_links_are_404_never_500(client, settings, edit, kind):
     # An unconfirmed application, so that its own confirmation link still works.
     application = make_application(status=Application.Status.UNCONFIRMED, email_confirmed_at=None)
     if kind == "status":
-        token, routes = links.status_token(application), STATUS_LINK_ROUTES
+        token, routes = links.status_token(application), STATUS_ROUTES
     else:
         token, routes = links.confirm_token(application), CONFIRM_LINK_ROUTES
     tampered = edited(token, edit)
@@ -383,9 +374,7 @@ def test_links_we_signed_over_anything_else_are_404_never_500(client, settings, 
     settings.RATELIMIT_ENABLE = False
     make_application()  # a table with an application in it, which no such link may reach
     salt, routes = (
-        (links.STATUS_SALT, STATUS_LINK_ROUTES)
-        if kind == "status"
-        else (links.CONFIRM_SALT, CONFIRM_LINK_ROUTES)
+        (links.STATUS_SALT, STATUS_ROUTES) if kind == "status" else (links.CONFIRM_SALT, CONFIRM_LINK_ROUTES)
     )
     answered = answers(client, routes, signing.dumps(payload, salt=salt))
     if names_an_application(payload):
@@ -407,9 +396,7 @@ def test_links_we_signed_over_anything_else_are_404_never_500(client, settings, 
 def test_links_we_signed_over_bytes_that_are_no_json_value_are_404_never_500(client, settings, raw, kind):
     settings.RATELIMIT_ENABLE = False
     salt, routes = (
-        (links.STATUS_SALT, STATUS_LINK_ROUTES)
-        if kind == "status"
-        else (links.CONFIRM_SALT, CONFIRM_LINK_ROUTES)
+        (links.STATUS_SALT, STATUS_ROUTES) if kind == "status" else (links.CONFIRM_SALT, CONFIRM_LINK_ROUTES)
     )
     token = signing.TimestampSigner(salt=salt).sign(raw)
     try:

@@ -1030,6 +1030,10 @@ class WorkflowMachine(RuleBasedStateMachine):
             expected[("invitation-issued", actor.email)] += 1
             if django_settings.MATRIX_SEND_TOKEN_TO_APPLICANT and new["email_confirmed_at"]:
                 expected[("invitation-token", new["email"])] += 1
+        if name == "withdraw" and old["status"] == Status.INVITED:
+            # The admin holding the token is told not to send it.
+            issuer = Invitation.objects.filter(application_id=old["id"]).latest("issued_at").issued_by
+            expected[("invitation-withdrawn", issuer.email)] += 1
         return expected
 
     def _check_audit_only_appended(self, before: Snapshot, after: Snapshot, erased_pk: int | None) -> None:

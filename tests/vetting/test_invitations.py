@@ -309,6 +309,13 @@ def test_withdrawing_while_invited_revokes_the_token_then_closes_the_application
     assert event.actor_kind == AuditEvent.ActorKind.APPLICANT
     assert event.details == {"invitation_revoked": invitation.pk, "already_gone_on_server": False}
     assert OutboundEmail.objects.filter(to=approved.email, template="application-withdrawn").count() == 1
+    # The issuing admin, who may not have handed the token over yet, is told not to.
+    told = OutboundEmail.objects.get(template="invitation-withdrawn")
+    assert told.to == inviting_admin.email
+    assert told.subject == f"Application {approved.reference} was withdrawn: do not send its token"
+    assert f"The token for @{invitation.matrix_username}:" in told.body_text
+    assert "was revoked on the server: it no longer creates an account." in told.body_text
+    assert invitation.token not in told.body_text
 
 
 def test_withdrawing_with_the_token_already_gone_on_the_server_still_withdraws(
@@ -319,6 +326,10 @@ def test_withdrawing_with_the_token_already_gone_on_the_server_still_withdraws(
     workflow.withdraw(approved)
     assert approved.status == Status.WITHDRAWN
     assert AuditEvent.objects.get(action="application.withdrawn").details["already_gone_on_server"] is True
+    assert (
+        "was already gone from the server."
+        in OutboundEmail.objects.get(template="invitation-withdrawn").body_text
+    )
 
 
 def test_withdrawing_with_a_used_token_is_refused_in_the_applicant_s_words(
