@@ -114,11 +114,27 @@ def test_a_server_without_starttls_gets_no_login_and_no_mail(start_smtp_server, 
     assert "STARTTLS" in mail.last_error
 
 
-def test_a_port_that_greets_with_a_refusal_is_a_failed_attempt_and_the_next_port_delivers(
-    smtp_server, use_relay, scripted_smtp_port, caplog
+@pytest.mark.parametrize(
+    ("script", "refusal"),
+    [
+        # A refusal greeting: a provider blocking the port.
+        ({"greeting": "554 5.7.1 port blocked by provider"}, "554 5.7.1 port blocked by provider"),
+        # STARTTLS refused: no login is sent without TLS.
+        (
+            {
+                "greeting": "220 relay ESMTP",
+                "starttls": "454 4.7.0 TLS not available due to temporary reason",
+            },
+            "454 4.7.0 TLS not available due to temporary reason",
+        ),
+    ],
+    ids=["refusal greeting", "starttls refused"],
+)
+def test_a_port_that_refuses_is_a_failed_attempt_and_the_next_port_delivers(
+    smtp_server, use_relay, scripted_smtp_port, caplog, script, refusal
 ):
-    blocked = scripted_smtp_port("554 5.7.1 port blocked by provider")
-    use_relay(blocked, smtp_server.port)
+    refusing = scripted_smtp_port(**script)
+    use_relay(refusing, smtp_server.port)
     mail = queue_received_mail()
     with caplog.at_level(logging.INFO, logger="notifications.relay"):
         send_outbox()
@@ -127,30 +143,7 @@ def test_a_port_that_greets_with_a_refusal_is_a_failed_attempt_and_the_next_port
     mail.refresh_from_db()
     assert mail.status == OutboundEmail.Status.SENT
     assert mail.port_used == smtp_server.port
-    assert attempts_logged(caplog) == [
-        (blocked, "554 5.7.1 port blocked by provider"),
-        (smtp_server.port, "connected"),
-    ]
-
-
-def test_a_port_that_refuses_starttls_gets_no_login_and_the_next_port_delivers(
-    smtp_server, use_relay, scripted_smtp_port, caplog
-):
-    refusing = scripted_smtp_port(
-        "220 relay ESMTP", starttls="454 4.7.0 TLS not available due to temporary reason"
-    )
-    use_relay(refusing, smtp_server.port)
-    mail = queue_received_mail()
-    with caplog.at_level(logging.INFO, logger="notifications.relay"):
-        send_outbox()
-    assert len(smtp_server.recorder.received) == 1
-    mail.refresh_from_db()
-    assert mail.status == OutboundEmail.Status.SENT
-    assert mail.port_used == smtp_server.port
-    assert attempts_logged(caplog) == [
-        (refusing, "454 4.7.0 TLS not available due to temporary reason"),
-        (smtp_server.port, "connected"),
-    ]
+    assert attempts_logged(caplog) == [(refusing, refusal), (smtp_server.port, "connected")]
 
 
 def test_a_port_that_does_not_offer_starttls_gets_no_login_and_the_next_port_delivers(

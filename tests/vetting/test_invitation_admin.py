@@ -76,15 +76,7 @@ def test_the_issue_pages_say_at_once_that_no_homeserver_is_configured(
 ):
     settings.MATRIX_HOMESERVER_URL = ""
     if name == "reissue_invitation":
-        Invitation.objects.create(
-            application=approved,
-            token="expired-token",
-            matrix_username="alex",
-            expires_at=timezone.now(),
-            state=Invitation.State.EXPIRED,
-            issued_by=inviting_admin,
-            issued_at=timezone.now(),
-        )
+        expired_invitation(approved, inviting_admin)
     client.force_login(inviting_admin)
     page = client.get(action_url(approved, name)).content.decode()
     assert (
