@@ -86,18 +86,25 @@ def _health_for(location: str) -> _Health:
 
 
 def _hit(cache: BaseCache, key: str, timeout: int) -> int:
+    return _hit_many(cache, {key: 1}, timeout)[key]
+
+
+def _hit_many(cache: BaseCache, counts: dict[str, int], timeout: int) -> dict[str, int]:
     if isinstance(cache, RedisCache):
         connection = _hit_connection(cache)
-        _send_redis_hit(connection, cache.make_key(key), timeout)
-        return _read_redis_hit(connection)
-    cache.add(key, 0, timeout)
-    return cache.incr(key)
+        _send_redis_hits(connection, cache, counts, timeout)
+        return _read_redis_hits(connection, counts)
+    totals = {}
+    for key, amount in counts.items():
+        cache.add(key, 0, timeout)
+        totals[key] = cache.incr(key, amount)
+    return totals
 
 
 def _hit_connection(cache: RedisCache) -> redis.Connection:
     """This thread's own connection for counting.
 
-    Every public page pays for a count, so it skips the client's pool: a
+    Every public page pays for counting, so it skips the client's pool: a
     checkout costs a lock and a poll() on the socket, a third of the call.
     """
     connection = getattr(cache, "_rvi_hit_connection", None)
@@ -105,35 +112,41 @@ def _hit_connection(cache: RedisCache) -> redis.Connection:
         # Writes always go to the first server, as in Django's backend.
         pool = cache._cache._get_connection_pool(write=True)
         connection = pool.connection_class(**pool.connection_kwargs)
-        connection.rvi_pending_hit = None
+        connection.rvi_pending_hits = None
         cache._rvi_hit_connection = connection
     return connection
 
 
-def _send_redis_hit(connection: redis.Connection, redis_key: str, timeout: int) -> None:
-    """INCR and EXPIRE, pipelined: one round trip; the replies are read by `_read_redis_hit`.
+def _send_redis_hits(
+    connection: redis.Connection, cache: RedisCache, counts: dict[str, int], timeout: int
+) -> None:
+    """INCRBY and EXPIRE for every key, pipelined: one round trip; `_read_redis_hits` reads the replies.
 
     EXPIRE on every hit only moves the end of a key that callers already
     scope to one window, and works on any Redis version.
     """
+    commands = []
+    for key, amount in counts.items():
+        redis_key = cache.make_key(key)
+        commands += [("INCRBY", redis_key, amount), ("EXPIRE", redis_key, timeout)]
     try:
-        connection.send_packed_command(
-            connection.pack_commands([("INCR", redis_key), ("EXPIRE", redis_key, timeout)])
-        )
+        connection.send_packed_command(connection.pack_commands(commands))
     except BaseException:
         connection.disconnect()
         raise
 
 
-def _read_redis_hit(connection: redis.Connection) -> int:
+def _read_redis_hits(connection: redis.Connection, counts: dict[str, int]) -> dict[str, int]:
+    totals = {}
     try:
-        count = connection.read_response()
-        connection.read_response()
+        for key in counts:
+            totals[key] = int(connection.read_response())
+            connection.read_response()
     except BaseException:
         # A reply left unread would answer the next call's question.
         connection.disconnect()
         raise
-    return int(count)
+    return totals
 
 
 class FallbackCache(BaseCache):
@@ -173,45 +186,47 @@ class FallbackCache(BaseCache):
         two or three. The key's expiry is pushed to `timeout` seconds on
         every hit, so put the window in the key.
         """
-        self.read_pending_hit()
+        self.read_pending_hits()
         return self._either(lambda cache: _hit(cache, key, timeout))
 
-    def hit_later(self, key: str, timeout: int, on_count: Callable[[int], None]) -> None:
-        """Count one event under `key` without waiting for Redis to answer.
+    def hit_many_later(
+        self, counts: dict[str, int], timeout: int, on_totals: Callable[[dict[str, int]], None]
+    ) -> None:
+        """Add `counts[key]` events under each key without waiting for Redis to answer.
 
-        The count is sent now; `on_count(new count)` is called when this
-        thread next uses `hit`, `hit_later` or `read_pending_hit`, by which
-        time the answer has long arrived, so no caller waits for the round
-        trip. Without Redis, `on_count` is called at once.
+        The counts are sent now, in one round trip; `on_totals({key: new count})`
+        is called when this thread next uses `hit`, `hit_many_later` or
+        `read_pending_hits`, by which time the answer has long arrived, so no
+        caller waits for it. Without Redis, `on_totals` is called at once.
         """
-        self.read_pending_hit()
+        self.read_pending_hits()
         if isinstance(self._primary, RedisCache) and self._health.usable():
             connection = _hit_connection(self._primary)
             try:
-                _send_redis_hit(connection, self._primary.make_key(key), timeout)
+                _send_redis_hits(connection, self._primary, counts, timeout)
             except UNREACHABLE as error:
                 self._health.failed(error, self._name)
             else:
-                connection.rvi_pending_hit = (key, timeout, on_count)
+                connection.rvi_pending_hits = (counts, timeout, on_totals)
                 return
-        on_count(self._either(lambda cache: _hit(cache, key, timeout)))
+        on_totals(self._either(lambda cache: _hit_many(cache, counts, timeout)))
 
-    def read_pending_hit(self) -> None:
-        """Read the answer to this thread's last `hit_later`, if not read yet, and pass it on."""
+    def read_pending_hits(self) -> None:
+        """Read the answer to this thread's last `hit_many_later`, if not read yet, and pass it on."""
         connection = getattr(self._primary, "_rvi_hit_connection", None)
         # A forked worker never reads its parent's socket: it counts on a connection of its own.
-        if connection is None or connection.rvi_pending_hit is None or connection.pid != os.getpid():
+        if connection is None or connection.rvi_pending_hits is None or connection.pid != os.getpid():
             return
-        key, timeout, on_count = connection.rvi_pending_hit
-        connection.rvi_pending_hit = None
+        counts, timeout, on_totals = connection.rvi_pending_hits
+        connection.rvi_pending_hits = None
         try:
-            count = _read_redis_hit(connection)
+            totals = _read_redis_hits(connection, counts)
         except UNREACHABLE as error:
             self._health.failed(error, self._name)
-            count = _hit(self._fallback, key, timeout)
+            totals = _hit_many(self._fallback, counts, timeout)
         else:
             self._health.succeeded(self._name)
-        on_count(count)
+        on_totals(totals)
 
     def add(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
         return self._call("add", key, value, timeout, version)

@@ -274,8 +274,8 @@ class DefaultRateLimitMiddleware:
 
     The staff admin is left out: it is behind sign-in, and its sign-in has its own limits.
     The refusal is decided from what this process already knows; the request
-    is counted in the shared store when the server closes the response, after
-    the client has it (ratelimits.DefaultTierMinute). It sits inside the
+    is counted when the server closes the response, after the client has it,
+    and reaches the shared store in a batch (ratelimits.DefaultTier). It sits inside the
     header middleware, so a 429 carries the headers of any page, and after
     WhiteNoise, so static files are not counted.
     """
@@ -286,14 +286,14 @@ class DefaultRateLimitMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponseBase:
         if not settings.RATELIMIT_ENABLE or not _in_default_tier(request):
             return self.get_response(request)
-        minute = ratelimits.DefaultTierMinute.of(request)
-        seconds = minute.seconds_refused()
+        client = ratelimits.default_tier_client(request)
+        seconds = ratelimits.default_tier.seconds_refused(client)
         if seconds is not None:
             # Not counted again: this process knows the client is over already.
             return ratelimits.too_many_requests(request, seconds, limit_name=ratelimits.DEFAULT_TIER_NAME)
         response = self.get_response(request)
         # Django runs these when the server closes the response, as it does to close files.
-        response._resource_closers.append(minute.count)
+        response._resource_closers.append(functools.partial(ratelimits.default_tier.count, client))
         return response
 
 

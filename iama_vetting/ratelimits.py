@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import logging
+import threading
 import time
 import unicodedata
 from collections.abc import Callable
@@ -25,7 +26,6 @@ from datetime import UTC, datetime
 
 from django.conf import settings
 from django.core.cache import caches
-from django.core.cache.backends.locmem import LocMemCache
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template.loader import render_to_string
 from django_ratelimit.core import get_usage
@@ -150,56 +150,121 @@ def seconds_until_allowed(request: HttpRequest, *limits: Limit) -> int | None:
     return None
 
 
-# Every other anonymous view: one per-minute tier (settings.RATELIMIT_DEFAULT_PER_MINUTE).
-# The public form is the busiest page and this tier only guards against floods,
-# so its count is kept off the page's time: a request is counted in the shared
-# store once its response is sent, and the answer is read as the process's
-# next request comes in. A process refuses a client once a count it made
-# reached the limit, until that minute ends. So within one process the limit
-# is exact, and across P worker processes at most P - 1 more requests get
-# through in a minute (each process learns from its own next count).
-clients_over_default_tier = LocMemCache(
-    "rvi-clients-over-default-tier", {"TIMEOUT": 60, "OPTIONS": {"MAX_ENTRIES": 10_000}}
-)
+# Every other anonymous view: one per-minute tier per client IP
+# (settings.RATELIMIT_DEFAULT_PER_MINUTE), a guard against floods. The public
+# form is the busiest page, so this tier's counting is kept off the page's
+# time and mostly off the network: each process counts in its own memory and
+# sends its counts to the shared store in batches, one pipelined round trip
+# after a response, and reads the answers (each client's count over all
+# processes) as its next request comes in. A client whose count is within a
+# batch of the limit has each request sent as it is served. A process refuses
+# a client once what it knows of the client's count reaches the limit, until
+# the minute ends. So within one process the limit is exact, and across P
+# processes at most (P - 1) × batch more requests get through in a minute.
 
 
-@dataclass(frozen=True)
-class DefaultTierMinute:
-    """A client's current minute in the default tier."""
+def default_tier_batch(limit: int) -> int:
+    """Requests a process counts before sending: 1 (every request) up to limits of 31, at most 8.
 
-    key: str
-    ends_at: int
+    The batch bounds what the other processes can let through unseen, so it
+    stays a small part of the limit (a 16th); at 8 the page pays for a round
+    trip once in eight requests.
+    """
+    return max(1, min(8, limit // 16))
 
-    @classmethod
-    def of(cls, request: HttpRequest) -> DefaultTierMinute:
-        client = client_ip(request)
-        if ":" in client:
-            # Like django-ratelimit: one IPv6 /64 is one client.
-            client = str(ipaddress.ip_network(f"{client}/64", strict=False).network_address)
+
+class DefaultTier:
+    """What this process knows of the default tier's counts in the current minute."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._start_minute(0)
+
+    def _start_minute(self, ends_at: int) -> None:
+        self.ends_at = ends_at
+        self.unsent: dict[str, int] = {}  # client -> requests served and not yet sent
+        self.unsent_total = 0
+        self.sent: dict[str, int] = {}  # client -> requests sent whose answer is not read yet
+        # client -> count over all processes, as last answered; kept only near the limit.
+        self.near_limit: dict[str, int] = {}
+
+    def _current_minute(self) -> None:
         now = int(time.time())
         ends_at = now - now % 60 + 60
-        return cls(f"default:{client}:{ends_at}", ends_at)
+        if ends_at != self.ends_at:
+            # Last minute's counts refuse nobody any more; answers still on their way are ignored.
+            self._start_minute(ends_at)
 
-    def seconds_refused(self) -> int | None:
-        """The Retry-After if this process has counted the client to the limit this minute, else None."""
-        caches[settings.RATELIMIT_USE_CACHE].read_pending_hit()
-        if clients_over_default_tier.get(self.key, 0) < settings.RATELIMIT_DEFAULT_PER_MINUTE:
+    def seconds_refused(self, client: str) -> int | None:
+        """The Retry-After if the client has reached the limit this minute, as far as this process knows."""
+        if self.sent:
+            # The answer to this process's last batch: long arrived, read without waiting.
+            caches[settings.RATELIMIT_USE_CACHE].read_pending_hits()
+        limit = settings.RATELIMIT_DEFAULT_PER_MINUTE
+        with self._lock:
+            self._current_minute()
+            count = self.near_limit.get(client, 0) + self.sent.get(client, 0) + self.unsent.get(client, 0)
+            ends_at = self.ends_at
+        if count < limit:
             return None
-        logger.warning("Rate limit default (%s/m) exceeded.", settings.RATELIMIT_DEFAULT_PER_MINUTE)
-        return max(1, self.ends_at - int(time.time()))
+        logger.warning("Rate limit default (%s/m) exceeded.", limit)
+        return max(1, ends_at - int(time.time()))
 
-    def count(self) -> None:
-        """Count one request in the shared store, without waiting for its answer."""
+    def count(self, client: str) -> None:
+        """Count one served request; send this process's counts when a batch is full."""
+        batch = default_tier_batch(settings.RATELIMIT_DEFAULT_PER_MINUTE)
+        with self._lock:
+            self._current_minute()
+            self.unsent[client] = self.unsent.get(client, 0) + 1
+            self.unsent_total += 1
+            if self.unsent_total < batch and client not in self.near_limit:
+                return
+            counts = self.unsent
+            for sent_client, requests in counts.items():
+                self.sent[sent_client] = self.sent.get(sent_client, 0) + requests
+            self.unsent, self.unsent_total = {}, 0
+            ends_at = self.ends_at
         try:
-            caches[settings.RATELIMIT_USE_CACHE].hit_later(self.key, 65, self._remember)
+            caches[settings.RATELIMIT_USE_CACHE].hit_many_later(
+                {f"default:{client}:{ends_at}": requests for client, requests in counts.items()},
+                65,
+                functools.partial(self._answered, ends_at, counts),
+            )
         except Exception:
-            # Called when the response closes, where Django would drop the error unseen.
-            logger.exception("Counting a request in the default rate-limit tier failed.")
+            # Called when the response closes, where Django would drop the error unseen. The
+            # counts stay with those sent: this process goes on counting them until the minute ends.
+            logger.exception("Counting requests in the default rate-limit tier failed.")
 
-    def _remember(self, count: int) -> None:
-        """At the limit, this process refuses the client until the minute ends."""
-        if count >= settings.RATELIMIT_DEFAULT_PER_MINUTE:
-            clients_over_default_tier.set(self.key, count, max(1, self.ends_at - int(time.time())))
+    def _answered(self, ends_at: int, counts: dict[str, int], totals: dict[str, int]) -> None:
+        """The store's counts for a batch sent in minute `ends_at`: remember the clients near the limit."""
+        batch = default_tier_batch(settings.RATELIMIT_DEFAULT_PER_MINUTE)
+        with self._lock:
+            if ends_at != self.ends_at:
+                return
+            for client, requests in counts.items():
+                still_sent = self.sent.pop(client, 0) - requests
+                if still_sent > 0:
+                    self.sent[client] = still_sent
+                total = totals.get(f"default:{client}:{ends_at}")
+                if total is not None and total + batch >= settings.RATELIMIT_DEFAULT_PER_MINUTE:
+                    self.near_limit[client] = max(total, self.near_limit.get(client, 0))
+
+    def forget(self) -> None:
+        """Drop every count this process holds (tests start each with none)."""
+        with self._lock:
+            self._start_minute(0)
+
+
+def default_tier_client(request: HttpRequest) -> str:
+    """The default tier's key: the client's IP address."""
+    client = client_ip(request)
+    if ":" in client:
+        # Like django-ratelimit: one IPv6 /64 is one client.
+        client = str(ipaddress.ip_network(f"{client}/64", strict=False).network_address)
+    return client
+
+
+default_tier = DefaultTier()
 
 
 REFUSALS_KEPT_SECONDS = 8 * 24 * 3600  # a week of hourly counts for security_report, and a day more

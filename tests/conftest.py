@@ -75,10 +75,10 @@ def test_switches(settings, tmp_path):
 def fresh_rate_limits():
     """Every test starts with empty rate-limit counters (the suite posts to /apply/ a lot)."""
     caches["ratelimit"].clear()
-    ratelimits.clients_over_default_tier.clear()
+    ratelimits.default_tier.forget()
     yield
     caches["ratelimit"].clear()
-    ratelimits.clients_over_default_tier.clear()
+    ratelimits.default_tier.forget()
 
 
 def _staff_user(django_user_model, username: str, role: str | None = None):

@@ -223,21 +223,30 @@ def test_the_admin_static_files_and_exempt_views_stay_out_of_the_default_tier(cl
     assert [client.get("/no-such-page/").status_code for _ in range(4)] == [404, 404, 404, 429]
 
 
-def test_public_form_get_touches_no_session_no_database_and_one_counter(client, django_assert_num_queries):
+def test_public_form_get_touches_no_session_no_database_and_counts_in_batches(
+    client, django_assert_num_queries
+):
+    batch = ratelimits.default_tier_batch(120)
+    assert batch == 7
     with (
         mock.patch("iama_vetting.ratelimits.get_usage") as per_view_tiers,
         mock.patch.object(
-            FallbackCache, "hit_later", autospec=True, side_effect=FallbackCache.hit_later
-        ) as hits,
+            FallbackCache, "hit_many_later", autospec=True, side_effect=FallbackCache.hit_many_later
+        ) as sends,
         django_assert_num_queries(0),
     ):
-        response = client.get("/apply/")
-    assert response.status_code == 200
-    assert hits.call_count == 1
+        responses = [client.get("/apply/") for _ in range(batch - 1)]
+        assert sends.call_count == 0
+        responses.append(client.get("/apply/"))
+    assert {response.status_code for response in responses} == {200}
+    # One send for the whole batch, with the client's seven requests in it.
+    assert sends.call_count == 1
+    (_cache, counts, _timeout, _on_totals), _ = sends.call_args
+    assert list(counts.values()) == [batch]
     assert per_view_tiers.call_count == 0
     # The public pages skip the session middleware altogether.
-    assert not hasattr(response.wsgi_request, "session")
-    assert "sessionid" not in response.cookies
+    assert not hasattr(responses[-1].wsgi_request, "session")
+    assert "sessionid" not in responses[-1].cookies
 
 
 def test_limits_are_per_client(client):
@@ -264,8 +273,11 @@ def test_load_tests_can_switch_limits_off(client, settings):
     assert {client.post("/apply/", {}).status_code for _ in range(8)} == {200}
 
 
-def test_a_count_that_fails_after_the_response_is_logged_and_the_page_still_served(client, caplog):
-    with mock.patch.object(FallbackCache, "hit_later", side_effect=RuntimeError("store bug")):
-        response = client.get("/apply/")
-    assert response.status_code == 200
-    assert "Counting a request in the default rate-limit tier failed." in caplog.text
+def test_a_count_that_fails_after_the_response_is_logged_and_still_counted_in_the_process(
+    client, settings, caplog
+):
+    settings.RATELIMIT_DEFAULT_PER_MINUTE = 3  # a batch of one: every request is sent
+    with mock.patch.object(FallbackCache, "hit_many_later", side_effect=RuntimeError("store bug")):
+        statuses = [client.get("/apply/").status_code for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]
+    assert "Counting requests in the default rate-limit tier failed." in caplog.text
