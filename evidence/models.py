@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import models
+from django.db import models, transaction
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
@@ -73,6 +73,33 @@ class EvidenceManager(models.Manager.from_queryset(EvidenceQuerySet)):
             delete_left_behind(storage, stored_name)
             raise
 
+    def purge_if_due(self, evidence_id: uuid.UUID, now: datetime) -> bool:
+        """Purge one evidence that due_for_purge(now) listed, if it is still due; False if not.
+
+        purge_evidence lists what is due without locks, and purging takes a while (a slow
+        S3 delete): meanwhile a superadmin may reopen the application on appeal, staff take
+        its next step or the applicant erase it. So the rows are locked, the application
+        first as vetting.workflow locks it, and the condition is checked again: whoever
+        commits first wins, and a reopened application keeps its files.
+        """
+        from vetting.models import Application
+
+        with transaction.atomic():
+            # An evidence row never moves to another application: reading this unlocked is safe.
+            application_id = self.filter(pk=evidence_id).values_list("application_id", flat=True).first()
+            if application_id is None:
+                return False
+            application = Application.objects.select_for_update().filter(pk=application_id).first()
+            if application is None:
+                return False
+            evidence = self.due_for_purge(now).select_for_update(of=("self",)).filter(pk=evidence_id).first()
+            if evidence is None:
+                return False
+            evidence.application = application
+            name = evidence.forget_file()
+        evidence.delete_stored_file(name)
+        return True
+
 
 class Evidence(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -105,12 +132,31 @@ class Evidence(models.Model):
     def __str__(self) -> str:
         return self.original_name or f"purged evidence {self.pk}"
 
-    def purge(self) -> None:
-        """Delete the stored file and everything personal about it; keep the proof it existed."""
-        if self.file.name:
-            self.file.storage.delete(self.file.name)
+    def forget_file(self) -> str:
+        """Clear the row's file and personal fields and audit it, in the caller's transaction:
+        what retention leaves is the proof the file existed (SHA-256, type, size).
+
+        Returns the file's name, for delete_stored_file once that transaction has committed,
+        as erasure does: a failed write leaves row and file together, never a stored row
+        without its file.
+        """
+        from vetting import audit
+
+        name = self.file.name
         self.file = ""
         self.original_name = ""
         self.note = ""
         self.purged_at = timezone.now()
         self.save(update_fields=["file", "original_name", "note", "purged_at"])
+        audit.record(
+            "evidence.purged",
+            target=self,
+            details={"application": self.application.reference, "sha256": self.sha256, "size": self.size},
+        )
+        return name
+
+    def delete_stored_file(self, name: str) -> None:
+        # A file that cannot be deleted now is logged and has no row any more:
+        # purge_evidence's sweep of files without a row removes it.
+        if name:
+            delete_left_behind(self.file.storage, name)

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
+import ssl
 import warnings
 from email.utils import parseaddr
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import environ
 from csp.constants import NONCE, NONE, SELF, UNSAFE_EVAL, UNSAFE_INLINE
@@ -91,6 +94,20 @@ CSRF_FAILURE_VIEW = "iama_vetting.views.csrf_failure"
 SITE_URL = env.str(
     "SITE_URL", default="http://127.0.0.1:8000" if DEBUG else f"https://{ALLOWED_HOSTS[0].lstrip('.')}"
 ).rstrip("/")
+_site = urlsplit(SITE_URL)
+if (
+    _site.scheme not in ("http", "https")
+    or not _site.hostname
+    or _site.path
+    or _site.query
+    or _site.fragment
+    or _site.username is not None
+    or any(character.isspace() for character in SITE_URL)
+):
+    # Every link in every mail starts with it: a wrong one breaks them all, silently.
+    raise ImproperlyConfigured(
+        "SITE_URL must be the site's address, a scheme and a host and nothing more: https://rvi.example.org"
+    )
 
 INSTALLED_APPS = [
     # The admin with staff two-factor sign-in (iama_vetting/admin_site.py).
@@ -216,12 +233,20 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Cache: local memory by default; Redis (Django's own backend) when
 # CACHE_URL or REDIS_URL names one. Rate limits need it shared in production.
-_cache_url = env.str("CACHE_URL", default="") or env.str("REDIS_URL", default="")
-CACHES = {
-    "default": env.cache_url_config(_cache_url)
-    if _cache_url
-    else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
-}
+_cache_variable = "CACHE_URL" if env.str("CACHE_URL", default="") else "REDIS_URL"
+_cache_url = env.str(_cache_variable, default="")
+try:
+    CACHES = {
+        "default": env.cache_url_config(_cache_url)
+        if _cache_url
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    }
+except (ValueError, ImproperlyConfigured):
+    # As for DATABASE_URL: the parser's message may quote a piece of the URL, password included.
+    raise ImproperlyConfigured(
+        f"{_cache_variable} cannot be read: it must be a redis:// or rediss:// URL, its port a number "
+        "up to 65535, and any @ : / [ ] in the password percent-encoded (%40 %3A %2F %5B %5D)."
+    ) from None
 
 PASSWORD_HASHERS = [
     "django.contrib.auth.hashers.Argon2PasswordHasher",
@@ -305,6 +330,13 @@ elif EVIDENCE_STORAGE != "local":
     raise ImproperlyConfigured(f"EVIDENCE_STORAGE must be 'local' or 's3', not {EVIDENCE_STORAGE!r}.")
 # Behind nginx: downloads answer with X-Accel-Redirect to this internal location.
 EVIDENCE_X_ACCEL_PREFIX = env.str("EVIDENCE_X_ACCEL_PREFIX", default="")
+if EVIDENCE_X_ACCEL_PREFIX and (
+    not EVIDENCE_X_ACCEL_PREFIX.startswith("/") or any(c.isspace() for c in EVIDENCE_X_ACCEL_PREFIX)
+):
+    raise ImproperlyConfigured(
+        "EVIDENCE_X_ACCEL_PREFIX must be the path of nginx's internal location, starting with /: "
+        "/_protected_evidence/"
+    )
 EVIDENCE_RETENTION_DAYS = env_int("EVIDENCE_RETENTION_DAYS", 180)
 EVIDENCE_MAX_FILE_SIZE = 16 * 1024 * 1024
 EVIDENCE_MAX_FILES = 5
@@ -359,6 +391,12 @@ if not SMTP_TIMEOUT > 0:
 SMTP_CA_FILE = env.str("SMTP_CA_FILE", default="")
 if SMTP_CA_FILE and not Path(SMTP_CA_FILE).is_file():
     raise ImproperlyConfigured(f"SMTP_CA_FILE {SMTP_CA_FILE!r} is not a readable file.")
+if SMTP_CA_FILE:
+    try:
+        ssl.create_default_context(cafile=SMTP_CA_FILE)
+    except ssl.SSLError:
+        # Said now: otherwise every mail fails at its first TLS handshake.
+        raise ImproperlyConfigured(f"SMTP_CA_FILE {SMTP_CA_FILE!r} holds no PEM certificate.") from None
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="IaMA RVI Support <support@rvi.iam-alliance.com>")
 # Parsed as Django's mail parses it when sending: one it refuses would fail every mail.
 try:
@@ -404,13 +442,22 @@ if (len(SMTP_RELAY_PORTS) + 5) * SMTP_TIMEOUT > OUTBOX_LEASE_SECONDS:
 # Matrix homeserver (vetting.matrix): invitations are registration tokens on it.
 MATRIX_HOMESERVER_URL = env.str("MATRIX_HOMESERVER_URL", default="")
 MATRIX_ADMIN_TOKEN = env_secret("MATRIX_ADMIN_TOKEN")
-MATRIX_TOKEN_VALID_DAYS = env_int("MATRIX_TOKEN_VALID_DAYS", 30)
+# At least 3: the person is told a date 48 hours before the real expiry, which must come after the issue.
+MATRIX_TOKEN_VALID_DAYS = env_int("MATRIX_TOKEN_VALID_DAYS", 30, minimum=3)
 # `synapse` (its admin API) or `mas` (Matrix Authentication Service's admin API).
 MATRIX_BACKEND = env.str("MATRIX_BACKEND", default="synapse").strip().lower()
 if MATRIX_BACKEND not in ("synapse", "mas"):
     raise ImproperlyConfigured(f"MATRIX_BACKEND must be 'synapse' or 'mas', not {MATRIX_BACKEND!r}.")
 # The part after the colon in user IDs; defaults to the homeserver URL's host.
 MATRIX_SERVER_NAME = env.str("MATRIX_SERVER_NAME", default="")
+# The Matrix spec's server name: a host name, an IPv4 address or an [IPv6] one, and an optional port.
+if MATRIX_SERVER_NAME and not re.fullmatch(
+    r"(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?", MATRIX_SERVER_NAME
+):
+    raise ImproperlyConfigured(
+        "MATRIX_SERVER_NAME must be the homeserver's server name, the part after the colon in user IDs: "
+        "matrix.example.org"
+    )
 MATRIX_MAS_URL = env.str("MATRIX_MAS_URL", default="")
 MATRIX_MAS_CLIENT_ID = env.str("MATRIX_MAS_CLIENT_ID", default="")
 MATRIX_MAS_CLIENT_SECRET = env_secret("MATRIX_MAS_CLIENT_SECRET")
@@ -502,6 +549,16 @@ else:
 
 # security.txt (RFC 9116): where to report a vulnerability.
 SECURITY_CONTACT = env.str("SECURITY_CONTACT", default="mailto:support@rvi.iam-alliance.com")
+try:
+    if SECURITY_CONTACT.startswith(("https://", "tel:")):
+        if any(character.isspace() for character in SECURITY_CONTACT):
+            raise ValidationError("a URI has no spaces")
+    else:
+        validate_email(SECURITY_CONTACT.removeprefix("mailto:"))
+except ValidationError:
+    raise ImproperlyConfigured(
+        "SECURITY_CONTACT must be an e-mail address or an https:// URL (RFC 9116): security@example.org"
+    ) from None
 
 # Rate limits (django-ratelimit; the tiers are in iama_vetting/ratelimits.py).
 # Counters live in the "ratelimit" cache: the shared Redis in production,

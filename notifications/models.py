@@ -195,7 +195,11 @@ class OutboundEmail(models.Model):
         return BuiltEmail(self, connection)
 
     def _finish(self, worker: str, **fields) -> bool:
-        """Record an attempt's outcome, unless this worker's claim was lost meanwhile."""
+        """Record an attempt's outcome, unless this worker's claim was lost meanwhile.
+
+        Lost also when erase_application deleted the mail while it was being sent:
+        with no row left, no outcome brings it back to the queue or keeps it.
+        """
         fields |= {"attempts": self.attempts + 1, "lease_expires_at": None}
         updated = OutboundEmail.objects.filter(
             pk=self.pk, status=self.Status.SENDING, claimed_by=worker
@@ -225,7 +229,7 @@ class OutboundEmail(models.Model):
         )
 
     def release(self, worker: str) -> bool:
-        """Hand an unsent claimed mail back to the outbox, due now, no attempt counted."""
+        """Hand an unsent claimed mail back to the outbox, due now, no attempt counted (not an erased one)."""
         return bool(
             OutboundEmail.objects.filter(pk=self.pk, status=self.Status.SENDING, claimed_by=worker).update(
                 status=self.Status.QUEUED, lease_expires_at=None

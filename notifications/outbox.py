@@ -87,7 +87,8 @@ def send_batch(worker: str, size: int, should_stop: Callable[[], bool] = lambda:
     Returns None when no mail was due. Each mail ends sent, queued for a
     retry (connection failures, 4xx), failed (5xx, an impossible address) or,
     when the worker stops, its lease runs short or the connection is lost,
-    handed back unsent.
+    handed back unsent. A mail erase_application deleted while it was being
+    sent has no row left to record any of these in: it is only logged.
     """
     mails = OutboundEmail.objects.claim(worker, size)
     if not mails:
@@ -131,15 +132,26 @@ def send_batch(worker: str, size: int, should_stop: Callable[[], bool] = lambda:
                     tally.sent += 1
                     logger.info("Mail %s sent%s.", mail.pk, f" on port {port}" if port else "")
                 else:
-                    logger.warning("Mail %s was sent after this worker's claim on it had lapsed.", mail.pk)
+                    _unrecorded(mail, "delivery")
     finally:
         connection.close()
     return tally
 
 
+def _unrecorded(mail: OutboundEmail, outcome: str) -> None:
+    """Log an attempt's outcome ("delivery", "failure") that this worker could not record."""
+    if OutboundEmail.objects.filter(pk=mail.pk).exists():
+        logger.warning("Mail %s: claim lapsed before its %s could be recorded.", mail.pk, outcome)
+    else:
+        # erase_application deletes mail being sent too (the admin cannot delete mail): with
+        # no row left, the attempt is neither retried nor kept, whatever the relay said. The
+        # relay's reply is not logged, as it may name the erased person's address.
+        logger.info("Mail %s was erased while being sent; its %s is not recorded.", mail.pk, outcome)
+
+
 def _retry(mail: OutboundEmail, worker: str, reason: str, tally: Tally) -> None:
     if not mail.schedule_retry(worker, reason):
-        logger.warning("Mail %s: claim lapsed before its failure could be recorded.", mail.pk)
+        _unrecorded(mail, "failure")
     elif mail.status == OutboundEmail.Status.FAILED:
         tally.failed += 1
         logger.error("Mail %s failed after %s attempts: %s", mail.pk, mail.attempts, reason)
@@ -153,7 +165,7 @@ def _fail(mail: OutboundEmail, worker: str, reason: str, tally: Tally) -> None:
         tally.failed += 1
         logger.error("Mail %s failed for good: %s", mail.pk, reason)
     else:
-        logger.warning("Mail %s: claim lapsed before its failure could be recorded.", mail.pk)
+        _unrecorded(mail, "failure")
 
 
 def send_due(worker: str, size: int, should_stop: Callable[[], bool] = lambda: False) -> Tally:

@@ -8,9 +8,11 @@ import zipfile
 import zlib
 
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import transaction
 from django.utils import timezone
 from PIL import Image
 
+from evidence.models import Evidence
 from vetting.models import Application
 
 PDF_BYTES = (
@@ -83,3 +85,10 @@ def make_application(**fields) -> Application:
     }
     values.update(fields)
     return Application.objects.create(**values)
+
+
+def purge(evidence: Evidence) -> None:
+    """What the retention purge leaves of one evidence (Evidence.objects.purge_if_due), due or not."""
+    with transaction.atomic():
+        name = evidence.forget_file()
+    evidence.delete_stored_file(name)

@@ -91,6 +91,58 @@ def test_debug_defaults_to_off():
             {"DEBUG": "true", "DATABASE_URL": "//rvi:hunter2@db/rvi"},
             "DATABASE_URL must be a sqlite:/// or postgres:// URL.",
         ),
+        # As for DATABASE_URL, nothing of the URL is repeated; the variable used is named.
+        *(
+            (
+                {"DEBUG": "true", variable: url},
+                f"{variable} cannot be read: it must be a redis:// or rediss:// URL, its port a number "
+                "up to 65535, and any @ : / [ ] in the password percent-encoded (%40 %3A %2F %5B %5D).",
+            )
+            for variable, url in [
+                ("CACHE_URL", "redis://:pa[ss@127.0.0.1:6379/9"),
+                ("REDIS_URL", "127.0.0.1:6379"),
+                ("CACHE_URL", "foo://bar"),
+            ]
+        ),
+        *(
+            (
+                {"DEBUG": "true", "SITE_URL": site_url},
+                "SITE_URL must be the site's address, a scheme and a host and nothing more: "
+                "https://rvi.example.org",
+            )
+            for site_url in [
+                "rvi.example.org",
+                "https://rvi.example.org/ ",
+                "https://rvi.example.org/vetting",
+                "ftp://rvi.example.org",
+                "https://user@rvi.example.org",
+            ]
+        ),
+        ({"DEBUG": "true", "MATRIX_TOKEN_VALID_DAYS": "2"}, "MATRIX_TOKEN_VALID_DAYS must be at least 3."),
+        *(
+            (
+                {"DEBUG": "true", "SECURITY_CONTACT": contact},
+                "SECURITY_CONTACT must be an e-mail address or an https:// URL (RFC 9116): security@example.org",
+            )
+            for contact in ["security team", "mailto:", "https://example.org/report a bug"]
+        ),
+        *(
+            (
+                {"DEBUG": "true", "MATRIX_SERVER_NAME": name},
+                "MATRIX_SERVER_NAME must be the homeserver's server name, the part after the colon in user "
+                "IDs: matrix.example.org",
+            )
+            for name in ["@bad name", "https://matrix.example.org", "matrix.example.org:port"]
+        ),
+        (
+            {"DEBUG": "true", "EVIDENCE_X_ACCEL_PREFIX": "_protected_evidence/"},
+            "EVIDENCE_X_ACCEL_PREFIX must be the path of nginx's internal location, starting with /: "
+            "/_protected_evidence/",
+        ),
+        (
+            {"DEBUG": "true", "SMTP_CA_FILE": str(PROJECT_DIR / "manage.py")},
+            f"SMTP_CA_FILE {str(PROJECT_DIR / 'manage.py')!r} holds no PEM certificate.",
+        ),
         (
             {"DEBUG": "true", "DATABASE_POOL_MIN_SIZE": "5", "DATABASE_POOL_MAX_SIZE": "4"},
             "DATABASE_POOL_MIN_SIZE must not be more than DATABASE_POOL_MAX_SIZE.",

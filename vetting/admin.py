@@ -205,6 +205,7 @@ class SeenStateForm(forms.Form):
 
     seen_status = forms.ChoiceField(choices=Application.Status.choices, required=False)
     seen_claimed_by = forms.IntegerField(min_value=1, required=False)
+    seen_verification = forms.DateTimeField(required=False)
 
 
 # A hand-made or mangled POST: its hidden fields are not ones the page sent.
@@ -504,6 +505,9 @@ class ApplicationAdmin(admin.ModelAdmin):
             # And whose claim they saw (blank: none): Release must not end a claim made since.
             if "seen_claimed_by" in request.POST:
                 application.claimed_by_id = seen.cleaned_data["seen_claimed_by"]
+            # And when the verification it showed was recorded: a decision is taken on that one.
+            if "seen_verification" in request.POST:
+                application.verification_recorded_at = seen.cleaned_data["seen_verification"]
             try:
                 result = _run_transition(
                     name, application, request.user, form.cleaned_data if form else {}, request

@@ -135,6 +135,13 @@ class BrokenLink:
 
 def find_broken_link() -> BrokenLink | None:
     """The first event whose hash or link does not hold, or None when the chain is whole."""
+    # The head is read before the events, not after: verify_audit runs while the site is
+    # in use, and a head read after the walk would name events committed since it began
+    # (a false "missing" alarm). Each event commits together with the head (record), so
+    # every event this head covers is in the walk's later snapshot; events written since
+    # only extend the chain past it. The head must name a hash the walk reaches.
+    head_hash = _head_hash()
+    head_reached = head_hash in (None, GENESIS_HASH)
     expected_previous = GENESIS_HASH
     for event in _events_in_order():
         if event.previous_hash != expected_previous:
@@ -150,13 +157,19 @@ def find_broken_link() -> BrokenLink | None:
         if content_hash(event) != event.hash:
             return BrokenLink(event.pk, "its content does not match its hash (the row was changed)")
         expected_previous = event.hash
-    head = AuditChainHead.objects.filter(pk=1).first()
-    # Every event moves the head (record): events without one means it was removed.
-    if head is None and expected_previous != GENESIS_HASH:
-        return BrokenLink(None, "the chain head is missing (it records the newest event's hash)")
-    if head is not None and head.last_hash != expected_previous:
+        head_reached = head_reached or event.hash == head_hash
+    if not head_reached:
         return BrokenLink(None, "the newest events are missing (the chain head points past the last event)")
+    # Events without a head mean it was removed, as every event writes one (record). Looked
+    # at again: the trail may have been empty when the head was read, its first events
+    # written since.
+    if head_hash is None and expected_previous != GENESIS_HASH and _head_hash() is None:
+        return BrokenLink(None, "the chain head is missing (it records the newest event's hash)")
     return None
+
+
+def _head_hash() -> str | None:
+    return AuditChainHead.objects.filter(pk=1).values_list("last_hash", flat=True).first()
 
 
 def _events_in_order() -> Iterator[AuditEvent]:

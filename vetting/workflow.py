@@ -260,8 +260,10 @@ def unmailable_address(application: Application) -> str | None:
 def correct_email(application: Application, address: str) -> str:
     """An operator corrects the applicant's stored address (`manage.py correct_email`): the
     way out for one mail cannot carry (unmailable_address). Checked as a typed address is,
-    audited with both; the confirmation stands, as this is the applicant's own address
-    written correctly. Returns the address stored."""
+    audited with both. Only the stored address without the characters mail cannot carry is
+    taken (letter case aside): the confirmation, and the status link every mail carries,
+    stand for the applicant's own address, never for one an operator was asked to put
+    instead. Returns the address stored."""
     address = address.strip()
     try:
         validate_sendable_address(address)
@@ -280,6 +282,23 @@ def correct_email(application: Application, address: str) -> str:
             raise WorkflowError(
                 _("Application %(reference)s already has this address.") % {"reference": locked.reference}
             )
+        if unmailable_address(locked) is None:
+            raise WorkflowError(
+                _(
+                    "Application %(reference)s's stored address can be mailed: correct_email only corrects "
+                    "one that mail cannot carry. Nothing was changed."
+                )
+                % {"reference": locked.reference}
+            )
+        if address.casefold() != _without_invisible(previous).strip().casefold():
+            raise WorkflowError(
+                _(
+                    "The new address must be the stored one without the characters mail cannot carry "
+                    "(“%(visible)s”): any other would receive the applicant's status link. Nothing was "
+                    "changed. An applicant whose address is otherwise wrong applies again."
+                )
+                % {"visible": _without_invisible(previous).strip()}
+            )
         locked.email = address
         locked.save(update_fields=["email", "updated_at"])
         audit.record(
@@ -292,10 +311,19 @@ def correct_email(application: Application, address: str) -> str:
     return address
 
 
+# Format and control characters: a bidi mark, a zero-width joiner, a line break.
+INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def _without_invisible(address: str) -> str:
+    return "".join(
+        character for character in address if unicodedata.category(character) not in INVISIBLE_CATEGORIES
+    )
+
+
 def _why_unmailable(address: str) -> str:
     for character in address:
-        # Format and control characters: a bidi mark, a zero-width joiner, a line break.
-        if unicodedata.category(character) in ("Cc", "Cf", "Zl", "Zp"):
+        if unicodedata.category(character) in INVISIBLE_CATEGORIES:
             return _("it contains an invisible character, U+%(code)04X %(name)s") % {
                 "code": ord(character),
                 "name": unicodedata.name(character, ""),
@@ -375,6 +403,30 @@ def _check(name: str, locked: Application, seen_status: str, user) -> None:
     if locked.status != seen_status and STAFF_TRANSITIONS[name].allowed_for(user):
         raise AlreadyDecided(_lost_race_message(locked, user))
     raise WorkflowError(reason)
+
+
+def _check_verification_seen(name: str, locked: Application, seen_verification) -> None:
+    """A decision is taken on the verification its decider saw. One recorded since (the
+    application went back for information and was verified again while their page was
+    open) is theirs to read first, though the status is the same again."""
+    if not _decides(name, locked) or locked.verification_recorded_at == seen_verification:
+        return
+    event = (
+        AuditEvent.objects.filter(
+            target_type="application", target_id=str(locked.pk), action="application.verification_recorded"
+        )
+        .order_by("-id")
+        .only("actor_name")
+        .first()
+    )
+    by = _(" by %(name)s") % {"name": event.actor_name} if event is not None else ""
+    raise AlreadyDecided(
+        _(
+            "A new verification was recorded%(by)s while this page was open: read it before "
+            "deciding. Nothing was changed."
+        )
+        % {"by": by}
+    )
 
 
 # The audit actions that change an application's status: the newest one names who made its state.
@@ -703,19 +755,22 @@ def answer_to_last_request(application: Application) -> InformationReply | None:
 
 def withdraw(application: Application, request: HttpRequest | None = None) -> None:
     """The applicant closes their application. An invited one's live token is revoked on the
-    homeserver as the transaction's last step, so a refusal or failure before it changes
-    nothing anywhere, and a failed revoke rolls the withdrawal back."""
+    homeserver after every check and row change and before the audit event (see
+    revoke_invitation): a refusal or failure before it changes nothing anywhere, and a
+    failed revoke rolls the withdrawal back."""
     with transaction.atomic():
         locked = _lock(application)
         refusal = withdrawal_refusal(locked)
         if refusal:
             raise WorkflowError(refusal)
-        revoke_last = None
+        revoke_on_server = None
         details = {}
         if locked.status == Status.INVITED:
-            revoke_last, details = _invitation_to_revoke_on_withdrawal(locked)
+            revoke_on_server, details = _invitation_to_revoke_on_withdrawal(locked)
         locked.status = Status.WITHDRAWN
         locked.save(update_fields=["status", "updated_at"])
+        if revoke_on_server is not None:
+            revoke_on_server()
         audit.record(
             "application.withdrawn",
             actor_kind=AuditEvent.ActorKind.APPLICANT,
@@ -733,8 +788,6 @@ def withdraw(application: Application, request: HttpRequest | None = None) -> No
                 "cannot be mailed.",
                 locked.reference,
             )
-        if revoke_last is not None:
-            revoke_last()
     _refresh(application, locked)
 
 
@@ -749,8 +802,8 @@ WITHDRAWAL_TOKEN_USED = gettext_lazy(
 
 
 def _invitation_to_revoke_on_withdrawal(locked: Application) -> tuple[Callable[[], None] | None, dict]:
-    """Mark the live invitation revoked by the applicant; the homeserver call to make last, and
-    what the audit event says of it. Refused, in the applicant's words, if the token was used."""
+    """Mark the live invitation revoked by the applicant; the homeserver call to make before the
+    audit event, and what the event says of it. Refused, in the applicant's words, if the token was used."""
     invitation = locked.invitations.live().select_for_update().first()
     if invitation is None:
         return None, {}
@@ -879,12 +932,13 @@ def erase_application(application: Application, request: HttpRequest | None = No
         # Every mail about this application holds their name, staff mail included:
         # mail not yet sent is never sent, a sent copy is not kept. Applicant mail
         # names the reference or carries the status link (the token mail only the
-        # link). Mail a worker is sending stays: deleting it would not stop it.
+        # link). Mail a worker is sending goes too: that attempt may still reach the
+        # relay, but whatever it ends in finds no row to re-queue or keep (outbox._unrecorded).
         OutboundEmail.objects.filter(
             Q(subject__contains=locked.reference)
             | Q(body_text__contains=locked.reference)
             | Q(body_text__contains=links.status_link_stem(locked))
-        ).exclude(status=OutboundEmail.Status.SENDING).delete()
+        ).delete()
         audit.redact(AuditEvent.objects.filter(target_type="application", target_id=str(locked.pk)))
         audit.record(
             "application.erased",
@@ -1020,10 +1074,11 @@ def request_information(
     question = question.strip()
     if not question:
         raise WorkflowError(_("Write the question the applicant should answer."))
-    seen = application.status
+    seen, seen_verification = application.status, application.verification_recorded_at
     with transaction.atomic():
         locked = _lock(application)
         _check("request_information", locked, seen, user)
+        _check_verification_seen("request_information", locked, seen_verification)
         locked.status = Status.INFO_REQUESTED
         locked.information_request = question
         locked.save(update_fields=["status", "information_request", "updated_at"])
@@ -1077,10 +1132,11 @@ def decision_warning(name: str, application: Application) -> str | None:
 
 
 def approve(application: Application, user, request: HttpRequest | None = None) -> None:
-    seen = application.status
+    seen, seen_verification = application.status, application.verification_recorded_at
     with transaction.atomic():
         locked = _lock(application)
         _check("approve", locked, seen, user)
+        _check_verification_seen("approve", locked, seen_verification)
         _record_decision(locked, user, Status.APPROVED)
         audit.record("application.approved", actor=user, target=locked, request=request)
         _applicant_mail("application-approved", locked)
@@ -1098,10 +1154,11 @@ def reject(
     reason = reason.strip()
     if not reason:
         raise WorkflowError(_("A reason is required to reject an application."))
-    seen = application.status
+    seen, seen_verification = application.status, application.verification_recorded_at
     with transaction.atomic():
         locked = _lock(application)
         _check("reject", locked, seen, user)
+        _check_verification_seen("reject", locked, seen_verification)
         _record_decision(locked, user, Status.REJECTED, reason, message_to_applicant.strip())
         audit.record(
             "application.rejected",
@@ -1675,8 +1732,12 @@ def revoke_invitation(
 ) -> None:
     """Delete the live token on the homeserver (invited → approved); a token already gone counts as revoked.
 
-    The homeserver's revoke is the transaction's last step: nothing after it can fail and
-    leave the token gone with the invitation still live here.
+    The homeserver's revoke comes after every check and row change, so a refusal or a
+    failure before it changes nothing anywhere, and before the audit event: the trail's
+    lock, which every audited write on the site waits for, is never held while the
+    homeserver answers (it may take READ_TIMEOUT). Should the event or the commit then
+    fail, the token is gone with the invitation still live here; sync_invitations finds
+    it gone and records it, as it does a token deleted on the server by hand.
     """
     seen = application.status
     reason = reason.strip()
@@ -1695,6 +1756,8 @@ def revoke_invitation(
                 invitation.save(update_fields=["state", "revoked_at", "revoked_by"])
             locked.status = Status.APPROVED
             locked.save(update_fields=["status", "updated_at"])
+            if invitation is not None and not already_gone:
+                _revoke_on_server(client, invitation)
             audit.record(
                 "invitation.revoked",
                 actor=user,
@@ -1706,8 +1769,6 @@ def revoke_invitation(
                     "already_gone_on_server": already_gone,
                 },
             )
-            if invitation is not None and not already_gone:
-                _revoke_on_server(client, invitation)
     except matrix.MatrixError as error:
         _matrix_failure("invitation.revoke_failed", error, application, user, request)
     _refresh(application, locked)

@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
 import shutil
+import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
+from django.conf import settings
 from django.core.management import CommandError, call_command
+from django.db import OperationalError, connection
 from django.utils import timezone
 
 from evidence.models import Evidence
 from evidence.storage import EvidenceStorage
 from evidence.validation import validate_upload
 from tests.factories import PDF_BYTES, make_application, upload
+from tests.vetting.test_invitation_concurrency import another_connection_waits_on_a_lock
+from tests.vetting.test_workflow import recommended_by
+from vetting import audit, workflow
 from vetting.models import Application, AuditEvent
 
 pytestmark = pytest.mark.django_db
@@ -202,3 +210,301 @@ def test_runs_on_an_empty_installation(settings):
     # As deploy/README.md leaves it: the evidence root exists and holds nothing yet.
     settings.EVIDENCE_ROOT.mkdir(parents=True)
     assert "0 evidence files" in purge()
+
+
+# While the purge runs -------------------------------------------------------
+#
+# The purge lists what is due, then takes its time over each file (a slow S3
+# delete): people go on working meanwhile. In these tests the first file's
+# delete is that slow moment, and someone acts during it.
+
+
+def rejected_with_evidence(agent, server_admin, files: int = 2) -> tuple[Application, list[Evidence]]:
+    """A verified application rejected long ago, so a superadmin can reopen it on appeal."""
+    application = recommended_by(agent)
+    workflow.reject(application, server_admin, "Could not verify")
+    evidence = [
+        Evidence.objects.store(application, validate_upload(upload(f"doc{i}.pdf", PDF_BYTES, "x"), note="n"))
+        for i in range(files)
+    ]
+    Application.objects.filter(pk=application.pk).update(updated_at=timezone.now() - timedelta(days=400))
+    return application, evidence
+
+
+def due_first() -> Evidence:
+    """Another application's evidence, due and uploaded earlier, so the purge takes it first."""
+    evidence = store_for("rejected", 400)
+    Evidence.objects.filter(pk=evidence.pk).update(uploaded_at=timezone.now() - timedelta(days=500))
+    return evidence
+
+
+def during_first_delete(monkeypatch, action) -> None:
+    """Run `action` (in this thread, on this connection) when the purge deletes its first file."""
+    real_delete = EvidenceStorage.delete
+    pending = [action]
+
+    def slow_delete(self, name):
+        if pending:
+            pending.pop()()
+        return real_delete(self, name)
+
+    monkeypatch.setattr(EvidenceStorage, "delete", slow_delete)
+
+
+def test_an_application_reopened_while_the_purge_runs_keeps_its_files(
+    monkeypatch, agent, server_admin, superadmin
+):
+    first = due_first()
+    appealed, evidence = rejected_with_evidence(agent, server_admin)
+    during_first_delete(
+        monkeypatch, lambda: workflow.reopen(Application.objects.get(pk=appealed.pk), superadmin, "Appeal")
+    )
+    output = purge()
+    assert "1 evidence files of applications decided more than 180 days ago were purged." in output
+    assert "2 more were kept: their application was reopened, erased or changed while this ran." in output
+    assert not os.path.exists(path_of(first))
+    for item in evidence:
+        assert os.path.exists(path_of(item))
+        item.refresh_from_db()
+        assert item.purged_at is None and item.original_name
+        assert not AuditEvent.objects.filter(action="evidence.purged", target_id=str(item.pk)).exists()
+
+
+def test_an_erasure_while_the_purge_runs_does_not_stop_it(monkeypatch, agent, server_admin):
+    first = due_first()
+    erased, _ = rejected_with_evidence(agent, server_admin, files=1)
+    last = store_for("withdrawn", 400)
+    during_first_delete(
+        monkeypatch, lambda: workflow.erase_application(Application.objects.get(pk=erased.pk))
+    )
+    output = purge()
+    assert "2 evidence files of applications decided more than 180 days ago were purged." in output
+    assert "1 more were kept" in output
+    for item in (first, last):
+        assert not os.path.exists(path_of(item))
+        item.refresh_from_db()
+        assert item.purged_at is not None
+    assert not Evidence.objects.filter(application=erased).exists()
+    assert files_on_disk() == []
+
+
+def files_on_disk() -> list[str]:
+    return sorted(str(path) for path in Path(settings.EVIDENCE_ROOT).rglob("*") if path.is_file())
+
+
+def test_a_database_error_on_one_file_keeps_that_file_and_purges_the_others(monkeypatch, caplog):
+    caplog.set_level(logging.WARNING)
+    failing, other = store_for("rejected", 400), store_for("joined", 400)
+    real_save = Evidence.save
+
+    def save(self, *args, **kwargs):
+        if self.pk == failing.pk:
+            raise OperationalError("server closed the connection unexpectedly")
+        return real_save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Evidence, "save", save)
+    out = io.StringIO()
+    with pytest.raises(CommandError, match="1 evidence files could not be purged .*retried next run"):
+        call_command("purge_evidence", stdout=out)
+    assert "1 evidence files of applications decided more than 180 days ago were purged." in out.getvalue()
+    # The orphan sweep and the missing-file check still ran.
+    assert "0 stored files without an evidence row were removed." in out.getvalue()
+    assert "0 evidence rows whose file is missing were kept" in out.getvalue()
+    assert os.path.exists(path_of(failing))
+    failing.refresh_from_db()
+    assert failing.purged_at is None and failing.original_name == "passport.pdf"
+    assert not AuditEvent.objects.filter(action="evidence.purged", target_id=str(failing.pk)).exists()
+    assert f"Could not purge evidence {failing.pk} (OperationalError: server closed" in caplog.text
+    assert not os.path.exists(path_of(other))
+    other.refresh_from_db()
+    assert other.purged_at is not None
+
+
+def test_a_file_that_cannot_be_deleted_after_the_purge_is_left_to_the_sweep(monkeypatch, caplog):
+    caplog.set_level(logging.WARNING)
+    evidence = store_for("rejected", 400)
+    path = path_of(evidence)
+    os.utime(path, (time.time() - 7200, time.time() - 7200))
+
+    def refuse(self, name):
+        raise PermissionError(13, "Permission denied", name)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(EvidenceStorage, "delete", refuse)
+        out = io.StringIO()
+        with pytest.raises(CommandError, match="1 stored files without an evidence row could not be removed"):
+            call_command("purge_evidence", stdout=out)
+    # The row was purged (committed); its file waits for the next sweep, which removes it.
+    assert "1 evidence files of applications decided more than 180 days ago were purged." in out.getvalue()
+    evidence.refresh_from_db()
+    assert evidence.purged_at is not None and os.path.exists(path)
+    assert "Permission denied" in caplog.text
+    assert "1 stored files without an evidence row were removed." in purge()
+    assert not os.path.exists(path)
+
+
+# The same on PostgreSQL, with the other person on their own connection: the purge
+# runs in a thread, and its first file's delete waits until they have committed.
+
+
+def purge_in_a_thread_while(monkeypatch, action) -> dict:
+    """Run purge_evidence in its own thread; when it deletes its first file, `action` runs here."""
+    real_delete = EvidenceStorage.delete
+    reached, go = threading.Event(), threading.Event()
+    result: dict = {}
+
+    def slow_delete(self, name):
+        if threading.current_thread().name == "purge" and not reached.is_set():
+            reached.set()
+            go.wait(30)
+        return real_delete(self, name)
+
+    def run() -> None:
+        out = io.StringIO()
+        try:
+            call_command("purge_evidence", stdout=out)
+        except Exception as error:  # noqa: BLE001 - the test reports whatever stopped the run
+            result["error"] = error
+        finally:
+            result["out"] = out.getvalue()
+            connection.close()
+
+    monkeypatch.setattr(EvidenceStorage, "delete", slow_delete)
+    purging = threading.Thread(target=run, name="purge")
+    purging.start()
+    try:
+        assert reached.wait(30), "the purge never deleted a file"
+        action()
+    finally:
+        go.set()
+        purging.join(60)
+    return result
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_on_postgres_an_application_reopened_while_the_purge_runs_keeps_its_files(
+    monkeypatch, agent, server_admin, superadmin
+):
+    first = due_first()
+    appealed, evidence = rejected_with_evidence(agent, server_admin)
+    result = purge_in_a_thread_while(
+        monkeypatch, lambda: workflow.reopen(Application.objects.get(pk=appealed.pk), superadmin, "Appeal")
+    )
+    assert "error" not in result
+    assert "2 more were kept: their application was reopened" in result["out"]
+    assert Application.objects.get(pk=appealed.pk).status == Application.Status.RECOMMENDED
+    assert not os.path.exists(path_of(first))
+    for item in evidence:
+        assert os.path.exists(path_of(item))
+        assert Evidence.objects.get(pk=item.pk).purged_at is None
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_on_postgres_an_erasure_while_the_purge_runs_does_not_stop_it(monkeypatch, agent, server_admin):
+    first = due_first()
+    erased, _ = rejected_with_evidence(agent, server_admin, files=1)
+    last = store_for("withdrawn", 400)
+    result = purge_in_a_thread_while(
+        monkeypatch, lambda: workflow.erase_application(Application.objects.get(pk=erased.pk))
+    )
+    assert "error" not in result, result.get("error")
+    assert "2 evidence files of applications decided more than 180 days ago were purged." in result["out"]
+    for item in (first, last):
+        assert Evidence.objects.get(pk=item.pk).purged_at is not None
+    assert not Evidence.objects.filter(application=erased).exists()
+    assert files_on_disk() == []
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_on_postgres_a_reopen_while_a_file_is_being_purged_waits_for_it(
+    monkeypatch, agent, server_admin, superadmin
+):
+    # The purge locks the application (first, as the workflow does) while it purges a
+    # file: a reopen then waits, and finds the file purged, instead of racing it.
+    appealed, (evidence,) = rejected_with_evidence(agent, server_admin, files=1)
+    real_record = audit.record
+    holding, go = threading.Event(), threading.Event()
+    outcome: dict = {}
+
+    def held_record(action, *args, **kwargs):
+        # Inside the purge's transaction, with its locks taken.
+        if threading.current_thread().name == "purge" and action == "evidence.purged":
+            holding.set()
+            go.wait(30)
+        return real_record(action, *args, **kwargs)
+
+    def call_purge() -> None:
+        try:
+            outcome["out"] = purge()
+        finally:
+            connection.close()
+
+    def reopen() -> None:
+        try:
+            workflow.reopen(Application.objects.get(pk=appealed.pk), superadmin, "Appeal")
+        finally:
+            connection.close()
+
+    monkeypatch.setattr(audit, "record", held_record)
+    purging = threading.Thread(target=call_purge, name="purge")
+    reopening = threading.Thread(target=reopen, name="reopen")
+    purging.start()
+    try:
+        assert holding.wait(30), "the purge never purged a file"
+        reopening.start()
+        deadline = time.monotonic() + 5
+        while not another_connection_waits_on_a_lock() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        waited = another_connection_waits_on_a_lock()
+    finally:
+        go.set()
+        purging.join(60)
+        reopening.join(60)
+    assert waited, "the reopen did not wait for the purge's lock"
+    assert "1 evidence files" in outcome["out"]
+    assert Application.objects.get(pk=appealed.pk).status == Application.Status.RECOMMENDED
+    assert Evidence.objects.get(pk=evidence.pk).purged_at is not None
+    purged_then_reopened = list(
+        AuditEvent.objects.filter(action__in=["evidence.purged", "application.reopened"])
+        .order_by("id")
+        .values_list("action", flat=True)
+    )
+    assert purged_then_reopened == ["evidence.purged", "application.reopened"]
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_on_postgres_a_failing_write_keeps_that_file_and_the_run_goes_on(caplog):
+    caplog.set_level(logging.WARNING)
+    failing, other = store_for("rejected", 400), store_for("joined", 400)
+    table = Evidence._meta.db_table
+    # PostgreSQL itself refuses this one row's update, as a full disk or a dropped connection would.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE FUNCTION refuse_purge() RETURNS trigger AS $$ BEGIN "
+            "RAISE EXCEPTION 'could not extend file' USING DETAIL = 'Key (email)=(alex@applicant.example)'; "
+            "END $$ LANGUAGE plpgsql"
+        )
+        cursor.execute(
+            f"CREATE TRIGGER refuse_purge BEFORE UPDATE ON {table} FOR EACH ROW "  # noqa: S608 - our table name
+            f"WHEN (OLD.id = '{failing.pk}') EXECUTE FUNCTION refuse_purge()"
+        )
+    try:
+        out = io.StringIO()
+        with pytest.raises(CommandError, match="1 evidence files could not be purged"):
+            call_command("purge_evidence", stdout=out)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP TRIGGER refuse_purge ON {table}")
+            cursor.execute("DROP FUNCTION refuse_purge()")
+    assert "1 evidence files of applications decided more than 180 days ago were purged." in out.getvalue()
+    assert os.path.exists(path_of(failing))
+    assert Evidence.objects.get(pk=failing.pk).purged_at is None
+    assert not os.path.exists(path_of(other))
+    assert Evidence.objects.get(pk=other.pk).purged_at is not None
+    assert f"Could not purge evidence {failing.pk} (" in caplog.text
+    assert "could not extend file" in caplog.text
+    assert "alex@applicant.example" not in caplog.text

@@ -713,10 +713,16 @@ class WorkflowMachine(RuleBasedStateMachine):
                 guard = "erased" if fresh.erased_at is not None else None
         else:
             guard = workflow.guard_reason(name, fresh, user)
-        # Release ends the claim the page showed, never one made since (released and claimed again).
-        lost_claim = name == "release" and page.claimed_by_id != fresh.claimed_by_id
+        # Release ends the claim the page showed, never one made since (released and claimed again);
+        # a decision is taken on the verification the page showed, never on one recorded since.
+        decision = name in ("approve", "reject") or (
+            name == "request_information" and fresh.status == Status.RECOMMENDED
+        )
+        outdated_page = (name == "release" and page.claimed_by_id != fresh.claimed_by_id) or (
+            decision and page.verification_recorded_at != fresh.verification_recorded_at
+        )
         if expect is None:
-            if guard is not None or invalid_input or lost_claim:
+            if guard is not None or invalid_input or outdated_page:
                 expect = "refuse"
             elif name in MATRIX_TRANSITIONS:
                 # The homeserver may still say no: the account exists, the token was used, 401.
@@ -731,7 +737,7 @@ class WorkflowMachine(RuleBasedStateMachine):
             expect=expect,
             page_status=page.status,
             before=fresh,
-            lost_claim=lost_claim,
+            outdated_page=outdated_page,
         )
 
     def _staff_call(self, name: str, page: Application, user, inputs: dict):
@@ -791,16 +797,16 @@ class WorkflowMachine(RuleBasedStateMachine):
             call = lambda: workflow.erase_application(fresh)  # noqa: E731
         self._step(name, index, call, actor=None, expect=expect, page_status=fresh.status, before=fresh)
 
-    def _step(self, name, index, call, *, actor, expect, page_status, before, lost_claim=False):
+    def _step(self, name, index, call, *, actor, expect, page_status, before, outdated_page=False):
         try:
             self._check_step(
-                name, self.applicants[index], call, actor, expect, page_status, before, lost_claim
+                name, self.applicants[index], call, actor, expect, page_status, before, outdated_page
             )
         finally:
             self._forget()
 
     def _check_step(
-        self, name, applicant: Applicant, call, actor, expect, page_status, before_row, lost_claim
+        self, name, applicant: Applicant, call, actor, expect, page_status, before_row, outdated_page
     ):
         before = self._before()
         usernames = {
@@ -813,7 +819,7 @@ class WorkflowMachine(RuleBasedStateMachine):
         except workflow.WorkflowError as refusal:
             assert expect in ("refuse", "either"), f"{name} by {actor} was refused though allowed: {refusal}"
             if isinstance(refusal, workflow.AlreadyDecided):
-                assert page_status != before_row.status or lost_claim, (
+                assert page_status != before_row.status or outdated_page, (
                     "a lost race was reported where there was none"
                 )
             if expect == "refuse":

@@ -14,6 +14,7 @@ from django.utils import timezone
 from evidence.models import Evidence
 from evidence.validation import validate_upload
 from tests.factories import PDF_BYTES, make_application, upload
+from tests.vetting.test_workflow import recommended_by
 from vetting import workflow
 from vetting.admin import EARLIER_APPLICATIONS_SHOWN
 from vetting.models import Application, AuditEvent, StaffNote
@@ -408,3 +409,22 @@ def test_a_mangled_claimer_on_release_changes_nothing_and_says_so(client, agent,
     application.refresh_from_db()
     assert (application.status, application.claimed_by) == (Application.Status.IN_REVIEW, agent)
     assert not AuditEvent.objects.filter(action="application.released").exists()
+
+
+@pytest.mark.parametrize("seen_verification", ["yesterday", "2026-13-45T99:00:00+00:00", "9" * 5000])
+def test_a_mangled_verification_time_on_a_decision_changes_nothing_and_says_so(
+    client, agent, server_admin, seen_verification
+):
+    application = recommended_by(agent)
+    client.force_login(server_admin)
+    client.raise_request_exception = False
+    response = client.post(
+        f"/admin/vetting/application/{application.pk}/action/approve/",
+        {"seen_status": "recommended", "seen_verification": seen_verification},
+        follow=True,
+    )
+    assert response.status_code == 200
+    assert "did not come from the application&#x27;s page as it was sent" in response.content.decode()
+    application.refresh_from_db()
+    assert application.status == Application.Status.RECOMMENDED
+    assert not AuditEvent.objects.filter(action="application.approved").exists()

@@ -14,7 +14,7 @@ from evidence.models import Evidence
 from notifications.models import OutboundEmail
 from tests.factories import PDF_BYTES, make_application, upload
 from tests.notifications.test_mail_privacy import mail_parts
-from tests.vetting.test_workflow import actions, recommended_by, with_stored_address
+from tests.vetting.test_workflow import actions, recommended_by, verification, with_stored_address
 from vetting import links, workflow
 from vetting.admin import EARLIER_APPLICATIONS_SHOWN
 from vetting.models import Application, AuditEvent, InformationReply, StaffNote
@@ -38,8 +38,12 @@ def submit_action(client, application: Application, name: str, fields: dict):
     form = client.get(url).content.decode()
     for field in fields:
         assert f'name="{field}"' in form, f"the {name} form has no {field} field"
-    seen_status = re.search(r'name="seen_status" value="([^"]*)"', form).group(1)
-    return client.post(url, {"seen_status": seen_status, **fields}, follow=True)
+    return client.post(url, {**seen_fields(form), **fields}, follow=True)
+
+
+def seen_fields(form: str) -> dict:
+    """The hidden fields that tell the workflow what the page showed (seen_status, seen_verification)."""
+    return dict(re.findall(r'<input type="hidden" name="(seen_[a-z_]+)" value="([^"]*)"', form))
 
 
 def one_click_form(page: str, name: str) -> dict:
@@ -95,6 +99,44 @@ def test_release_clicked_on_an_old_page_leaves_a_claim_made_since_alone(
     application.refresh_from_db()
     assert application.claimed_by == second_agent
     assert AuditEvent.objects.filter(action="application.released").count() == 1
+
+
+@pytest.mark.parametrize(
+    "name, fields",
+    [
+        ("approve", {}),
+        ("reject", {"reason": "Not a member.", "message_to_applicant": ""}),
+        ("request_information", {"question": "Please send a second document."}),
+    ],
+)
+def test_a_decision_sent_from_a_page_opened_before_a_new_verification_is_refused(
+    client, agent, second_agent, server_admin, second_server_admin, name, fields
+):
+    application = recommended_by(agent)  # identity verified, recommends approving
+    client.force_login(server_admin)
+    url = f"/admin/vetting/application/{application.pk}/action/{name}/"
+    form = client.get(url).content.decode()
+    # Meanwhile it goes round the loop and is verified again, the other way: the status is the same again.
+    workflow.request_information(application, second_server_admin, "Please send a second document.")
+    workflow.add_information(application, [], "I have no other document.")
+    workflow.claim(application, second_agent)
+    workflow.record_verification(
+        application,
+        second_agent,
+        **verification(identity_verified=False, score=1, recommendation=Application.Recommendation.REJECT),
+    )
+
+    page = client.post(url, {**seen_fields(form), **fields}, follow=True).content.decode()
+
+    assert (
+        "A new verification was recorded by second_agent while this page was open: read it before "
+        "deciding. Nothing was changed." in page
+    )
+    application.refresh_from_db()
+    assert application.status == Status.RECOMMENDED
+    assert application.decided_by is None
+    assert not AuditEvent.objects.filter(action__in=["application.approved", "application.rejected"]).exists()
+    assert AuditEvent.objects.filter(action="application.information_requested").count() == 1
 
 
 @pytest.mark.parametrize("name", ["claim", "release"])

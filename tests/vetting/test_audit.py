@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import re
+import threading
 from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from tests.conftest import STAFF_PASSWORD
 from tests.factories import make_application
@@ -87,6 +89,115 @@ def test_verify_audit_reports_a_missing_chain_head(agent):
 def test_an_empty_trail_without_a_chain_head_verifies():
     assert not AuditChainHead.objects.exists()
     assert audit.find_broken_link() is None
+
+
+def test_verify_audit_reports_a_chain_head_naming_an_event_the_chain_never_reaches(agent):
+    make_trail(agent)
+    AuditChainHead.objects.update(last_hash="f" * 64)
+    with pytest.raises(CommandError, match="the end of the chain: the newest events are missing"):
+        call_command("verify_audit")
+
+
+# Verifying while the site is in use: another connection commits events mid-check ----
+
+
+def build_chain(count: int) -> None:
+    """`count` genuine events, hashed as audit.record hashes them but stored in bulk (fast)."""
+    previous = audit.GENESIS_HASH
+    events = []
+    for number in range(count):
+        event = AuditEvent(
+            created_at=timezone.now(),
+            actor_kind=AuditEvent.ActorKind.SYSTEM,
+            action="test.history",
+            details={"n": number},
+            previous_hash=previous,
+        )
+        event.hash = audit.content_hash(event)
+        previous = event.hash
+        events.append(event)
+    AuditEvent.objects.bulk_create(events, batch_size=2000)
+    AuditChainHead.objects.create(pk=1, last_hash=previous)
+
+
+def record_from_another_connection() -> None:
+    """Commit one event through a second connection, as a request served meanwhile does."""
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            audit.record("user.login")
+        except BaseException as error:
+            errors.append(error)
+        finally:
+            connection.close()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    writer.join(timeout=30)
+    assert not writer.is_alive() and not errors, errors
+
+
+def an_event_is_written_during_the_check(monkeypatch, *, after: int) -> None:
+    """Once the check has walked `after` events (0: before the walk begins), another
+    connection commits a new event: at a known point, not a race won by timing."""
+    walk = audit._events_in_order
+
+    def walk_while_the_site_is_in_use():
+        if after == 0:
+            record_from_another_connection()
+        for walked, event in enumerate(walk(), start=1):
+            yield event
+            if walked == after:
+                record_from_another_connection()
+
+    monkeypatch.setattr(audit, "_events_in_order", walk_while_the_site_is_in_use)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    "after",
+    [0, 1, 2000, 4500],
+    ids=["before-the-walk", "after-the-first-event", "between-two-fetches", "after-the-last-event"],
+)
+def test_verify_audit_reports_no_break_when_events_are_written_while_it_checks(monkeypatch, after):
+    build_chain(4500)  # more than one fetch of the walk (2000 at a time)
+    an_event_is_written_during_the_check(monkeypatch, after=after)
+    out = StringIO()
+    call_command("verify_audit", stdout=out)
+    assert "Audit trail intact" in out.getvalue()
+    assert AuditEvent.objects.count() == 4501  # the event was written during the check
+    monkeypatch.undo()
+    assert audit.find_broken_link() is None
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_the_first_event_of_a_fresh_trail_written_while_verify_audit_checks_is_no_break(monkeypatch):
+    an_event_is_written_during_the_check(monkeypatch, after=0)  # after the (missing) head was read
+    call_command("verify_audit", stdout=StringIO())
+    assert AuditEvent.objects.count() == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("after", "reported"),
+    [
+        # The new event links to the removed one.
+        (0, "broken at event .*: its link to the previous event does not match"),
+        # The head read before the walk still names the removed event.
+        (1, "broken at the end of the chain: the newest events are missing"),
+    ],
+    ids=["written-before-the-walk", "written-during-the-walk"],
+)
+def test_the_newest_event_removed_is_still_reported_while_events_are_written(monkeypatch, after, reported):
+    build_chain(10)
+    AuditEvent.objects.order_by("-id").first().delete()
+    an_event_is_written_during_the_check(monkeypatch, after=after)
+    with pytest.raises(CommandError, match=reported):
+        call_command("verify_audit")
 
 
 def test_secret_looking_details_are_masked():

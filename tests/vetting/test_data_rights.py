@@ -215,7 +215,7 @@ def test_data_links_need_a_valid_status_link(client):
     assert client.post("/status/forged/erase/").status_code == 404
 
 
-def test_erasure_removes_every_mail_about_the_application_but_the_one_being_sent():
+def test_erasure_removes_every_mail_about_the_application_the_one_being_sent_too():
     application = make_application(full_name="Robin Erasable", status=Application.Status.REJECTED)
     other = make_application(full_name="Kim Staying", email="kim@applicant.example")
     # Signed days before the erasure: a status link's token changes every second.
@@ -248,10 +248,12 @@ def test_erasure_removes_every_mail_about_the_application_but_the_one_being_sent
 
     workflow.erase_application(application)
 
-    assert set(OutboundEmail.objects.values_list("pk", flat=True)) == {in_flight.pk, unrelated.pk}
-    # The worker sending it records its outcome as usual, not as a lapsed claim.
-    in_flight.refresh_from_db()
-    assert in_flight.mark_sent("worker-1", None)
+    assert set(OutboundEmail.objects.values_list("pk", flat=True)) == {unrelated.pk}
+    # Whatever the attempt in hand ends in, nothing comes back to be sent again or kept.
+    assert not in_flight.schedule_retry("worker-1", "451 4.3.0 Try again later")
+    assert not in_flight.release("worker-1")
+    assert not in_flight.mark_sent("worker-1", None)
+    assert set(OutboundEmail.objects.values_list("pk", flat=True)) == {unrelated.pk}
 
 
 def test_the_erase_page_links_the_data_download_without_the_download_attribute(client):

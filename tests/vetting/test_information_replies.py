@@ -17,7 +17,7 @@ from django.test.utils import CaptureQueriesContext
 
 from evidence.models import Evidence
 from evidence.validation import validate_upload
-from tests.factories import PDF_BYTES, TEXT_BYTES, make_application, upload
+from tests.factories import PDF_BYTES, TEXT_BYTES, make_application, purge, upload
 from vetting import audit, links, workflow
 from vetting.models import Application, AuditEvent, InformationReply
 
@@ -105,7 +105,7 @@ def test_staff_without_the_evidence_permission_see_how_many_files_but_not_their_
 def test_a_purged_file_of_an_answer_shows_as_purged(client, agent):
     application = asking()
     answer(client, application, "Here is my passport.", evidence_1=upload("passport.pdf", PDF_BYTES))
-    Evidence.objects.get().purge()
+    purge(Evidence.objects.get())
     client.force_login(agent)
     section = change_page(client, application).split('id="answers"')[1]
     assert "purged on" in section

@@ -116,3 +116,63 @@ def test_two_applications_asking_for_one_username_get_one_token_for_it(
     assert "has a live invitation for the Matrix username" in loser
     assert Invitation.objects.count() == 1
     assert len(fake_synapse.tokens) == 1
+
+
+@pytest.mark.parametrize(
+    "end_it",
+    [
+        lambda application, admin: workflow.withdraw(application),
+        lambda application, admin: workflow.revoke_invitation(application, admin, "Sent to the wrong person"),
+    ],
+    ids=["applicant withdraws", "staff revoke"],
+)
+def test_audited_writes_elsewhere_go_on_while_the_homeserver_takes_its_time_to_revoke(
+    approved, inviting_admin, agent, fake_synapse, monkeypatch, end_it
+):
+    """Every audited write waits for the trail's lock: the revoke must not hold it while the homeserver answers."""
+    from tests.factories import make_application
+    from vetting import matrix
+
+    workflow.issue_invitation(approved, inviting_admin)
+    unrelated = make_application(email="someone.else@applicant.example")
+    # Held far longer than the test waits, so that only the release ends the hold.
+    monkeypatch.setattr(matrix, "READ_TIMEOUT", 120.0)
+    real_handle = fake_synapse.server.handler
+    revoke_held, release = threading.Event(), threading.Event()
+
+    def holding_revoke(request):
+        if request.method == "DELETE":
+            revoke_held.set()
+            release.wait(timeout=90)
+        return real_handle(request)
+
+    fake_synapse.server.handler = holding_revoke
+    claimed = threading.Event()
+
+    def end() -> None:
+        try:
+            end_it(Application.objects.get(pk=approved.pk), inviting_admin)
+        finally:
+            connection.close()
+
+    def claim_unrelated() -> None:
+        try:
+            workflow.claim(Application.objects.get(pk=unrelated.pk), agent)
+            claimed.set()
+        finally:
+            connection.close()
+
+    ending, claiming = threading.Thread(target=end), threading.Thread(target=claim_unrelated)
+    ending.start()
+    try:
+        assert revoke_held.wait(timeout=30), "the revoke never reached the homeserver"
+        claiming.start()
+        assert claimed.wait(timeout=15), "an agent's claim on another application waited for the homeserver"
+    finally:
+        release.set()
+        ending.join(timeout=60)
+        if claiming.ident is not None:
+            claiming.join(timeout=60)
+    assert fake_synapse.tokens == {}
+    approved.refresh_from_db()
+    assert approved.status in (Application.Status.WITHDRAWN, Application.Status.APPROVED)

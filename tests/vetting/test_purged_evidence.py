@@ -15,7 +15,7 @@ from django.core.management import call_command
 
 from evidence.models import Evidence
 from evidence.previews import preview_for
-from tests.factories import JPEG_BYTES, PDF_BYTES, upload
+from tests.factories import JPEG_BYTES, PDF_BYTES, purge, upload
 from tests.vetting.test_apply import files_on_disk, form_data
 from vetting import links, workflow
 from vetting.models import Application, AuditEvent
@@ -32,9 +32,8 @@ def apply_with_two_files(client) -> Application:
 
 
 def purge_the_first_file() -> Evidence:
-    """What the retention purge leaves: the row without its file (evidence.models.Evidence.purge)."""
-    first = Evidence.objects.get(original_name="old-id.pdf")
-    first.purge()
+    """What the retention purge leaves: the row without its file."""
+    purge(Evidence.objects.get(original_name="old-id.pdf"))
     return Evidence.objects.get(original_name="photo.jpg")
 
 

@@ -549,13 +549,35 @@ def test_an_operator_corrects_the_address_and_the_refused_decision_goes_through(
         ("NOSUCHRF", "alex@applicant.example", "No application has the reference 'NOSUCHRF'."),
         (None, "alex@applicant.example\u200f", "is not an address mail can be sent to."),
         (None, "not an address", "is not an address mail can be sent to."),
-        (None, "alex@applicant.example", "already has this address."),
+        # An operator asked to put another address would hand it the applicant's status link.
+        (
+            None,
+            "stranger@elsewhere.example",
+            "The new address must be the stored one without the characters mail cannot carry "
+            "(“alex@applicant.example”): any other would receive the applicant's status link.",
+        ),
+        (None, "alex@applicant.exampl", "The new address must be the stored one without"),
     ],
 )
 def test_correct_email_refuses_what_it_cannot_do_and_changes_nothing(agent, reference, address, message):
-    application = recommended_by(agent)
+    application = with_stored_address(recommended_by(agent), "alex@applicant.example\u200f")
     with pytest.raises(CommandError, match=re.escape(message)):
         call_command("correct_email", reference or application.reference, address)
+    assert_unchanged(application)
+    assert not AuditEvent.objects.filter(action="application.email_corrected").exists()
+
+
+@pytest.mark.parametrize(
+    ("address", "message"),
+    [
+        ("stranger@elsewhere.example", "stored address can be mailed: correct_email only corrects"),
+        ("alex@applicant.example", "already has this address."),
+    ],
+)
+def test_correct_email_leaves_an_address_mail_can_carry_alone(agent, address, message):
+    application = recommended_by(agent)
+    with pytest.raises(CommandError, match=re.escape(message)):
+        call_command("correct_email", application.reference, address)
     assert_unchanged(application)
     assert not AuditEvent.objects.filter(action="application.email_corrected").exists()
 

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from evidence.management.checks import refuse_unavailable_evidence
@@ -15,6 +16,8 @@ from vetting import audit
 # A file younger than this may belong to an upload whose row is not committed
 # yet (files are written first): never call it an orphan.
 ORPHAN_MIN_AGE = timedelta(hours=1)
+
+logger = logging.getLogger(__name__)
 
 
 class Command(BaseCommand):
@@ -39,41 +42,57 @@ class Command(BaseCommand):
         refuse_unavailable_evidence(storage)
         now = timezone.now()
 
-        due = list(Evidence.objects.due_for_purge(now).select_related("application").order_by("uploaded_at"))
-        failed = 0
+        due = list(Evidence.objects.due_for_purge(now).order_by("uploaded_at").values_list("pk", flat=True))
+        purged = changed = failed = 0
         if not dry_run:
-            for evidence in due:
+            for evidence_id in due:
                 try:
-                    with transaction.atomic():
-                        evidence.purge()
-                        audit.record(
-                            "evidence.purged",
-                            target=evidence,
-                            details={
-                                "application": evidence.application.reference,
-                                "sha256": evidence.sha256,
-                                "size": evidence.size,
-                            },
-                        )
-                except OSError as error:
+                    if Evidence.objects.purge_if_due(evidence_id, now):
+                        purged += 1
+                    else:
+                        changed += 1
+                except DatabaseError as error:
+                    # One row's failure must not keep everyone else's files past retention.
                     failed += 1
-                    self.stderr.write(f"Could not purge evidence {evidence.pk}: {error}")
+                    logger.warning(
+                        "Could not purge evidence %s (%s: %s); its row and file are kept and it is "
+                        "retried next run.",
+                        evidence_id,
+                        type(error).__name__,
+                        # The first line only: PostgreSQL's DETAIL line may quote row values.
+                        str(error).strip().partition("\n")[0],
+                    )
         self.stdout.write(
-            f"{len(due) - failed} evidence files of applications decided more than "
+            f"{len(due) if dry_run else purged} evidence files of applications decided more than "
             f"{settings.EVIDENCE_RETENTION_DAYS} days ago {verb} purged."
+            + (
+                f" {changed} more were kept: their application was reopened, erased or changed "
+                "while this ran."
+                if changed
+                else ""
+            )
         )
 
+        # Also what a purge above could not delete after its commit (Evidence.delete_stored_file).
         known = set(Evidence.objects.stored().values_list("file", flat=True))
-        orphans, recent = [], 0
+        orphans, recent, stuck = [], 0, 0
         for name in stored_names(storage):
             if name in known:
                 continue
-            if now - storage.get_modified_time(name) < ORPHAN_MIN_AGE:
-                recent += 1
+            try:
+                if now - storage.get_modified_time(name) < ORPHAN_MIN_AGE:
+                    recent += 1
+                    continue
+                if not dry_run:
+                    storage.delete(name)
+            except OSError as error:
+                stuck += 1
+                logger.warning(
+                    "Could not remove the stored file %s, which no evidence row names: %s", name, error
+                )
                 continue
             orphans.append(name)
             if not dry_run:
-                storage.delete(name)
                 audit.record("evidence.orphan_file_removed", details={"file": name})
         self.stdout.write(
             f"{len(orphans)} stored files without an evidence row {verb} removed"
@@ -103,7 +122,13 @@ class Command(BaseCommand):
         problems = []
         if failed:
             problems.append(
-                f"{failed} evidence files could not be purged; they are kept and retried next run."
+                f"{failed} evidence files could not be purged (database errors, logged); "
+                "they are kept and retried next run."
+            )
+        if stuck:
+            problems.append(
+                f"{stuck} stored files without an evidence row could not be removed (logged); "
+                "they are retried next run."
             )
         if missing and not remove_missing:
             problems.append(

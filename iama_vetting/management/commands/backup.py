@@ -147,7 +147,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--scratch-url",
             help="PostgreSQL only: a role allowed to CREATE DATABASE for --verify (default: "
-            "BACKUP_SCRATCH_DATABASE_URL, else the configured database's own role).",
+            "BACKUP_SCRATCH_DATABASE_URL, else the configured database's own role). Prefer the "
+            "setting in the env file: a command line shows a password to ps and the journal.",
         )
 
     def handle(self, *args, **options) -> None:
@@ -348,7 +349,9 @@ class Command(BaseCommand):
         except psycopg.Error as error:
             raise CommandError(
                 f"Could not create a scratch database ({error}). --verify needs a role that may "
-                "CREATE DATABASE: pass --scratch-url postgres://postgres@127.0.0.1/postgres (or similar)."
+                "CREATE DATABASE: create one (createuser --createdb --pwprompt rvi_verify) and set "
+                'BACKUP_SCRATCH_DATABASE_URL to it in the env file (deploy/README.md, "Backups"); '
+                "not --scratch-url, which ps and the journal show with its password."
             ) from error
         try:
             params = postgres_params(settings_dict, dbname=scratch)
