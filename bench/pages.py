@@ -37,8 +37,8 @@ DATABASE = "rvi_bench"
 DATABASE_URL = f"postgres://postgres@127.0.0.1:5432/{DATABASE}"
 REDIS_URL = "redis://127.0.0.1:6379/7"
 SIZES = [10, 1_000, 10_000]
-LIMITER_ROUNDS = 9
-LIMITER_SECONDS = 3
+LIMITER_ROUNDS = 31
+LIMITER_SECONDS = 1
 MB = 1024 * 1024
 
 
@@ -375,7 +375,11 @@ def main() -> list[Target]:
         # for the overhead of limiting and for the POST and admin measurements,
         # which send more from one address than any real limit allows.
         unlimited = {**env, "RATELIMIT_ENABLE": "false"}
-        with gunicorn(env) as (base, master), gunicorn(unlimited) as (base_off, master_off):
+        with (
+            gunicorn(env) as (base, master),
+            gunicorn(unlimited) as (base_off, master_off),
+            gunicorn(unlimited) as (base_off_again, master_off_again),
+        ):
             pages = alternate(
                 {
                     "GET /apply/": f"{base}/apply/",
@@ -388,13 +392,23 @@ def main() -> list[Target]:
             ratio = pages["GET /apply/"]["rps"] / pages["bare view"]["rps"]
             # The limiter's latency: one request at a time, so that no queue
             # in front of the workers hides or inflates the round trip to Redis.
-            # Many short rounds, each ratio taken within its round: this
-            # machine's speed drifts by more than the limiter costs.
+            # Many one-second rounds, each ratio taken within its round: this
+            # machine's speed drifts, second to second, by more than the limiter
+            # costs. A second gunicorn with limits off, alternated with the rest,
+            # shows how far two identical servers differ: the measurement's own spread.
             limiter_runs = alternate_runs(
-                {"GET /apply/": f"{base}/apply/", "GET /apply/, limits off": f"{base_off}/apply/"},
+                {
+                    "GET /apply/": f"{base}/apply/",
+                    "GET /apply/, limits off": f"{base_off}/apply/",
+                    "the same, a second gunicorn": f"{base_off_again}/apply/",
+                },
                 LIMITER_ROUNDS,
                 LIMITER_SECONDS,
-                masters={"GET /apply/": master, "GET /apply/, limits off": master_off},
+                masters={
+                    "GET /apply/": master,
+                    "GET /apply/, limits off": master_off,
+                    "the same, a second gunicorn": master_off_again,
+                },
                 connections=1,
             )
             cpu_per_request = {
@@ -412,6 +426,14 @@ def main() -> list[Target]:
                 )
             )
             overhead = statistics.median(round_ratios)
+            spread = sorted(
+                again["p50"] / off["p50"]
+                for again, off in zip(
+                    limiter_runs["the same, a second gunicorn"],
+                    limiter_runs["GET /apply/, limits off"],
+                    strict=True,
+                )
+            )
             throughput_cost = pages["GET /apply/"]["rps"] / pages["GET /apply/, limits off"]["rps"]
             lines += [
                 "| page, 8 connections | req/s | p50 ms | p99 ms |",
@@ -430,6 +452,9 @@ def main() -> list[Target]:
                 "",
                 f"- rate limits on ÷ off, p50 at 1 connection, in each of {LIMITER_ROUNDS} rounds of "
                 f"{LIMITER_SECONDS} s: " + ", ".join(f"{ratio:.2f}" for ratio in round_ratios),
+                f"- limits off in a second gunicorn ÷ the first, the same rounds (the measurement's own "
+                f"spread): median {statistics.median(spread):.2f}, "
+                + ", ".join(f"{ratio:.2f}" for ratio in spread),
                 "- CPU time per request at 1 connection (median of the rounds): "
                 + "; ".join(
                     f"{name}: workers {cpu['worker CPU']:.0f} µs, Redis {cpu['Redis CPU']:.0f} µs"
