@@ -9,6 +9,7 @@ import pytest
 from django.db import connection
 
 from tests.conftest import _staff_user
+from tests.vetting.test_invitations import ENDING_AN_INVITATION
 from vetting import roles, workflow
 from vetting.models import Application, Invitation
 
@@ -118,14 +119,7 @@ def test_two_applications_asking_for_one_username_get_one_token_for_it(
     assert len(fake_synapse.tokens) == 1
 
 
-@pytest.mark.parametrize(
-    "end_it",
-    [
-        lambda application, admin: workflow.withdraw(application),
-        lambda application, admin: workflow.revoke_invitation(application, admin, "Sent to the wrong person"),
-    ],
-    ids=["applicant withdraws", "staff revoke"],
-)
+@ENDING_AN_INVITATION
 def test_audited_writes_elsewhere_go_on_while_the_homeserver_takes_its_time_to_revoke(
     approved, inviting_admin, agent, fake_synapse, monkeypatch, end_it
 ):

@@ -344,7 +344,8 @@ def test_withdrawing_with_a_used_token_is_refused_in_the_applicant_s_words(
     assert_unchanged(approved)
 
 
-@pytest.mark.parametrize(
+# The two ways an invitation ends with a revoke on the homeserver.
+ENDING_AN_INVITATION = pytest.mark.parametrize(
     "end_it",
     [
         lambda application, admin: workflow.withdraw(application),
@@ -352,6 +353,9 @@ def test_withdrawing_with_a_used_token_is_refused_in_the_applicant_s_words(
     ],
     ids=["applicant withdraws", "staff revoke"],
 )
+
+
+@ENDING_AN_INVITATION
 def test_a_failure_after_the_revoke_leaves_the_token_gone_and_the_sync_records_it(
     approved, inviting_admin, fake_synapse, end_it
 ):
