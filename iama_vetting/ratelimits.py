@@ -174,7 +174,13 @@ def default_tier_batch(limit: int) -> int:
 
 
 class DefaultTier:
-    """What this process knows of the default tier's counts in the current minute."""
+    """What this process knows of the default tier's counts in the current minute.
+
+    Answers are read on the thread that sent the batch (its own Redis connection). In a
+    threaded server (runserver), a thread that ends leaves its last answer unread and those
+    counts stay among the sent ones until the minute ends: a client may then be refused a
+    little early, never late. gunicorn's sync workers have one thread.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

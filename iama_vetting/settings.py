@@ -397,6 +397,8 @@ if SMTP_CA_FILE:
     except ssl.SSLError:
         # Said now: otherwise every mail fails at its first TLS handshake.
         raise ImproperlyConfigured(f"SMTP_CA_FILE {SMTP_CA_FILE!r} holds no PEM certificate.") from None
+    except OSError:
+        raise ImproperlyConfigured(f"SMTP_CA_FILE {SMTP_CA_FILE!r} is not a readable file.") from None
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="IaMA RVI Support <support@rvi.iam-alliance.com>")
 # Parsed as Django's mail parses it when sending: one it refuses would fail every mail.
 try:
@@ -554,7 +556,8 @@ try:
         if any(character.isspace() for character in SECURITY_CONTACT):
             raise ValidationError("a URI has no spaces")
     else:
-        validate_email(SECURITY_CONTACT.removeprefix("mailto:"))
+        # RFC 9116 allows a mailto: URI with fields after "?".
+        validate_email(SECURITY_CONTACT.removeprefix("mailto:").partition("?")[0])
 except ValidationError:
     raise ImproperlyConfigured(
         "SECURITY_CONTACT must be an e-mail address or an https:// URL (RFC 9116): security@example.org"

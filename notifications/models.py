@@ -93,6 +93,15 @@ class OutboundEmailQuerySet(models.QuerySet):
             | Q(status=OutboundEmail.Status.SENDING, lease_expires_at__lte=now)
         )
 
+    def held_by(self, worker: str, mails: list[OutboundEmail]) -> set[int]:
+        """The ids of `mails` this worker still holds: erase_application deletes mail a worker
+        has claimed and not sent yet, and a lapsed claim may be another worker's now."""
+        return set(
+            self.filter(
+                pk__in=[mail.pk for mail in mails], status=OutboundEmail.Status.SENDING, claimed_by=worker
+            ).values_list("pk", flat=True)
+        )
+
     def claim(self, worker: str, limit: int) -> list[OutboundEmail]:
         """Mark up to `limit` due mails as being sent by `worker`, and return them.
 

@@ -9,6 +9,7 @@ templates/notifications/: <name>-subject.txt, <name>-body.txt, <name>-body.html.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -74,6 +75,11 @@ class Tally:
         )
 
 
+# How old the worker's knowledge of which claimed mails it still holds may be when it sends
+# one: erasure deletes claimed mail, and no mail is sent more than this after its erasure.
+HELD_CHECK_SECONDS = 1.0
+
+
 def _lease_running_out(mail: OutboundEmail) -> bool:
     # Room for one more mail: MAIL, RCPT, DATA, the message, RSET, each
     # allowed SMTP_TIMEOUT. Past that another worker may take the mail over.
@@ -87,8 +93,10 @@ def send_batch(worker: str, size: int, should_stop: Callable[[], bool] = lambda:
     Returns None when no mail was due. Each mail ends sent, queued for a
     retry (connection failures, 4xx), failed (5xx, an impossible address) or,
     when the worker stops, its lease runs short or the connection is lost,
-    handed back unsent. A mail erase_application deleted while it was being
-    sent has no row left to record any of these in: it is only logged.
+    handed back unsent. A mail erase_application deleted after the claim is
+    not sent (the worker checks which mails it still holds once a second);
+    one it deleted while it was being sent has no row left to record the
+    outcome in: it is only logged.
     """
     mails = OutboundEmail.objects.claim(worker, size)
     if not mails:
@@ -103,11 +111,18 @@ def send_batch(worker: str, size: int, should_stop: Callable[[], bool] = lambda:
         for mail in mails:
             _retry(mail, worker, reason, tally)
         return tally
+    held, checked_at = {mail.pk for mail in mails}, time.monotonic()
     try:
         for index, mail in enumerate(mails):
             if should_stop() or _lease_running_out(mail):
                 tally.released += sum(rest.release(worker) for rest in mails[index:])
                 break
+            if time.monotonic() - checked_at >= HELD_CHECK_SECONDS:
+                # One query a second, not one a mail: a batch goes out at hundreds a second.
+                held, checked_at = OutboundEmail.objects.held_by(worker, mails[index:]), time.monotonic()
+            if mail.pk not in held:
+                _not_sent(mail)
+                continue
             try:
                 mail.as_message(connection).send()
             except ValueError as error:
@@ -136,6 +151,15 @@ def send_batch(worker: str, size: int, should_stop: Callable[[], bool] = lambda:
     finally:
         connection.close()
     return tally
+
+
+def _not_sent(mail: OutboundEmail) -> None:
+    if OutboundEmail.objects.filter(pk=mail.pk).exists():
+        logger.warning(
+            "Mail %s: this worker's claim lapsed before it was sent; it is not sent here.", mail.pk
+        )
+    else:
+        logger.info("Mail %s was erased before it was sent.", mail.pk)
 
 
 def _unrecorded(mail: OutboundEmail, outcome: str) -> None:

@@ -124,7 +124,12 @@ def test_debug_defaults_to_off():
                 {"DEBUG": "true", "SECURITY_CONTACT": contact},
                 "SECURITY_CONTACT must be an e-mail address or an https:// URL (RFC 9116): security@example.org",
             )
-            for contact in ["security team", "mailto:", "https://example.org/report a bug"]
+            for contact in [
+                "security team",
+                "mailto:",
+                "https://example.org/report a bug",
+                "http://example.org/",
+            ]
         ),
         *(
             (

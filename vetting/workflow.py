@@ -248,13 +248,37 @@ def unmailable_address(application: Application) -> str | None:
     try:
         validate_sendable_address(address)
     except ValidationError:
-        return _(
+        pass
+    else:
+        return None
+    values = {"address": address, "why": _why_unmailable(address), "reference": application.reference}
+    if _correctable(address):
+        return (
+            _(
+                "The applicant's stored e-mail address, “%(address)s”, cannot be mailed: %(why)s. Nothing that "
+                "mails the applicant (a request for information, a decision, the token) can be done until it "
+                "is corrected. It cannot be changed here: ask an operator to run “manage.py correct_email "
+                "%(reference)s <address>”, then try again."
+            )
+            % values
+        )
+    return (
+        _(
             "The applicant's stored e-mail address, “%(address)s”, cannot be mailed: %(why)s. Nothing that "
-            "mails the applicant (a request for information, a decision, the token) can be done until it "
-            "is corrected. It cannot be changed here: ask an operator to run “manage.py correct_email "
-            "%(reference)s <address>”, then try again."
-        ) % {"address": address, "why": _why_unmailable(address), "reference": application.reference}
-    return None
+            "mails the applicant (a request for information, a decision, the token) can be done with it, and "
+            "no correction can make it an address the applicant gave: they need to apply again with another one."
+        )
+        % values
+    )
+
+
+def _correctable(address: str) -> bool:
+    """Whether correct_email can mend the address: without its invisible characters, mail can carry it."""
+    try:
+        validate_sendable_address(_without_invisible(address).strip())
+    except ValidationError:
+        return False
+    return True
 
 
 def correct_email(application: Application, address: str) -> str:

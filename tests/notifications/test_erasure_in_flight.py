@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -17,7 +18,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from notifications.models import OutboundEmail
-from notifications.outbox import Tally, queue_email, send_batch, send_due
+from notifications.outbox import HELD_CHECK_SECONDS, Tally, queue_email, send_batch, send_due
 from tests.factories import make_application
 from vetting import links, workflow
 from vetting.models import Application
@@ -112,8 +113,9 @@ def test_a_mail_being_sent_when_its_applicant_erases_is_neither_sent_again_nor_k
     assert [received.rcpt_tos for received in recorder.received] == ([] if reply else [[email]])
 
 
-def test_a_claimed_mail_handed_back_after_its_applicant_erased_is_not_queued_again(
-    start_smtp_server, use_relay, settings
+@pytest.mark.parametrize("stop", [False, True], ids=["the batch goes on", "the worker is told to stop"])
+def test_a_claimed_mail_whose_applicant_erased_is_neither_sent_nor_queued_again(
+    start_smtp_server, use_relay, settings, caplog, stop
 ):
     staff = make_application(full_name="Kim Staying", email="kim@applicant.example")
     [first] = queue_email(
@@ -126,20 +128,26 @@ def test_a_claimed_mail_handed_back_after_its_applicant_erased_is_not_queued_aga
     recorder, answer = holding_relay(start_smtp_server, use_relay, settings)
     stopping = threading.Event()
 
-    with ThreadPoolExecutor(1) as executor:
+    with ThreadPoolExecutor(1) as executor, caplog.at_level(logging.INFO, logger="notifications.outbox"):
         try:
             # Both mails are claimed; the relay holds the first while the applicant erases.
             sending = send_in_background(executor, stopping.is_set)
             assert recorder.data_started.wait(10), "the worker never reached DATA"
             assert OutboundEmail.objects.get(pk=mail.pk).status == OutboundEmail.Status.SENDING
             workflow.erase_application(application)
-            # SIGTERM: the worker finishes the mail in hand and hands the rest back.
-            stopping.set()
+            if stop:
+                # SIGTERM: the worker finishes the mail in hand and hands the rest back.
+                stopping.set()
+            else:
+                # The worker looks again at which mails it holds once a second, not before each one.
+                time.sleep(HELD_CHECK_SECONDS)
         finally:
             answer.set()
         tally = sending.result(30)
 
     assert not mail_about(application, email, full_name).exists()
+    if not stop:
+        assert f"Mail {mail.pk} was erased before it was sent." in caplog.text
     assert tally == Tally(sent=1)
     assert list(OutboundEmail.objects.values_list("pk", "status")) == [(first.pk, OutboundEmail.Status.SENT)]
 

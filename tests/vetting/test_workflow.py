@@ -465,12 +465,26 @@ def test_an_erased_application_reopened_before_that_was_refused_is_decided_witho
 
 # An address stored before it was checked as mail uses it -------------------------
 
-# Each with what the refusal says is wrong with it.
+# Each with what the refusal says is wrong with it, and the way out it names: an operator
+# removes an invisible character (correct_email); nothing mends a domain IDNA cannot encode.
+CORRECTED_BY_AN_OPERATOR = (
+    "can be done until it is corrected. It cannot be changed here: ask an operator to run "
+    "“manage.py correct_email {reference} <address>”, then try again."
+)
+APPLIES_AGAIN = (
+    "can be done with it, and no correction can make it an address the applicant gave: they need to "
+    "apply again with another one."
+)
 UNMAILABLE_ADDRESSES = {
-    "rlm": ("alex@applicant.example\u200f", "it contains an invisible character, U+200F RIGHT-TO-LEFT MARK"),
+    "rlm": (
+        "alex@applicant.example\u200f",
+        "it contains an invisible character, U+200F RIGHT-TO-LEFT MARK",
+        CORRECTED_BY_AN_OPERATOR,
+    ),
     "64-char-non-ascii-label": (
         "alex@" + "\u00e4" * 64 + ".de",
         "its domain cannot be written in the form mail needs (IDNA)",
+        APPLIES_AGAIN,
     ),
 }
 
@@ -491,10 +505,12 @@ DECISIONS_THAT_MAIL = {
 }
 
 
-@pytest.mark.parametrize(("address", "why"), UNMAILABLE_ADDRESSES.values(), ids=UNMAILABLE_ADDRESSES.keys())
+@pytest.mark.parametrize(
+    ("address", "why", "way_out"), UNMAILABLE_ADDRESSES.values(), ids=UNMAILABLE_ADDRESSES.keys()
+)
 @pytest.mark.parametrize("name", DECISIONS_THAT_MAIL)
 def test_a_change_that_would_mail_an_address_mail_cannot_carry_is_refused_and_changes_nothing(
-    agent, server_admin, name, address, why
+    agent, server_admin, name, address, why, way_out
 ):
     application = with_stored_address(recommended_by(agent), address)
     before = actions(application)
@@ -502,9 +518,8 @@ def test_a_change_that_would_mail_an_address_mail_cannot_carry_is_refused_and_ch
         DECISIONS_THAT_MAIL[name](application, server_admin)
     assert str(refused.value) == (
         f"The applicant's stored e-mail address, “{address}”, cannot be mailed: {why}. Nothing that mails "
-        "the applicant (a request for information, a decision, the token) can be done until it is "
-        f"corrected. It cannot be changed here: ask an operator to run “manage.py correct_email "
-        f"{application.reference} <address>”, then try again."
+        "the applicant (a request for information, a decision, the token) "
+        + way_out.format(reference=application.reference)
     )
     assert_unchanged(application)
     assert actions(application) == before
@@ -522,6 +537,14 @@ def test_staff_are_told_before_choosing_that_the_applicant_cannot_be_mailed(agen
     assert workflow.allowed_actions(application, server_admin) == []
     [refusal] = workflow.refusals(application, server_admin)
     assert refusal.startswith("The applicant's stored e-mail address, “alex@applicant.example\u200f”, cannot")
+
+
+def test_correct_email_cannot_mend_a_domain_idna_cannot_encode(agent):
+    address, _why, _way_out = UNMAILABLE_ADDRESSES["64-char-non-ascii-label"]
+    application = with_stored_address(recommended_by(agent), address)
+    with pytest.raises(CommandError, match="The new address must be the stored one without"):
+        call_command("correct_email", application.reference, "alex@example.de")
+    assert_unchanged(application)
 
 
 def test_an_operator_corrects_the_address_and_the_refused_decision_goes_through(agent, server_admin):
