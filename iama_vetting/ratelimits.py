@@ -232,7 +232,7 @@ class DefaultTier:
             ends_at = self.ends_at
         try:
             caches[settings.RATELIMIT_USE_CACHE].hit_many_later(
-                {f"default:{client}:{ends_at}": requests for client, requests in counts.items()},
+                {_store_key(client, ends_at): requests for client, requests in counts.items()},
                 65,
                 functools.partial(self._answered, ends_at, counts),
             )
@@ -251,7 +251,7 @@ class DefaultTier:
                 still_sent = self.sent.pop(client, 0) - requests
                 if still_sent > 0:
                     self.sent[client] = still_sent
-                total = totals.get(f"default:{client}:{ends_at}")
+                total = totals.get(_store_key(client, ends_at))
                 if total is not None and total + batch >= settings.RATELIMIT_DEFAULT_PER_MINUTE:
                     self.near_limit[client] = max(total, self.near_limit.get(client, 0))
 
@@ -259,6 +259,11 @@ class DefaultTier:
         """Drop every count this process holds (tests start each with none)."""
         with self._lock:
             self._start_minute(0)
+
+
+def _store_key(client: str, ends_at: int) -> str:
+    """The shared store's counter of one client's minute (the minute is in the key: EXPIRE moves its end)."""
+    return f"default:{client}:{ends_at}"
 
 
 def default_tier_client(request: HttpRequest) -> str:

@@ -275,7 +275,7 @@ def unmailable_address(application: Application) -> str | None:
 def _correctable(address: str) -> bool:
     """Whether correct_email can mend the address: without its invisible characters, mail can carry it."""
     try:
-        validate_sendable_address(_without_invisible(address).strip())
+        validate_sendable_address(_without_invisible(address))
     except ValidationError:
         return False
     return True
@@ -314,14 +314,15 @@ def correct_email(application: Application, address: str) -> str:
                 )
                 % {"reference": locked.reference}
             )
-        if address.casefold() != _without_invisible(previous).strip().casefold():
+        visible = _without_invisible(previous)
+        if address.casefold() != visible.casefold():
             raise WorkflowError(
                 _(
                     "The new address must be the stored one without the characters mail cannot carry "
                     "(“%(visible)s”): any other would receive the applicant's status link. Nothing was "
                     "changed. An applicant whose address is otherwise wrong applies again."
                 )
-                % {"visible": _without_invisible(previous).strip()}
+                % {"visible": visible}
             )
         locked.email = address
         locked.save(update_fields=["email", "updated_at"])
@@ -340,9 +341,10 @@ INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
 
 
 def _without_invisible(address: str) -> str:
+    """The address without the characters mail cannot carry, and the spaces around it."""
     return "".join(
         character for character in address if unicodedata.category(character) not in INVISIBLE_CATEGORIES
-    )
+    ).strip()
 
 
 def _why_unmailable(address: str) -> str:
