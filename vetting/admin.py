@@ -325,6 +325,21 @@ class ApplicationAdmin(admin.ModelAdmin):
         # Lists, pages, actions and search all go through here.
         return roles.visible_to(request.user, queryset)
 
+    # Who claimed an application is who verified it, and answers belong to vetting: an
+    # inviting admin's list shows neither, as their page of an application does not.
+    VETTING_COLUMNS = ("claimed_by", "answered")
+    VETTING_FILTERS = (ClaimFilter, AnswerFilter)
+
+    def get_list_display(self, request):
+        if roles.sees_every_application(request.user):
+            return self.list_display
+        return [column for column in self.list_display if column not in self.VETTING_COLUMNS]
+
+    def get_list_filter(self, request):
+        if roles.sees_every_application(request.user):
+            return self.list_filter
+        return [list_filter for list_filter in self.list_filter if list_filter not in self.VETTING_FILTERS]
+
     @admin.display(description=_("answered"), boolean=True, ordering="has_unreviewed_answer")
     def answered(self, application: Application) -> bool:
         """The applicant answered a request for information since the last verification: review it again."""

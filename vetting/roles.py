@@ -139,6 +139,15 @@ def display_name(role: str) -> str:
 
 
 def is_only_agent(user) -> bool:
-    """True when the account's only role is vetting agent (what server admins may manage)."""
+    """True when the account is a vetting agent and nothing more (what server admins may manage).
+
+    A permission given to the account itself, outside the agent's, makes it more:
+    whoever may decide or manage accounts is out of a server admin's hands, whatever
+    their group. Read from the database, so an inactive account counts the same.
+    """
     names = set(user.groups.values_list("name", flat=True))
-    return names == {GROUP_NAMES[VETTING_AGENT]}
+    own_permissions = {
+        f"{app_label}.{codename}"
+        for app_label, codename in user.user_permissions.values_list("content_type__app_label", "codename")
+    }
+    return names == {GROUP_NAMES[VETTING_AGENT]} and own_permissions <= set(ROLE_PERMISSIONS[VETTING_AGENT])

@@ -877,6 +877,23 @@ def test_inviting_admins_see_only_what_issuing_a_token_needs(client, approved, a
         assert response["Location"] == "/admin/vetting/application/?e=1", lookup
 
 
+def test_inviting_admins_list_does_not_name_who_verified(client, agent, server_admin, inviting_admin):
+    application = recommended_by(agent)
+    workflow.approve(application, server_admin)
+    client.force_login(agent)
+    assert ">agent<" in client.get("/admin/vetting/application/?status=all").content.decode()
+
+    client.force_login(inviting_admin)
+    listed = client.get("/admin/vetting/application/?status=all").content.decode()
+
+    assert application.reference in listed
+    assert ">agent<" not in listed  # the claimer is the verifier
+    assert "Claimed by me" not in listed and "Answered, to review again" not in listed
+    # Nor by filtering on the claim.
+    response = client.get("/admin/vetting/application/", {"status": "all", "claim": "mine"})
+    assert response["Location"] == "/admin/vetting/application/?e=1"
+
+
 def test_inviting_admins_read_notes_only_on_applications_they_may_see(client, agent, inviting_admin):
     visible = make_application(status=Status.APPROVED)
     rejected = make_application(status=Status.REJECTED)

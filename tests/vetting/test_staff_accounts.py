@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import re
 from datetime import timedelta
 from io import StringIO
@@ -8,6 +9,7 @@ from unittest import mock
 import pytest
 import time_machine
 from django.contrib.auth import authenticate, get_user_model
+from django.contrib.auth.models import Permission
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
@@ -162,6 +164,27 @@ def test_server_admin_sees_and_manages_agents_only(client, server_admin, agent, 
     assert ">agent<" in page
     assert "second_server_admin" not in page
     assert client.get(f"/admin/auth/user/{second_server_admin.pk}/change/").status_code in (302, 403)
+
+
+@pytest.mark.parametrize("extra", [[], ["vetting.decide_application", "auth.change_user"]])
+def test_an_agent_given_more_than_the_agents_permissions_is_out_of_a_server_admins_hands(
+    client, server_admin, agent, extra
+):
+    """A superadmin may give an agent a permission of its own; the account is then no longer only an agent's."""
+    for name in extra:
+        app_label, codename = name.split(".")
+        agent.user_permissions.add(
+            Permission.objects.get(content_type__app_label=app_label, codename=codename)
+        )
+    client.force_login(server_admin)
+
+    client.post(f"/admin/auth/user/{agent.pk}/change/", {"first_name": "Renamed", "last_name": ""})
+    with pytest.raises(workflow.WorkflowError) if extra else contextlib.nullcontext():
+        workflow.deactivate_staff_account(agent, server_admin)
+
+    agent.refresh_from_db()
+    assert (agent.first_name == "Renamed") is not bool(extra)
+    assert agent.is_active is bool(extra)
 
 
 def test_deleting_a_staff_account_deactivates_it_and_keeps_its_trail(client, superadmin, agent):
