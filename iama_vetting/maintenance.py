@@ -46,6 +46,9 @@ DEFAULT_RETRY_AFTER = 600
 # (unless_maintenance) fail, and so alert, instead of skipping quietly for ever.
 FORGOTTEN_AFTER_END = timedelta(hours=1)
 LONGEST_WITHOUT_END = timedelta(hours=6)
+# The furthest end `maintenance on --until` accepts: the jobs it holds back (the purges
+# among them) would be skipped all that while, and a longer one is surely a typo.
+LONGEST_UNTIL = timedelta(days=7)
 
 _ORDINALS = {"first": 1, "second": 2, "third": 3, "fourth": 4, "last": -1}
 _WEEKDAYS = [day.lower() for day in calendar.day_name]
@@ -146,7 +149,12 @@ def read_state() -> MaintenanceState | None:
         data = json.loads(raw)
         since = datetime.fromisoformat(data["since"])
         until = datetime.fromisoformat(data["until"]) if data.get("until") else None
+        # An end further off than `maintenance on` accepts was not written by it (and one near
+        # the year 9999 would overflow in `forgotten`): the file counts as damaged.
+        plausible = until is None or until - since <= LONGEST_UNTIL
     except (ValueError, KeyError, TypeError):
+        plausible = False
+    if not plausible:
         # A damaged file still means "someone switched maintenance on", when it was written.
         written = datetime.fromtimestamp(settings.MAINTENANCE_FILE.stat().st_mtime, tz=UTC)
         return MaintenanceState(since=written, until=None)
@@ -169,9 +177,13 @@ def switch_on(until: datetime | None) -> MaintenanceState:
     data = {"since": state.since.isoformat(), "until": until.isoformat() if until else None}
     # Written aside and renamed, so a worker never reads half a file.
     partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(data), encoding="utf-8")
-    os.chmod(partial, 0o644)
-    os.replace(partial, path)
+    try:
+        partial.write_text(json.dumps(data), encoding="utf-8")
+        os.chmod(partial, 0o644)
+        os.replace(partial, path)
+    except OSError:
+        partial.unlink(missing_ok=True)
+        raise
     return state
 
 

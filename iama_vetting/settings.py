@@ -57,6 +57,39 @@ def env_int(name: str, default: int, minimum: int = 1) -> int:
     return value
 
 
+def env_service_url(name: str, service: str, credential: str, example: str) -> str:
+    """The http(s) address of a service the app calls, or "" when unset.
+
+    Neither message quotes the URL: it may hold a password. None belongs in it:
+    `credential` is what signs in, and invitation mails show the homeserver's URL.
+    """
+    url = env.str(name, default="")
+    if not url:
+        return url
+    try:
+        parts = urlsplit(url)
+        # Reading the port raises for one that is no number or above 65535 (urlsplit, for a broken [IPv6]).
+        port = parts.port
+    except ValueError:
+        parts = port = None
+    if parts is not None and parts.username is not None:
+        raise ImproperlyConfigured(
+            f"{name} must not hold a user name or password: {credential} is the credential."
+        )
+    if (
+        parts is None
+        or parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or port == 0
+        or any(character.isspace() for character in url)
+    ):
+        raise ImproperlyConfigured(
+            f"{name} must be {service}'s address, https:// (or http://), a host and, "
+            f"if needed, a port from 1 to 65535: {example}"
+        )
+    return url
+
+
 def is_local_host(host: str) -> bool:
     host = host.strip("[]").lstrip(".")
     if host == "localhost" or host.endswith(".localhost"):
@@ -442,7 +475,9 @@ if (len(SMTP_RELAY_PORTS) + 5) * SMTP_TIMEOUT > OUTBOX_LEASE_SECONDS:
     )
 
 # Matrix homeserver (vetting.matrix): invitations are registration tokens on it.
-MATRIX_HOMESERVER_URL = env.str("MATRIX_HOMESERVER_URL", default="")
+MATRIX_HOMESERVER_URL = env_service_url(
+    "MATRIX_HOMESERVER_URL", "the homeserver", "MATRIX_ADMIN_TOKEN", "https://matrix.example.org"
+)
 MATRIX_ADMIN_TOKEN = env_secret("MATRIX_ADMIN_TOKEN")
 # At least 3: the person is told a date 48 hours before the real expiry, which must come after the issue.
 MATRIX_TOKEN_VALID_DAYS = env_int("MATRIX_TOKEN_VALID_DAYS", 30, minimum=3)
@@ -460,7 +495,9 @@ if MATRIX_SERVER_NAME and not re.fullmatch(
         "MATRIX_SERVER_NAME must be the homeserver's server name, the part after the colon in user IDs: "
         "matrix.example.org"
     )
-MATRIX_MAS_URL = env.str("MATRIX_MAS_URL", default="")
+MATRIX_MAS_URL = env_service_url(
+    "MATRIX_MAS_URL", "the authentication service", "MATRIX_MAS_CLIENT_SECRET", "https://auth.example.org"
+)
 MATRIX_MAS_CLIENT_ID = env.str("MATRIX_MAS_CLIENT_ID", default="")
 MATRIX_MAS_CLIENT_SECRET = env_secret("MATRIX_MAS_CLIENT_SECRET")
 # Normally staff hand the token over through two separate channels; only

@@ -139,12 +139,21 @@ class _Http:
         retry_delays: tuple[float, ...] | None = None,
         retry_budget: float | None = None,
     ) -> None:
-        parts = urlsplit(base_url)
+        try:
+            parts = urlsplit(base_url)
+            port = parts.port
+        except ValueError:
+            # A port out of range or no number, or a broken [IPv6] host: settings refuse these
+            # at start, but not in a URL set later. Not quoted: the URL may hold a password.
+            raise NotConfigured(
+                "The homeserver URL cannot be read: check its host, and that its port is a number "
+                "from 1 to 65535."
+            ) from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise NotConfigured("The homeserver URL must start with https:// (or http://) and name a host.")
         self.scheme = parts.scheme
         self.host = parts.hostname
-        self.port = parts.port
+        self.port = port
         self.prefix = parts.path.rstrip("/")
         # Module defaults are read here, not bound at import, so tests can shorten them.
         self.connect_timeout = CONNECT_TIMEOUT if connect_timeout is None else connect_timeout

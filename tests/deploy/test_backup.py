@@ -10,6 +10,7 @@ import secrets
 import shutil
 import stat
 import subprocess
+import warnings
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -102,6 +103,44 @@ def test_verify_refuses_a_file_that_is_not_a_backup(tmp_path):
         call_command("backup", "--verify", str(bogus), stdout=io.StringIO())
 
 
+@pytest.mark.parametrize("record", ['["x"]', '{"tables": ["x"]}', '{"tables": 5}'])
+def test_verify_refuses_a_damaged_row_count_record(tmp_path, record):
+    backup = tmp_path / "rvi-db-20260101T000000Z.sqlite3"
+    backup.write_bytes(b"x")
+    (tmp_path / "rvi-db-20260101T000000Z.counts.json").write_text(record)
+    with pytest.raises(CommandError) as refused:
+        call_command("backup", "--verify", str(backup), stdout=io.StringIO())
+    assert str(refused.value) == (
+        "rvi-db-20260101T000000Z.counts.json (the row counts taken with this backup) is missing or damaged."
+    )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "notaurl",
+        "postgres://rvi:s3cret-pw@127.0.0.1:abc/postgres",
+        "mysql://rvi:s3cret-pw@127.0.0.1/postgres",
+        # No scheme: django-environ would warn with the parsed password.
+        "//rvi:s3cret-pw@127.0.0.1/postgres",
+    ],
+)
+def test_verify_refuses_a_scratch_url_that_is_not_postgres_without_repeating_it(tmp_path, capsys, url):
+    backup = tmp_path / "rvi-db-20260101T000000Z.dump"
+    backup.write_bytes(b"PGDMP")
+    (tmp_path / "rvi-db-20260101T000000Z.counts.json").write_text('{"tables": {}}')
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        with pytest.raises(CommandError) as refused:
+            call_command("backup", "--verify", str(backup), "--scratch-url", url, stdout=io.StringIO())
+    assert str(refused.value) == (
+        "The scratch database URL (--scratch-url or BACKUP_SCRATCH_DATABASE_URL) is not a valid "
+        "postgres://user:password@host:port/database URL."
+    )
+    shown = str(refused.value) + "".join(capsys.readouterr()) + "".join(str(w.message) for w in warned)
+    assert "s3cret" not in shown
+
+
 @pytest.mark.django_db(transaction=True)
 def test_rotation_deletes_only_our_backups_older_than_the_limit(tmp_path):
     now = datetime.now(UTC)
@@ -151,9 +190,32 @@ def test_a_missing_or_emptied_evidence_root_is_refused_and_no_backup_is_written_
     assert [path.name for path in directory.iterdir()] == [old.name]
 
 
-def test_keep_days_below_one_is_refused(tmp_path):
-    with pytest.raises(CommandError, match="at least 1"):
-        call_command("backup", "--dir", str(tmp_path), "--keep-days", "0")
+@pytest.mark.parametrize("keep_days", ["0", "1000000"])
+def test_keep_days_out_of_range_is_refused_before_anything_is_written(tmp_path, keep_days):
+    directory = tmp_path / "backups"
+    with pytest.raises(CommandError, match="--keep-days must be at least 1 and at most 36500"):
+        run_backup("--dir", str(directory), "--keep-days", keep_days)
+    assert not directory.exists()
+
+
+@pytest.mark.parametrize(
+    ("where", "reason"),
+    [
+        ("/proc/nope", "No such file or directory"),
+        ("/sys", "Permission denied"),
+        ("{here}/a-file/sub", "Not a directory"),
+    ],
+)
+@pytest.mark.django_db
+def test_a_backup_directory_that_cannot_be_written_is_refused_in_one_line(tmp_path, where, reason):
+    here = tmp_path / "here"
+    here.mkdir()
+    (here / "a-file").write_text("x")
+    directory = Path(where.format(here=here))
+    with pytest.raises(CommandError) as refused:
+        run_backup("--dir", str(directory))
+    assert str(refused.value) == f"Cannot write backups to {directory}: {reason}. Nothing was changed."
+    assert [path.name for path in here.iterdir()] == ["a-file"]
 
 
 def made_hours_ago(directory: Path, hours: float, *suffixes: str) -> list[Path]:

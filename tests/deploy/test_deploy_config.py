@@ -238,6 +238,58 @@ def test_refuses_unsafe_values_and_writes_nothing(tmp_path, option, value, messa
     assert not (tmp_path / "out").exists()
 
 
+def test_refuses_one_port_for_http_and_https_and_writes_nothing(tmp_path):
+    with pytest.raises(CommandError) as refused:
+        render(tmp_path / "out", http_port=443, https_port=443)
+    assert str(refused.value) == "--http-port and --https-port must differ; both are 443."
+    assert not (tmp_path / "out").exists()
+
+
+def test_rendering_again_replaces_the_files_only_when_the_values_are_accepted(tmp_path):
+    out = render(tmp_path / "out")
+    (out / "notes.txt").write_text("mine")
+    site = (out / "nginx" / "iama-rvi.conf").read_text()
+
+    with pytest.raises(CommandError, match="must differ"):
+        render(out, http_port=8443, https_port=8443)
+    assert (out / "nginx" / "iama-rvi.conf").read_text() == site
+
+    render(out, domain="rvi.myhost.org")
+    assert "server_name rvi.myhost.org;" in (out / "nginx" / "iama-rvi.conf").read_text()
+    assert (out / "gunicorn.conf.py").stat().st_mode & 0o777 == 0o644
+    assert (out / "notes.txt").read_text() == "mine"
+    assert not list(tmp_path.glob(".out-*"))  # no staging directory left behind
+
+
+def test_refuses_an_out_that_is_a_file_and_leaves_it_alone(tmp_path):
+    out = tmp_path / "out"
+    out.write_text("notes")
+    with pytest.raises(CommandError) as refused:
+        render(out)
+    assert str(refused.value) == f"{out} is a file, where --out needs a directory; nothing was written."
+    assert out.read_text() == "notes"
+    assert not list(tmp_path.glob(".out-*"))  # no staging directory left behind
+
+
+def test_a_file_in_the_way_of_a_subdirectory_is_refused_before_any_file_is_written(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "systemd").write_text("notes")
+    with pytest.raises(CommandError) as refused:
+        render(out)
+    assert (
+        str(refused.value)
+        == f"{out / 'systemd'} is a file, where --out needs a directory; nothing was written."
+    )
+    assert [path.name for path in out.iterdir()] == ["systemd"]
+    assert not list(tmp_path.glob(".out-*"))  # no staging directory left behind
+
+
+def test_an_out_that_cannot_be_written_is_refused_without_a_traceback(tmp_path):
+    with pytest.raises(CommandError, match=r"^Could not write into /proc/rvi-deploy: "):
+        render(Path("/proc/rvi-deploy"))
+
+
 @pytest.mark.systemd
 @pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="needs systemd-analyze (Debian package systemd)")
 def test_systemd_analyze_verify_accepts_every_rendered_unit_without_a_warning(tmp_path):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import io
 import json
 import os
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from django.contrib.auth.tokens import default_token_generator
@@ -91,9 +92,53 @@ def test_off_restores_the_public_pages(client):
 
 def test_status_tells_whether_it_is_on():
     assert "Maintenance mode is off." in command("status")
-    command("on", "--until", "2099-01-01T04:00Z")
+    until = datetime.now(UTC) + timedelta(days=2)
+    command("on", "--until", f"{until:%Y-%m-%dT%H:%M}Z")
     assert "Maintenance mode is on since" in command("status")
-    assert "expected until 2099-01-01 04:00 UTC" in command("status")
+    assert f"expected until {until:%Y-%m-%d %H:%M} UTC" in command("status")
+
+
+def test_an_end_time_with_an_offset_is_shown_in_utc_and_one_without_is_utc():
+    until = datetime.now(UTC) + timedelta(hours=3)
+    in_paris_summer = until.astimezone(timezone(timedelta(hours=2)))
+    output = command("on", "--until", in_paris_summer.isoformat(timespec="minutes"))
+    assert f"Maintenance mode is on, expected until {until:%Y-%m-%d %H:%M} UTC." in output
+    assert f"expected until {until:%Y-%m-%d %H:%M} UTC" in command("status")
+    output = command("on", "--until", f"{until:%Y-%m-%dT%H:%M}")
+    assert f"Maintenance mode is on, expected until {until:%Y-%m-%d %H:%M} UTC." in output
+
+
+@pytest.mark.parametrize(
+    "until",
+    [
+        pytest.param("9999-12-31T23:30", id="year-9999"),
+        pytest.param(f"{datetime.now(UTC) + timedelta(days=8):%Y-%m-%dT%H:%MZ}", id="in-8-days"),
+    ],
+)
+def test_an_end_time_more_than_7_days_ahead_is_refused_and_changes_nothing(until, maintenance_file):
+    with pytest.raises(CommandError) as refused:
+        command("on", "--until", until)
+    assert str(refused.value) == (
+        f"--until {until!r} is more than 7 days ahead: surely a typo. Maintenance mode is unchanged."
+    )
+    assert not maintenance_file.exists()
+
+
+def test_a_switch_that_cannot_be_written_is_refused_in_one_line(settings):
+    settings.MAINTENANCE_FILE = Path("/sys/maintenance.json")
+    with pytest.raises(CommandError) as refused:
+        command("on")
+    assert str(refused.value) == (
+        "Cannot change MAINTENANCE_FILE /sys/maintenance.json: Permission denied. Maintenance mode is unchanged."
+    )
+
+
+def test_a_switch_that_cannot_be_put_in_place_leaves_no_partial_file(maintenance_file):
+    # A directory where the file should be: the partial file is written, the rename fails.
+    (maintenance_file / "stray").mkdir(parents=True)
+    with pytest.raises(CommandError, match="Is a directory. Maintenance mode is unchanged."):
+        command("on")
+    assert sorted(path.name for path in maintenance_file.parent.iterdir()) == ["maintenance.json"]
 
 
 @pytest.mark.parametrize("until", ["tomorrow", "25:00", "2001-01-01T00:00Z"])
@@ -207,9 +252,20 @@ def test_maintenance_left_on_fails_the_job_so_the_alert_fires(maintenance_file, 
     assert "Would purge" not in capsys.readouterr().out
 
 
-def test_a_damaged_switch_counts_from_when_it_was_written(maintenance_file):
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param("{not json", id="not-json"),
+        # An end `maintenance on` refuses: written by hand, or before it refused them.
+        pytest.param(
+            json.dumps({"since": datetime.now(UTC).isoformat(), "until": "9999-12-31T23:30:00+00:00"}),
+            id="end-in-year-9999",
+        ),
+    ],
+)
+def test_a_damaged_switch_counts_from_when_it_was_written(maintenance_file, content):
     maintenance_file.parent.mkdir(parents=True, exist_ok=True)
-    maintenance_file.write_text("{not json")
+    maintenance_file.write_text(content)
     seven_hours_ago = (datetime.now(UTC) - timedelta(hours=7)).timestamp()
     os.utime(maintenance_file, (seven_hours_ago, seven_hours_ago))
     with pytest.raises(CommandError, match="Switch it off"):

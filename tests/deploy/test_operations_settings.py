@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 from django.conf import settings
 
 PRINT = (
@@ -68,6 +69,37 @@ def test_a_mistyped_maintenance_window_refuses_to_start():
     result = load(MAINTENANCE_WINDOW="every sunday 02:00-04:00")
     assert result.returncode != 0
     assert "MAINTENANCE_WINDOW" in result.stderr
+
+
+SERVICE_URLS = [
+    ("MATRIX_HOMESERVER_URL", "the homeserver", "MATRIX_ADMIN_TOKEN"),
+    ("MATRIX_MAS_URL", "the authentication service", "MATRIX_MAS_CLIENT_SECRET"),
+]
+
+
+@pytest.mark.parametrize(("name", "service", "_credential"), SERVICE_URLS)
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:99999",
+        "http://127.0.0.1:abc",
+        "http://127.0.0.1:0",
+        "http://[::1",
+        "matrix.example.org",
+    ],
+)
+def test_an_unusable_service_url_refuses_to_start(name, service, _credential, url):
+    result = load(**{name: url})
+    assert result.returncode != 0
+    assert f"{name} must be {service}'s address" in result.stderr
+
+
+@pytest.mark.parametrize(("name", "_service", "credential"), SERVICE_URLS)
+def test_a_password_in_a_service_url_refuses_to_start_and_is_not_shown(name, _service, credential):
+    result = load(**{name: "https://rvi:S3CRETPW@127.0.0.1:1"})
+    assert result.returncode != 0
+    assert f"{credential} is the credential" in result.stderr
+    assert "S3CRETPW" not in result.stderr
 
 
 def test_env_example_lists_every_variable_the_settings_read():

@@ -69,6 +69,30 @@ def test_mail_goes_to_every_active_superadmin(superadmin, django_user_model):
     assert "Failed staff sign-ins: 0" in mail.body_text
 
 
+def old_csp_violation() -> None:
+    CSPViolation.objects.record("img-src", "https://old.example", "/apply/")
+    CSPViolation.objects.update(last_seen=timezone.now() - timedelta(days=60))
+
+
+def test_mail_without_a_superadmin_address_fails_and_forgets_nothing(agent):
+    old_csp_violation()
+    with pytest.raises(CommandError) as refused:
+        report("--mail")
+    assert str(refused.value) == (
+        "No active superadmin has an e-mail address: nothing was sent, nothing forgotten."
+    )
+    assert CSPViolation.objects.count() == 1
+    assert not OutboundEmail.objects.exists()
+
+
+def test_dry_run_with_mail_is_refused_and_changes_nothing(superadmin):
+    old_csp_violation()
+    with pytest.raises(CommandError, match="give either --dry-run or --mail, not both"):
+        report("--dry-run", "--mail")
+    assert CSPViolation.objects.count() == 1
+    assert not OutboundEmail.objects.exists()
+
+
 @pytest.mark.parametrize("since", ["yesterday", "0h", "24", "1w"])
 def test_a_bad_window_is_refused_clearly(since):
     with pytest.raises(CommandError, match="--since takes hours or days"):

@@ -89,6 +89,12 @@ def test_an_env_file_readable_by_others_fails(good):
     assert "has mode 0644" in output and "chmod 600" in output
 
 
+def test_an_env_file_path_through_a_file_fails_plainly(good):
+    passed, output = verify("--env-file", str(good / "env"))
+    assert not passed
+    assert f"{good / 'env'} cannot be checked: Not a directory" in output
+
+
 def test_an_evidence_root_open_to_others_fails(good, settings):
     settings.EVIDENCE_ROOT.chmod(0o755)
     passed, output = verify()

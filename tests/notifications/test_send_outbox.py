@@ -102,6 +102,20 @@ def test_dry_run_counts_due_mail_and_sends_nothing():
     assert set(OutboundEmail.objects.values_list("status", flat=True)) == {"queued"}
 
 
+@pytest.mark.parametrize("size", ["10001", "99999999999999999999"])
+def test_a_batch_size_beyond_ten_thousand_is_refused_and_mail_stays_queued(size):
+    """One too large for the database's LIMIT failed every poll of --loop with a traceback."""
+    queue_mails(1)
+    with pytest.raises(CommandError) as refused:
+        run_worker("--once", "--batch-size", size)
+    assert (
+        str(refused.value)
+        == f"--batch-size must be between 1 and 10,000 (default: OUTBOX_BATCH_SIZE), not {size}."
+    )
+    assert django_mail.outbox == []
+    assert OutboundEmail.objects.get().status == OutboundEmail.Status.QUEUED
+
+
 def test_mail_not_yet_due_or_cancelled_or_sent_is_left_alone():
     later, cancelled, sent, due = queue_mails(4)
     OutboundEmail.objects.filter(pk=later.pk).update(next_attempt_at=timezone.now() + timedelta(minutes=5))

@@ -76,6 +76,16 @@ def test_refuses_what_is_not_an_address(use_relay, smtp_server):
     assert smtp_server.recorder.connections == 0
 
 
+def test_refuses_an_address_its_mail_could_not_be_built_for_before_connecting(use_relay, smtp_server):
+    # Passes validate_email, but the domain is too long for IDNA once encoded.
+    address = "a@" + "ü" * 60 + ".org"
+    use_relay(smtp_server.port)
+    _, error = send_test_email(address)
+    assert str(error) == f"{address!r} is not an e-mail address mail can be sent to."
+    assert smtp_server.recorder.connections == 0
+    assert smtp_server.recorder.accepted_logins == 0
+
+
 def test_refuses_without_a_relay_password(use_relay, smtp_server):
     use_relay(smtp_server.port, password="")
     _, error = send_test_email("operator@staff.example")

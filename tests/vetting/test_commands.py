@@ -40,6 +40,39 @@ def test_dev_superuser_is_refused_without_debug(settings):
     assert not get_user_model().objects.exists()
 
 
+@pytest.mark.parametrize(
+    ("username", "message"),
+    [
+        ("", "This field cannot be blank."),
+        ("bad name!", "Enter a valid username."),
+        ("a" * 300, "Ensure this value has at most 150 characters (it has 300)."),
+    ],
+)
+def test_dev_superuser_refuses_a_username_the_admin_would_not_take(settings, username, message):
+    settings.DEBUG = True
+    with pytest.raises(CommandError) as refused:
+        call_command("create_dev_superuser", "--username", username, stdout=StringIO())
+    assert str(refused.value).startswith(f"--username: {message}")
+    assert not get_user_model().objects.exists()
+
+
+def test_dev_superuser_refuses_the_name_of_a_user_who_is_not_a_superuser(settings):
+    settings.DEBUG = True
+    get_user_model().objects.create_user("admin")
+    with pytest.raises(CommandError) as refused:
+        call_command("create_dev_superuser", stdout=StringIO())
+    assert str(refused.value) == "A user 'admin' exists and is not a superuser: choose another --username."
+    assert not get_user_model().objects.filter(is_superuser=True).exists()
+
+
+@pytest.mark.parametrize("count", ["0", "-5"])
+def test_bench_data_refuses_fewer_than_one_application(settings, count):
+    settings.BENCH_BARE_VIEW = True
+    with pytest.raises(CommandError) as refused:
+        call_command("bench_data", "--applications", count, stdout=StringIO())
+    assert str(refused.value) == f"--applications must be at least 1, not {count}."
+
+
 def _application_created_at(moment: datetime.datetime, **fields):
     with time_machine.travel(moment):
         application = make_application(**fields)

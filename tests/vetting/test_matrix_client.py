@@ -139,6 +139,19 @@ def test_settings_without_url_or_token_are_not_configured(settings):
         matrix.get_client()
 
 
+@pytest.mark.parametrize(
+    "url",
+    ["http://rvi:S3CRETPW@127.0.0.1:99999", "http://rvi:S3CRETPW@127.0.0.1:abc", "http://rvi:S3CRETPW@[::1"],
+)
+def test_an_unreadable_url_is_not_configured_and_not_repeated(url):
+    with pytest.raises(matrix.NotConfigured) as raised:
+        client_for(url)
+    assert str(raised.value) == (
+        "The homeserver URL cannot be read: check its host, and that its port is a number from 1 to 65535."
+    )
+    assert "S3CRETPW" not in str(raised.value)
+
+
 def test_the_client_repr_never_shows_the_admin_token():
     client = client_for("https://matrix.example.org")
     assert ADMIN_TOKEN not in repr(client)

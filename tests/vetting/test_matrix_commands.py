@@ -53,6 +53,15 @@ def test_matrix_check_on_mas(fake_mas):
     assert fake_mas.client_secret not in out
 
 
+def test_matrix_check_shows_scheme_host_and_port_but_never_a_password(fake_mas, settings):
+    settings.MATRIX_HOMESERVER_URL = "https://rvi:S3CRETPW@matrix.localhost:8448"
+    settings.MATRIX_MAS_URL = fake_mas.url.replace("http://", "http://rvi:S3CRETPW@")
+    out, _err = run("matrix_check")
+    assert "Homeserver: https://matrix.localhost:8448 (server name localhost)" in out
+    assert f"Authentication service: {fake_mas.url}\n" in out
+    assert "S3CRETPW" not in out
+
+
 def test_sync_invitations_prints_counts(approved, inviting_admin, fake_synapse):
     invitation = workflow.issue_invitation(approved, inviting_admin)
     fake_synapse.register(invitation.token, "alex")

@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import tarfile
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -28,6 +29,8 @@ FINISHED_BACKUP_RE = re.compile(
     r"^rvi-(?P<kind>db|evidence)-(?P<stamp>\d{8}T\d{6}Z)\.(dump|sqlite3|tar\.gz)\Z"
 )
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
+# A hundred years: any longer is a typo, and far longer cannot even be subtracted from today.
+MAX_KEEP_DAYS = 36500
 # libpq connection options that pg_dump/pg_restore also read from the environment.
 LIBPQ_ENVIRONMENT = {
     "sslmode": "PGSSLMODE",
@@ -158,14 +161,17 @@ class Command(BaseCommand):
         if options["check"]:
             self.check_age((options["dir"] or settings.BACKUP_DIR).resolve(), options["max_age_hours"])
             return
-        if options["keep_days"] < 1:
-            raise CommandError("--keep-days must be at least 1.")
+        if not 1 <= options["keep_days"] <= MAX_KEEP_DAYS:
+            raise CommandError(
+                f"--keep-days must be at least 1 and at most {MAX_KEEP_DAYS} (a hundred years). "
+                "Nothing was changed."
+            )
         if settings.EVIDENCE_STORAGE == "local":
             # Before anything is written or rotated: an archive of an unmounted evidence
             # volume would be empty, and the good archives would age out behind it.
             refuse_unavailable_evidence(evidence_storage())
         directory = (options["dir"] or settings.BACKUP_DIR).resolve()
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.prepare_directory(directory)
         now = datetime.now(UTC)
         stamp = now.strftime(STAMP_FORMAT)
         database = self.backup_database(directory, stamp)
@@ -177,6 +183,18 @@ class Command(BaseCommand):
         self.stdout.write(f"Removed {len(removed)} backup files older than {options['keep_days']} days.")
 
     # Writing
+
+    def prepare_directory(self, directory: Path) -> None:
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # mkdir accepts an existing directory that refuses new files (/sys, a read-only mount):
+            # find that out before the dump, not after.
+            with tempfile.TemporaryFile(dir=directory):
+                pass
+        except OSError as error:
+            raise CommandError(
+                f"Cannot write backups to {directory}: {error.strerror}. Nothing was changed."
+            ) from error
 
     def backup_database(self, directory: Path, stamp: str) -> Path:
         connection = connections["default"]
@@ -311,10 +329,12 @@ class Command(BaseCommand):
             raise CommandError(f"{backup} does not exist.")
         try:
             expected = json.loads(counts_path(backup).read_text())["tables"]
-        except (OSError, ValueError, KeyError) as error:
+        except (OSError, ValueError, KeyError, TypeError):
+            expected = None
+        if not isinstance(expected, dict):
             raise CommandError(
                 f"{counts_path(backup).name} (the row counts taken with this backup) is missing or damaged."
-            ) from error
+            )
         if backup.name.endswith(".dump"):
             restored = self.restore_postgres(backup, scratch_url)
         elif backup.name.endswith(".sqlite3"):
@@ -338,9 +358,22 @@ class Command(BaseCommand):
         import psycopg
         from psycopg import sql
 
-        settings_dict = (
-            environ.Env.db_url_config(scratch_url) if scratch_url else connections["default"].settings_dict
-        )
+        if scratch_url:
+            # Neither the message nor a warning repeats the URL: it may hold a password
+            # (django-environ warns with the parsed password when it finds no engine).
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    settings_dict = environ.Env.db_url_config(scratch_url)
+            except ValueError:
+                settings_dict = {}
+            if settings_dict.get("ENGINE") != "django.db.backends.postgresql":
+                raise CommandError(
+                    "The scratch database URL (--scratch-url or BACKUP_SCRATCH_DATABASE_URL) is not a "
+                    "valid postgres://user:password@host:port/database URL."
+                )
+        else:
+            settings_dict = connections["default"].settings_dict
         scratch = f"rvi_verify_{secrets.token_hex(6)}"
         admin = postgres_params(settings_dict, dbname="postgres")
         try:

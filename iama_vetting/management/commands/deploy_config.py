@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import tempfile
 from pathlib import Path, PurePosixPath
 
 from django.conf import settings
@@ -70,6 +73,44 @@ def port(value: str) -> int:
     return number
 
 
+def check_room(out: Path, names: list[str]) -> None:
+    """Refuses, before anything is written, a file where a directory goes or a directory where a file goes."""
+    for directory in sorted({out / parent for name in names for parent in PurePosixPath(name).parents}):
+        if directory.exists() and not directory.is_dir():
+            raise CommandError(f"{directory} is a file, where --out needs a directory; nothing was written.")
+    for name in names:
+        if (out / name).is_dir():
+            raise CommandError(f"{out / name} is a directory, where a file goes; nothing was written.")
+
+
+def write_all(out: Path, rendered: dict[str, str]) -> None:
+    """Writes every file into `out` once all of them are written in full beside it.
+
+    A new `out` appears whole by one rename; in an existing one each file is replaced whole.
+    """
+    check_room(out, list(rendered))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Next to `out`, so the files move into place by a rename on the same file system.
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
+    try:
+        staging.chmod(0o755)  # mkdtemp's 0700 would otherwise become the mode of `out`
+        for name, text in rendered.items():
+            target = staging / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text, encoding="utf-8")
+            target.chmod(0o644)
+        if not out.exists():
+            staging.rename(out)
+            return
+        # Rendering again into the same directory (deploy/README.md, "render again"):
+        # each file is replaced whole, and other files there stay.
+        for name in rendered:
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging / name, out / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 class Command(BaseCommand):
     help = (
         "Render every file of deploy/ (nginx site, gunicorn config, systemd units and timers with "
@@ -117,11 +158,10 @@ class Command(BaseCommand):
         out = Path(options["out"] or f"deploy-{context['domain']}").resolve()
         engine = Engine(dirs=[str(DEPLOY_DIR)], autoescape=False)
         rendered = {name: engine.get_template(name).render(Context(context)) for name in template_names()}
-        for name, text in rendered.items():
-            target = out / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(text, encoding="utf-8")
-            target.chmod(0o644)
+        try:
+            write_all(out, rendered)
+        except OSError as error:
+            raise CommandError(f"Could not write into {out}: {error.strerror or error}.") from error
         self.stdout.write(f"Rendered {len(rendered)} files for {context['domain']} into {out}:")
         for name in rendered:
             self.stdout.write(f"  {name}")
@@ -178,6 +218,9 @@ class Command(BaseCommand):
         if listen_address and not re.match(r"^(\d{1,3}(\.\d{1,3}){3}|\[[0-9a-f:]+\])\Z", listen_address):
             raise CommandError(f"--listen-address {listen_address!r} is not an IPv4 or [IPv6] address.")
         https_port = options["https_port"]
+        if options["http_port"] == https_port:
+            # nginx refuses to start with one port for both plain HTTP and TLS.
+            raise CommandError(f"--http-port and --https-port must differ; both are {https_port}.")
         return {
             **paths,
             "domain": domain,

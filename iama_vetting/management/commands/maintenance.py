@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, time, timedelta
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
@@ -9,7 +10,8 @@ from iama_vetting import maintenance
 
 
 def parse_until(text: str) -> datetime:
-    """An ISO date-time (UTC unless it says otherwise), or HH:MM for the next such time in UTC."""
+    """An ISO date-time (UTC unless it says otherwise), or HH:MM for the next such time in UTC;
+    returned in UTC, as it is shown."""
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
@@ -24,10 +26,15 @@ def parse_until(text: str) -> datetime:
         if moment <= now:
             moment += timedelta(days=1)
         return moment
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    if moment <= timezone.now():
+    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    now = timezone.now()
+    if moment <= now:
         raise CommandError(f"--until {text!r} is in the past.")
+    if moment - now > maintenance.LONGEST_UNTIL:
+        raise CommandError(
+            f"--until {text!r} is more than {maintenance.LONGEST_UNTIL.days} days ahead: surely a typo. "
+            "Maintenance mode is unchanged."
+        )
     return moment
 
 
@@ -45,10 +52,17 @@ class Command(BaseCommand):
         if until and action != "on":
             raise CommandError("--until goes only with 'on'.")
         if action == "on":
-            state = maintenance.switch_on(parse_until(until) if until else None)
+            moment = parse_until(until) if until else None
+            try:
+                state = maintenance.switch_on(moment)
+            except OSError as error:
+                raise self.unchanged(error) from error
             self.stdout.write(f"Maintenance mode is on{self.until_text(state)}. Public pages answer 503.")
         elif action == "off":
-            was_on = maintenance.switch_off()
+            try:
+                was_on = maintenance.switch_off()
+            except OSError as error:
+                raise self.unchanged(error) from error
             self.stdout.write("Maintenance mode is off." if was_on else "Maintenance mode was already off.")
         else:
             state = maintenance.read_state()
@@ -63,6 +77,12 @@ class Command(BaseCommand):
                 self.stdout.write(
                     f"Planned window announced on public pages: {window[0]:%Y-%m-%d %H:%M}–{window[1]:%H:%M} UTC."
                 )
+
+    def unchanged(self, error: OSError) -> CommandError:
+        return CommandError(
+            f"Cannot change MAINTENANCE_FILE {settings.MAINTENANCE_FILE}: {error.strerror}. "
+            "Maintenance mode is unchanged."
+        )
 
     def until_text(self, state: maintenance.MaintenanceState) -> str:
         return f", expected until {state.until:%Y-%m-%d %H:%M} UTC" if state.until else ""

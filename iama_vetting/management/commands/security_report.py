@@ -71,6 +71,8 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, since: str, mail: bool, dry_run: bool, **options) -> None:
+        if dry_run and mail:
+            raise CommandError("--dry-run sends nothing: give either --dry-run or --mail, not both.")
         now = timezone.now()
         start = window_start(since, now)
         report = self.gather(start, now.astimezone(UTC))
@@ -78,9 +80,6 @@ class Command(BaseCommand):
         self.stdout.write(text)
         if dry_run:
             return
-        # Run daily by its timer: keeps the table to what browsers still report (models.MAX_KINDS).
-        forgotten = CSPViolation.objects.forget_unseen_since(now - timedelta(days=KEPT_DAYS))
-        self.stdout.write(f"Forgot {forgotten} kind(s) of CSP violation not reported for {KEPT_DAYS} days.")
         if mail:
             recipients = list(
                 get_user_model()
@@ -88,8 +87,15 @@ class Command(BaseCommand):
                 .exclude(email="")
                 .values_list("email", flat=True)
             )
+            # Before forgetting: a run that fails changes nothing.
             if not recipients:
-                raise CommandError("No active superadmin has an e-mail address: nothing was sent.")
+                raise CommandError(
+                    "No active superadmin has an e-mail address: nothing was sent, nothing forgotten."
+                )
+        # Run daily by its timer: keeps the table to what browsers still report (models.MAX_KINDS).
+        forgotten = CSPViolation.objects.forget_unseen_since(now - timedelta(days=KEPT_DAYS))
+        self.stdout.write(f"Forgot {forgotten} kind(s) of CSP violation not reported for {KEPT_DAYS} days.")
+        if mail:
             with transaction.atomic():
                 queue_email("security-report", recipients, {"report_text": text, "since": since})
             self.stdout.write(f"Queued to {len(recipients)} superadmin(s).")

@@ -124,8 +124,9 @@ class Command(BaseCommand):
     def env_file_mode(self, env_file: Path) -> list[str]:
         try:
             mode = stat.S_IMODE(env_file.stat().st_mode)
-        except FileNotFoundError:
-            return [f"{env_file} does not exist"]
+        except OSError as error:
+            # Missing, a file where a directory should be, or not ours to look at.
+            return [f"{env_file} cannot be checked: {error.strerror}"]
         if mode & 0o077:
             return [f"{env_file} has mode {mode:04o}: it holds secrets, make it 0600 (chmod 600)"]
         return []

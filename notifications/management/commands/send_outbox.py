@@ -23,6 +23,9 @@ logger = logging.getLogger(__name__)
 # (RestartPreventExitStatus=): a missing setting stays missing however often
 # the worker starts, while a relay that is down only delays the mail.
 EXIT_CONFIGURATION_ERROR = os.EX_CONFIG
+# Far more than one SMTP connection should carry; a huge number would also
+# overflow the database's LIMIT and fail on every poll of --loop.
+MAX_BATCH_SIZE = 10_000
 
 
 class StopFlag:
@@ -69,8 +72,11 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, once: bool, loop: bool, dry_run: bool, batch_size: int, **options) -> None:
-        if batch_size < 1:
-            raise CommandError("--batch-size must be at least 1.")
+        if not 1 <= batch_size <= MAX_BATCH_SIZE:
+            raise CommandError(
+                f"--batch-size must be between 1 and {MAX_BATCH_SIZE:,} (default: OUTBOX_BATCH_SIZE), "
+                f"not {batch_size}."
+            )
         if dry_run:
             due = OutboundEmail.objects.due(timezone.now()).count()
             self.stdout.write(f"{due} mails are due; none was sent (dry run).")

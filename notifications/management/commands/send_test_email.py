@@ -4,9 +4,9 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.core.mail import EmailMultiAlternatives
 from django.core.management.base import BaseCommand, CommandError
-from django.core.validators import validate_email
 from django.utils import timezone
 
+from notifications.models import validate_sendable_address
 from notifications.outbox import render_email
 from notifications.relay import RelayEmailBackend, describe
 
@@ -26,10 +26,12 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, to: str, dry_run: bool, **options) -> None:
+        # Before connecting: an address the mail cannot be built for would fail
+        # only after logging in to the relay.
         try:
-            validate_email(to)
+            validate_sendable_address(to)
         except ValidationError as error:
-            raise CommandError(f"{to!r} is not an e-mail address.") from error
+            raise CommandError(f"{to!r} is not an e-mail address mail can be sent to.") from error
         try:
             connection = RelayEmailBackend()
         except ImproperlyConfigured as error:

@@ -21,6 +21,8 @@ class Command(BaseCommand):
     def handle(self, *args, applications: int, **options) -> None:
         if not settings.BENCH_BARE_VIEW:
             raise CommandError("Refusing: bench_data only runs with BENCH_BARE_VIEW=true (make bench).")
+        if applications < 1:
+            raise CommandError(f"--applications must be at least 1, not {applications}.")
         statuses = [Application.Status.SUBMITTED, Application.Status.IN_REVIEW, Application.Status.REJECTED]
         now = timezone.now()
         existing = Application.objects.count()
