@@ -2,7 +2,7 @@
 
 Starts what it needs on 127.0.0.1 (a PostgreSQL database of its own, gunicorn
 with 2 sync workers, Redis as the shared cache), warms up, alternates the
-compared variants (A B A B) and prints medians and ratios. Load comes from
+compared variants (A B C, B C A, …) and prints medians and ratios. Load comes from
 wrk (Debian's package), never from a hand-written loop.
 
     .venv/bin/python bench/pages.py [--rounds 3] [--seconds 5]
