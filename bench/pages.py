@@ -85,11 +85,12 @@ def bench_environment(tmp: Path, **extra: str) -> dict[str, str]:
 def limiter_environment(env: dict[str, str], limits_on: bool, padding: int) -> dict[str, str]:
     """`env` with rate limits on or off, and `padding` more bytes.
 
-    The size of a process's environment moves where its stack lies, and with
-    it how the interpreter's hot loop meets the CPU's caches: on these hosts
-    two gunicorns that differ only by an unused variable differ by up to a
-    fifth in p50. So each side runs in several environment sizes, and the
-    two sides' sizes match ("false" is a byte longer than "true").
+    On these hosts two gunicorns started alike differ by up to a fifth in p50
+    (each process gets its own memory layout; one that differs by an unused
+    variable differs as much), more than the limiter costs. So each side is
+    several servers, started in environments of different sizes, and the two
+    sides' sizes match ("false" is a byte longer than "true"), so that
+    nothing but the setting tells the sides apart.
     """
     value = "true" if limits_on else "false"
     return {**env, "RATELIMIT_ENABLE": value, "BENCH_LAYOUT_PADDING": "x" * (padding + 6 - len(value))}
