@@ -80,25 +80,27 @@ class Command(BaseCommand):
         self.stdout.write(text)
         if dry_run:
             return
-        if mail:
-            recipients = list(
-                get_user_model()
-                .objects.filter(is_superuser=True, is_active=True)
-                .exclude(email="")
-                .values_list("email", flat=True)
+        recipients = self.superadmin_addresses() if mail else []
+        # Before forgetting: a run that fails changes nothing.
+        if mail and not recipients:
+            raise CommandError(
+                "No active superadmin has an e-mail address: nothing was sent, nothing forgotten."
             )
-            # Before forgetting: a run that fails changes nothing.
-            if not recipients:
-                raise CommandError(
-                    "No active superadmin has an e-mail address: nothing was sent, nothing forgotten."
-                )
         # Run daily by its timer: keeps the table to what browsers still report (models.MAX_KINDS).
         forgotten = CSPViolation.objects.forget_unseen_since(now - timedelta(days=KEPT_DAYS))
         self.stdout.write(f"Forgot {forgotten} kind(s) of CSP violation not reported for {KEPT_DAYS} days.")
-        if mail:
+        if recipients:
             with transaction.atomic():
                 queue_email("security-report", recipients, {"report_text": text, "since": since})
             self.stdout.write(f"Queued to {len(recipients)} superadmin(s).")
+
+    def superadmin_addresses(self) -> list[str]:
+        return list(
+            get_user_model()
+            .objects.filter(is_superuser=True, is_active=True)
+            .exclude(email="")
+            .values_list("email", flat=True)
+        )
 
     def gather(self, start: datetime, now: datetime) -> dict:
         events = AuditEvent.objects.filter(created_at__gte=start)
