@@ -156,7 +156,12 @@ class Evidence(models.Model):
         return name
 
     def delete_stored_file(self, name: str) -> None:
+        """Delete the file forget_file returned, and its cached preview, once the purge has committed."""
+        from evidence.previews import forget_preview
+
         # A file that cannot be deleted now is logged and has no row any more:
         # purge_evidence's sweep of files without a row removes it.
         if name:
             delete_left_behind(self.file.storage, name)
+        # As erasure does: a purged photo does not live on as a thumbnail until the cache expires it.
+        forget_preview(self)

@@ -41,19 +41,34 @@ def client_ip(request: HttpRequest) -> str:
     Each of the TRUSTED_PROXY_COUNT proxies appends the address it saw, so the
     client is that many entries from the right; anything further left was
     written by the client and is ignored. Without trusted proxies, or with a
-    malformed header, the TCP peer is the client.
+    malformed header, the TCP peer is the client. An IPv4 client seen through
+    a dual-stack listener (::ffff:a.b.c.d) is its IPv4 address: otherwise all
+    of them would share one IPv6 /64, and so one bucket of every limit.
     """
     remote = request.META.get("REMOTE_ADDR", "")
     hops = settings.TRUSTED_PROXY_COUNT
     if hops:
         forwarded = [part.strip() for part in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")]
         if len(forwarded) >= hops:
-            candidate = forwarded[-hops]
             try:
-                return str(ipaddress.ip_address(candidate))
+                return _unmapped(forwarded[-hops])
             except ValueError:
                 logger.warning("Ignoring a malformed X-Forwarded-For entry from a trusted proxy.")
+    if ":" in remote:
+        # Only IPv6 peers are parsed: an IPv4 one is taken as the server gave it, at no cost.
+        try:
+            return _unmapped(remote)
+        except ValueError:
+            pass  # not an address (a test client's placeholder): taken as it is
     return remote or "0.0.0.0"  # noqa: S104 - a Unix-socket peer has no address; one shared bucket
+
+
+def _unmapped(value: str) -> str:
+    """The address in its usual form, an IPv4-mapped IPv6 address as its IPv4 address."""
+    address = ipaddress.ip_address(value)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
 
 
 def _folded(value: str) -> str:

@@ -14,6 +14,7 @@ in send_messages. Nothing is ever sent, AUTH included, before TLS is up.
 
 from __future__ import annotations
 
+import functools
 import logging
 import smtplib
 import ssl
@@ -24,8 +25,11 @@ from typing import ClassVar
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.mail.backends.smtp import EmailBackend
+from django.core.mail.message import sanitize_address
 from django.core.mail.utils import DNS_NAME
 from django.utils.functional import cached_property
+
+from notifications.models import BuiltEmail
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +54,11 @@ def reply_code(error: BaseException) -> int | None:
     if isinstance(error, smtplib.SMTPRecipientsRefused):
         return max(code for code, _ in error.recipients.values())
     return None
+
+
+# Every outbox mail has the same sender: its envelope address is worked out
+# once, not once a mail (parsing it cost a tenth of a batched mail's time).
+_envelope_sender = functools.lru_cache(maxsize=4)(sanitize_address)
 
 
 def describe(error: BaseException) -> str:
@@ -159,6 +168,27 @@ class RelayEmailBackend(EmailBackend):
             # The mail went through before; a failed QUIT changes nothing.
             logger.info("SMTP %s:%s closing failed: %s", self.host, self.port, describe(error))
         self.port = None
+
+    def _send(self, email_message) -> bool:
+        """Send an outbox mail as the bytes built when it was queued; any other mail as Django does.
+
+        Django's own _send would parse the built headers back into a message
+        only to turn them into the same bytes, and parse the sender again for
+        every mail; the envelope is what it would be.
+        """
+        if not isinstance(email_message, BuiltEmail):
+            return super()._send(email_message)
+        encoding = email_message.encoding or settings.DEFAULT_CHARSET
+        recipients = [sanitize_address(address, encoding) for address in email_message.recipients()]
+        try:
+            self.connection.sendmail(
+                _envelope_sender(email_message.from_email, encoding), recipients, email_message.built
+            )
+        except smtplib.SMTPException:
+            if not self.fail_silently:
+                raise
+            return False
+        return True
 
     def _record(self, port: int, started: float, outcome: str, ok: bool) -> None:
         attempt = Attempt(self.host, port, outcome, round((time.monotonic() - started) * 1000), ok)

@@ -6,7 +6,9 @@ import io
 import struct
 import zipfile
 import zlib
+from pathlib import Path
 
+from django.conf import settings
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import transaction
 from django.utils import timezone
@@ -46,26 +48,34 @@ def png_bytes() -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
 
 
-def docx_bytes() -> bytes:
-    """A minimal but structurally real Word document."""
+# The package manifest of a Word document: with word/document.xml, what makes a zip a .docx.
+DOCX_CONTENT_TYPES = (
+    '<?xml version="1.0"?><Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types">'
+    '<Override PartName="/word/document.xml" ContentType="application/vnd.openxmlformats-'
+    'officedocument.wordprocessingml.document.main+xml"/></Types>'
+)
+
+
+def zip_bytes(*entries: tuple[str, str | bytes]) -> bytes:
+    """A zip archive of these (name, content) entries, in this order."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr(
-            "[Content_Types].xml",
-            '<?xml version="1.0"?><Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types">'
-            '<Override PartName="/word/document.xml" ContentType="application/vnd.openxmlformats-'
-            'officedocument.wordprocessingml.document.main+xml"/></Types>',
-        )
-        archive.writestr("_rels/.rels", "<Relationships/>")
-        archive.writestr("word/document.xml", "<w:document/>")
+        for name, content in entries:
+            archive.writestr(name, content)
     return buffer.getvalue()
+
+
+def docx_bytes() -> bytes:
+    """A minimal but structurally real Word document."""
+    return zip_bytes(
+        ("[Content_Types].xml", DOCX_CONTENT_TYPES),
+        ("_rels/.rels", "<Relationships/>"),
+        ("word/document.xml", "<w:document/>"),
+    )
 
 
 def plain_zip_bytes() -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("notes.txt", "not a word document")
-    return buffer.getvalue()
+    return zip_bytes(("notes.txt", "not a word document"))
 
 
 def upload(name: str, content: bytes, content_type: str = "application/octet-stream") -> SimpleUploadedFile:
@@ -85,6 +95,12 @@ def make_application(**fields) -> Application:
     }
     values.update(fields)
     return Application.objects.create(**values)
+
+
+def files_on_disk() -> list[str]:
+    """Every file stored below EVIDENCE_ROOT, sorted."""
+    root = Path(settings.EVIDENCE_ROOT)
+    return sorted(str(path) for path in root.rglob("*") if path.is_file()) if root.exists() else []
 
 
 def purge(evidence: Evidence) -> None:

@@ -126,6 +126,26 @@ def test_png_far_beyond_pillows_own_limit_is_refused_with_the_same_message():
     assert "too large an image" in refused.value.messages[0]
 
 
+def animated_gif(frames: int, side: int) -> bytes:
+    buffer = io.BytesIO()
+    # Red and blue in turn: no two frames alike, so the file keeps every one of them.
+    colours = [(255, 0, 0), (0, 0, 255)]
+    images = [Image.new("RGB", (side, side), colours[number % 2]) for number in range(frames)]
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=100, loop=0)
+    return buffer.getvalue()
+
+
+def test_an_animated_gif_whose_frames_together_exceed_the_pixel_limit_is_refused(settings):
+    # Each 60×60 frame (3,600 pixels) is within a 10,000-pixel limit; four of them are not.
+    settings.EVIDENCE_MAX_IMAGE_PIXELS = 10_000
+    assert Image.open(io.BytesIO(animated_gif(4, 60))).n_frames == 4
+    assert validate_upload(upload("two.gif", animated_gif(2, 60))).content_type == "image/gif"
+    with pytest.raises(ValidationError) as refused:
+        validate_upload(upload("many.gif", animated_gif(4, 60)))
+    assert refused.value.code == "too_many_pixels"
+    assert "“many.gif” is too large an image" in refused.value.messages[0]
+
+
 def test_truncated_jpeg_is_refused_with_a_clear_message():
     truncated = jpeg_bytes((64, 64))[:300]
     with pytest.raises(ValidationError) as refused:

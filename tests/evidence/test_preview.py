@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import io
+import logging
+import socket
+from datetime import timedelta
+from pathlib import Path
 
 import pytest
+from django.core.management import call_command
+from django.utils import timezone
 from PIL import Image
 
 from evidence.models import Evidence
 from evidence.previews import forget_preview
 from evidence.validation import validate_upload
 from tests.factories import PDF_BYTES, jpeg_bytes, make_application, upload
-from vetting.models import AuditEvent
+from vetting import links
+from vetting.models import Application, AuditEvent
 
 pytestmark = pytest.mark.django_db
 
@@ -85,3 +92,55 @@ def test_unreadable_storage_gets_a_503_saying_so_and_no_audited_look(client, age
     assert response.status_code == 503
     assert "The evidence storage cannot be reached right now" in response.content.decode()
     assert not AuditEvent.objects.filter(action="evidence.previewed").exists()
+
+
+@pytest.fixture
+def preview_cache_unreachable(settings, caplog):
+    """The default cache (Redis in production, where previews live) refuses every connection."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    settings.CACHES = {
+        **settings.CACHES,
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": f"redis://127.0.0.1:{closed_port}/0",
+        },
+    }
+    caplog.set_level(logging.WARNING, logger="evidence.previews")
+    return caplog
+
+
+def test_with_the_cache_unreachable_previews_are_made_afresh(client, agent, photo, preview_cache_unreachable):
+    client.force_login(agent)
+    response = client.get(f"/evidence/{photo.pk}/preview/")
+    assert response.status_code == 200
+    assert max(Image.open(io.BytesIO(response.content)).size) <= 480
+    assert (
+        f"the preview of evidence {photo.pk} could not be read from the cache (ConnectionError)"
+        in preview_cache_unreachable.text
+    )
+
+
+def test_with_the_cache_unreachable_an_applicant_still_erases_and_the_purge_goes_on(
+    client, photo, preview_cache_unreachable
+):
+    application = photo.application
+    response = client.post(f"/status/{links.status_token(application)}/erase/")
+    assert response.status_code == 302
+    application.refresh_from_db()
+    assert application.erased_at is not None
+    assert not Evidence.objects.filter(pk=photo.pk).exists()
+    assert (
+        f"the preview of evidence {photo.pk} could not be removed from the cache"
+        in preview_cache_unreachable.text
+    )
+
+    due = Evidence.objects.store(
+        make_application(status=Application.Status.REJECTED),
+        validate_upload(upload("id.jpg", jpeg_bytes((40, 40)))),
+    )
+    Application.objects.filter(pk=due.application.pk).update(updated_at=timezone.now() - timedelta(days=400))
+    call_command("purge_evidence", stdout=io.StringIO())
+    assert not Evidence.objects.stored().filter(pk=due.pk).exists()
+    assert not Path(due.file.path).exists()

@@ -9,18 +9,18 @@ import shutil
 import threading
 import time
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
-from django.conf import settings
+from django.core.cache import cache
 from django.core.management import CommandError, call_command
 from django.db import OperationalError, connection
 from django.utils import timezone
 
 from evidence.models import Evidence
+from evidence.previews import preview_for
 from evidence.storage import EvidenceStorage
 from evidence.validation import validate_upload
-from tests.factories import PDF_BYTES, make_application, upload
+from tests.factories import JPEG_BYTES, PDF_BYTES, files_on_disk, make_application, upload
 from tests.vetting.test_invitation_concurrency import another_connection_waits_on_a_lock
 from tests.vetting.test_workflow import recommended_by
 from vetting import audit, workflow
@@ -29,11 +29,11 @@ from vetting.models import Application, AuditEvent
 pytestmark = pytest.mark.django_db
 
 
-def store_for(status: str, decided_days_ago: int) -> Evidence:
+def store_for(
+    status: str, decided_days_ago: int, name: str = "passport.pdf", content: bytes = PDF_BYTES
+) -> Evidence:
     application = make_application(status=status)
-    evidence = Evidence.objects.store(
-        application, validate_upload(upload("passport.pdf", PDF_BYTES, "x"), note="n")
-    )
+    evidence = Evidence.objects.store(application, validate_upload(upload(name, content, "x"), note="n"))
     # updated_at stands for the decision time until the workflow records one.
     Application.objects.filter(pk=application.pk).update(
         updated_at=timezone.now() - timedelta(days=decided_days_ago)
@@ -206,6 +206,17 @@ def test_purged_evidence_cannot_be_downloaded(client, agent):
     assert client.get(f"/evidence/{evidence.pk}/").status_code == 404
 
 
+def test_a_purged_photo_leaves_no_cached_preview():
+    purged = store_for("rejected", 400, "id.jpg", JPEG_BYTES)
+    kept = store_for("rejected", 10, "id.jpg", JPEG_BYTES)  # decided too recently to be purged
+    for photo in (purged, kept):
+        preview_for(photo)
+        assert cache.get(f"evidence-preview:{photo.pk}") is not None
+    purge()
+    assert cache.get(f"evidence-preview:{purged.pk}") is None
+    assert cache.get(f"evidence-preview:{kept.pk}") is not None
+
+
 def test_runs_on_an_empty_installation(settings):
     # As deploy/README.md leaves it: the evidence root exists and holds nothing yet.
     settings.EVIDENCE_ROOT.mkdir(parents=True)
@@ -286,10 +297,6 @@ def test_an_erasure_while_the_purge_runs_does_not_stop_it(monkeypatch, agent, se
         assert item.purged_at is not None
     assert not Evidence.objects.filter(application=erased).exists()
     assert files_on_disk() == []
-
-
-def files_on_disk() -> list[str]:
-    return sorted(str(path) for path in Path(settings.EVIDENCE_ROOT).rglob("*") if path.is_file())
 
 
 def test_a_database_error_on_one_file_keeps_that_file_and_purges_the_others(monkeypatch, caplog):

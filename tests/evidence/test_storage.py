@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+import errno
 import os
 import stat
 from pathlib import Path
@@ -8,11 +10,12 @@ import pytest
 from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 from django.core.files.base import ContentFile
+from django.db import OperationalError
 
 from evidence.models import Evidence
 from evidence.storage import S3EvidenceStorage
 from evidence.validation import validate_upload
-from tests.factories import PDF_BYTES, make_application, upload
+from tests.factories import PDF_BYTES, files_on_disk, make_application, upload
 from vetting.models import Application
 
 pytestmark = pytest.mark.django_db
@@ -137,3 +140,47 @@ def test_a_failed_submission_deletes_every_file_it_can_and_keeps_its_own_error(m
     assert [storage.exists(name) for name in stored_names] == [True, False, False]
     assert f"Could not delete the evidence file {stored_names[0]}" in caplog.text
     assert not Evidence.objects.exists() and not Application.objects.exists()
+
+
+class DiskFullHalfway(ContentFile):
+    """A copy whose writing stops with ENOSPC after its first bytes, as on a full disk."""
+
+    def chunks(self, chunk_size=None):
+        yield PDF_BYTES[:20]
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_write_that_fails_half_way_leaves_no_partial_file():
+    validated = validate_upload(upload("id.pdf", PDF_BYTES))
+    half_written = dataclasses.replace(validated, file=DiskFullHalfway(PDF_BYTES, name="id.pdf"))
+
+    with pytest.raises(OSError, match="No space left on device"):
+        Evidence.objects.store(make_application(), half_written)
+
+    assert files_on_disk() == []
+    assert not Evidence.objects.exists()
+
+
+def test_a_submission_whose_second_row_cannot_be_written_leaves_no_file(monkeypatch):
+    from vetting import workflow
+
+    real_create = Evidence.objects.create
+    created = []
+
+    def second_row_fails(**fields):
+        created.append(fields["file"])
+        if len(created) == 2:
+            raise OperationalError("disk I/O error")
+        return real_create(**fields)
+
+    monkeypatch.setattr(Evidence.objects, "create", second_row_fails)
+    uploads = [validate_upload(upload(f"{number}.pdf", PDF_BYTES)) for number in range(2)]
+
+    with pytest.raises(OperationalError):
+        workflow.submit_application(
+            Application(full_name="Alex Example", email="alex@applicant.example", statement="Hello."), uploads
+        )
+
+    assert len(created) == 2  # both files were written before the second row failed
+    assert files_on_disk() == []
+    assert not Application.objects.exists() and not Evidence.objects.exists()

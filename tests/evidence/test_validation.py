@@ -8,8 +8,9 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.core.files.uploadedfile import TemporaryUploadedFile
 
-from evidence.validation import display_name, validate_upload
+from evidence.validation import DOCX_TYPE, display_name, validate_upload
 from tests.factories import (
+    DOCX_CONTENT_TYPES,
     ELF_BYTES,
     GIF_BYTES,
     HTML_BYTES,
@@ -21,6 +22,7 @@ from tests.factories import (
     plain_zip_bytes,
     png_bytes,
     upload,
+    zip_bytes,
 )
 
 SIXTEEN_MB = 16 * 1024 * 1024
@@ -304,9 +306,33 @@ def test_refuses_javascript_renamed_pdf():
         validate_upload(upload("cv.pdf", b"function steal(){ fetch('/x') }\nsteal();\n"))
 
 
-def test_refuses_zip_that_is_not_a_real_docx():
-    with pytest.raises(ValidationError, match="“letter.docx” does not contain"):
-        validate_upload(upload("letter.docx", plain_zip_bytes()))
+@pytest.mark.parametrize(
+    "content",
+    [
+        plain_zip_bytes(),
+        # An Office manifest and a program: no Word document in it.
+        zip_bytes(("[Content_Types].xml", DOCX_CONTENT_TYPES), ("payload.exe", b"MZ" + bytes(200))),
+        # A Word part (libmagic calls this a Word document) beside a web page, without a manifest.
+        zip_bytes(("word/document.xml", "<w:document/>"), ("index.html", "<script>alert(1)</script>")),
+    ],
+    ids=["plain-zip", "manifest-without-word-part", "word-part-without-manifest"],
+)
+def test_refuses_zip_that_is_not_a_real_docx(content):
+    with pytest.raises(ValidationError, match="“letter.docx” does not contain what its name says"):
+        validate_upload(upload("letter.docx", content))
+
+
+def test_accepts_a_real_docx_that_libmagic_calls_only_a_zip():
+    # Some writers put another part before [Content_Types].xml; libmagic then sees a plain zip.
+    content = zip_bytes(
+        ("_rels/.rels", "<Relationships/>"),
+        ("[Content_Types].xml", DOCX_CONTENT_TYPES),
+        ("word/document.xml", "<w:document/>"),
+    )
+    assert magic.from_buffer(content, mime=True) == "application/zip"  # what this test relies on
+    validated = validate_upload(upload("letter.docx", content))
+    assert validated.content_type == DOCX_TYPE
+    assert validated.file.read() == content
 
 
 def docx_needing_zip_version_6_4() -> bytes:

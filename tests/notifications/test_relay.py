@@ -66,6 +66,19 @@ def test_mail_is_delivered_on_the_first_port_over_tls_after_login(
     assert relay_password not in caplog.text
 
 
+def test_an_outbox_mail_reaches_the_relay_as_built_with_its_domain_in_punycode(smtp_server, use_relay):
+    use_relay(smtp_server.port)
+    application = make_application(email="alex@bücher.example")
+    [mail] = queue_email("application-received", [application.email], {"application": application})
+
+    send_outbox()
+
+    [received] = smtp_server.recorder.received
+    assert received.mail_from == "support@rvi.iam-alliance.com"
+    assert received.rcpt_tos == ["alex@xn--bcher-kva.example"]
+    assert received.content.rstrip(b"\r\n") == bytes(mail.message).rstrip(b"\r\n")
+
+
 def test_a_refused_first_port_falls_back_to_the_second(smtp_server, use_relay, closed_port, caplog):
     use_relay(closed_port, smtp_server.port)
     mail = queue_received_mail()

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from datetime import timedelta
 from io import StringIO
 
 import pytest
 from django.conf import settings as django_settings
 from django.core import mail as django_mail
+from django.core.mail.backends.locmem import EmailBackend as LocmemBackend
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
 
+from notifications import outbox
 from notifications.management.commands.send_outbox import EXIT_CONFIGURATION_ERROR
 from notifications.models import RETRY_DELAYS, OutboundEmail
-from notifications.outbox import queue_email
+from notifications.outbox import Tally, queue_email, send_batch
 from tests.factories import make_application
 
 pytestmark = pytest.mark.django_db
@@ -151,6 +155,31 @@ def test_the_dead_worker_cannot_record_an_outcome_after_another_took_over():
     assert mail.status == OutboundEmail.Status.SENT
 
 
+def test_a_worker_whose_claim_lapsed_cannot_hand_back_mail_another_worker_is_sending():
+    """A stalled worker that wakes with its lease run out hands back what it still holds, and only that."""
+    [mail] = queue_mails(1)
+    [stale] = OutboundEmail.objects.claim("slow-worker", 10)
+    OutboundEmail.objects.filter(pk=mail.pk).update(lease_expires_at=timezone.now())
+    [taken] = OutboundEmail.objects.claim("worker-2", 10)
+
+    assert stale.release("slow-worker") is False
+    mail.refresh_from_db()
+    assert (mail.status, mail.claimed_by) == (OutboundEmail.Status.SENDING, "worker-2")
+    # Nobody else may claim it while worker-2's lease holds: it is not sent twice.
+    assert OutboundEmail.objects.claim("worker-3", 10) == []
+    assert taken.mark_sent("worker-2", None) is True
+
+
+def test_the_longest_waiting_mail_is_claimed_first():
+    """A backlog larger than a batch (after a relay outage) goes out oldest first."""
+    newest, oldest, middle = queue_mails(3)
+    now = timezone.now()
+    for mail, waited in ((newest, 1), (oldest, 30), (middle, 10)):
+        OutboundEmail.objects.filter(pk=mail.pk).update(next_attempt_at=now - timedelta(minutes=waited))
+    claimed = OutboundEmail.objects.claim("worker-1", 2)
+    assert [mail.pk for mail in claimed] == [oldest.pk, middle.pk]
+
+
 def test_a_worker_whose_lease_runs_short_hands_its_mail_back_unsent(settings):
     # Too short for even one mail: 5 x SMTP_TIMEOUT is kept in hand.
     settings.OUTBOX_LEASE_SECONDS = 4
@@ -161,6 +190,32 @@ def test_a_worker_whose_lease_runs_short_hands_its_mail_back_unsent(settings):
     assert django_mail.outbox == []
     assert set(OutboundEmail.objects.values_list("status", flat=True)) == {OutboundEmail.Status.QUEUED}
     assert set(OutboundEmail.objects.values_list("attempts", flat=True)) == {0}
+
+
+def test_a_mail_another_worker_took_over_while_this_one_was_stuck_is_not_sent_twice(monkeypatch, caplog):
+    # Look at which mails this worker holds before every mail, not once a second.
+    monkeypatch.setattr(outbox, "HELD_CHECK_SECONDS", 0)
+    first, second = queue_mails(2)
+    real_send = LocmemBackend.send_messages
+
+    def stuck_while_another_worker_takes_over(self, messages):
+        if not OutboundEmail.objects.filter(claimed_by="worker-2").exists():
+            # Sending the first mail took so long that the lease on the second ran out,
+            # and another worker claimed it.
+            OutboundEmail.objects.filter(pk=second.pk).update(lease_expires_at=timezone.now())
+            assert [mail.pk for mail in OutboundEmail.objects.claim("worker-2", 10)] == [second.pk]
+        return real_send(self, messages)
+
+    monkeypatch.setattr(LocmemBackend, "send_messages", stuck_while_another_worker_takes_over)
+
+    with caplog.at_level(logging.WARNING, logger="notifications.outbox"):
+        tally = send_batch("worker-1", 10)
+
+    assert tally == Tally(sent=1)
+    assert [message.to for message in django_mail.outbox] == [[first.to]]
+    second.refresh_from_db()
+    assert (second.status, second.claimed_by) == (OutboundEmail.Status.SENDING, "worker-2")
+    assert f"Mail {second.pk}: this worker's claim lapsed before it was sent" in caplog.text
 
 
 def test_the_retry_schedule_is_1m_5m_30m_2h_6h_then_12h_within_3_days():
@@ -268,6 +323,30 @@ def test_a_5xx_reply_fails_that_mail_at_once_and_the_batch_goes_on(smtp_server, 
 
 
 @pytest.mark.smtp
+def test_a_relay_reply_that_repeats_the_password_is_masked_in_the_outbox_and_the_logs(
+    start_smtp_server, use_relay, relay_password, caplog, capsys
+):
+    from tests.smtp_server import Recorder
+
+    # Some relays echo what they were sent in their refusal.
+    server = start_smtp_server(recorder=Recorder(login_reply=f"535 5.7.8 Bad credentials: {relay_password}"))
+    use_relay(server.port)
+    [mail] = queue_mails(1)
+
+    with caplog.at_level(logging.DEBUG), pytest.raises(CommandError):
+        run_worker()
+
+    mail.refresh_from_db()
+    assert mail.status == OutboundEmail.Status.QUEUED
+    assert mail.last_error == "535 5.7.8 Bad credentials: ********"
+    assert "Bad credentials: ********" in caplog.text
+    # Every line but the test server's own ("mail.log", which logs what it answers).
+    ours = "\n".join(record.getMessage() for record in caplog.records if record.name != "mail.log")
+    printed = capsys.readouterr()
+    assert relay_password not in ours + printed.out + printed.err + mail.last_error
+
+
+@pytest.mark.smtp
 def test_a_batch_goes_over_one_connection_and_batches_split_at_the_batch_size(smtp_server, use_relay):
     use_relay(smtp_server.port)
     queue_mails(7)
@@ -296,3 +375,42 @@ def test_after_a_421_reply_the_rest_of_the_batch_goes_over_a_new_connection_unch
     assert (waiting.status, waiting.last_error) == (OutboundEmail.Status.SENT, "")
     assert [received.rcpt_tos for received in smtp_server.recorder.received] == [[waiting.to]]
     assert smtp_server.recorder.connections == 2
+
+
+def drops_the_first_message():
+    """A test server that hangs up instead of answering the first message's DATA."""
+    from tests.smtp_server import Recorder
+
+    @dataclass
+    class DropsTheFirstMessage(Recorder):
+        dropped: bool = False
+
+        async def handle_DATA(self, server, session, envelope) -> str:
+            if not self.dropped:
+                self.dropped = True
+                server.transport.close()
+                return "250 2.0.0 never heard"
+            return await super().handle_DATA(server, session, envelope)
+
+    return DropsTheFirstMessage()
+
+
+@pytest.mark.smtp
+def test_after_the_connection_drops_the_rest_of_the_batch_goes_over_a_new_connection_uncharged(
+    start_smtp_server, use_relay
+):
+    server = start_smtp_server(recorder=drops_the_first_message())
+    use_relay(server.port)
+    dropped, waiting = queue_mails(2)
+    # On its last attempt: charged for the dead connection, it would fail untried.
+    OutboundEmail.objects.filter(pk=waiting.pk).update(attempts=len(RETRY_DELAYS))
+
+    with pytest.raises(CommandError):
+        run_worker()
+
+    dropped.refresh_from_db()
+    waiting.refresh_from_db()
+    assert (dropped.status, dropped.attempts) == (OutboundEmail.Status.QUEUED, 1)
+    assert (waiting.status, waiting.last_error) == (OutboundEmail.Status.SENT, "")
+    assert [received.rcpt_tos for received in server.recorder.received] == [[waiting.to]]
+    assert server.recorder.connections == 2

@@ -69,18 +69,55 @@ def test_old_style_csp_report_is_logged_and_counted(client, caplog):
     assert record.csp_document_uri == "/apply/"
 
 
-def test_reporting_api_array_uses_only_csp_violations(client):
+def test_an_old_style_report_with_only_the_violated_directive_is_filed_under_that_directive(client):
+    """Older Firefox and Safari name the directive only in violated-directive, with its sources."""
+    report = {key: value for key, value in OLD_STYLE["csp-report"].items() if key != "effective-directive"}
+    report["violated-directive"] = "script-src 'self'"
+    assert post_report(client, {"csp-report": report}, "application/csp-report").status_code == 204
+    violation = CSPViolation.objects.get()
+    assert (violation.directive, violation.blocked, violation.document_path) == (
+        "script-src",
+        "https://evil.example",
+        "/apply/",
+    )
+
+
+def test_reporting_api_array_uses_only_csp_violations(client, caplog):
+    """The Reporting API batches deprecation and intervention reports with CSP ones."""
     body = [
         reporting_api_entry(),
+        # Another type is neither logged nor counted, even with a body shaped like a CSP report.
         reporting_api_entry(kind="deprecation"),
+        {
+            "type": "deprecation",
+            "age": 3,
+            "url": "https://rvi.example.org/apply/",
+            "user_agent": "Chromium",
+            "body": {
+                "id": "UnloadHandler",
+                "message": "Unload event listeners are deprecated and will be removed.",
+                "sourceFile": "https://rvi.example.org/static/form.js",
+                "lineNumber": 12,
+            },
+        },
+        {
+            "type": "intervention",
+            "age": 3,
+            "url": "https://rvi.example.org/apply/",
+            "user_agent": "Chromium",
+            "body": {"id": "HeavyAdIntervention", "message": "Ad was removed."},
+        },
         reporting_api_entry("img-src", "data"),
     ]
-    response = post_report(client, body, "application/reports+json")
+    with caplog.at_level(logging.WARNING, logger="iama_vetting.csp"):
+        response = post_report(client, body, "application/reports+json")
     assert response.status_code == 204
-    assert sorted(CSPViolation.objects.values_list("directive", "blocked", "document_path")) == [
-        ("img-src", "data", "/admin/"),
-        ("style-src-attr", "inline", "/admin/"),
+    assert sorted(CSPViolation.objects.values_list("directive", "blocked", "document_path", "count")) == [
+        ("img-src", "data", "/admin/", 1),
+        ("style-src-attr", "inline", "/admin/", 1),
     ]
+    logged = [record.csp_directive for record in caplog.records if record.name == "iama_vetting.csp"]
+    assert logged == ["style-src-attr", "img-src"]
 
 
 def test_plain_json_is_accepted_in_either_shape(client):

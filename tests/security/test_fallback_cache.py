@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import socket
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from wsgiref.util import setup_testing_defaults
 
@@ -105,6 +107,40 @@ def test_an_unreachable_redis_never_raises_and_keeps_counting(monotonic, caplog)
     assert cache.add("counter", 1, 60) is False
     assert cache.incr("counter") == 2
     assert cache.get("counter") == 2
+
+
+@pytest.fixture
+def hanging_redis() -> Iterator[socket.socket]:
+    """A listening socket that takes connections and never answers: a Redis that hangs."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        yield listener
+
+
+def connections_made(listener: socket.socket) -> int:
+    """How many connections clients have opened to the listener: accept them all, without waiting."""
+    listener.setblocking(False)
+    count = 0
+    while True:
+        try:
+            connection, _ = listener.accept()
+        except BlockingIOError:
+            return count
+        connection.close()
+        count += 1
+
+
+def test_a_hanging_redis_is_tried_once_per_retry_delay_not_once_per_call(hanging_redis, monotonic):
+    # The fallback's clock stands still: every call below comes within RETRY_SECONDS of the first.
+    url = f"redis://127.0.0.1:{hanging_redis.getsockname()[1]}/0"
+    cache = FallbackCache("", fallback_config(url, prefix="hanging"))
+    for _ in range(10):
+        cache.add("counter", 0, 60)
+        cache.incr("counter")
+    # One try, which waited out its socket timeout; every later call was answered from memory.
+    assert connections_made(hanging_redis) == 1
+    assert cache.get("counter") == 10
 
 
 def test_redis_answers_for_every_process_when_it_is_up(redis_url, redis_key_prefix):

@@ -14,6 +14,7 @@ from evidence.validation import validate_upload
 from iama_vetting import ratelimits
 from iama_vetting.cache import FallbackCache
 from tests.factories import PDF_BYTES, make_application, upload
+from vetting import links
 
 pytestmark = pytest.mark.django_db
 
@@ -91,12 +92,35 @@ def test_without_trusted_proxies_forwarded_for_is_ignored(client, settings):
         (1, "not-an-ip", "127.0.0.1", "127.0.0.1"),
         (1, "", "127.0.0.1", "127.0.0.1"),
         (1, "2001:db8::1", "::1", "2001:db8::1"),
+        # A dual-stack listener shows IPv4 peers as IPv4-mapped IPv6 addresses.
+        (0, "", "::ffff:203.0.113.5", "203.0.113.5"),
+        (1, "::ffff:203.0.113.7", "::1", "203.0.113.7"),
+        (1, "", "::ffff:127.0.0.1", "127.0.0.1"),
     ],
 )
 def test_client_ip_comes_through_trusted_hops_only(rf, settings, trusted, forwarded, remote, client_ip):
     settings.TRUSTED_PROXY_COUNT = trusted
     request = rf.get("/", HTTP_X_FORWARDED_FOR=forwarded, REMOTE_ADDR=remote)
     assert ratelimits.client_ip(request) == client_ip
+
+
+@pytest.mark.parametrize(
+    ("page", "per_minute"),
+    [
+        # The status page of a real application (a signed link).
+        (lambda: f"/status/{links.status_token(make_application())}/", 30),
+        # Guessing confirmation links: each guess counts, valid or not.
+        (lambda: "/confirm/not-a-link-we-signed/", 10),
+    ],
+    ids=["status", "confirm"],
+)
+def test_the_applicant_link_pages_have_their_own_per_minute_limit(client, page, per_minute):
+    path = page()
+    for _ in range(per_minute):
+        assert client.get(path).status_code != 429
+    assert_rate_limited(client.get(path))
+    # Another client is not held back.
+    assert client.get(path, REMOTE_ADDR="198.51.100.9").status_code != 429
 
 
 def test_admin_login_is_limited_per_address(client, agent):
@@ -196,6 +220,31 @@ def test_every_other_anonymous_view_has_a_default_tier(client, settings):
     assert_rate_limited(client.get("/apply/"))
     settings.RATELIMIT_DEFAULT_PER_MINUTE = 1000
     assert client.get("/apply/").status_code == 200
+
+
+def test_an_ipv6_client_cannot_leave_the_default_tier_by_changing_address_within_its_64(client, settings):
+    settings.RATELIMIT_DEFAULT_PER_MINUTE = 10
+    for number in range(10):
+        assert client.get("/apply/done/", REMOTE_ADDR=f"2001:db8:1:2::{number + 1:x}").status_code == 200
+    # One /64 is one client, as in django-ratelimit's own tiers (RATELIMIT_IPV6_MASK).
+    assert_rate_limited(client.get("/apply/done/", REMOTE_ADDR="2001:db8:1:2:ffff:ffff:ffff:fffe"))
+    assert client.get("/apply/done/", REMOTE_ADDR="2001:db8:1:3::1").status_code == 200
+
+
+def test_ipv4_clients_behind_a_dual_stack_listener_are_counted_apart(client, settings):
+    # A listener on [::] shows each IPv4 client as ::ffff:a.b.c.d, and all of those lie in one /64.
+    settings.RATELIMIT_DEFAULT_PER_MINUTE = 10
+    for _ in range(10):
+        assert client.get("/apply/done/", REMOTE_ADDR="::ffff:203.0.113.5").status_code == 200
+        assert (
+            client.get("/confirm/not-a-link-we-signed/", REMOTE_ADDR="::ffff:203.0.113.5").status_code != 429
+        )
+    assert_rate_limited(client.get("/apply/done/", REMOTE_ADDR="::ffff:203.0.113.5"))
+    assert_rate_limited(client.get("/confirm/not-a-link-we-signed/", REMOTE_ADDR="::ffff:203.0.113.5"))
+    assert client.get("/apply/done/", REMOTE_ADDR="::ffff:198.51.100.9").status_code == 200
+    assert client.get("/confirm/not-a-link-we-signed/", REMOTE_ADDR="::ffff:198.51.100.9").status_code != 429
+    # The mapped address is the IPv4 client itself, however it reached us.
+    assert_rate_limited(client.get("/apply/done/", REMOTE_ADDR="203.0.113.5"))
 
 
 def test_paths_that_match_no_page_are_counted_in_the_default_tier(client):
