@@ -1495,9 +1495,15 @@ def deactivate_staff_account(user, actor, request=None) -> None:
     if user.pk == actor.pk:
         raise WorkflowError(_("You cannot deactivate your own account."))
     with transaction.atomic():
-        user.is_active = False
-        user.save(update_fields=["is_active"])
-        audit.record("staff.deactivated", actor=actor, target=user, request=request)
+        locked = _lock_user(user)
+        # An account still awaiting approval is inactive too, but not yet deactivated: a
+        # superadmin may deactivate it instead of approving it.
+        if not locked.is_active and not _awaits_approval(locked):
+            raise WorkflowError(_("%(username)s is already deactivated.") % {"username": user.get_username()})
+        locked.is_active = False
+        locked.save(update_fields=["is_active"])
+        audit.record("staff.deactivated", actor=actor, target=locked, request=request)
+    user.is_active = False
 
 
 # Invitations ---------------------------------------------------------------

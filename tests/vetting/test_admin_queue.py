@@ -120,6 +120,21 @@ def test_decided_applications_carry_no_answer_marker(client, agent, server_admin
     assert listed(client, "?answer=unreviewed&status=all") == set()
 
 
+def test_a_reopened_decision_shows_the_answer_nobody_reviewed_to_the_next_decider(
+    client, agent, server_admin, superadmin
+):
+    # Rejected after the answer, without a new verification: the reopen brings it back
+    # "recommended" on the old verification, and the applicant has said something since.
+    application = answered_after_review(agent, server_admin)
+    workflow.reject(application, server_admin, "Not the person", "")
+    workflow.reopen(application, superadmin, "Rejected before anyone read the applicant's answer.")
+    assert application.status == Status.RECOMMENDED
+
+    client.force_login(server_admin)
+    assert answered_column(client, application) is True
+    assert listed(client, "?answer=unreviewed") == {application.reference}
+
+
 def test_a_new_question_after_the_answer_leaves_the_applicant_to_answer_not_staff(
     client, agent, server_admin
 ):

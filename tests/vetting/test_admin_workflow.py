@@ -14,6 +14,7 @@ from evidence.models import Evidence
 from notifications.models import OutboundEmail
 from tests.factories import PDF_BYTES, make_application, upload
 from tests.notifications.test_mail_privacy import mail_parts
+from tests.vetting.test_links_staff_entered import entered_by
 from tests.vetting.test_workflow import actions, recommended_by, verification, with_stored_address
 from vetting import links, workflow
 from vetting.admin import EARLIER_APPLICATIONS_SHOWN
@@ -444,6 +445,16 @@ def test_agent_enters_an_application_for_someone_met_in_person(client, agent):
 def test_staff_entry_is_refused_for_roles_without_it(client, inviting_admin):
     client.force_login(inviting_admin)
     assert client.get("/admin/vetting/application/add/").status_code == 403
+
+
+@pytest.mark.parametrize("role", ["inviting_admin", "outsider"])
+def test_staff_without_the_add_permission_cannot_enter_an_application(request, role):
+    # The admin's add page checks the permission itself; the workflow guards every other caller.
+    with pytest.raises(workflow.WorkflowError, match="Your role does not allow entering applications"):
+        entered_by(request.getfixturevalue(role))
+    assert not Application.objects.exists()
+    assert not AuditEvent.objects.exists()
+    assert not OutboundEmail.objects.exists()
 
 
 def test_dashboard_shows_counts_oldest_waiting_and_a_chart_without_script(client, agent, server_admin):

@@ -25,9 +25,10 @@ from django.core import mail
 from django.utils import timezone
 
 from notifications.models import OutboundEmail
+from tests.conftest import _staff_user
 from tests.vetting.homeservers import apply_then_fail_once
 from tests.vetting.test_workflow import actions, assert_unchanged, recommended_by, with_stored_address
-from vetting import workflow
+from vetting import matrix, roles, workflow
 from vetting.models import Application, AuditEvent, Invitation
 
 pytestmark = pytest.mark.django_db
@@ -248,6 +249,34 @@ def test_issuing_twice_from_stale_pages_is_refused_the_second_time(approved, inv
     assert len(fake_synapse.tokens) == 1
 
 
+def test_an_issue_overtaken_between_its_first_look_and_its_lock_makes_no_second_token(
+    approved, inviting_admin, django_user_model, fake_synapse, monkeypatch
+):
+    # The other admin's click commits after this click's early look, before its row lock: the
+    # guard must be checked again under the lock. (test_invitation_concurrency races two
+    # threads, on PostgreSQL only; this runs on every database.)
+    second_admin = _staff_user(django_user_model, "second_inviting_admin", roles.INVITING_ADMIN)
+    real_get_client = matrix.get_client
+    overtaken = []
+
+    def get_client_after_the_other_click():
+        if not overtaken:
+            overtaken.append(True)
+            issue(Application.objects.get(pk=approved.pk), second_admin)
+        return real_get_client()
+
+    monkeypatch.setattr(matrix, "get_client", get_client_after_the_other_click)
+
+    with pytest.raises(workflow.AlreadyDecided, match=r"Someone else got there first.*second_inviting_admin"):
+        issue(approved, inviting_admin)
+
+    assert len(fake_synapse.tokens) == 1
+    invitation = Invitation.objects.get()
+    assert (invitation.issued_by, invitation.state) == (second_admin, Invitation.State.PENDING)
+    assert invitation.token in fake_synapse.tokens
+    assert AuditEvent.objects.filter(action="invitation.issued").count() == 1
+
+
 # Revoke and re-issue --------------------------------------------------------
 
 
@@ -261,6 +290,7 @@ def test_revoking_deletes_the_token_on_the_server_and_returns_to_approved(
     assert approved.status == Status.APPROVED
     assert (invitation.state, invitation.revoked_by) == (Invitation.State.REVOKED, inviting_admin)
     event = AuditEvent.objects.get(action="invitation.revoked")
+    assert (event.actor_kind, event.actor) == (AuditEvent.ActorKind.USER, inviting_admin)
     assert event.details["reason"] == "Sent to the wrong person"
     assert event.details["already_gone_on_server"] is False
 
@@ -531,6 +561,42 @@ def test_a_token_deleted_on_the_server_is_recorded_as_revoked(approved, inviting
     assert invitation.state == Invitation.State.REVOKED
     assert approved.status == Status.APPROVED
     assert "invitation.gone_on_server" in actions(approved)
+
+
+def test_an_invitation_revoked_while_the_sync_asks_the_homeserver_stays_revoked(
+    approved, inviting_admin, fake_synapse, monkeypatch
+):
+    # Else the sync would turn the admin's revocation into "expired", with an event nobody
+    # caused (and lost-race messages name the newest status-changing event's actor).
+    invitation = issue(approved, inviting_admin)
+    real_get_client = matrix.get_client
+
+    def client_whose_list_is_overtaken_by_a_revoke():
+        client = real_get_client()
+        real_list_tokens = client.list_tokens
+
+        def list_tokens(*args, **kwargs):
+            tokens = list(real_list_tokens(*args, **kwargs))
+            # The admin's revoke commits after the homeserver answered the sync, before it writes.
+            workflow.revoke_invitation(
+                Application.objects.get(pk=approved.pk), inviting_admin, "Wrong person"
+            )
+            return tokens
+
+        client.list_tokens = list_tokens
+        return client
+
+    monkeypatch.setattr(matrix, "get_client", client_whose_list_is_overtaken_by_a_revoke)
+    with time_machine.travel(invitation.expires_at + timedelta(hours=1)):
+        report = workflow.sync_invitations()
+
+    invitation.refresh_from_db()
+    approved.refresh_from_db()
+    assert (report.expired, report.revoked) == (0, 0)
+    assert (invitation.state, invitation.revoked_by) == (Invitation.State.REVOKED, inviting_admin)
+    assert approved.status == Status.APPROVED
+    assert actions(approved)[-1] == "invitation.revoked"
+    assert "invitation.expired" not in actions(approved)
 
 
 def test_one_reminder_goes_to_the_issuing_admin_five_days_before_expiry(

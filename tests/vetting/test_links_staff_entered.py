@@ -24,14 +24,14 @@ pytestmark = pytest.mark.django_db
 Status = Application.Status
 
 
-def entered_by(agent) -> Application:
+def entered_by(staff) -> Application:
     application = Application(
         full_name="Met In Person",
         email="met@applicant.example",
         referral="Met at the Berlin meetup",
         statement="Organiser",
     )
-    return workflow.submit_staff_application(application, [], agent)
+    return workflow.submit_staff_application(application, [], staff)
 
 
 def asked_for_information(agent, server_admin) -> Application:

@@ -158,6 +158,16 @@ def test_server_admin_cannot_create_a_server_admin(client, server_admin):
     assert not User.objects.filter(username="boss").exists()
 
 
+@pytest.mark.parametrize("role", [roles.SERVER_ADMIN, roles.INVITING_ADMIN, roles.SUPERADMIN])
+def test_the_workflow_lets_a_server_admin_create_vetting_agent_accounts_only(server_admin, role):
+    # The add form above offers them no other role; the workflow refuses any other caller too.
+    with pytest.raises(workflow.WorkflowError, match="Server admins can create vetting agent accounts only"):
+        workflow.create_staff_account("boss", "boss@staff.example", role, created_by=server_admin)
+    assert not User.objects.filter(username="boss").exists()
+    assert not AuditEvent.objects.filter(action="staff.created").exists()
+    assert not OutboundEmail.objects.exists()
+
+
 def test_server_admin_sees_and_manages_agents_only(client, server_admin, agent, second_server_admin):
     client.force_login(server_admin)
     page = client.get("/admin/auth/user/").content.decode()
@@ -196,6 +206,20 @@ def test_deleting_a_staff_account_deactivates_it_and_keeps_its_trail(client, sup
     assert agent.is_active is False
     assert AuditEvent.objects.filter(action="staff.deactivated", target_id=str(agent.pk)).exists()
     assert AuditEvent.objects.filter(actor=agent).exists()
+
+
+def test_nobody_deactivates_their_own_account_not_even_a_superadmin(client, superadmin):
+    # Else a superadmin, perhaps the last one, could lock themselves out.
+    with pytest.raises(workflow.WorkflowError, match="You cannot deactivate your own account"):
+        workflow.deactivate_staff_account(superadmin, superadmin)
+
+    client.force_login(superadmin)
+    response = client.post(f"/admin/auth/user/{superadmin.pk}/delete/", follow=True)
+    assert "You cannot deactivate your own account." in response.content.decode()
+
+    superadmin.refresh_from_db()
+    assert superadmin.is_active is True
+    assert not AuditEvent.objects.filter(action="staff.deactivated").exists()
 
 
 def test_password_reset_mail_goes_through_the_outbox_and_only_to_staff(client, agent, django_user_model):
@@ -311,6 +335,37 @@ def test_an_account_is_approved_once(superadmin, newbie):
     with pytest.raises(workflow.WorkflowError, match="not awaiting approval"):
         workflow.approve_staff_account(newbie, superadmin)
     assert AuditEvent.objects.filter(action="staff.approved").count() == 1
+
+
+@pytest.mark.parametrize("account", ["agent", "newbie"])
+def test_an_account_is_deactivated_once_and_the_second_time_is_refused(request, superadmin, account):
+    # An account awaiting approval is inactive too, yet deactivating it changes something: it is
+    # turned down for good instead of approved. Only a deactivated account has nothing left to change.
+    user = request.getfixturevalue(account)
+    workflow.deactivate_staff_account(user, superadmin)
+
+    with pytest.raises(workflow.WorkflowError, match=f"^{account} is already deactivated.$"):
+        workflow.deactivate_staff_account(User.objects.get(pk=user.pk), superadmin)
+
+    user.refresh_from_db()
+    assert user.is_active is False
+    assert AuditEvent.objects.filter(action="staff.deactivated").count() == 1
+
+
+def test_deleting_a_deactivated_account_again_in_the_admin_says_so_and_changes_nothing(
+    client, superadmin, goneagent
+):
+    client.force_login(superadmin)
+    events = AuditEvent.objects.count()
+
+    response = client.post(f"/admin/auth/user/{goneagent.pk}/delete/", follow=True)
+
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "Goneagent is already deactivated." in page
+    assert "Goneagent was deactivated." not in page
+    assert AuditEvent.objects.count() == events
+    assert AuditEvent.objects.filter(action="staff.deactivated").count() == 1
 
 
 def test_the_staff_list_tells_accounts_awaiting_approval_from_deactivated_ones(

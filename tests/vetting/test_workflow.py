@@ -219,6 +219,21 @@ def test_invalid_verification_is_refused_and_changes_nothing(agent, bad, message
     assert_unchanged(application)
 
 
+def test_a_verification_dated_tomorrow_is_refused_and_one_dated_today_is_recorded(agent):
+    # The admin's verification form has no date check of its own: this is the only guard.
+    application = make_application()
+    workflow.claim(application, agent)
+    tomorrow = timezone.localdate() + datetime.timedelta(days=1)
+
+    with pytest.raises(workflow.WorkflowError, match="cannot be in the future"):
+        workflow.record_verification(application, agent, **verification(verified_on=tomorrow))
+    assert_unchanged(application)
+
+    workflow.record_verification(application, agent, **verification(verified_on=timezone.localdate()))
+    assert application.status == Status.RECOMMENDED
+    assert application.verified_on == timezone.localdate()
+
+
 # Requests for information ----------------------------------------------------
 
 
@@ -260,6 +275,18 @@ def test_applicant_adding_information_puts_the_application_back_in_the_queue(age
     event = AuditEvent.objects.get(action="application.information_added")
     assert event.actor_kind == "applicant"
     assert event.details == {"evidence": 1, "message": "Here it is."}
+
+
+def test_an_empty_answer_is_refused_by_the_workflow_and_changes_nothing(agent, server_admin):
+    # The status page's form refuses it too; the workflow is the rule for every other caller.
+    application = make_application()
+    workflow.claim(application, agent)
+    workflow.request_information(application, server_admin, "Who referred you?")
+    with pytest.raises(workflow.WorkflowError, match="Add a file or write a message"):
+        workflow.add_information(application, [], "   ")
+    assert_unchanged(application)
+    assert application.status == Status.INFO_REQUESTED
+    assert not application.information_replies.exists()
 
 
 def test_adding_information_when_none_was_asked_is_refused():
@@ -428,12 +455,16 @@ def test_reopening_clears_the_old_decision_and_keeps_it_in_the_audit_trail(agent
     }
 
 
-def test_reopening_without_a_verification_returns_to_the_queue(server_admin, superadmin):
+def test_reopening_a_decision_taken_without_a_verification_puts_it_back_in_the_queue_unclaimed(
+    agent, server_admin, superadmin
+):
     application = make_application()
-    workflow.reject(application, server_admin, "Spam")
-    workflow.reopen(application, superadmin, "Not spam after all")
+    workflow.claim(application, agent)
+    workflow.reject(application, server_admin, "Could not be verified", "")
+    workflow.reopen(application, superadmin, "Rejected too fast.")
     application.refresh_from_db()
     assert application.status == Status.SUBMITTED
+    assert (application.claimed_by, application.claimed_at) == (None, None)
 
 
 def test_an_erased_application_cannot_be_reopened(agent, server_admin, superadmin):
