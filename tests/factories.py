@@ -82,6 +82,24 @@ def upload(name: str, content: bytes, content_type: str = "application/octet-str
     return SimpleUploadedFile(name, content, content_type=content_type)
 
 
+# What erasure blanks: "everything the applicant told us and everything staff wrote
+# about them" (workflow.py). Spelled out, not read from workflow.ERASED_FIELDS, which
+# would test that list against itself.
+ERASED_FIELDS = [
+    "full_name",
+    "email",
+    "matrix_username",
+    "phone",
+    "referral",
+    "statement",
+    "information_request",
+    "verification_location",
+    "verification_notes",
+    "decision_reason",
+    "message_to_applicant",
+]
+
+
 def make_application(**fields) -> Application:
     values = {
         "full_name": "Alex Example",

@@ -357,26 +357,6 @@ def test_a_batch_goes_over_one_connection_and_batches_split_at_the_batch_size(sm
     assert set(OutboundEmail.objects.values_list("port_used", flat=True)) == {smtp_server.port}
 
 
-@pytest.mark.smtp
-def test_after_a_421_reply_the_rest_of_the_batch_goes_over_a_new_connection_uncharged(smtp_server, use_relay):
-    # 421: the relay is closing the connection, and smtplib hangs up at once.
-    smtp_server.recorder.replies.append("421 4.3.2 Service shutting down")
-    use_relay(smtp_server.port)
-    refused, waiting = queue_mails(2)
-    # On its last attempt: charged for the dead connection, it would fail untried.
-    OutboundEmail.objects.filter(pk=waiting.pk).update(attempts=len(RETRY_DELAYS))
-
-    with pytest.raises(CommandError):
-        run_worker()
-    refused.refresh_from_db()
-    waiting.refresh_from_db()
-    assert (refused.status, refused.attempts) == (OutboundEmail.Status.QUEUED, 1)
-    assert refused.last_error == "421 4.3.2 Service shutting down"
-    assert (waiting.status, waiting.last_error) == (OutboundEmail.Status.SENT, "")
-    assert [received.rcpt_tos for received in smtp_server.recorder.received] == [[waiting.to]]
-    assert smtp_server.recorder.connections == 2
-
-
 def drops_the_first_message():
     """A test server that hangs up instead of answering the first message's DATA."""
     from tests.smtp_server import Recorder
@@ -395,22 +375,36 @@ def drops_the_first_message():
     return DropsTheFirstMessage()
 
 
+def replies_421_first():
+    """A test server closing the connection with a 421 at the first message: smtplib hangs up at once."""
+    from tests.smtp_server import Recorder
+
+    return Recorder(replies=["421 4.3.2 Service shutting down"])
+
+
 @pytest.mark.smtp
-def test_after_the_connection_drops_the_rest_of_the_batch_goes_over_a_new_connection_uncharged(
-    start_smtp_server, use_relay
+@pytest.mark.parametrize(
+    ("recorder", "error"),
+    [(replies_421_first, "421 4.3.2 Service shutting down"), (drops_the_first_message, None)],
+    ids=["421 reply", "connection dropped"],
+)
+def test_after_the_connection_breaks_the_rest_of_the_batch_goes_over_a_new_connection_uncharged(
+    start_smtp_server, use_relay, recorder, error
 ):
-    server = start_smtp_server(recorder=drops_the_first_message())
+    server = start_smtp_server(recorder=recorder())
     use_relay(server.port)
-    dropped, waiting = queue_mails(2)
+    broken, waiting = queue_mails(2)
     # On its last attempt: charged for the dead connection, it would fail untried.
     OutboundEmail.objects.filter(pk=waiting.pk).update(attempts=len(RETRY_DELAYS))
 
     with pytest.raises(CommandError):
         run_worker()
 
-    dropped.refresh_from_db()
+    broken.refresh_from_db()
     waiting.refresh_from_db()
-    assert (dropped.status, dropped.attempts) == (OutboundEmail.Status.QUEUED, 1)
+    assert (broken.status, broken.attempts) == (OutboundEmail.Status.QUEUED, 1)
+    if error:
+        assert broken.last_error == error
     assert (waiting.status, waiting.last_error) == (OutboundEmail.Status.SENT, "")
     assert [received.rcpt_tos for received in server.recorder.received] == [[waiting.to]]
     assert server.recorder.connections == 2

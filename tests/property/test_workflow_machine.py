@@ -41,7 +41,7 @@ from hypothesis.stateful import (
 from evidence.models import Evidence
 from evidence.validation import validate_upload
 from notifications.models import OutboundEmail
-from tests.factories import TEXT_BYTES, upload
+from tests.factories import ERASED_FIELDS, TEXT_BYTES, upload
 from tests.vetting.homeservers import FakeSynapse
 from vetting import audit, links, matrix, workflow
 from vetting.models import Application, AuditEvent, InformationReply, Invitation, StaffNote
@@ -85,20 +85,6 @@ OPEN_FOR_ERASURE = [
     Status.APPROVED,
 ]
 OPEN_FOR_WITHDRAWAL = [*OPEN_FOR_ERASURE, Status.INVITED]
-# "everything the applicant told us and everything staff wrote about them" (workflow.py).
-ERASED_FIELDS = [
-    "full_name",
-    "email",
-    "matrix_username",
-    "phone",
-    "referral",
-    "statement",
-    "information_request",
-    "verification_location",
-    "verification_notes",
-    "decision_reason",
-    "message_to_applicant",
-]
 ARROWS: dict[str, set[tuple[str, str]]] = {
     # Elsewhere (entered by staff, or withdrawn before confirming) only the address is confirmed.
     "confirm_email": {(Status.UNCONFIRMED, Status.SUBMITTED)}
