@@ -123,6 +123,17 @@ def test_the_applicant_link_pages_have_their_own_per_minute_limit(client, page, 
     assert client.get(path, REMOTE_ADDR="198.51.100.9").status_code != 429
 
 
+@pytest.mark.parametrize(
+    ("suffix", "method"),
+    [("withdraw/", "GET"), ("withdraw/", "POST"), ("my-data/", "GET"), ("erase/", "GET"), ("erase/", "POST")],
+)
+def test_the_pages_behind_a_status_link_share_its_per_minute_limit(client, suffix, method):
+    status_path = f"/status/{links.status_token(make_application())}/"
+    for _ in range(30):
+        assert client.get(status_path).status_code != 429
+    assert_rate_limited(client.generic(method, status_path + suffix))
+
+
 def test_admin_login_is_limited_per_address(client, agent):
     for number in range(10):
         response = client.post("/admin/login/", {"username": f"someone{number}", "password": "wrong"})

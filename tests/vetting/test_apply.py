@@ -4,11 +4,13 @@ import hashlib
 import re
 import threading
 from base64 import urlsafe_b64decode
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from unittest import mock
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import time_machine
 from django.core import mail, signing
 from django.db import OperationalError, connections
 from django.db.backends.utils import CursorWrapper
@@ -140,6 +142,19 @@ def test_a_done_link_signed_before_it_carried_the_address_shows_no_reference(cli
     page = response.content.decode()
     assert "ABCDEFGH" not in page and "We sent it to" not in page
     assert "We have sent your reference to you by e-mail." in page
+
+
+def test_a_done_link_older_than_an_hour_shows_neither_reference_nor_address(client):
+    with time_machine.travel(datetime(2026, 3, 2, 9, 0, tzinfo=UTC), tick=False) as clock:
+        response = client.post("/apply/", form_data(email="robin@applicant.example"))
+        reference = Application.objects.get().reference
+        assert reference in client.get(response["Location"]).content.decode()
+        # The link stays in the browser's history: after an hour it shows nothing of the application.
+        clock.shift(timedelta(hours=1, seconds=1))
+        page = client.get(response["Location"])
+    assert page.status_code == 200
+    assert reference not in page.content.decode()
+    assert "r…@applicant.example" not in page.content.decode()
 
 
 def test_a_bot_s_long_address_is_cut_before_it_goes_into_the_url(client):

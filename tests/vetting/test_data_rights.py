@@ -233,6 +233,13 @@ def test_data_links_need_a_valid_status_link(client):
     assert client.post("/status/forged/erase/").status_code == 404
 
 
+def test_the_data_download_is_never_kept_by_a_browser_or_shared_cache(client):
+    application = apply_with_a_file(client)
+    response = client.get(status_path(application, "my-data/"))
+    assert response.status_code == 200
+    assert response["Cache-Control"] == "private, no-store"
+
+
 def test_erasure_removes_every_mail_about_the_application_the_one_being_sent_too():
     application = make_application(full_name="Robin Erasable", status=Application.Status.REJECTED)
     other = make_application(full_name="Kim Staying", email="kim@applicant.example")

@@ -24,6 +24,20 @@ def status_path(application: Application) -> str:
     return f"/status/{links.status_token(application)}/"
 
 
+def test_each_status_link_shows_its_own_application_never_another(client):
+    first = make_application(status=Status.APPROVED)
+    second = make_application(status=Status.REJECTED, full_name="Robin Other")
+    page = client.get(status_path(second)).content.decode()
+    assert second.reference in page and "Your application was not approved." in page
+    assert first.reference not in page
+    # Acting through the link withdraws that application, not the other one.
+    third = make_application()
+    client.post(f"{status_path(third)}withdraw/")
+    first.refresh_from_db()
+    third.refresh_from_db()
+    assert (first.status, third.status) == (Status.APPROVED, Status.WITHDRAWN)
+
+
 @pytest.mark.parametrize(
     ("status", "words"),
     [
@@ -132,6 +146,15 @@ def test_the_confirm_link_expires_after_7_days(client):
 def test_a_tampered_confirm_link_is_404(client):
     token = links.confirm_token(make_application(status=Status.UNCONFIRMED))
     assert client.get(f"/confirm/{token}x/").status_code == 404
+
+
+def test_a_confirm_link_confirms_only_when_clicked_not_when_posted_to(client):
+    application = make_application(status=Status.UNCONFIRMED, email_confirmed_at=None)
+    response = client.post(f"/confirm/{links.confirm_token(application)}/")
+    assert response.status_code == 405
+    application.refresh_from_db()
+    assert application.status == Status.UNCONFIRMED
+    assert application.email_confirmed_at is None
 
 
 def test_when_information_is_requested_the_page_shows_the_question_and_an_upload_form(client):
