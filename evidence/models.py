@@ -157,7 +157,7 @@ class Evidence(models.Model):
 
     def delete_stored_file(self, name: str) -> None:
         """Delete the file forget_file returned, and its cached preview, once the purge has committed."""
-        from evidence.previews import forget_preview
+        from evidence.previews import forget_preview  # here: evidence.previews imports this module
 
         # A file that cannot be deleted now is logged and has no row any more:
         # purge_evidence's sweep of files without a row removes it.

@@ -57,7 +57,7 @@ def reply_code(error: BaseException) -> int | None:
 
 
 # Every outbox mail has the same sender: its envelope address is worked out
-# once, not once a mail (parsing it cost a tenth of a batched mail's time).
+# once, not once a mail (parsing it cost a tenth of the worker's time per batched mail).
 _envelope_sender = functools.lru_cache(maxsize=4)(sanitize_address)
 
 
