@@ -76,6 +76,18 @@ def test_each_request_writes_one_json_access_line_with_its_context(client, agent
     assert line["duration_ms"] >= 0
 
 
+def test_the_access_line_never_loads_the_user_a_request_did_not_look_at(
+    client, agent, json_log, django_assert_num_queries
+):
+    # A staff path (sessions run) whose 404 page never asks who is signed in.
+    client.force_login(agent)
+    with django_assert_num_queries(0):
+        response = client.get("/no-such-page/")
+    assert response.status_code == 404
+    [line] = access_lines(json_log)
+    assert line["user_id"] is None
+
+
 def test_lines_written_during_a_request_carry_its_id(client, json_log):
     # Six posts in one stopped minute: the sixth is refused, and the limiter says so in the log.
     with time_machine.travel(datetime(2026, 3, 2, 9, 0, tzinfo=UTC), tick=False):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tests.factories import make_application
+from vetting import links
+from vetting.models import AuditEvent
 
 pytestmark = pytest.mark.django_db
 
@@ -38,6 +40,13 @@ def test_a_post_to_the_health_check_gets_the_error_page(client):
 
 def test_a_get_to_the_csp_report_endpoint_gets_the_error_page(client):
     assert_error_page(client.get("/csp-report/"), {"POST"})
+
+
+def test_a_post_to_the_data_download_gets_the_error_page_and_exports_nothing(client):
+    application = make_application()
+    response = client.post(f"/status/{links.status_token(application)}/my-data/")
+    assert_error_page(response, {"GET"})
+    assert not AuditEvent.objects.filter(action="application.data_exported").exists()
 
 
 def test_staff_opening_a_post_only_admin_address_get_the_error_page(client, agent):
