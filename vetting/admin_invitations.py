@@ -110,7 +110,7 @@ class InvitationAdmin(ReadOnlyModelAdmin):
             "last_synced_at",
             "completed_at",
             "revoked_at",
-            "revoked_by",
+            "revoked_by_whom",
             "redeemed",
             "redemption_note",
             "reminder_sent_at",
@@ -136,6 +136,14 @@ class InvitationAdmin(ReadOnlyModelAdmin):
     def tell_by(self, invitation: Invitation) -> str:
         # A property, not a field: without this the detail page would print the raw datetime.
         return display_for_value(invitation.tell_by, self.get_empty_value_display())
+
+    @admin.display(description=_("revoked by"))
+    def revoked_by_whom(self, invitation: Invitation) -> str:
+        if invitation.revoked_by is not None:
+            return str(invitation.revoked_by)
+        if invitation.revocation:
+            return invitation.get_revocation_display()
+        return self.get_empty_value_display()
 
     @admin.display(description=_("redeemed check"), ordering="redemption_check")
     def redeemed(self, invitation: Invitation) -> str:

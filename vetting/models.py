@@ -383,6 +383,12 @@ class Invitation(models.Model):
         EXPIRED = "expired", _("Expired unused")
         REVOKED = "revoked", _("Revoked")
 
+    class Revocation(models.TextChoices):
+        NOT_REVOKED = "", _("Not revoked")
+        INVITING_ADMIN = "admin", _("An inviting admin")
+        WITHDRAWAL = "withdrawal", _("The applicant, by withdrawing")
+        HOMESERVER = "homeserver", _("Nobody here: the token was gone from the homeserver")
+
     class Check(models.TextChoices):
         NOT_YET = "", _("Not used yet")
         PASSED = "passed", _("Account matches")
@@ -423,6 +429,11 @@ class Invitation(models.Model):
         on_delete=models.PROTECT,
         related_name="+",
     )
+    # revoked_by names the admin; only this says who else it was (blank for invitations
+    # revoked before it was recorded whose audit details were erased since).
+    revocation = models.CharField(
+        _("how it was revoked"), max_length=10, choices=Revocation, default=Revocation.NOT_REVOKED, blank=True
+    )
     redemption_check = models.CharField(
         _("redemption check"), max_length=10, choices=Check, default=Check.NOT_YET, blank=True, db_index=True
     )
@@ -442,6 +453,10 @@ class Invitation(models.Model):
                 name="invitation_one_live_per_application",
             ),
             models.UniqueConstraint(fields=["backend", "server_id"], name="invitation_unique_server_id"),
+            models.CheckConstraint(
+                condition=models.Q(state="revoked") | models.Q(revocation=""),
+                name="invitation_revocation_only_when_revoked",
+            ),
         ]
 
     def __str__(self) -> str:

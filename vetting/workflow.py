@@ -840,7 +840,8 @@ def _invitation_to_revoke_on_withdrawal(locked: Application) -> tuple[Callable[[
         _withdrawal_revoke_failed(locked, error)
     invitation.state = Invitation.State.REVOKED
     invitation.revoked_at = timezone.now()
-    invitation.save(update_fields=["state", "revoked_at"])
+    invitation.revocation = Invitation.Revocation.WITHDRAWAL
+    invitation.save(update_fields=["state", "revoked_at", "revocation"])
     _tell_issuer_of_withdrawal(invitation, locked, already_gone=not on_server)
 
     def revoke() -> None:
@@ -1785,7 +1786,8 @@ def revoke_invitation(
                 invitation.state = Invitation.State.REVOKED
                 invitation.revoked_at = timezone.now()
                 invitation.revoked_by = user
-                invitation.save(update_fields=["state", "revoked_at", "revoked_by"])
+                invitation.revocation = Invitation.Revocation.INVITING_ADMIN
+                invitation.save(update_fields=["state", "revoked_at", "revoked_by", "revocation"])
             locked.status = Status.APPROVED
             locked.save(update_fields=["status", "updated_at"])
             if invitation is not None and not already_gone:
@@ -1891,6 +1893,7 @@ def _close(invitation: Invitation, remote: matrix.RegistrationToken | None, clie
             action, next_status = "invitation.gone_on_server", Status.APPROVED
             locked.state = Invitation.State.REVOKED
             locked.revoked_at = now
+            locked.revocation = Invitation.Revocation.HOMESERVER
         else:
             action, next_status = "invitation.expired", Status.APPROVED
             locked.state = Invitation.State.EXPIRED

@@ -352,6 +352,40 @@ def test_bulk_revoke_with_nothing_live_says_so(client, inviting_admin, fake_syna
     assert fake_synapse.server.requests == []
 
 
+def _revoked_by_the_admin(application, admin, homeserver) -> None:
+    workflow.revoke_invitation(application, admin, "Sent to the wrong person")
+
+
+def _withdrawn(application, admin, homeserver) -> None:
+    workflow.withdraw(application)
+
+
+def _gone_from_the_homeserver(application, admin, homeserver) -> None:
+    homeserver.tokens.clear()
+    workflow.sync_invitations()
+
+
+@pytest.mark.parametrize(
+    ("revoke", "revoked_by"),
+    [
+        (_revoked_by_the_admin, "inviting_admin"),
+        (_withdrawn, "The applicant, by withdrawing"),
+        (_gone_from_the_homeserver, "Nobody here: the token was gone from the homeserver"),
+    ],
+    ids=["admin", "withdrawal", "homeserver"],
+)
+def test_the_detail_page_says_who_revoked_an_invitation(
+    client, approved, inviting_admin, server_admin, fake_synapse, revoke, revoked_by
+):
+    invitation = workflow.issue_invitation(approved, inviting_admin)
+    revoke(approved, inviting_admin, fake_synapse)
+    client.force_login(server_admin)  # a withdrawn application is off the inviting admin's list
+    page = client.get(f"{LIST_URL}{invitation.pk}/change/").content.decode()
+    shown = re.search(r'<label>Revoked by:</label>\s*<div class="readonly">([^<]*)</div>', page)
+    assert shown is not None, "no revoked-by field"
+    assert shown.group(1) == revoked_by
+
+
 def test_the_detail_page_shows_the_date_told_to_the_person_like_the_other_dates(
     client, approved, inviting_admin, fake_synapse
 ):

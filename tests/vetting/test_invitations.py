@@ -15,13 +15,16 @@ an account older than its token, the expiry reminder, and the cost of a sync.
 
 from __future__ import annotations
 
+import importlib
 import logging
 from datetime import UTC, datetime, timedelta
 from unittest import mock
 
 import pytest
 import time_machine
+from django.apps import apps as global_apps
 from django.core import mail
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from notifications.models import OutboundEmail
@@ -288,7 +291,11 @@ def test_revoking_deletes_the_token_on_the_server_and_returns_to_approved(
     invitation.refresh_from_db()
     assert fake_synapse.tokens == {}
     assert approved.status == Status.APPROVED
-    assert (invitation.state, invitation.revoked_by) == (Invitation.State.REVOKED, inviting_admin)
+    assert (invitation.state, invitation.revoked_by, invitation.revocation) == (
+        Invitation.State.REVOKED,
+        inviting_admin,
+        Invitation.Revocation.INVITING_ADMIN,
+    )
     event = AuditEvent.objects.get(action="invitation.revoked")
     assert (event.actor_kind, event.actor) == (AuditEvent.ActorKind.USER, inviting_admin)
     assert event.details["reason"] == "Sent to the wrong person"
@@ -334,7 +341,11 @@ def test_withdrawing_while_invited_revokes_the_token_then_closes_the_application
     invitation.refresh_from_db()
     assert fake_synapse.tokens == {}
     assert approved.status == Status.WITHDRAWN
-    assert (invitation.state, invitation.revoked_by) == (Invitation.State.REVOKED, None)
+    assert (invitation.state, invitation.revoked_by, invitation.revocation) == (
+        Invitation.State.REVOKED,
+        None,
+        Invitation.Revocation.WITHDRAWAL,
+    )
     event = AuditEvent.objects.get(action="application.withdrawn")
     assert event.actor_kind == AuditEvent.ActorKind.APPLICANT
     assert event.details == {"invitation_revoked": invitation.pk, "already_gone_on_server": False}
@@ -558,7 +569,11 @@ def test_a_token_deleted_on_the_server_is_recorded_as_revoked(approved, inviting
     workflow.sync_invitations()
     invitation.refresh_from_db()
     approved.refresh_from_db()
-    assert invitation.state == Invitation.State.REVOKED
+    assert (invitation.state, invitation.revoked_by, invitation.revocation) == (
+        Invitation.State.REVOKED,
+        None,
+        Invitation.Revocation.HOMESERVER,
+    )
     assert approved.status == Status.APPROVED
     assert "invitation.gone_on_server" in actions(approved)
 
@@ -736,3 +751,52 @@ def test_a_token_that_cannot_be_taken_back_is_audited_and_the_admin_told(
     failure = AuditEvent.objects.get(action="invitation.orphan_revoke_failed")
     assert token not in str(failure.details)
     assert_unchanged(approved)
+
+
+# How an invitation was revoked -----------------------------------------------------
+
+
+def test_only_a_revoked_invitation_says_how_it_was_revoked(approved, inviting_admin, fake_synapse):
+    invitation = issue(approved, inviting_admin)
+    invitation.revocation = Invitation.Revocation.WITHDRAWAL
+    with pytest.raises(IntegrityError), transaction.atomic():
+        invitation.save(update_fields=["revocation"])
+
+
+def test_the_migration_tells_earlier_revocations_apart_by_their_audit_events(
+    approved, agent, server_admin, inviting_admin, fake_synapse
+):
+    migration = importlib.import_module("vetting.migrations.0009_invitation_revocation")
+
+    def approved_as(username: str) -> Application:
+        application = recommended_by(agent)
+        application.matrix_username = username
+        application.save(update_fields=["matrix_username"])
+        workflow.approve(application, server_admin)
+        return application
+
+    gone = issue(approved, inviting_admin)
+    fake_synapse.tokens.clear()
+    workflow.sync_invitations()
+    withdrawn = workflow.reissue_invitation(approved, inviting_admin)  # the same application's second
+    workflow.withdraw(approved)
+    by_admin_application = approved_as("sam")
+    by_admin = issue(by_admin_application, inviting_admin)
+    workflow.revoke_invitation(by_admin_application, inviting_admin)
+    erased_application = approved_as("robin")
+    erased = issue(erased_application, inviting_admin)
+    workflow.withdraw(erased_application)
+    workflow.erase_application(erased_application)  # its withdrawal's details are redacted
+    live = issue(approved_as("kim"), inviting_admin)
+    Invitation.objects.update(revocation="")  # as the rows were before the migration
+
+    migration.record_how_revoked_invitations_were_revoked(global_apps, None)
+
+    revocations = dict(Invitation.objects.values_list("pk", "revocation"))
+    assert revocations == {
+        gone.pk: Invitation.Revocation.HOMESERVER,
+        withdrawn.pk: Invitation.Revocation.WITHDRAWAL,
+        by_admin.pk: Invitation.Revocation.INVITING_ADMIN,
+        erased.pk: "",
+        live.pk: "",
+    }
