@@ -287,7 +287,9 @@ class SynapseClient:
             raise Unauthorised(
                 f"The homeserver refused our admin token while {what} ({_status_text(status, errcode)})."
             )
-        if status == 404:
+        # Only Synapse's own answer says the token or account is not there; any other 404 (a
+        # proxy without the admin API, an endpoint this version lacks) says nothing about it.
+        if status == 404 and errcode == "M_NOT_FOUND":
             raise NotFound(f"The homeserver found nothing while {what}.")
         if status >= 400:
             raise UnexpectedResponse(f"The homeserver refused {what} ({_status_text(status, errcode)}).")
@@ -427,7 +429,8 @@ class MasClient:
             raise Unauthorised(
                 f"The authentication service refused our admin token while {what} (HTTP {status})."
             )
-        if status == 404:
+        # MAS answers a missing resource with a JSON:API error; an unknown route has no body.
+        if status == 404 and data.get("errors"):
             raise NotFound(f"The authentication service found nothing while {what}.")
         if status >= 400:
             raise UnexpectedResponse(f"The authentication service refused {what} (HTTP {status}).")

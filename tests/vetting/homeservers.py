@@ -35,6 +35,7 @@ class Request:
     query: dict[str, list[str]]
     headers: dict[str, str]
     body: bytes
+    raw_path: str = ""  # as sent, before percent-decoding
 
     def json(self) -> dict:
         return json.loads(self.body or b"{}")
@@ -62,6 +63,7 @@ class LocalServer:
                     parse_qs(parts.query),
                     {key.lower(): value for key, value in self.headers.items()},
                     self.rfile.read(length) if length else b"",
+                    parts.path,
                 )
                 outer.requests.append(request)
                 status, body = outer.handler(request)

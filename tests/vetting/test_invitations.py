@@ -330,6 +330,22 @@ def test_a_failed_revoke_changes_nothing_and_is_audited(approved, inviting_admin
     assert actions(approved)[-1] == "invitation.revoke_failed"
 
 
+def test_a_homeserver_whose_admin_api_answers_a_bare_404_revokes_nothing(
+    approved, inviting_admin, fake_synapse
+):
+    # As a proxy in front of Synapse without a location for /_synapse/admin would.
+    invitation = issue(approved, inviting_admin)
+    fake_synapse.server.handler = lambda request: (404, {})
+    with pytest.raises(workflow.WorkflowError, match="HTTP 404"):
+        workflow.revoke_invitation(approved, inviting_admin)
+    with pytest.raises(workflow.WorkflowError, match="could not be cancelled on the Matrix server just now"):
+        workflow.withdraw(approved)
+    invitation.refresh_from_db()
+    assert invitation.state == Invitation.State.PENDING
+    assert invitation.token in fake_synapse.tokens
+    assert_unchanged(approved)
+
+
 # The applicant withdraws while invited ---------------------------------------------
 
 
@@ -612,6 +628,20 @@ def test_an_invitation_revoked_while_the_sync_asks_the_homeserver_stays_revoked(
     assert approved.status == Status.APPROVED
     assert actions(approved)[-1] == "invitation.revoked"
     assert "invitation.expired" not in actions(approved)
+
+
+def test_a_registration_still_in_progress_keeps_the_invitation_pending(
+    approved, inviting_admin, fake_synapse
+):
+    # Synapse counts a use as pending from the token's check until the account exists.
+    invitation = issue(approved, inviting_admin)
+    fake_synapse.tokens[invitation.token]["pending"] = 1
+    report = workflow.sync_invitations()
+    invitation.refresh_from_db()
+    approved.refresh_from_db()
+    assert (report.still_pending, report.completed, report.mismatches) == (1, 0, 0)
+    assert (invitation.state, invitation.pending_uses) == (Invitation.State.PENDING, 1)
+    assert approved.status == Status.INVITED
 
 
 def test_one_reminder_goes_to_the_issuing_admin_five_days_before_expiry(

@@ -63,3 +63,13 @@ def test_a_create_applied_before_a_500_is_taken_back_on_mas(approved, inviting_a
     assert not Invitation.objects.exists()
     approved.refresh_from_db()
     assert approved.status == Application.Status.APPROVED
+
+
+def test_an_account_older_than_the_token_raises_the_flag_on_mas(approved, inviting_admin, fake_mas):
+    invitation = workflow.issue_invitation(approved, inviting_admin)
+    fake_mas.register(invitation.token, "someone.else")
+    fake_mas.users["alex"] = "2020-01-01T00:00:00Z"
+    workflow.sync_invitations()
+    invitation.refresh_from_db()
+    assert invitation.redemption_check == Invitation.Check.MISMATCH
+    assert "existed before the token was issued (2020-01-01 00:00 UTC)" in invitation.redemption_note

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import io
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.core.management import CommandError, call_command
 
 from tests.synapse.server import free_port
 from tests.vetting.test_invitations import make_invitations
-from vetting import workflow
+from vetting import matrix, workflow
 from vetting.models import Application, Invitation
 
 pytestmark = pytest.mark.django_db
@@ -107,3 +108,15 @@ def test_sync_invitations_on_mas_makes_one_list_call_per_page(inviting_admin, fa
     assert (
         invitations[5].application.__class__.objects.get(pk=invitations[5].application_id).status == "joined"
     )
+
+
+def test_matrix_check_counts_only_the_tokens_that_still_work(fake_synapse):
+    client = matrix.get_client()
+    now = datetime.now(UTC)
+    client.create_token("still-valid", now + timedelta(days=30))
+    client.create_token("already-used", now + timedelta(days=30))
+    fake_synapse.register("already-used", "sam")
+    fake_synapse.tokens["past-expiry"] = {**fake_synapse.tokens["still-valid"], "token": "past-expiry"}
+    fake_synapse.tokens["past-expiry"]["expiry_time"] = int((now - timedelta(days=1)).timestamp() * 1000)
+    out, _err = run("matrix_check")
+    assert "Admin credentials accepted: 1 valid registration token(s)" in out
