@@ -147,8 +147,8 @@ def read_state() -> MaintenanceState | None:
         return None
     try:
         data = json.loads(raw)
-        since = datetime.fromisoformat(data["since"])
-        until = datetime.fromisoformat(data["until"]) if data.get("until") else None
+        since = _utc(data["since"])
+        until = _utc(data["until"]) if data.get("until") else None
         # An end further off than `maintenance on` accepts was not written by it (and one near
         # the year 9999 would overflow in `forgotten`): the file counts as damaged.
         plausible = until is None or until - since <= LONGEST_UNTIL
@@ -159,6 +159,12 @@ def read_state() -> MaintenanceState | None:
         written = datetime.fromtimestamp(settings.MAINTENANCE_FILE.stat().st_mtime, tz=UTC)
         return MaintenanceState(since=written, until=None)
     return MaintenanceState(since=since, until=until)
+
+
+def _utc(text: str) -> datetime:
+    """A time from the file; one written by hand without an offset is UTC, as `--until` reads it."""
+    moment = datetime.fromisoformat(text)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
 def forgotten(state: MaintenanceState, now: datetime | None = None) -> bool:

@@ -8,11 +8,14 @@ import os
 import re
 import secrets
 import shutil
+import sqlite3
 import stat
 import subprocess
+import tarfile
 import warnings
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import psycopg
 import pytest
@@ -24,6 +27,7 @@ from psycopg import sql
 
 from evidence.models import Evidence
 from evidence.validation import validate_upload
+from iama_vetting.management.commands import backup as backup_command
 from iama_vetting.management.commands.backup import libpq_environment, postgres_params
 from tests.factories import PDF_BYTES, upload
 from vetting.models import Application
@@ -248,6 +252,16 @@ def test_check_fails_when_the_newest_backup_is_older_than_26_hours_and_names_it(
         run_backup("--check", "--dir", str(tmp_path))
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_file_named_like_a_backup_with_an_impossible_date_is_left_alone(tmp_path):
+    impossible = tmp_path / "rvi-db-20261399T000000Z.dump"
+    impossible.write_text("x")
+    made_hours_ago(tmp_path, 2, *FULL_BACKUP)
+    assert "2.0 hours old." in run_backup("--check", "--dir", str(tmp_path))
+    run_backup("--dir", str(tmp_path), "--keep-days", "1")  # a nightly backup, and its rotation
+    assert impossible.exists()
+
+
 def test_check_passes_with_a_backup_of_25_hours_and_writes_nothing(tmp_path):
     made_hours_ago(tmp_path, 25, *FULL_BACKUP)
     before = sorted(tmp_path.iterdir())
@@ -296,6 +310,14 @@ def test_database_password_goes_to_a_private_passfile_not_the_environment_or_arg
         assert Path(passfile).read_text() == "*:*:*:*:s3cr\\:et\n"
         assert env["PGSSLMODE"] == "require"
     assert not os.path.exists(passfile)
+
+
+def test_pg_dump_takes_no_libpq_variable_from_the_operators_shell(monkeypatch):
+    # A PGSERVICE or PGOPTIONS left in root's shell would point pg_dump elsewhere than the row counts.
+    monkeypatch.setenv("PGSERVICE", "some-other-cluster")
+    monkeypatch.setenv("PGOPTIONS", "-c search_path=elsewhere")
+    with libpq_environment({"dbname": "rvi", "host": "127.0.0.1"}) as env:
+        assert sorted(key for key in env if key.startswith("PG")) == ["PGAPPNAME", "PGDATABASE", "PGHOST"]
 
 
 @pytest.mark.postgres
@@ -378,3 +400,102 @@ def test_the_documented_restore_works_on_a_backup_only_its_owner_can_read(tmp_pa
     finally:
         with psycopg.connect(**params, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(scratch)))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rotation_keeps_a_backup_of_13_days_23_hours_and_deletes_one_of_14_days_1_hour(tmp_path):
+    now = datetime.now(UTC)
+    kept = tmp_path / f"rvi-db-{(now - timedelta(days=13, hours=23)).strftime('%Y%m%dT%H%M%SZ')}.dump"
+    deleted = tmp_path / f"rvi-db-{(now - timedelta(days=14, hours=1)).strftime('%Y%m%dT%H%M%SZ')}.dump"
+    for path in (kept, deleted):
+        path.write_text("x")
+    run_backup("--dir", str(tmp_path))
+    assert kept.exists()
+    assert not deleted.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_evidence_archive_holds_every_evidence_file(tmp_path, settings):
+    (settings.EVIDENCE_ROOT / "ab").mkdir(parents=True)
+    (settings.EVIDENCE_ROOT / "ab" / "x.pdf").write_bytes(b"%PDF-1.7 the evidence")
+    run_backup("--dir", str(tmp_path))
+    [archive] = tmp_path.glob("rvi-evidence-*.tar.gz")
+    with tarfile.open(archive) as opened:
+        assert opened.extractfile("evidence/ab/x.pdf").read() == b"%PDF-1.7 the evidence"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_verify_fails_when_a_table_of_the_record_is_missing_from_the_restore(tmp_path):
+    make_application()
+    run_backup("--dir", str(tmp_path))
+    backup = database_backup(tmp_path)
+    record = backup.with_name(backup.name.split(".")[0] + ".counts.json")
+    data = json.loads(record.read_text())
+    data["tables"]["vetting_lost_table"] = 3
+    record.write_text(json.dumps(data))
+    with pytest.raises(CommandError, match="vetting_lost_table: 3 in the backup's record, absent restored"):
+        call_command("backup", "--verify", str(backup), stdout=io.StringIO())
+
+
+def test_verify_fails_on_a_sqlite_backup_whose_rows_still_count_but_are_damaged(tmp_path):
+    backup = tmp_path / "rvi-db-20260101T000000Z.sqlite3"
+    database = sqlite3.connect(backup)
+    database.execute("CREATE TABLE vetting_application (id integer PRIMARY KEY, email text)")
+    database.execute("CREATE INDEX vetting_application_email ON vetting_application (email)")
+    database.execute("INSERT INTO vetting_application (email) VALUES ('ada@example.org')")
+    database.commit()
+    database.close()
+    (tmp_path / "rvi-db-20260101T000000Z.counts.json").write_text('{"tables": {"vetting_application": 1}}')
+    # A flipped byte in the table's row (bit rot): counting still works, the index no longer matches.
+    data = backup.read_bytes()
+    backup.write_bytes(data.replace(b"ada@example.org", b"eve@example.org", 1))
+    with pytest.raises(CommandError, match="is damaged: SQLite's integrity check failed"):
+        call_command("backup", "--verify", str(backup), stdout=io.StringIO())
+
+
+@pytest.fixture
+def failing_pg_dump(tmp_path, monkeypatch):
+    """A pg_dump that dies halfway through, as on a full disk or a dropped connection."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "pg_dump"
+    script.write_text(
+        "#!/bin/sh\nprintf 'PGDMP half a dump'\necho 'pg_dump: error: connection lost' >&2\nexit 1\n"
+    )
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_pg_dump_leaves_no_backup_and_the_last_good_one_is_not_rotated_away(
+    tmp_path, failing_pg_dump
+):
+    directory = tmp_path / "backups"
+    directory.mkdir()
+    stamp = (datetime.now(UTC) - timedelta(days=20)).strftime("%Y%m%dT%H%M%SZ")
+    last_good = directory / f"rvi-db-{stamp}.dump"
+    last_good.write_text("the last good backup")
+    with pytest.raises(CommandError, match="pg_dump failed: pg_dump: error: connection lost"):
+        run_backup("--dir", str(directory))
+    assert [path.name for path in directory.iterdir()] == [last_good.name]
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_verify_drops_its_scratch_database(tmp_path, monkeypatch):
+    make_application()
+    run_backup("--dir", str(tmp_path))
+    # The scratch name is random; note it as it is made (other runs may verify on this server too).
+    made = []
+
+    def token_hex(nbytes):
+        made.append(secrets.token_hex(nbytes))
+        return made[-1]
+
+    monkeypatch.setattr(backup_command, "secrets", SimpleNamespace(token_hex=token_hex))
+    call_command("backup", "--verify", str(database_backup(tmp_path)), stdout=io.StringIO())
+    [scratch] = [f"rvi_verify_{name}" for name in made]
+    with psycopg.connect(**postgres_params(connection.settings_dict, dbname="postgres")) as conn:
+        left = conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s", [scratch]).fetchone()[0]
+    assert left == 0

@@ -19,6 +19,7 @@ from django.conf import settings
 from django.core.management import CommandError, call_command
 
 from iama_vetting import maintenance
+from iama_vetting.management.commands import deploy_config
 from iama_vetting.management.commands.deploy_config import template_names
 from notifications.management.commands.send_outbox import EXIT_CONFIGURATION_ERROR
 
@@ -215,6 +216,14 @@ def test_nginx_site_has_no_location_serving_the_evidence_root_publicly(tmp_path)
     assert "ssl_stapling on;" in site
 
 
+def test_nginx_site_offers_only_tls_1_2_and_1_3_without_session_tickets(tmp_path):
+    site = (render(tmp_path / "out") / "nginx" / "iama-rvi.conf").read_text()
+    assert re.findall(r"^\s*ssl_protocols .*$", site, flags=re.MULTILINE) == [
+        "    ssl_protocols TLSv1.2 TLSv1.3;"
+    ]
+    assert "    ssl_session_tickets off;\n" in site
+
+
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [
@@ -230,6 +239,14 @@ def test_nginx_site_has_no_location_serving_the_evidence_root_publicly(tmp_path)
         ("db_name", "rvi\n", "plain lowercase name"),
         ("listen_address", "127.0.0.1\n", "not an IPv4"),
         ("static_root", "/var/lib/iama-rvi", "inside the static root"),
+        # Each would end a value early in nginx or systemd syntax and let the rest become config.
+        ("app_dir", "/srv/iama-rvi;include /etc/passwd", "unsafe"),
+        ("state_dir", "/var/lib/{rvi}", "unsafe"),
+        ("evidence_root", "/var/lib/iama-rvi/evidence\ninternal", "unsafe"),
+        ("resolver", "127.0.0.1; include /etc/passwd", "not a list of name server addresses"),
+        ("db_user", "rvi-app", "plain lowercase name"),
+        ("static_root", "/var/lib/iama-rvi/evidence", "inside the static root"),
+        ("listen_address", "[::1]:80;include /etc/passwd;listen [::1]", "not an IPv4"),
     ],
 )
 def test_refuses_unsafe_values_and_writes_nothing(tmp_path, option, value, message):
@@ -354,3 +371,58 @@ def test_gunicorn_writes_no_access_log(tmp_path):
     # Any logconfig_dict would switch gunicorn's access logging back on.
     assert "logconfig_dict" not in config
     assert config["errorlog"] == "-"
+
+
+def test_a_directory_where_a_file_goes_is_refused_before_any_file_is_written(tmp_path):
+    out = tmp_path / "out"
+    (out / "gunicorn.conf.py" / "old").mkdir(parents=True)
+    with pytest.raises(CommandError) as refused:
+        render(out)
+    assert str(refused.value) == (
+        f"{out / 'gunicorn.conf.py'} is a directory, where a file goes; nothing was written."
+    )
+    assert [path.name for path in out.iterdir()] == ["gunicorn.conf.py"]
+    assert not list(tmp_path.glob(".out-*"))  # no staging directory left behind
+
+
+def test_on_the_default_https_port_the_urls_carry_no_port(tmp_path):
+    """A browser's Origin header leaves out :443, so CSRF_TRUSTED_ORIGINS must too."""
+    out = render(tmp_path / "out")
+    values = dict(re.findall(r"^([A-Z][A-Z0-9_]+)=(.*)$", (out / ".env.example").read_text(), flags=re.M))
+    assert values["CSRF_TRUSTED_ORIGINS"] == "https://rvi.example.org"
+    assert values["SITE_URL"] == "https://rvi.example.org"
+    assert "return 301 https://$host$request_uri;" in (out / "nginx" / "iama-rvi.conf").read_text()
+
+
+def test_a_new_out_directory_can_be_read_like_its_files(tmp_path):
+    out = render(tmp_path / "out")
+    assert out.stat().st_mode & 0o777 == 0o755
+    assert (out / "nginx" / "iama-rvi.conf").stat().st_mode & 0o777 == 0o644
+
+
+def test_port_zero_is_refused(tmp_path):
+    with pytest.raises(CommandError, match="--app-port"):
+        call_command(
+            "deploy_config",
+            "--domain=rvi.example.org",
+            "--app-dir=/srv/iama-rvi",
+            "--venv=/srv/iama-rvi/.venv",
+            "--user=rvi",
+            f"--out={tmp_path / 'out'}",
+            "--app-port=0",
+            stdout=io.StringIO(),
+        )
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_default_resolver_is_the_hosts_name_servers_with_ipv6_ones_in_brackets(tmp_path, monkeypatch):
+    resolv_conf = tmp_path / "resolv.conf"
+    resolv_conf.write_text(
+        "# by NetworkManager\nnameserver 192.0.2.53\nnameserver 2001:db8::53\noptions edns0\n"
+    )
+    # Stands in for the host's /etc/resolv.conf; nginx reads a bare IPv6 address as host:port.
+    monkeypatch.setattr(
+        deploy_config, "Path", lambda path: resolv_conf if path == "/etc/resolv.conf" else Path(path)
+    )
+    site = (render(tmp_path / "out", resolver=None) / "nginx" / "iama-rvi.conf").read_text()
+    assert "resolver 192.0.2.53 [2001:db8::53] valid=300s;\n" in site

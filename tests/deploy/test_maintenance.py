@@ -15,7 +15,10 @@ from django.core.management import CommandError, call_command
 from django.utils.encoding import force_bytes
 from django.utils.http import urlsafe_base64_encode
 
+from evidence.models import Evidence
+from evidence.validation import validate_upload
 from iama_vetting import maintenance
+from tests.factories import PDF_BYTES, make_application, upload
 
 pytestmark = pytest.mark.django_db
 
@@ -270,3 +273,83 @@ def test_a_damaged_switch_counts_from_when_it_was_written(maintenance_file, cont
     os.utime(maintenance_file, (seven_hours_ago, seven_hours_ago))
     with pytest.raises(CommandError, match="Switch it off"):
         call_command("unless_maintenance", "purge_unconfirmed", "--dry-run")
+
+
+def test_a_switch_written_by_hand_without_offsets_reads_its_times_as_utc(client, maintenance_file):
+    now = datetime.now(UTC)
+    naive = {"since": (now - timedelta(hours=1)).replace(tzinfo=None).isoformat()}
+    maintenance_file.parent.mkdir(parents=True, exist_ok=True)
+    maintenance_file.write_text(json.dumps(naive | {"until": None}))
+    call_command("unless_maintenance", "purge_unconfirmed", "--dry-run")  # skipped, not a crash
+    maintenance_file.write_text(
+        json.dumps(naive | {"until": (now + timedelta(minutes=30)).replace(tzinfo=None).isoformat()})
+    )
+    response = client.get("/apply/")
+    assert response.status_code == 503
+    assert 1790 <= int(response["Retry-After"]) <= 1800
+
+
+def test_the_maintenance_page_is_never_cached(client):
+    command("on")
+    assert client.get("/apply/")["Cache-Control"] == "no-store"
+
+
+def test_past_the_announced_end_retry_after_falls_back_to_the_default(client, maintenance_file):
+    now = datetime.now(UTC)
+    switched_on(maintenance_file, now - timedelta(hours=2), now - timedelta(minutes=30))
+    assert client.get("/apply/")["Retry-After"] == str(maintenance.DEFAULT_RETRY_AFTER)
+
+
+def test_the_switch_is_readable_by_the_workers_whatever_the_umask(maintenance_file):
+    previous = os.umask(0o077)
+    try:
+        command("on")
+    finally:
+        os.umask(previous)
+    assert maintenance_file.stat().st_mode & 0o777 == 0o644
+
+
+def test_notice_stays_on_public_pages_while_the_window_is_under_way(client, settings, monkeypatch):
+    settings.MAINTENANCE_WINDOW = "first sunday 02:00-04:00"
+    monkeypatch.setattr(maintenance.timezone, "now", lambda: datetime(2026, 12, 6, 3, 0, tzinfo=UTC))
+    response = client.get("/apply/")
+    assert b"Planned maintenance on Sunday 6 December 2026, 02:00\xe2\x80\x9304:00 UTC" in response.content
+
+
+@pytest.mark.parametrize(
+    ("until", "expected"),
+    [
+        ("14:00", "2026-12-05 14:00"),
+        ("16:00", "2026-12-04 16:00"),
+        # With an offset, the next such time there (17:00 UTC): not 18:00 read as UTC.
+        ("18:00+01:00", "2026-12-04 17:00"),
+        # 02:00 at UTC-12 is 14:00 UTC, already past today: tomorrow's.
+        ("02:00-12:00", "2026-12-05 14:00"),
+        # 00:30 at UTC+14 is 10:30 UTC the day before: today's has passed too.
+        ("00:30+14:00", "2026-12-05 10:30"),
+    ],
+)
+def test_an_end_given_as_hh_mm_is_the_next_such_time(monkeypatch, until, expected):
+    monkeypatch.setattr(maintenance.timezone, "now", lambda: datetime(2026, 12, 4, 15, 0, tzinfo=UTC))
+    assert f"Maintenance mode is on, expected until {expected} UTC." in command("on", "--until", until)
+
+
+def test_an_end_given_as_hh_mm_far_behind_utc_can_still_be_today_in_utc(monkeypatch):
+    # At 01:00 UTC it is 13:00 the day before at UTC-12: its 23:00 comes at 11:00 UTC today.
+    monkeypatch.setattr(maintenance.timezone, "now", lambda: datetime(2026, 12, 4, 1, 0, tzinfo=UTC))
+    assert "expected until 2026-12-04 11:00 UTC." in command("on", "--until", "23:00-12:00")
+
+
+def test_status_names_the_planned_window_once_it_is_announced(settings, monkeypatch):
+    settings.MAINTENANCE_WINDOW = "first sunday 02:00-04:00"
+    monkeypatch.setattr(maintenance.timezone, "now", lambda: datetime(2026, 12, 4, 3, 0, tzinfo=UTC))
+    assert "Planned window announced on public pages: 2026-12-06 02:00–04:00 UTC." in command("status")
+
+
+def test_staff_can_still_download_evidence_while_on(client, agent):
+    evidence = Evidence.objects.store(make_application(), validate_upload(upload("id.pdf", PDF_BYTES)))
+    command("on")
+    client.force_login(agent)
+    response = client.get(f"/evidence/{evidence.pk}/")
+    assert response.status_code == 200
+    assert b"".join(response.streaming_content) == PDF_BYTES

@@ -12,7 +12,9 @@ import secrets
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import OperationalError
 
+from iama_vetting import health
 from notifications.relay import RelayEmailBackend
 
 pytestmark = pytest.mark.django_db
@@ -229,3 +231,37 @@ def test_the_real_synapse_takes_our_admin_token_and_refuses_a_wrong_one(good, sy
     assert not passed
     assert "refused our admin token" in output
     assert "syt_not_a_token_of_this_server" not in output and synapse.admin_token not in output
+
+
+def test_an_env_file_readable_by_its_group_fails(good):
+    good.chmod(0o640)
+    passed, output = verify("--env-file", str(good))
+    assert not passed
+    assert "has mode 0640" in output and "chmod 600" in output
+
+
+def test_an_evidence_root_writable_by_its_group_fails(good, settings):
+    settings.EVIDENCE_ROOT.chmod(0o770)
+    passed, output = verify()
+    assert not passed
+    assert "mode 0770" in output
+
+
+def test_a_cache_that_does_not_answer_fails(good, settings, closed_port):
+    settings.CACHES = {
+        **settings.CACHES,
+        "default": {"BACKEND": REDIS_CACHE, "LOCATION": f"redis://127.0.0.1:{closed_port}/0"},
+    }
+    passed, output = verify()
+    assert not passed
+    assert "FAIL cache reachable" in output
+
+
+def test_a_database_that_does_not_answer_fails(good, monkeypatch):
+    def refuse():
+        raise OperationalError("could not connect to server at db.internal")
+
+    monkeypatch.setitem(health.CHECKS, "database", refuse)
+    passed, output = verify()
+    assert not passed
+    assert "FAIL database reachable" in output

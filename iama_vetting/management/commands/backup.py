@@ -46,9 +46,13 @@ def private_file(path: Path):
     return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
 
 
-def made_at(stamp: str) -> datetime:
-    """When a backup was made, from the stamp in its name."""
-    return datetime.strptime(stamp, STAMP_FORMAT).replace(tzinfo=UTC)
+def made_at(stamp: str) -> datetime | None:
+    """When a backup was made, from the stamp in its name; None for an impossible date,
+    which no backup of ours has (the file is left alone like any other)."""
+    try:
+        return datetime.strptime(stamp, STAMP_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        return None
 
 
 def counts_path(backup: Path) -> Path:
@@ -282,7 +286,7 @@ class Command(BaseCommand):
             if not match or not path.is_file():
                 continue
             made = made_at(match["stamp"])
-            if made < cutoff:
+            if made is not None and made < cutoff:
                 path.unlink()
                 removed.append(path)
         return removed
@@ -302,8 +306,7 @@ class Command(BaseCommand):
         newest: dict[str, tuple[datetime, str]] = {}
         for name in names:
             match = FINISHED_BACKUP_RE.match(name)
-            if match and match["kind"] in kinds:
-                made = made_at(match["stamp"])
+            if match and match["kind"] in kinds and (made := made_at(match["stamp"])) is not None:
                 newest[match["kind"]] = max(newest.get(match["kind"], (made, name)), (made, name))
         now = datetime.now(UTC)
         problems = []

@@ -10,8 +10,8 @@ from iama_vetting import maintenance
 
 
 def parse_until(text: str) -> datetime:
-    """An ISO date-time (UTC unless it says otherwise), or HH:MM for the next such time in UTC;
-    returned in UTC, as it is shown."""
+    """An ISO date-time, or HH:MM for the next such time; either is UTC unless it gives an
+    offset. Returned in UTC, as it is shown."""
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
@@ -22,10 +22,13 @@ def parse_until(text: str) -> datetime:
                 f"--until {text!r} is neither HH:MM nor a date-time like 2026-12-06T04:00Z."
             ) from None
         now = timezone.now()
-        moment = datetime.combine(now.date(), clock, tzinfo=UTC)
-        if moment <= now:
+        # From yesterday: at an offset far from UTC, the next such time can be on any of three dates.
+        moment = datetime.combine(
+            now.date() - timedelta(days=1), clock.replace(tzinfo=None), tzinfo=clock.tzinfo or UTC
+        )
+        while moment <= now:
             moment += timedelta(days=1)
-        return moment
+        return moment.astimezone(UTC)
     moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
     now = timezone.now()
     if moment <= now:
@@ -46,7 +49,10 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("action", choices=["on", "off", "status"])
-        parser.add_argument("--until", help="Expected end: HH:MM (UTC) or an ISO date-time. Only with 'on'.")
+        parser.add_argument(
+            "--until",
+            help="Expected end: HH:MM or an ISO date-time, UTC unless it gives an offset. Only with 'on'.",
+        )
 
     def handle(self, *args, action: str, until: str | None = None, **options) -> None:
         if until and action != "on":
