@@ -330,6 +330,14 @@ def test_a_failed_revoke_changes_nothing_and_is_audited(approved, inviting_admin
     assert actions(approved)[-1] == "invitation.revoke_failed"
 
 
+def assert_still_live(invitation: Invitation, homeserver, application: Application) -> None:
+    """Nothing changed here or on the homeserver: the token still works."""
+    invitation.refresh_from_db()
+    assert invitation.state == Invitation.State.PENDING
+    assert invitation.token in homeserver.tokens
+    assert_unchanged(application)
+
+
 def test_a_homeserver_whose_admin_api_answers_a_bare_404_revokes_nothing(
     approved, inviting_admin, fake_synapse
 ):
@@ -340,10 +348,7 @@ def test_a_homeserver_whose_admin_api_answers_a_bare_404_revokes_nothing(
         workflow.revoke_invitation(approved, inviting_admin)
     with pytest.raises(workflow.WorkflowError, match="could not be cancelled on the Matrix server just now"):
         workflow.withdraw(approved)
-    invitation.refresh_from_db()
-    assert invitation.state == Invitation.State.PENDING
-    assert invitation.token in fake_synapse.tokens
-    assert_unchanged(approved)
+    assert_still_live(invitation, fake_synapse, approved)
 
 
 # The applicant withdraws while invited ---------------------------------------------
@@ -456,10 +461,7 @@ def test_withdrawing_while_the_homeserver_fails_changes_nothing(
         settings.MATRIX_HOMESERVER_URL = ""
     with pytest.raises(workflow.WorkflowError, match="could not be cancelled on the Matrix server just now"):
         workflow.withdraw(approved)
-    invitation.refresh_from_db()
-    assert invitation.state == Invitation.State.PENDING
-    assert invitation.token in fake_synapse.tokens
-    assert_unchanged(approved)
+    assert_still_live(invitation, fake_synapse, approved)
     assert not AuditEvent.objects.filter(action="application.withdrawn").exists()
 
 
