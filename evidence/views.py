@@ -67,9 +67,10 @@ def _private(response: HttpResponse) -> HttpResponse:
 @rate_limited(EVIDENCE_DOWNLOAD)
 def download(request: HttpRequest, evidence_id) -> HttpResponse:
     evidence = _get_evidence_for_user(request, evidence_id)
-    _record_look(request, evidence, "evidence.downloaded")
     if settings.EVIDENCE_X_ACCEL_PREFIX and settings.EVIDENCE_STORAGE == "local":
-        # nginx serves the bytes from its internal location; the app only decides.
+        # nginx serves the bytes from its internal location; the app only decides,
+        # so the look is recorded when it is allowed.
+        _record_look(request, evidence, "evidence.downloaded")
         response = HttpResponse(content_type=evidence.content_type)
         response["X-Accel-Redirect"] = settings.EVIDENCE_X_ACCEL_PREFIX.rstrip("/") + "/" + evidence.file.name
     else:
@@ -84,6 +85,13 @@ def download(request: HttpRequest, evidence_id) -> HttpResponse:
             raise Http404("This evidence file is missing from storage.") from None
         except OSError:
             return _storage_unreachable(evidence)
+        # Recorded once the file is open: a missing file or unreachable storage
+        # sends nothing, so it is no look at the evidence.
+        try:
+            _record_look(request, evidence, "evidence.downloaded")
+        except BaseException:
+            stored_file.close()
+            raise
         response = FileResponse(stored_file, content_type=evidence.content_type)
         if not response.has_header("Content-Length"):
             response["Content-Length"] = str(evidence.size)

@@ -5,6 +5,7 @@ import pytest
 from evidence.models import Evidence
 from evidence.validation import validate_upload
 from tests.factories import PDF_BYTES, make_application, upload
+from vetting.models import AuditEvent
 
 pytestmark = pytest.mark.django_db
 
@@ -77,10 +78,21 @@ def test_unknown_evidence_is_404(client, agent):
     assert client.get("/evidence/00000000-0000-0000-0000-000000000000/").status_code == 404
 
 
-def test_missing_file_is_404_not_500(client, agent, evidence):
+def test_each_download_is_audited_with_who_and_which_application(client, agent, evidence):
+    client.force_login(agent)
+    client.get(f"/evidence/{evidence.pk}/")
+    client.get(f"/evidence/{evidence.pk}/")
+    events = AuditEvent.objects.filter(action="evidence.downloaded", target_id=str(evidence.pk))
+    assert [(event.actor, event.details) for event in events] == [
+        (agent, {"application": evidence.application.reference})
+    ] * 2
+
+
+def test_missing_file_is_404_not_500_and_no_download_is_recorded(client, agent, evidence):
     evidence.file.storage.delete(evidence.file.name)
     client.force_login(agent)
     assert client.get(f"/evidence/{evidence.pk}/").status_code == 404
+    assert not AuditEvent.objects.filter(action="evidence.downloaded").exists()
 
 
 def test_post_is_refused(client, agent, evidence):

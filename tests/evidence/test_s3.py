@@ -19,7 +19,7 @@ from tests.deploy import servers
 from tests.factories import PDF_BYTES, make_application, upload
 from tests.vetting.test_apply import form_data
 from tests.vetting.test_data_rights import status_path
-from vetting.models import Application
+from vetting.models import Application, AuditEvent
 
 pytestmark = [
     pytest.mark.s3,
@@ -149,6 +149,7 @@ def test_with_s3_unreachable_downloads_answer_503_and_nothing_is_lost(
     assert download.status_code == 503
     assert download["Retry-After"]
     assert "The evidence storage cannot be reached right now" in download.content.decode()
+    assert not AuditEvent.objects.filter(action="evidence.downloaded").exists()
     client.logout()
     export = client.get(status_path(application, "my-data/"))
     assert export.status_code == 503
