@@ -293,6 +293,13 @@ def test_half_signed_in_staff_can_sign_out(client, agent, two_factor_required):
     assert "_auth_user_id" not in client.session
 
 
+def test_opening_the_sign_out_address_signs_nobody_out(client, agent, two_factor_required):
+    # Only the page's POST: a link or an image elsewhere must not end the session.
+    sign_in(client, "agent")
+    assert client.get("/admin/two-factor/sign-out/").status_code == 405
+    assert client.session["_auth_user_id"] == str(agent.pk)
+
+
 def test_two_factor_pages_need_a_signed_in_staff_member(client, django_user_model, two_factor_required):
     assert client.get("/admin/two-factor/setup/")["Location"].startswith("/admin/login/")
     django_user_model.objects.create_user("member", password=PASSWORD)

@@ -348,6 +348,22 @@ def test_an_address_mail_cannot_carry_is_said_beside_the_buttons_it_takes_away(c
     assert f'<li class="warning">{unmailable_refusal(application)}</li>' in page
 
 
+def test_nobody_deletes_an_application_in_the_admin_not_even_a_superadmin(client, superadmin):
+    application = make_application()
+    client.force_login(superadmin)
+    page = client.get("/admin/vetting/application/?status=all").content.decode()
+    assert "delete_selected" not in page
+    assert (
+        client.post(f"/admin/vetting/application/{application.pk}/delete/", {"post": "yes"}).status_code
+        == 403
+    )
+    client.post(
+        "/admin/vetting/application/?status=all",
+        {"action": "delete_selected", "_selected_action": [application.pk], "post": "yes"},
+    )
+    assert Application.objects.filter(pk=application.pk).exists()
+
+
 def test_an_unknown_action_is_refused(client, agent):
     application = make_application()
     client.force_login(agent)
@@ -363,6 +379,16 @@ def test_staff_without_a_role_cannot_open_actions(client, outsider):
     assert client.post(f"/admin/vetting/application/{application.pk}/action/claim/").status_code == 403
     application.refresh_from_db()
     assert application.status == Status.SUBMITTED
+
+
+def test_staff_without_a_role_cannot_open_the_actions_of_an_approved_application(client, outsider):
+    # Approved is a state an inviting admin's list holds: the lookup alone would find it.
+    application = make_application(full_name="Alex Approved", status=Status.APPROVED)
+    client.force_login(outsider)
+    for name in ("issue_invitation", "reopen"):
+        response = client.get(f"/admin/vetting/application/{application.pk}/action/{name}/")
+        assert response.status_code == 403, name
+        assert "Alex Approved" not in response.content.decode()
 
 
 def test_notes_thread_append_only(client, agent, inviting_admin):
@@ -407,6 +433,17 @@ def test_bulk_claim_and_release(client, agent):
     client.post("/admin/vetting/application/", {"action": "release_selected", "_selected_action": [first.pk]})
     first.refresh_from_db()
     assert first.status == Status.SUBMITTED
+
+
+def test_inviting_admins_are_offered_no_claim_or_release_action(client, agent, inviting_admin):
+    make_application(status=Status.APPROVED)
+    client.force_login(agent)
+    page = client.get("/admin/vetting/application/?status=all").content.decode()
+    assert 'value="claim_selected"' in page and 'value="release_selected"' in page
+
+    client.force_login(inviting_admin)
+    page = client.get("/admin/vetting/application/?status=all").content.decode()
+    assert "claim_selected" not in page and "release_selected" not in page
 
 
 def test_changelist_filters_claimed_by_me_and_unclaimed(client, agent, second_agent):
@@ -796,6 +833,17 @@ def test_after_issuing_the_admin_reads_the_username_the_date_to_tell_and_where_t
     assert "The token and the next steps are being mailed to you at inviting_admin@staff.example." in page
     assert f'<a href="/admin/vetting/invitation/{invitation.pk}/change/">Open the invitation</a>' in page
     assert OutboundEmail.objects.get(template="invitation-issued").to == "inviting_admin@staff.example"
+
+
+@pytest.mark.parametrize("send_to_applicant", [True, False])
+def test_after_issuing_the_admin_is_told_whether_the_applicant_was_mailed_the_token_too(
+    client, approved, inviting_admin, fake_synapse, settings, send_to_applicant
+):
+    settings.MATRIX_SEND_TOKEN_TO_APPLICANT = send_to_applicant
+    client.force_login(inviting_admin)
+    page = submit_action(client, approved, "issue_invitation", {"matrix_username": "alex"}).content.decode()
+    assert ("The token is also being mailed to the applicant." in page) is send_to_applicant
+    assert OutboundEmail.objects.filter(to=approved.email).exists() is send_to_applicant
 
 
 def test_an_issuing_admin_without_an_address_is_told_no_mail_went(

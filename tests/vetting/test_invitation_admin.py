@@ -40,6 +40,18 @@ def test_inviting_admin_issues_through_the_button_with_the_username_prefilled(
     assert len(fake_synapse.tokens) == 1
 
 
+def test_the_reissue_form_starts_from_the_username_assigned_last(
+    client, approved, inviting_admin, fake_synapse
+):
+    workflow.issue_invitation(approved, inviting_admin)
+    workflow.revoke_invitation(approved, inviting_admin)
+    workflow.reissue_invitation(approved, inviting_admin, "alex.smith")
+    workflow.revoke_invitation(approved, inviting_admin)
+    client.force_login(inviting_admin)
+    form = client.get(action_url(approved, "reissue_invitation")).content.decode()
+    assert 'value="alex.smith"' in form and 'value="alex"' not in form
+
+
 def test_a_bad_username_is_refused_on_the_form(client, approved, inviting_admin, fake_synapse):
     client.force_login(inviting_admin)
     response = client.post(action_url(approved, "issue_invitation"), {"matrix_username": "Alex Smith"})
@@ -255,6 +267,18 @@ def test_sync_now_is_for_inviting_admins_only(client, server_admin, fake_synapse
     assert fake_synapse.server.requests == []
 
 
+def test_opening_sync_now_by_its_address_syncs_nothing(client, approved, inviting_admin, fake_synapse):
+    # A GET can come from a link or an image on another site: only the button's POST syncs.
+    invitation = workflow.issue_invitation(approved, inviting_admin)
+    fake_synapse.register(invitation.token, "alex")
+    fake_synapse.server.requests.clear()
+    client.force_login(inviting_admin)
+    assert client.get(f"{LIST_URL}sync/").status_code == 405
+    assert fake_synapse.server.requests == []
+    approved.refresh_from_db()
+    assert approved.status == Status.INVITED
+
+
 def test_a_mismatch_is_flagged_on_the_list(client, approved, inviting_admin, fake_synapse):
     invitation = workflow.issue_invitation(approved, inviting_admin)
     fake_synapse.register(invitation.token, "not.alex")
@@ -263,6 +287,39 @@ def test_a_mismatch_is_flagged_on_the_list(client, approved, inviting_admin, fak
     page = client.get(LIST_URL).content.decode()
     assert "⚠ Account does not match" in page
     assert "no account @alex:localhost exists" in client.get(change_url(approved)).content.decode()
+
+
+def test_only_inviting_admins_are_offered_bulk_revoke_and_reissue(
+    client, server_admin, inviting_admin, fake_synapse
+):
+    make_invitations(1, inviting_admin, fake_synapse)
+    client.force_login(inviting_admin)
+    page = client.get(LIST_URL).content.decode()
+    assert 'value="revoke_selected"' in page and 'value="reissue_selected"' in page
+
+    client.force_login(server_admin)
+    page = client.get(LIST_URL).content.decode()
+    assert "revoke_selected" not in page and "reissue_selected" not in page
+
+
+def test_bulk_reissue_acts_once_per_application_however_many_of_its_invitations_are_ticked(
+    client, approved, inviting_admin, fake_synapse
+):
+    first = workflow.issue_invitation(approved, inviting_admin)
+    workflow.revoke_invitation(approved, inviting_admin)
+    second = workflow.reissue_invitation(approved, inviting_admin)
+    workflow.revoke_invitation(approved, inviting_admin)
+    client.force_login(inviting_admin)
+
+    response = client.post(
+        LIST_URL,
+        {"action": "reissue_selected", "_selected_action": [first.pk, second.pk]},
+        follow=True,
+    )
+
+    messages = [str(message) for message in response.context["messages"]]
+    assert messages == ["1 invitation(s) done."]
+    assert approved.invitations.filter(state=Invitation.State.PENDING).count() == 1
 
 
 def revoke_selected(client, invitations: list[Invitation], **confirmation) -> str:

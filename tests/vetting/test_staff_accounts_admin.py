@@ -203,6 +203,75 @@ def test_a_superadmin_cannot_give_an_account_an_address_mail_cannot_carry(client
     assert agent.email == "agent@new.example"
 
 
+def test_a_server_admin_cannot_make_an_agent_a_superuser_or_give_them_permissions(
+    client, server_admin, agent
+):
+    client.force_login(server_admin)
+    change_url = f"/admin/auth/user/{agent.pk}/change/"
+    page = client.get(change_url).content.decode()
+    assert 'name="is_superuser"' not in page and 'name="user_permissions"' not in page
+    client.post(
+        change_url,
+        {
+            "first_name": "Agent",
+            "is_staff": "on",
+            "is_superuser": "on",
+            "user_permissions": _permission_pks("vetting.decide_application", "auth.change_user"),
+        },
+    )
+    agent.refresh_from_db()
+    assert agent.first_name == "Agent"
+    assert not agent.is_superuser and not agent.user_permissions.exists()
+
+
+def test_a_superadmin_who_also_vets_is_out_of_a_server_admins_hands(client, server_admin, superadmin):
+    superadmin.groups.add(Group.objects.get(name=roles.group_name(roles.VETTING_AGENT)))
+    client.force_login(server_admin)
+    assert ">superadmin<" not in client.get("/admin/auth/user/").content.decode()
+    client.post(f"/admin/auth/user/{superadmin.pk}/change/", {"first_name": "Renamed"})
+    superadmin.refresh_from_db()
+    assert superadmin.first_name == ""
+
+
+def test_changing_a_staff_account_and_its_roles_is_audited(client, superadmin, agent):
+    client.force_login(superadmin)
+    client.post(
+        f"/admin/auth/user/{agent.pk}/change/",
+        {
+            "username": "agent",
+            "email": "agent@staff.example",
+            "first_name": "Sam",
+            "is_staff": "on",
+            "groups": [Group.objects.get(name=roles.group_name(roles.SERVER_ADMIN)).pk],
+        },
+    )
+    changed = AuditEvent.objects.get(action="staff.changed")
+    assert (changed.actor, changed.target_id) == (superadmin, str(agent.pk))
+    assert changed.details == {"fields": ["first_name", "groups"]}
+    roles_changed = AuditEvent.objects.get(action="staff.roles_changed")
+    assert roles_changed.details == {"added": ["Server admin"], "removed": ["Vetting agent"]}
+
+
+def test_opening_a_staff_accounts_delete_page_asks_first_and_deactivates_nothing(client, superadmin, agent):
+    client.force_login(superadmin)
+    response = client.get(f"/admin/auth/user/{agent.pk}/delete/")
+    assert response.status_code == 200
+    assert "Deactivate agent?" in response.content.decode()
+    agent.refresh_from_db()
+    assert agent.is_active
+    assert not AuditEvent.objects.filter(action="staff.deactivated").exists()
+
+
+def test_staff_accounts_are_never_deleted_in_bulk_not_even_by_a_superadmin(client, superadmin, agent):
+    # Deleting an account deactivates it (delete_view); Django's bulk delete would remove the row.
+    client.force_login(superadmin)
+    assert "delete_selected" not in client.get("/admin/auth/user/").content.decode()
+    client.post(
+        "/admin/auth/user/", {"action": "delete_selected", "_selected_action": [agent.pk], "post": "yes"}
+    )
+    assert User.objects.filter(pk=agent.pk, is_active=True).exists()
+
+
 # Role groups: what every member may do ---------------------------------------------------
 
 
