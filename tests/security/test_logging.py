@@ -17,7 +17,7 @@ from django_otp.oath import totp
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from evidence.models import Evidence
-from iama_vetting.logs import JSONFormatter, RequestContextFilter, TextFormatter
+from iama_vetting.logs import JSONFormatter, RequestContextFilter, TextFormatter, request_context
 from iama_vetting.middleware import loggable_path
 from tests.factories import PDF_BYTES, make_application, upload
 from tests.vetting.test_apply import form_data
@@ -154,6 +154,26 @@ def test_tokens_in_paths_that_resolve_to_no_page_are_masked_too(client, json_log
     assert line["path"] == logged
     assert line["message"].startswith(f"GET {logged} ")
     assert SECRET not in json_log.getvalue()
+
+
+def test_a_token_a_line_repeats_is_masked_each_time_by_one_filter():
+    # Production has one handler, so one pass of the filter (the json_log fixture adds a second).
+    context = request_context.set({"url_secrets": [("token", SECRET)]})
+    try:
+        record = logging.makeLogRecord(
+            {
+                "name": "django.security.csrf",
+                "msg": "Forbidden (Referer checking failed - %s does not match any trusted origins.): %s",
+                "args": (f"https://elsewhere.example/status/{SECRET}/", f"/status/{SECRET}/withdraw/"),
+            }
+        )
+        RequestContextFilter().filter(record)
+    finally:
+        request_context.reset(context)
+    assert record.getMessage() == (
+        "Forbidden (Referer checking failed - https://elsewhere.example/status/<token>/ does not match any "
+        "trusted origins.): /status/<token>/withdraw/"
+    )
 
 
 def request_for(path: str, script_name: str = "") -> HttpRequest:

@@ -84,6 +84,13 @@ def test_staff_entry_asks_about_the_applicant_not_as_the_applicant(client, agent
     assert 'id="choose-files-again"' not in refused  # no files were chosen
 
 
+def test_staff_entry_has_no_honeypot_field_for_staff_to_fill_in(client, agent):
+    client.force_login(agent)
+    page = client.get(ADD_URL).content.decode()
+    assert 'name="website"' not in page
+    assert "Leave this field empty" not in page
+
+
 # Record verification ---------------------------------------------------------------
 
 

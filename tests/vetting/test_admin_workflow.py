@@ -655,12 +655,39 @@ def test_recommending_approval_of_an_unverified_identity_is_refused_on_the_form(
     response = submit_action(client, application, "record_verification", fields)
 
     assert response.redirect_chain == []  # the form again, with the error beside the field
-    assert "You cannot recommend approval when the identity was not verified" in response.content.decode()
+    assert (
+        '<ul class="errorlist" id="id_recommendation_error"><li>You cannot recommend approval when the '
+        "identity was not verified" in response.content.decode()
+    )
     application.refresh_from_db()
     assert application.status == Status.IN_REVIEW
     submit_action(client, application, "record_verification", {**fields, "recommendation": "reject"})
     application.refresh_from_db()
     assert (application.status, application.identity_verified) == (Status.RECOMMENDED, False)
+
+
+def test_a_location_longer_than_the_200_characters_kept_is_refused_on_the_form(client, agent):
+    application = make_application()
+    workflow.claim(application, agent)
+    client.force_login(agent)
+    fields = {
+        "identity_verified": "on",
+        "verification_method": "in-person",
+        "verified_on": "2026-11-20",
+        "verification_location": "L" * 201,
+        "score": "4",
+        "recommendation": "approve",
+    }
+
+    response = submit_action(client, application, "record_verification", fields)
+
+    assert response.redirect_chain == []
+    assert (
+        '<ul class="errorlist" id="id_verification_location_error"><li>Ensure this value has at most 200 '
+        "characters (it has 201).</li>" in response.content.decode()
+    )
+    application.refresh_from_db()
+    assert (application.status, application.verification_location) == (Status.IN_REVIEW, "")
 
 
 def answered(application: Application, server_admin, text: str) -> None:

@@ -443,6 +443,14 @@ def test_a_note_without_its_file_is_an_error_on_that_note_and_stores_nothing(cli
     assert not Application.objects.exists()
 
 
+def test_a_note_longer_than_the_500_characters_kept_is_refused_and_stores_nothing(client, settings):
+    response = client.post("/apply/", form_data(evidence_1=upload("id.pdf", PDF_BYTES), note_1="x" * 501))
+    assert response.status_code == 200
+    assert "at most 500 characters (it has 501)" in response.content.decode()
+    assert not Application.objects.exists()
+    assert files_on_disk(settings) == []
+
+
 def test_after_an_error_the_form_asks_to_choose_the_chosen_files_again_naming_them(client, settings):
     response = client.post(
         "/apply/",

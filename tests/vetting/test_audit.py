@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import re
 import threading
+import uuid
+from datetime import UTC, datetime
 from io import StringIO
 
 import pytest
@@ -44,10 +46,34 @@ def test_verify_audit_reports_an_edited_row(agent):
         call_command("verify_audit")
 
 
-def test_verify_audit_reports_a_rewritten_actor(agent, second_agent):
+@pytest.mark.parametrize(
+    "columns", [("actor", "actor_name"), ("actor",), ("actor_name",)], ids=["both", "actor", "actor_name"]
+)
+def test_verify_audit_reports_a_rewritten_actor(agent, second_agent, columns):
     events = make_trail(agent)
-    AuditEvent.objects.filter(pk=events[0].pk).update(actor=second_agent, actor_name="second_agent")
+    rewritten = {"actor": second_agent, "actor_name": "second_agent"}
+    AuditEvent.objects.filter(pk=events[0].pk).update(**{column: rewritten[column] for column in columns})
     assert audit.find_broken_link().event_id == events[0].pk
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("created_at", datetime(2020, 1, 1, tzinfo=UTC)),
+        ("actor_kind", AuditEvent.ActorKind.SYSTEM),
+        ("action", "application.released"),
+        ("target_type", "evidence"),
+        ("target_id", "999999"),
+        ("ip", "10.6.6.6"),
+    ],
+    ids=["created_at", "actor_kind", "action", "target_type", "target_id", "ip"],
+)
+def test_verify_audit_reports_any_one_column_rewritten(agent, column, value):
+    events = make_trail(agent)
+    AuditEvent.objects.filter(pk=events[1].pk).update(**{column: value})
+    broken = audit.find_broken_link()
+    assert broken.event_id == events[1].pk
+    assert "its content does not match its hash" in broken.reason
 
 
 def test_verify_audit_reports_a_removed_row(agent):
@@ -56,6 +82,15 @@ def test_verify_audit_reports_a_removed_row(agent):
     broken = audit.find_broken_link()
     assert broken.event_id == events[2].pk
     assert "an event was removed" in broken.reason
+
+
+def test_verify_audit_reports_a_removed_row_even_when_the_next_one_was_relinked_past_it(agent):
+    events = make_trail(agent)
+    AuditEvent.objects.filter(pk=events[1].pk).delete()
+    AuditEvent.objects.filter(pk=events[2].pk).update(previous_hash=events[0].hash)
+    broken = audit.find_broken_link()
+    assert broken.event_id == events[2].pk
+    assert "its content does not match its hash" in broken.reason
 
 
 def test_verify_audit_reports_the_newest_row_removed(agent):
@@ -210,6 +245,24 @@ def test_secret_looking_details_are_masked():
         "nested": {"access_token": "********"},
         "username": "alex",
     }
+
+
+@pytest.mark.parametrize(
+    "key", ["Password", "SMTP_RELAY_AUTHPW", "client_secret", "api_key", "registration_token"]
+)
+def test_a_secret_looking_key_is_masked_whatever_its_case(key):
+    event = audit.record("test.secrets", details={key: "canary-value-0f3e"})
+    event.refresh_from_db()
+    assert event.details == {key: "********"}
+
+
+def test_details_that_json_cannot_hold_are_stored_as_text_and_the_chain_still_verifies():
+    when = datetime(2026, 11, 20, 9, 30, tzinfo=UTC)
+    evidence_id = uuid.UUID("6f1c1f4e-8a51-4a53-9d0e-3f2b8c1d7e20")
+    event = audit.record("test.values", details={"when": when, "evidence": evidence_id})
+    event.refresh_from_db()
+    assert event.details == {"when": str(when), "evidence": str(evidence_id)}
+    assert audit.find_broken_link() is None
 
 
 def test_sign_in_failure_records_the_username_but_never_the_password(client, agent):

@@ -299,3 +299,42 @@ def test_the_export_keeps_the_real_status_and_words_it_as_the_status_page_does(c
     own = json.loads(open_zip(client.get(status_path(application, "my-data/"))).read("application.json"))
     assert own["status"] == "recommended"
     assert own["status_display"] == "Being checked"
+
+
+def test_the_export_holds_the_message_shared_on_rejection_but_never_the_staff_reason(
+    client, agent, server_admin
+):
+    application = recommended_by(agent)
+    workflow.reject(
+        application, server_admin, "The referee has never met them.", "We could not vouch for you."
+    )
+    archive = open_zip(client.get(status_path(application, "my-data/")))
+    own = json.loads(archive.read("application.json"))
+    assert own["message_to_applicant"] == "We could not vouch for you."
+    history = json.loads(archive.read("history.json"))
+    assert [entry["by"] for entry in history if entry["action"] == "application.rejected"] == ["Server admin"]
+    everything = b"".join(archive.read(name) for name in archive.namelist()).decode("utf-8", "replace")
+    assert "never met them" not in everything
+
+
+def test_the_export_names_a_superadmin_by_role_and_leaves_out_why_they_reopened(
+    client, agent, server_admin, superadmin
+):
+    application = recommended_by(agent)
+    workflow.reject(application, server_admin, "Wrong person.")
+    workflow.reopen(application, superadmin, "Mixed up two applicants with the same name.")
+    archive = open_zip(client.get(status_path(application, "my-data/")))
+    history = json.loads(archive.read("history.json"))
+    assert [entry["by"] for entry in history if entry["action"] == "application.reopened"] == ["Superadmin"]
+    everything = b"".join(archive.read(name) for name in archive.namelist()).decode("utf-8", "replace")
+    assert "Mixed up" not in everything and "superadmin" not in everything
+
+
+def test_the_export_history_holds_no_event_of_another_application(client, agent):
+    mine = make_application()
+    theirs = make_application(email="robin@applicant.example")
+    workflow.claim(mine, agent)
+    workflow.claim(theirs, agent)
+    workflow.release(theirs, agent)
+    history = json.loads(open_zip(client.get(status_path(mine, "my-data/"))).read("history.json"))
+    assert [entry["action"] for entry in history] == ["application.claimed"]

@@ -9,7 +9,7 @@ from unittest import mock
 import pytest
 import time_machine
 from django.contrib.auth import authenticate, get_user_model
-from django.contrib.auth.models import Permission
+from django.contrib.auth.models import Group, Permission
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
@@ -195,6 +195,21 @@ def test_an_agent_given_more_than_the_agents_permissions_is_out_of_a_server_admi
     agent.refresh_from_db()
     assert (agent.first_name == "Renamed") is not bool(extra)
     assert agent.is_active is bool(extra)
+
+
+@pytest.mark.parametrize("other_role", [roles.SERVER_ADMIN, roles.INVITING_ADMIN])
+def test_an_agent_who_also_holds_another_role_is_out_of_a_server_admins_hands(
+    client, server_admin, agent, other_role
+):
+    agent.groups.add(Group.objects.get(name=roles.group_name(other_role)))
+    client.force_login(server_admin)
+
+    client.post(f"/admin/auth/user/{agent.pk}/change/", {"first_name": "Renamed", "last_name": ""})
+    with pytest.raises(workflow.WorkflowError):
+        workflow.deactivate_staff_account(agent, server_admin)
+
+    agent.refresh_from_db()
+    assert (agent.first_name, agent.is_active) == ("", True)
 
 
 def test_deleting_a_staff_account_deactivates_it_and_keeps_its_trail(client, superadmin, agent):

@@ -6,6 +6,7 @@ import re
 from unittest import mock
 
 import pytest
+from django.apps import apps as global_apps
 from django.contrib.auth import authenticate, get_user_model
 from django.contrib.auth.models import Group, Permission
 from django.core.management import CommandError, call_command
@@ -386,6 +387,17 @@ def test_a_role_group_keeps_its_name_and_cannot_be_deleted(client, superadmin, a
     assert group.name == roles.group_name(role)
     assert not AuditEvent.objects.filter(action="group.deleted").exists()
     assert roles.is_only_agent(agent)
+
+
+def test_syncing_the_roles_takes_away_a_permission_a_role_no_longer_has():
+    # What a migration calling sync_role_groups after a role was narrowed must do to existing databases.
+    group = Group.objects.get(name=roles.group_name(roles.VETTING_AGENT))
+    group.permissions.add(*Permission.objects.filter(codename__in=["decide_application", "delete_user"]))
+    roles.sync_role_groups(global_apps)
+    granted = group.permissions.values_list("content_type__app_label", "codename")
+    assert sorted(f"{app_label}.{codename}" for app_label, codename in granted) == sorted(
+        roles.ROLE_PERMISSIONS[roles.VETTING_AGENT]
+    )
 
 
 def test_the_add_form_shows_each_error_with_its_field_under_a_focused_summary(client, server_admin):

@@ -12,7 +12,7 @@ from django.utils import timezone
 from evidence.validation import validate_upload
 from notifications.models import OutboundEmail
 from tests.factories import PDF_BYTES, make_application, upload
-from vetting import workflow
+from vetting import models, workflow
 from vetting.models import Application, AuditEvent, StaffNote
 
 pytestmark = pytest.mark.django_db
@@ -738,3 +738,17 @@ def test_each_role_sees_exactly_its_actions(request, agent, status, role, labels
         application.save()
     user = request.getfixturevalue(role)
     assert [label for _name, label in workflow.allowed_actions(application, user)] == labels
+
+
+def test_references_are_eight_characters_that_cannot_be_misread():
+    # Crockford's base32: without I, L, O or U, easy to read aloud or type.
+    references = [make_application().reference for _ in range(100)]
+    assert {len(reference) for reference in references} == {8}
+    assert set("".join(references)) <= set("0123456789ABCDEFGHJKMNPQRSTVWXYZ")
+
+
+def test_a_reference_drawn_twice_is_drawn_again_not_an_error(monkeypatch):
+    taken = make_application().reference
+    draws = iter([taken, "7K3M9QXZ"])
+    monkeypatch.setattr(models, "new_reference", lambda: next(draws))
+    assert make_application(email="robin@applicant.example").reference == "7K3M9QXZ"
