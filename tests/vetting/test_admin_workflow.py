@@ -33,6 +33,14 @@ def buttons(page: str) -> list[str]:
     return re.findall(r'class="workflow-button[^"]*"(?: href="[^"]+")?>([^<]+)</(?:a|button)>', page)
 
 
+def claimed_and_signed_in(client, agent) -> Application:
+    """A new application claimed by `agent`, who is signed in."""
+    application = make_application()
+    workflow.claim(application, agent)
+    client.force_login(agent)
+    return application
+
+
 def submit_action(client, application: Application, name: str, fields: dict):
     """Open the action's confirmation page and send its form filled in, as staff do in the browser."""
     url = f"/admin/vetting/application/{application.pk}/action/{name}/"
@@ -155,9 +163,7 @@ def test_claim_and_release_have_no_confirmation_page_to_open(client, agent, name
 
 
 def test_the_other_actions_keep_their_confirmation_page(client, agent):
-    application = make_application()
-    workflow.claim(application, agent)
-    client.force_login(agent)
+    application = claimed_and_signed_in(client, agent)
     page = client.get(change_url(application)).content.decode()
     assert 'class="workflow-button workflow-record_verification" href=' in page
     confirmation = client.get(f"/admin/vetting/application/{application.pk}/action/record_verification/")
@@ -168,9 +174,7 @@ def test_the_other_actions_keep_their_confirmation_page(client, agent):
 
 
 def test_record_verification_form_requires_its_fields(client, agent):
-    application = make_application()
-    workflow.claim(application, agent)
-    client.force_login(agent)
+    application = claimed_and_signed_in(client, agent)
     url = f"/admin/vetting/application/{application.pk}/action/record_verification/"
     response = client.post(url, {"verification_method": "video"})
     assert response.status_code == 200
@@ -594,9 +598,7 @@ def selected(form: str, name: str) -> str:
 
 
 def test_the_verification_form_chooses_nothing_for_the_agent_but_the_date(client, agent):
-    application = make_application()
-    workflow.claim(application, agent)
-    client.force_login(agent)
+    application = claimed_and_signed_in(client, agent)
 
     with time_machine.travel(timezone.now(), tick=False):  # the form's today and ours are one day
         form = verification_form(client, application)
@@ -613,9 +615,7 @@ def test_the_verification_form_chooses_nothing_for_the_agent_but_the_date(client
 
 
 def test_a_verification_sent_with_only_date_and_place_is_refused_and_saves_nothing(client, agent):
-    application = make_application()
-    workflow.claim(application, agent)
-    client.force_login(agent)
+    application = claimed_and_signed_in(client, agent)
 
     # What a browser sends: each select's shown option, whether or not the agent touched it.
     # Today's date, sent on the day the server reads it.
@@ -641,9 +641,7 @@ def test_a_verification_sent_with_only_date_and_place_is_refused_and_saves_nothi
 
 
 def test_recommending_approval_of_an_unverified_identity_is_refused_on_the_form(client, agent):
-    application = make_application()
-    workflow.claim(application, agent)
-    client.force_login(agent)
+    application = claimed_and_signed_in(client, agent)
     fields = {
         "verification_method": "video",
         "verified_on": "2026-11-20",
@@ -667,9 +665,7 @@ def test_recommending_approval_of_an_unverified_identity_is_refused_on_the_form(
 
 
 def test_a_location_longer_than_the_200_characters_kept_is_refused_on_the_form(client, agent):
-    application = make_application()
-    workflow.claim(application, agent)
-    client.force_login(agent)
+    application = claimed_and_signed_in(client, agent)
     fields = {
         "identity_verified": "on",
         "verification_method": "in-person",
