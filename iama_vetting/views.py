@@ -165,7 +165,8 @@ def csp_report(request: HttpRequest) -> HttpResponse:
 def security_txt(request: HttpRequest) -> HttpResponse:
     """RFC 9116. Expires is always a year ahead, so the file never goes stale."""
     contact = settings.SECURITY_CONTACT
-    if "://" not in contact and not contact.startswith("mailto:"):
+    # Settings accept an https:// or tel: URI, or an e-mail address with or without mailto:.
+    if "://" not in contact and not contact.startswith(("mailto:", "tel:")):
         contact = f"mailto:{contact}"
     expires = (timezone.now() + timedelta(days=365)).replace(microsecond=0)
     lines = [

@@ -14,6 +14,7 @@ from django.contrib.auth.models import Permission
 from django.core.management import call_command
 from django.utils import timezone
 
+from notifications.admin import without_capabilities
 from notifications.models import OutboundEmail
 from notifications.outbox import queue_email
 from tests.factories import make_application
@@ -80,13 +81,16 @@ def test_the_list_filters_by_status(client, mail_operator):
     assert "sent@applicant.example" not in page
 
 
-def test_retry_now_queues_failed_and_waiting_mail_for_now_and_leaves_sent_mail(client, mail_operator):
+def test_retry_now_queues_failed_and_waiting_mail_for_now_and_leaves_sent_and_cancelled_mail(
+    client, mail_operator
+):
     failed = with_status("failed", attempts=11)
     waiting = with_status("queued", next_attempt_at=timezone.now() + timedelta(hours=2))
     sent = with_status("sent")
+    cancelled = with_status("cancelled")
     client.force_login(mail_operator)
 
-    response = run_action(client, "retry_now", failed, waiting, sent)
+    response = run_action(client, "retry_now", failed, waiting, sent, cancelled)
 
     assert "2 mails queued for sending now" in response.content.decode()
     for mail in (failed, waiting):
@@ -95,19 +99,25 @@ def test_retry_now_queues_failed_and_waiting_mail_for_now_and_leaves_sent_mail(c
         assert mail.next_attempt_at <= timezone.now()
     sent.refresh_from_db()
     assert sent.status == OutboundEmail.Status.SENT
+    # A mail someone cancelled is never sent after all.
+    cancelled.refresh_from_db()
+    assert cancelled.status == OutboundEmail.Status.CANCELLED
 
 
-def test_cancel_stops_queued_mail_but_not_mail_being_sent(client, mail_operator):
+def test_cancel_stops_queued_and_failed_mail_but_not_mail_being_sent(client, mail_operator):
     queued = with_status("queued")
+    failed = with_status("failed", attempts=11)
     sending = with_status("sending", claimed_by="worker", lease_expires_at=timezone.now())
+    already_cancelled = with_status("cancelled")
     client.force_login(mail_operator)
 
-    response = run_action(client, "cancel", queued, sending)
+    response = run_action(client, "cancel", queued, failed, sending, already_cancelled)
 
-    assert "1 mail cancelled" in response.content.decode()
-    queued.refresh_from_db()
+    assert "2 mails cancelled" in response.content.decode()
+    for mail in (queued, failed, already_cancelled):
+        mail.refresh_from_db()
+        assert mail.status == OutboundEmail.Status.CANCELLED
     sending.refresh_from_db()
-    assert queued.status == OutboundEmail.Status.CANCELLED
     assert sending.status == OutboundEmail.Status.SENDING
 
 
@@ -122,6 +132,16 @@ def test_staff_who_may_only_look_get_no_actions(client, django_user_model):
     run_action(client, "cancel", queued)
     queued.refresh_from_db()
     assert queued.status == OutboundEmail.Status.QUEUED
+
+
+def test_nobody_adds_or_deletes_mail_in_the_outbox(client, superadmin):
+    mail = queue_received_mail()
+    client.force_login(superadmin)
+    assert client.get(f"{CHANGELIST}add/").status_code == 403
+    assert client.get(f"{CHANGELIST}{mail.pk}/delete/").status_code == 403
+    assert "delete_selected" not in client.get(CHANGELIST).content.decode()
+    run_action(client, "delete_selected", mail)
+    assert OutboundEmail.objects.filter(pk=mail.pk).exists()
 
 
 def test_mail_bodies_are_shown_to_superusers_only(client, mail_operator, superadmin):
@@ -165,6 +185,29 @@ def test_the_outbox_never_shows_a_working_set_password_link(client, superadmin, 
     # Only the page: the stored mail is what goes out.
     mail.refresh_from_db()
     assert token in mail.body_text and token in mail.body_html
+
+
+def test_searching_the_outbox_never_finds_a_mail_by_its_link(client, mail_operator, agent):
+    # Else a search for the link, a character at a time, would spell out its token.
+    mail = reset_mail("staff-password-reset", client, agent)
+    [token] = link_tokens(mail, "reset/[^/]+")
+    client.force_login(mail_operator)
+    assert agent.email in client.get(CHANGELIST, {"q": agent.email}).content.decode()
+    assert agent.email not in client.get(CHANGELIST, {"q": token[:8]}).content.decode()
+
+
+def test_a_link_followed_by_punctuation_is_masked_too():
+    application = make_application()
+    status_url = links.status_url(application)
+    mail = OutboundEmail(
+        subject="Your application",
+        body_text=f"Your status page ({status_url}).",
+        body_html=f"<p>Your status page: {status_url}.</p>",
+    )
+    shown = without_capabilities(mail)
+    token = links.status_token(application)
+    assert token not in shown["body_text"] and token not in shown["body_html"]
+    assert "/status/<token hidden>/)." in shown["body_text"]
 
 
 def test_the_outbox_masks_applicants_status_and_confirmation_links_too(client, superadmin):

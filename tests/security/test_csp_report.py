@@ -82,6 +82,13 @@ def test_an_old_style_report_with_only_the_violated_directive_is_filed_under_tha
     )
 
 
+def test_the_effective_directive_is_preferred_to_the_violated_one(client):
+    """violated-directive may name the policy's directive, sources and all; effective-directive the one that applied."""
+    report = {**OLD_STYLE["csp-report"], "violated-directive": "script-src 'self'"}
+    assert post_report(client, {"csp-report": report}, "application/csp-report").status_code == 204
+    assert CSPViolation.objects.get().directive == "script-src-elem"
+
+
 def test_reporting_api_array_uses_only_csp_violations(client, caplog):
     """The Reporting API batches deprecation and intervention reports with CSP ones."""
     body = [
@@ -146,6 +153,19 @@ def test_body_over_64_kb_is_refused_with_413(client):
     response = post_report(client, body, "application/csp-report")
     assert response.status_code == 413
     assert not CSPViolation.objects.exists()
+
+
+def report_of_size(size: int) -> str:
+    empty = json.dumps({"csp-report": {**OLD_STYLE["csp-report"], "script-sample": ""}})
+    return json.dumps({"csp-report": {**OLD_STYLE["csp-report"], "script-sample": "x" * (size - len(empty))}})
+
+
+def test_a_body_of_exactly_64_kb_is_accepted_and_one_byte_more_is_not(client):
+    exactly = report_of_size(64 * 1024)
+    assert len(exactly) == 64 * 1024
+    assert post_report(client, exactly, "application/csp-report").status_code == 204
+    assert post_report(client, report_of_size(64 * 1024 + 1), "application/csp-report").status_code == 413
+    assert CSPViolation.objects.get().count == 1
 
 
 @pytest.mark.parametrize(
@@ -250,6 +270,16 @@ def test_tokens_in_reported_urls_are_neither_logged_nor_stored(client, caplog, p
     call_command("security_report", stdout=out)
     assert f"form-action blocked https://rvi.example.org on {masked}: 1 report(s)" in out.getvalue()
     assert STATUS_TOKEN not in out.getvalue()
+
+
+def test_a_blocked_uri_sent_as_a_bare_path_is_logged_without_its_token_or_query(client, caplog):
+    blocked = f"/status/{STATUS_TOKEN}/?next=x#top"
+    body = {"csp-report": {**OLD_STYLE["csp-report"], "blocked-uri": blocked}}
+    with caplog.at_level(logging.WARNING, logger="iama_vetting.csp"):
+        assert post_report(client, body, "application/csp-report").status_code == 204
+    assert caplog.records[-1].csp_blocked_uri == "/status/<token>/"
+    assert STATUS_TOKEN not in caplog.text
+    assert CSPViolation.objects.get().blocked == "self"
 
 
 def test_one_client_cannot_grow_the_table_with_paths(client):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 
 import pytest
@@ -81,6 +82,9 @@ RESPONSES = {
     "maintenance page": maintenance_response,
     "static file (WhiteNoise)": static_response,
     "404 page": lambda client, settings: client.get("/no-such-page/", secure=True),
+    "400 page (unknown host)": lambda client, settings: client.get(
+        "/apply/", HTTP_HOST="nope.invalid", secure=True
+    ),
     "403 page": csrf_refused,
     "429 page": lambda client, settings: rate_limited_response(client),
     "500 page": lambda client, settings: failing_response(settings),
@@ -95,6 +99,7 @@ RESPONSES = {
 STATUSES = {
     "maintenance page": 503,
     "404 page": 404,
+    "400 page (unknown host)": 400,
     "403 page": 403,
     "429 page": 429,
     "500 page": 500,
@@ -142,18 +147,19 @@ def test_production_script_src_is_self_plus_a_fresh_nonce_and_nothing_unsafe(cli
 
 
 def test_policy_reports_only_on_a_real_domain(client, settings):
-    settings.ALLOWED_HOSTS = ["rvi.example.org", "localhost", "127.0.0.1"]
+    settings.ALLOWED_HOSTS = ["rvi.example.org", "localhost", "127.0.0.1", "[::1]"]
     public = client.get("/apply/", HTTP_HOST="rvi.example.org", secure=True)
     policy = directives(public["Content-Security-Policy"])
     assert policy["report-uri"] == "/csp-report/"
     assert policy["report-to"] == "csp-endpoint"
     assert public["Reporting-Endpoints"] == 'csp-endpoint="https://rvi.example.org/csp-report/"'
 
-    for local in ("localhost", "127.0.0.1"):
+    # The development server's own addresses come with a port.
+    for local in ("localhost", "127.0.0.1", "localhost:8000", "127.0.0.1:8000", "[::1]:8000"):
         response = client.get("/apply/", HTTP_HOST=local)
         assert "report-uri" not in response["Content-Security-Policy"]
         assert "report-to" not in response["Content-Security-Policy"]
-        assert "Reporting-Endpoints" not in response
+        assert "Reporting-Endpoints" not in response, local
 
 
 def test_development_enforces_a_permissive_policy_and_reports_the_strict_one(tmp_path):
@@ -216,6 +222,27 @@ def test_the_policy_built_once_is_the_one_django_csp_builds(client, settings):
     assert client.get("/apply/")["Content-Security-Policy"].startswith("default-src 'none'")
 
 
+def test_an_inline_script_gets_a_fresh_nonce_in_its_pages_policy_only(client, settings):
+    settings.ROOT_URLCONF = "tests.security.urls"
+    client.get("/apply/")  # the policy shared by pages without a nonce is built first
+    nonces = []
+    for _ in range(2):
+        response = client.get("/inline-script/")
+        nonce = re.search(r'nonce="([^"]+)"', response.content.decode())[1]
+        assert f"'nonce-{nonce}'" in directives(response["Content-Security-Policy"])["script-src"].split()
+        nonces.append(nonce)
+    assert nonces[0] != nonces[1]
+    assert "nonce-" not in client.get("/apply/")["Content-Security-Policy"]
+
+
+def test_a_view_with_a_policy_of_its_own_gets_it_and_other_pages_do_not(client, settings):
+    settings.ROOT_URLCONF = "tests.security.urls"
+    client.get("/apply/")
+    own = directives(client.get("/own-policy/")["Content-Security-Policy"])
+    assert own["img-src"].split() == ["'self'", "data:", "https://images.example"]
+    assert "https://images.example" not in client.get("/apply/")["Content-Security-Policy"]
+
+
 def test_every_public_page_is_sessionless_and_staff_pages_are_not(client, superadmin):
     from django.urls import URLPattern, get_resolver
 
@@ -238,3 +265,12 @@ def test_every_public_page_is_sessionless_and_staff_pages_are_not(client, supera
     assert public.status_code == 200
     assert not hasattr(public.wsgi_request, "user")
     assert not hasattr(public.wsgi_request, "session")
+    # The project's own public addresses, a missing static file included, skip them too.
+    for response in (
+        client.get("/healthz"),
+        client.get("/.well-known/security.txt"),
+        client.get("/static/no-such-file.css"),
+        client.post("/csp-report/", "{}", content_type="application/json"),
+    ):
+        assert not hasattr(response.wsgi_request, "user"), response.wsgi_request.path
+        assert not hasattr(response.wsgi_request, "session"), response.wsgi_request.path

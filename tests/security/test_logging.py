@@ -88,6 +88,25 @@ def test_the_access_line_never_loads_the_user_a_request_did_not_look_at(
     assert line["user_id"] is None
 
 
+def test_a_server_error_writes_its_access_line_as_an_error(settings, json_log):
+    settings.ROOT_URLCONF = "tests.security.urls"
+    Client(raise_request_exception=False).get("/fails/")
+    [line] = access_lines(json_log)
+    assert (line["status"], line["level"]) == (500, "ERROR")
+
+
+def test_control_characters_a_client_sends_in_the_path_or_method_are_escaped_in_the_access_line(
+    client, json_log
+):
+    # A percent-encoded newline or terminal escape reaches the path decoded; a development
+    # server passes such a method on as it came.
+    client.get("/apply/%0AFAKE%1B[2J")
+    client.generic("GE\x1bT", "/apply/")
+    paths_and_methods = [(line["path"], line["method"]) for line in access_lines(json_log)]
+    assert paths_and_methods == [("/apply/\\nFAKE\\x1b[2J", "GET"), ("/apply/", "GE\\x1bT")]
+    assert access_lines(json_log)[0]["message"].startswith("GET /apply/\\nFAKE\\x1b[2J ")
+
+
 def test_lines_written_during_a_request_carry_its_id(client, json_log):
     # Six posts in one stopped minute: the sixth is refused, and the limiter says so in the log.
     with time_machine.travel(datetime(2026, 3, 2, 9, 0, tzinfo=UTC), tick=False):

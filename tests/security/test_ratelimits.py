@@ -271,6 +271,12 @@ def test_paths_that_match_no_page_are_counted_in_the_default_tier(client):
     assert_rate_limited(client.get("/apply/"))
 
 
+def test_the_default_tier_counts_every_method_not_only_get(client, settings):
+    settings.RATELIMIT_DEFAULT_PER_MINUTE = 3
+    requests = [client.post, client.head, client.put, client.get]
+    assert [send("/no-such-page/").status_code for send in requests] == [404, 404, 404, 429]
+
+
 def test_the_admin_static_files_and_exempt_views_stay_out_of_the_default_tier(client, settings):
     settings.RATELIMIT_DEFAULT_PER_MINUTE = 3
     # WhiteNoise reads the static root when the client's first request loads the middleware.
@@ -331,6 +337,9 @@ def test_the_decorator_line_for_new_views_counts_and_refuses(rf):
 def test_load_tests_can_switch_limits_off(client, settings):
     settings.RATELIMIT_ENABLE = False
     assert {client.post("/apply/", {}).status_code for _ in range(8)} == {200}
+    # The default tier too.
+    settings.RATELIMIT_DEFAULT_PER_MINUTE = 3
+    assert {client.get("/apply/done/").status_code for _ in range(5)} == {200}
 
 
 def test_a_count_that_fails_after_the_response_is_logged_and_still_counted_in_the_process(

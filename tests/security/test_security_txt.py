@@ -12,7 +12,7 @@ def fields(response) -> dict[str, str]:
     return dict(line.split(": ", 1) for line in response.content.decode().splitlines())
 
 
-def test_names_the_security_contact_and_expires_a_year_from_the_request(client):
+def test_names_the_security_contact_and_expires_a_year_from_the_request(client, settings):
     with time_machine.travel(datetime(2027, 5, 4, 12, 30, 15, tzinfo=UTC), tick=False):
         response = client.get("/.well-known/security.txt")
     assert response.status_code == 200
@@ -20,7 +20,8 @@ def test_names_the_security_contact_and_expires_a_year_from_the_request(client):
     found = fields(response)
     assert found["Contact"] == "mailto:support@rvi.iam-alliance.com"
     assert found["Expires"] == "2028-05-03T12:30:15Z"
-    assert found["Canonical"].endswith("/.well-known/security.txt")
+    # RFC 9116: the full URI the file is served at.
+    assert found["Canonical"] == f"{settings.SITE_URL}/.well-known/security.txt"
 
 
 @pytest.mark.parametrize(
@@ -28,6 +29,9 @@ def test_names_the_security_contact_and_expires_a_year_from_the_request(client):
     [
         ("security@example.org", "mailto:security@example.org"),
         ("https://example.org/report", "https://example.org/report"),
+        ("mailto:security@example.org", "mailto:security@example.org"),
+        # Settings accept a telephone number, as RFC 9116 does.
+        ("tel:+49-30-1234567", "tel:+49-30-1234567"),
     ],
 )
 def test_contact_comes_from_the_setting(client, settings, configured, shown):
