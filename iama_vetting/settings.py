@@ -268,7 +268,26 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # CACHE_URL or REDIS_URL names one. Rate limits need it shared in production.
 _cache_variable = "CACHE_URL" if env.str("CACHE_URL", default="") else "REDIS_URL"
 _cache_url = env.str(_cache_variable, default="")
+
+
+def _check_redis_url(url: str) -> None:
+    """Raise ValueError for what the parser would read wrongly without a word.
+
+    It reads a memcache:// URL as a cache Django 5 no longer has; a port above
+    65535 as a port; and a password with a bare # or ? as ending there, so the
+    rest of the URL is lost, or becomes a Unix socket path.
+    """
+    parts = urlsplit(url)
+    parts.port  # noqa: B018 - raises ValueError for one that is no number or above 65535
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname or parts.fragment:
+        raise ValueError
+    if "@" in parts.path + parts.query:
+        raise ValueError
+
+
 try:
+    if _cache_url:
+        _check_redis_url(_cache_url)
     CACHES = {
         "default": env.cache_url_config(_cache_url)
         if _cache_url
@@ -278,7 +297,7 @@ except (ValueError, ImproperlyConfigured):
     # As for DATABASE_URL: the parser's message may quote a piece of the URL, password included.
     raise ImproperlyConfigured(
         f"{_cache_variable} cannot be read: it must be a redis:// or rediss:// URL, its port a number "
-        "up to 65535, and any @ : / [ ] in the password percent-encoded (%40 %3A %2F %5B %5D)."
+        "up to 65535, and any @ : / [ ] # ? in the password percent-encoded (%40 %3A %2F %5B %5D %23 %3F)."
     ) from None
 
 PASSWORD_HASHERS = [

@@ -16,7 +16,9 @@ PRINT_SETTINGS = (
     "import json, django; from django.conf import settings; django.setup(); "
     "print(json.dumps({'DEBUG': settings.DEBUG, 'DATABASES': settings.DATABASES, "
     "'CACHES': settings.CACHES, 'LOG_LEVEL': settings.LOG_LEVEL, 'ALLOWED_HOSTS': settings.ALLOWED_HOSTS, "
-    "'CSRF_TRUSTED_ORIGINS': settings.CSRF_TRUSTED_ORIGINS}, default=str))"
+    "'CSRF_TRUSTED_ORIGINS': settings.CSRF_TRUSTED_ORIGINS, 'TRUSTED_PROXY_COUNT': settings.TRUSTED_PROXY_COUNT, "
+    "'MATRIX_SEND_TOKEN_TO_APPLICANT': settings.MATRIX_SEND_TOKEN_TO_APPLICANT, "
+    "'LOG_FORMAT': settings.LOG_FORMAT}, default=str))"
 )
 
 
@@ -39,6 +41,10 @@ def load_settings(**environment: str) -> subprocess.CompletedProcess:
             "STATIC_ROOT",
             "LOG_LEVEL",
             "CSRF_TRUSTED_ORIGINS",
+            "TRUSTED_PROXY_COUNT",
+            "MATRIX_SEND_TOKEN_TO_APPLICANT",
+            "LOG_FORMAT",
+            "RATELIMIT_KEY_PREFIX",
         }
     }
     clean["DJANGO_SETTINGS_MODULE"] = "iama_vetting.settings"
@@ -70,6 +76,7 @@ def test_debug_defaults_to_off():
     ("setting", "message"),
     [
         ({"DEBUG": "yes"}, "DEBUG must be 'true' or 'false', not 'yes'."),
+        ({"DEBUG": "false", "SESSION_SECRET": "s" * 50}, "ALLOWED_HOSTS must be set when DEBUG is off."),
         ({"DEBUG": "true", "TRUSTED_PROXY_COUNT": "one"}, "TRUSTED_PROXY_COUNT must be a whole number."),
         ({"DEBUG": "true", "DATABASE_POOL_MIN_SIZE": "-1"}, "DATABASE_POOL_MIN_SIZE must be at least 0."),
         (
@@ -96,12 +103,20 @@ def test_debug_defaults_to_off():
             (
                 {"DEBUG": "true", variable: url},
                 f"{variable} cannot be read: it must be a redis:// or rediss:// URL, its port a number "
-                "up to 65535, and any @ : / [ ] in the password percent-encoded (%40 %3A %2F %5B %5D).",
+                "up to 65535, and any @ : / [ ] # ? in the password percent-encoded "
+                "(%40 %3A %2F %5B %5D %23 %3F).",
             )
             for variable, url in [
                 ("CACHE_URL", "redis://:pa[ss@127.0.0.1:6379/9"),
                 ("REDIS_URL", "127.0.0.1:6379"),
                 ("CACHE_URL", "foo://bar"),
+                # Each of these the parser read without a word, as another URL.
+                ("CACHE_URL", "memcache://127.0.0.1:11211"),
+                ("CACHE_URL", "redis://127.0.0.1:65536/0"),
+                ("CACHE_URL", "redis://rvi:hunter#2@127.0.0.1:6379/0"),
+                ("CACHE_URL", "redis://rvi:12#hunter@127.0.0.1:6379/0"),
+                ("REDIS_URL", "redis://:hunter?2@127.0.0.1:6379/0"),
+                ("REDIS_URL", "redis://rvi:12?hunter@127.0.0.1:6379/0"),
             ]
         ),
         *(
@@ -119,6 +134,23 @@ def test_debug_defaults_to_off():
             ]
         ),
         ({"DEBUG": "true", "MATRIX_TOKEN_VALID_DAYS": "2"}, "MATRIX_TOKEN_VALID_DAYS must be at least 3."),
+        # The token is the credential, and invitation mails show the homeserver's URL.
+        (
+            {"DEBUG": "true", "MATRIX_HOMESERVER_URL": "https://admin:hunter2@matrix.example.org"},
+            "MATRIX_HOMESERVER_URL must not hold a user name or password: MATRIX_ADMIN_TOKEN is the credential.",
+        ),
+        *(
+            (
+                {"DEBUG": "true", "MATRIX_HOMESERVER_URL": url},
+                "MATRIX_HOMESERVER_URL must be the homeserver's address, https:// (or http://), a host and, "
+                "if needed, a port from 1 to 65535: https://matrix.example.org",
+            )
+            for url in [
+                "matrix.example.org",
+                "https://matrix.example.org:0",
+                "https://matrix.example.org:65536",
+            ]
+        ),
         *(
             (
                 {"DEBUG": "true", "SECURITY_CONTACT": contact},
@@ -209,8 +241,10 @@ def test_debug_accepts_only_true_or_false(value):
     assert "DEBUG must be 'true' or 'false'" in result.stderr
 
 
-def test_debug_with_a_public_host_refuses_to_start():
-    result = load_settings(DEBUG="true", ALLOWED_HOSTS="rvi.example.org")
+# A LAN address is not this machine either: others on the network would reach the debug pages.
+@pytest.mark.parametrize("host", ["rvi.example.org", "10.0.0.5", "192.168.1.20"])
+def test_debug_with_a_public_host_refuses_to_start(host):
+    result = load_settings(DEBUG="true", ALLOWED_HOSTS=host)
     assert result.returncode != 0
     assert "DEBUG is on with a public host" in result.stderr
 
@@ -220,6 +254,8 @@ def test_development_runs_as_is_on_sqlite_with_debug_logging():
     assert result.returncode == 0, result.stderr
     loaded = json.loads(result.stdout)
     assert loaded["DATABASES"]["default"]["ENGINE"] == "django.db.backends.sqlite3"
+    # Otherwise two requests writing at once fail at once with "database is locked".
+    assert loaded["DATABASES"]["default"]["OPTIONS"]["transaction_mode"] == "IMMEDIATE"
     assert loaded["CACHES"]["default"]["BACKEND"] == "django.core.cache.backends.locmem.LocMemCache"
     assert loaded["LOG_LEVEL"] == "DEBUG"
 
@@ -265,10 +301,33 @@ def test_postgres_url_gets_a_pool_and_timeouts():
     database = json.loads(result.stdout)["DATABASES"]["default"]
     assert database["ENGINE"] == "django.db.backends.postgresql"
     assert database["CONN_MAX_AGE"] == 0
+    assert database["CONN_HEALTH_CHECKS"] is True
     assert database["OPTIONS"]["connect_timeout"] == 5
     assert database["OPTIONS"]["options"] == "-c statement_timeout=30000"
-    assert database["OPTIONS"]["pool"]["max_size"] >= 1
+    assert database["OPTIONS"]["pool"]["min_size"] == 1
+    assert database["OPTIONS"]["pool"]["max_size"] == 4
+    assert database["OPTIONS"]["pool"]["timeout"] == 10
     assert database["OPTIONS"]["pool"]["max_lifetime"] == 600
+
+
+def test_a_pool_whose_minimum_equals_its_maximum_is_accepted():
+    result = load_settings(
+        **PRODUCTION,
+        DATABASE_URL="postgres://rvi:pw@db.internal:5432/rvi",
+        DATABASE_POOL_MIN_SIZE="4",
+        DATABASE_POOL_MAX_SIZE="4",
+    )
+    assert result.returncode == 0, result.stderr
+    pool = json.loads(result.stdout)["DATABASES"]["default"]["OPTIONS"]["pool"]
+    assert (pool["min_size"], pool["max_size"]) == (4, 4)
+
+
+def test_an_unreadable_database_url_shows_no_piece_of_its_password_even_in_a_traceback():
+    # gunicorn and python -c print the whole chain; the parser's own error says "as 'hunter'".
+    result = load_settings(DEBUG="true", DATABASE_URL="postgres://rvi:hunter/2@db/rvi")
+    assert result.returncode != 0
+    assert "DATABASE_URL cannot be read" in result.stderr
+    assert "hunter" not in result.stderr
 
 
 def test_redis_url_selects_djangos_redis_cache():
@@ -279,6 +338,37 @@ def test_redis_url_selects_djangos_redis_cache():
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": "redis://127.0.0.1:6379/2",
     }
+
+
+def test_cache_url_wins_over_redis_url():
+    result = load_settings(
+        DEBUG="true", CACHE_URL="redis://127.0.0.1:6379/3", REDIS_URL="redis://127.0.0.1:6379/4"
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["CACHES"]["default"]["LOCATION"] == "redis://127.0.0.1:6379/3"
+
+
+def test_with_redis_the_rate_limit_counters_use_it_under_their_own_prefix_and_fail_fast():
+    result = load_settings(**PRODUCTION, REDIS_URL="redis://127.0.0.1:6379/2")
+    assert result.returncode == 0, result.stderr
+    ratelimit = json.loads(result.stdout)["CACHES"]["ratelimit"]
+    assert ratelimit["BACKEND"] == "iama_vetting.cache.FallbackCache"
+    primary = ratelimit["OPTIONS"]["PRIMARY"]
+    assert primary["BACKEND"] == "django.core.cache.backends.redis.RedisCache"
+    assert primary["LOCATION"] == "redis://127.0.0.1:6379/2"
+    assert primary["KEY_PREFIX"] == "rvi-ratelimit"
+    # A hanging Redis must hand over to the fallback at once, not hold every request.
+    assert primary["OPTIONS"] == {"socket_connect_timeout": 0.5, "socket_timeout": 0.5, "retry": None}
+
+
+def test_production_trusts_no_proxy_mails_no_token_and_logs_json_by_default():
+    result = load_settings(**PRODUCTION)
+    assert result.returncode == 0, result.stderr
+    loaded = json.loads(result.stdout)
+    # Trusting a proxy that is not there lets a client pick its rate-limit bucket in X-Forwarded-For.
+    assert loaded["TRUSTED_PROXY_COUNT"] == 0
+    assert loaded["MATRIX_SEND_TOKEN_TO_APPLICANT"] is False
+    assert loaded["LOG_FORMAT"] == "json"
 
 
 def test_bad_log_level_refuses_to_start():

@@ -14,7 +14,8 @@ PROJECT_DIR = Path(__file__).resolve().parents[2]
 PRINT_MAIL_SETTINGS = (
     "import json, django; from django.conf import settings; django.setup(); "
     "print(json.dumps({name: getattr(settings, name) for name in "
-    "['EMAIL_BACKEND', 'SMTP_RELAY_PORTS', 'SMTP_TIMEOUT', 'OUTBOX_LEASE_SECONDS', 'STAFF_NOTIFY_EMAILS']}))"
+    "['EMAIL_BACKEND', 'SMTP_RELAY_HOST', 'SMTP_RELAY_USER', 'SMTP_RELAY_PORTS', 'SMTP_TIMEOUT', "
+    "'OUTBOX_LEASE_SECONDS', 'STAFF_NOTIFY_EMAILS']}))"
 )
 PRODUCTION = {"DEBUG": "false", "SESSION_SECRET": "s" * 50, "ALLOWED_HOSTS": "rvi.example.org"}
 
@@ -55,6 +56,8 @@ def test_development_with_relay_password_uses_the_relay():
 def test_production_uses_the_relay_with_its_four_ports_and_a_10_second_timeout():
     settings = loaded(**PRODUCTION)
     assert settings["EMAIL_BACKEND"] == "notifications.relay.RelayEmailBackend"
+    assert settings["SMTP_RELAY_HOST"] == "mail.smtp2go.com"
+    assert settings["SMTP_RELAY_USER"] == "support@rvi.iam-alliance.com"
     assert settings["SMTP_RELAY_PORTS"] == [2525, 8025, 587, 80]
     assert settings["SMTP_TIMEOUT"] == 10
     assert settings["OUTBOX_LEASE_SECONDS"] == 300
@@ -64,6 +67,10 @@ def test_production_uses_the_relay_with_its_four_ports_and_a_10_second_timeout()
     ("environment", "message"),
     [
         ({"SMTP_RELAY_PORTS": "2525,smtp"}, "SMTP_RELAY_PORTS must be port numbers"),
+        *(
+            ({"SMTP_RELAY_PORTS": ports}, "SMTP_RELAY_PORTS must list at least one port between 1 and 65535.")
+            for ports in ["0", "2525,65536", ","]
+        ),
         ({"SMTP_TIMEOUT": "0"}, "SMTP_TIMEOUT must be more than 0 seconds."),
         (
             {"SMTP_CA_FILE": "/nonexistent/ca.pem"},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from wsgiref.util import setup_testing_defaults
@@ -107,6 +108,37 @@ def test_an_unreachable_redis_never_raises_and_keeps_counting(monotonic, caplog)
     assert cache.add("counter", 1, 60) is False
     assert cache.incr("counter") == 2
     assert cache.get("counter") == 2
+
+
+def test_while_redis_is_down_all_threads_of_a_process_count_in_the_same_memory(monotonic):
+    # Django makes a cache object per thread: gunicorn's threads would otherwise each count alone.
+    closed = f"redis://127.0.0.1:{free_port()}/0"
+    prefix = f"threads-{uuid.uuid4().hex}"
+    first = FallbackCache("", fallback_config(closed, prefix=prefix))
+    second = FallbackCache("", fallback_config(closed, prefix=prefix))
+    first.add("counter", 0, 60)
+    first.incr("counter")
+    assert second.incr("counter") == 2
+
+
+def test_while_redis_is_down_the_fallback_keeps_far_more_counters_than_djangos_default_300(monotonic):
+    # Full, it forgets the oldest third: a client making new keys would push out its own sign-in counters.
+    closed = f"redis://127.0.0.1:{free_port()}/0"
+    cache = FallbackCache("", fallback_config(closed, prefix=f"many-{uuid.uuid4().hex}"))
+    for number in range(1000):
+        cache.add(f"client-{number}", 1, 60)
+    assert cache.get("client-0") == 1
+
+
+def test_clearing_the_counters_leaves_every_other_key_in_the_redis_database(own_redis):
+    import redis
+
+    server = redis.Redis(port=own_redis.port)
+    server.set(":1:a-key-of-the-default-cache", "kept")
+    cache = FallbackCache("", fallback_config(own_redis.url, prefix="rl"))
+    cache.add("counter", 0, 60)
+    cache.clear()
+    assert server.keys("*") == [b":1:a-key-of-the-default-cache"]
 
 
 @pytest.fixture

@@ -210,6 +210,12 @@ def test_requests_over_plain_http_are_redirected_to_https_in_production(client, 
     assert behind_nginx.status_code == 200
 
 
+def test_the_health_check_answers_over_plain_http_without_a_redirect(client, settings):
+    # The load balancer may check over plain HTTP on the private side.
+    settings.SECURE_SSL_REDIRECT = True
+    assert client.get("/healthz").status_code == 200
+
+
 def test_the_policy_built_once_is_the_one_django_csp_builds(client, settings):
     from csp.utils import build_policy
 

@@ -357,6 +357,14 @@ def test_sixth_file_is_refused_with_a_clear_message(client, settings):
     assert files_on_disk(settings) == []
 
 
+def test_far_more_files_than_the_form_takes_are_refused_outright(client):
+    # Beyond DATA_UPLOAD_MAX_NUMBER_FILES Django stops reading: no temporary file for every part.
+    files = {f"evidence_{slot}": upload(f"f{slot}.txt", TEXT_BYTES) for slot in range(1, 12)}
+    response = client.post("/apply/", form_data(**files))
+    assert response.status_code == 400
+    assert not Application.objects.exists()
+
+
 def test_five_files_are_accepted(client):
     files = {f"evidence_{slot}": upload(f"f{slot}.txt", TEXT_BYTES) for slot in range(1, 6)}
     assert client.post("/apply/", form_data(**files)).status_code == 302
