@@ -47,6 +47,9 @@ class EvidenceInline(admin.TabularInline):
 
     @admin.display(description=_("preview"))
     def preview(self, evidence: Evidence) -> str:
+        # A purged photo keeps its type but has nothing left to show or download.
+        if evidence.purged_at:
+            return self.get_empty_value_display()
         # PDFs and Word files are never rendered in the staff browser: download only.
         if not has_preview(evidence):
             return _("Download to view")

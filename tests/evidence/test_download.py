@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import pytest
+from django.db import OperationalError
 
+from evidence import views
 from evidence.models import Evidence
 from evidence.validation import validate_upload
 from tests.factories import PDF_BYTES, make_application, upload
@@ -71,6 +73,8 @@ def test_behind_nginx_the_answer_is_an_x_accel_redirect_without_the_bytes(client
     assert response.content == b""
     assert response["Content-Disposition"].startswith("attachment; ")
     assert response["X-Content-Type-Options"] == "nosniff"
+    # nginx sends the bytes, so this answer is the look to audit.
+    assert AuditEvent.objects.filter(action="evidence.downloaded", target_id=str(evidence.pk)).count() == 1
 
 
 def test_unknown_evidence_is_404(client, agent):
@@ -93,6 +97,28 @@ def test_missing_file_is_404_not_500_and_no_download_is_recorded(client, agent, 
     client.force_login(agent)
     assert client.get(f"/evidence/{evidence.pk}/").status_code == 404
     assert not AuditEvent.objects.filter(action="evidence.downloaded").exists()
+
+
+def test_a_download_whose_audit_fails_sends_nothing_and_closes_the_file(client, agent, evidence, monkeypatch):
+    opened = []
+    storage_class = type(evidence.file.storage)
+    real_open_stream = storage_class.open_stream
+
+    def tracked_open_stream(storage, name):
+        opened.append(real_open_stream(storage, name))
+        return opened[-1]
+
+    def audit_fails(*args, **kwargs):
+        raise OperationalError("database is locked")
+
+    client.force_login(agent)
+    monkeypatch.setattr(storage_class, "open_stream", tracked_open_stream)
+    monkeypatch.setattr(views.audit, "record", audit_fails)
+    client.raise_request_exception = False
+    response = client.get(f"/evidence/{evidence.pk}/")
+    assert response.status_code == 503  # the database outage page
+    assert b"%PDF" not in response.content
+    assert len(opened) == 1 and opened[0].closed
 
 
 def test_post_is_refused(client, agent, evidence):

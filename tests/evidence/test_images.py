@@ -10,7 +10,7 @@ from unittest import mock
 
 import pytest
 from django.core.exceptions import ValidationError
-from PIL import ExifTags, Image, ImageFile, PngImagePlugin
+from PIL import ExifTags, Image, ImageChops, ImageDraw, ImageFile, ImageStat, PngImagePlugin
 
 from evidence.images import preview_png
 from evidence.models import Evidence
@@ -96,6 +96,46 @@ def test_png_loses_its_text_chunks_and_keeps_its_pixels():
 def test_gif_is_reencoded_and_still_a_gif():
     validated = validate_upload(upload("badge.gif", GIF_BYTES))
     assert reopen(validated).format == "GIF"
+
+
+def palette_image_with_a_transparent_corner(image_format: str) -> bytes:
+    """A 4×4 red palette image whose top-left pixel uses the transparent palette entry."""
+    image = Image.new("P", (4, 4), 1)
+    image.putpalette([0, 0, 0, 255, 0, 0] + [0, 0, 0] * 254)
+    image.putpixel((0, 0), 0)
+    buffer = io.BytesIO()
+    image.save(buffer, format=image_format, transparency=0)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(("name", "image_format"), [("badge.gif", "GIF"), ("badge.png", "PNG")])
+def test_a_transparent_pixel_stays_transparent(name, image_format):
+    validated = validate_upload(upload(name, palette_image_with_a_transparent_corner(image_format)))
+    image = reopen(validated).convert("RGBA")
+    assert image.getpixel((0, 0))[3] == 0
+    assert image.getpixel((2, 2)) == (255, 0, 0, 255)
+
+
+def test_a_reencoded_photo_stays_as_legible_as_the_upload():
+    # Black print on white, as on a passport's machine-readable lines.
+    page = Image.new("RGB", (200, 60), (255, 255, 255))
+    draw = ImageDraw.Draw(page)
+    draw.text((5, 5), "P<UTOEXAMPLE<<ALEX<<<<<<<<<", fill=(0, 0, 0))
+    draw.text((5, 30), "L898902C36UTO7408122F1204159", fill=(0, 0, 0))
+    buffer = io.BytesIO()
+    page.save(buffer, format="JPEG", quality=95)
+    uploaded = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+    stored = reopen(validate_upload(upload("passport.jpg", buffer.getvalue()))).convert("RGB")
+    # On a 0-255 scale; a re-encoding at JPEG quality 50 already differs by about 3.
+    assert ImageStat.Stat(ImageChops.difference(uploaded, stored).convert("L")).mean[0] < 2
+
+
+def test_an_image_of_exactly_the_pixel_limit_is_kept_and_one_pixel_more_is_refused(settings):
+    settings.EVIDENCE_MAX_IMAGE_PIXELS = 10_000
+    assert validate_upload(upload("exact.jpg", jpeg_bytes((100, 100)))).content_type == "image/jpeg"
+    with pytest.raises(ValidationError) as refused:
+        validate_upload(upload("over.jpg", jpeg_bytes((10_001, 1))))
+    assert refused.value.code == "too_many_pixels"
 
 
 def test_decompression_bomb_png_is_refused_from_its_header_before_any_decoding():

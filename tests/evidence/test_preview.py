@@ -9,14 +9,15 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.core.cache import cache
 from django.core.management import call_command
 from django.utils import timezone
 from PIL import Image
 
 from evidence.models import Evidence
-from evidence.previews import forget_preview
+from evidence.previews import forget_preview, preview_for
 from evidence.validation import validate_upload
-from tests.factories import PDF_BYTES, jpeg_bytes, make_application, upload
+from tests.factories import PDF_BYTES, TEXT_BYTES, docx_bytes, jpeg_bytes, make_application, upload
 from vetting import links
 from vetting.models import Application, AuditEvent
 
@@ -73,6 +74,41 @@ def test_pdfs_have_no_preview_and_the_admin_offers_a_download(client, agent):
     page = client.get(f"/admin/vetting/application/{pdf.application.pk}/change/").content.decode()
     assert "Download to view" in page
     assert f'href="/evidence/{pdf.pk}/"' in page
+
+
+@pytest.mark.parametrize(("name", "content"), [("letter.docx", docx_bytes()), ("notes.txt", TEXT_BYTES)])
+def test_word_and_text_files_have_no_preview_either(client, agent, name, content):
+    evidence = Evidence.objects.store(make_application(), validate_upload(upload(name, content)))
+    client.force_login(agent)
+    assert client.get(f"/evidence/{evidence.pk}/preview/").status_code == 404
+    page = client.get(f"/admin/vetting/application/{evidence.application.pk}/change/").content.decode()
+    assert "Download to view" in page
+    assert f"/evidence/{evidence.pk}/preview/" not in page
+
+
+def test_a_stored_image_that_cannot_be_decoded_has_no_preview_and_no_audited_look(client, agent, photo):
+    Path(photo.file.path).write_bytes(jpeg_bytes((64, 64))[:300])
+    client.force_login(agent)
+    assert client.get(f"/evidence/{photo.pk}/preview/").status_code == 404
+    assert not AuditEvent.objects.filter(action="evidence.previewed").exists()
+
+
+def test_a_photo_whose_file_is_missing_has_no_preview_and_no_audited_look(client, agent, photo):
+    photo.file.storage.delete(photo.file.name)
+    client.force_login(agent)
+    response = client.get(f"/evidence/{photo.pk}/preview/")
+    assert response.status_code == 404
+    assert "cannot be reached" not in response.content.decode()
+    assert not AuditEvent.objects.filter(action="evidence.previewed").exists()
+
+
+def test_a_cached_preview_expires_after_an_hour(photo, time_machine):
+    time_machine.move_to(timezone.now())
+    preview_for(photo)
+    time_machine.shift(timedelta(minutes=59))
+    assert cache.get(f"evidence-preview:{photo.pk}") is not None
+    time_machine.shift(timedelta(minutes=2))
+    assert cache.get(f"evidence-preview:{photo.pk}") is None
 
 
 def test_admin_page_shows_the_thumbnail_through_the_preview_view(client, agent, photo):

@@ -104,6 +104,17 @@ def test_dry_run_counts_and_changes_nothing():
     assert evidence.purged_at is None
 
 
+def test_a_second_run_purges_nothing_again():
+    evidence = store_for("rejected", 400)
+    purge()
+    evidence.refresh_from_db()
+    purged_at = evidence.purged_at
+    assert "0 evidence files of applications decided more than 180 days ago were purged." in purge()
+    evidence.refresh_from_db()
+    assert evidence.purged_at == purged_at
+    assert AuditEvent.objects.filter(action="evidence.purged").count() == 1
+
+
 def test_removes_old_orphan_files_but_not_ones_that_may_be_uploading_now():
     kept = store_for("submitted", 0)
     storage = kept.file.storage
@@ -146,6 +157,16 @@ def test_removes_rows_whose_file_is_missing_when_told():
     assert AuditEvent.objects.filter(
         action="evidence.missing_file_row_removed", target_id=str(lost.pk)
     ).exists()
+
+
+def test_dry_run_with_remove_missing_only_counts_the_rows_whose_file_is_missing():
+    lost = store_for("submitted", 0)
+    store_for("submitted", 0)
+    os.remove(path_of(lost))
+    output = purge("--remove-missing", "--dry-run")
+    assert "1 evidence rows whose file is missing would be removed." in output
+    assert Evidence.objects.filter(pk=lost.pk).exists()
+    assert not AuditEvent.objects.filter(action="evidence.missing_file_row_removed").exists()
 
 
 def unmount(root) -> None:
@@ -204,6 +225,16 @@ def test_purged_evidence_cannot_be_downloaded(client, agent):
     purge()
     client.force_login(agent)
     assert client.get(f"/evidence/{evidence.pk}/").status_code == 404
+
+
+def test_the_application_page_shows_a_purged_photo_as_purged_without_a_link_or_thumbnail(client, agent):
+    evidence = store_for("rejected", 400, "id card.jpg", JPEG_BYTES)
+    purge()
+    evidence.refresh_from_db()
+    client.force_login(agent)
+    page = client.get(f"/admin/vetting/application/{evidence.application.pk}/change/").content.decode()
+    assert f"purged on {evidence.purged_at.date().isoformat()}" in page
+    assert f"/evidence/{evidence.pk}/" not in page
 
 
 def test_a_purged_photo_leaves_no_cached_preview():

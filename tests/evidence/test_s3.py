@@ -194,6 +194,9 @@ def test_apply_download_and_purge_with_evidence_on_s3(s3_endpoint, bucket, tmp_p
         assert response.status_code == 200
         assert hashlib.sha256(response.content).digest() == hashlib.sha256(evidence_bytes).digest()
         assert response.headers["Content-Disposition"].startswith('attachment; filename="proof.pdf"')
+        # Streamed from S3, where the body has no name and no length of its own.
+        assert response.headers["Content-Type"] == "application/pdf"
+        assert response.headers["Content-Length"] == str(len(evidence_bytes))
         assert response.headers["X-Content-Type-Options"] == "nosniff"
         assert "X-Accel-Redirect" not in response.headers
 

@@ -195,6 +195,7 @@ def test_accepts_allowed_file_whose_content_matches_its_name(name, content, reco
         ("photo.png", SVG_BYTES, "an SVG image"),
         ("photo.png", ELF_BYTES, "a program"),
         ("photo.jpg", PDF_BYTES, "a PDF document"),
+        ("photo.jpg", png_bytes(), "a PNG image"),
         ("notes.txt", HTML_BYTES, "an HTML page"),
     ],
 )
@@ -357,7 +358,9 @@ def test_refuses_docx_in_a_zip_version_python_cannot_read_and_logs_the_error_typ
 
 
 @pytest.mark.parametrize(
-    "name", ["run.exe", "page.html", "image.svg", "script.js", "archive.zip", "noextension"]
+    # "txt" alone is a name without an extension, like "noextension".
+    "name",
+    ["run.exe", "page.html", "image.svg", "script.js", "archive.zip", "noextension", "txt"],
 )
 def test_refuses_extension_not_on_the_allowlist(name):
     with pytest.raises(ValidationError, match="is not an allowed type"):

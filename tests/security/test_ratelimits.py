@@ -13,7 +13,7 @@ from evidence.models import Evidence
 from evidence.validation import validate_upload
 from iama_vetting import ratelimits
 from iama_vetting.cache import FallbackCache
-from tests.factories import PDF_BYTES, make_application, upload
+from tests.factories import JPEG_BYTES, PDF_BYTES, make_application, upload
 from vetting import links
 
 pytestmark = pytest.mark.django_db
@@ -221,6 +221,16 @@ def test_evidence_download_is_limited_per_user_not_per_address(agent, settings):
         response = browser.get(f"/evidence/{evidence.pk}/", HTTP_X_FORWARDED_FOR=f"203.0.113.{number}")
         assert response.status_code == 200
     assert_rate_limited(browser.get(f"/evidence/{evidence.pk}/", HTTP_X_FORWARDED_FOR="203.0.113.250"))
+
+
+def test_evidence_previews_are_limited_like_downloads(agent):
+    # A 480-pixel thumbnail of an ID card is readable: a stolen session cannot page through them all.
+    evidence = Evidence.objects.store(make_application(), validate_upload(upload("id.jpg", JPEG_BYTES)))
+    browser = Client()
+    browser.force_login(agent)
+    for _ in range(60):
+        assert browser.get(f"/evidence/{evidence.pk}/preview/").status_code == 200
+    assert_rate_limited(browser.get(f"/evidence/{evidence.pk}/preview/"))
 
 
 def test_every_other_anonymous_view_has_a_default_tier(client, settings):
