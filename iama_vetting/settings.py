@@ -271,17 +271,17 @@ _cache_url = env.str(_cache_variable, default="")
 
 
 def _check_redis_url(url: str) -> None:
-    """Raise ValueError for what the parser would read wrongly without a word.
+    """Raise ValueError for a Redis URL the parser would read wrongly without a word.
 
-    It reads a memcache:// URL as a cache Django 5 no longer has; a port above
-    65535 as a port; and a password with a bare # or ? as ending there, so the
-    rest of the URL is lost, or becomes a Unix socket path.
+    It takes a port above 65535 as a port, and a password with a bare # or ? as
+    ending there: the rest of the URL is lost, or becomes a Unix socket path.
+    (Other caches are Django's own, warned about by check --deploy: W003.)
     """
     parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        return
     parts.port  # noqa: B018 - raises ValueError for one that is no number or above 65535
-    if parts.scheme not in ("redis", "rediss") or not parts.hostname or parts.fragment:
-        raise ValueError
-    if "@" in parts.path + parts.query:
+    if not parts.hostname or parts.fragment or "@" in parts.path + parts.query:
         raise ValueError
 
 

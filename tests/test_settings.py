@@ -111,7 +111,6 @@ def test_debug_defaults_to_off():
                 ("REDIS_URL", "127.0.0.1:6379"),
                 ("CACHE_URL", "foo://bar"),
                 # Each of these the parser read without a word, as another URL.
-                ("CACHE_URL", "memcache://127.0.0.1:11211"),
                 ("CACHE_URL", "redis://127.0.0.1:65536/0"),
                 ("CACHE_URL", "redis://rvi:hunter#2@127.0.0.1:6379/0"),
                 ("CACHE_URL", "redis://rvi:12#hunter@127.0.0.1:6379/0"),
