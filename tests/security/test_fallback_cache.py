@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import uuid
 from collections.abc import Iterator
@@ -320,3 +321,23 @@ def test_refused_requests_cannot_crowd_a_clients_sign_in_counters_out_of_the_fal
     for n in range(400):
         client.post("/admin/password_reset/", {"email": f"someone-{n}@example.org"})
     assert guess() == 429
+
+
+def test_a_forked_worker_never_reads_or_takes_its_parents_redis_replies(own_redis):
+    # gunicorn forks workers from a parent that may have counted: both hold the parent's socket.
+    cache = FallbackCache("", fallback_config(own_redis.url, prefix=f"fork-{uuid.uuid4().hex}"))
+    parent_totals = []
+    cache.hit("parent", 60)
+    cache.hit_many_later({"parent": 5}, 60, parent_totals.append)  # its reply waits on the socket
+    child = os.fork()
+    if child == 0:
+        exit_code = 1
+        try:
+            exit_code = 0 if cache.hit("child", 60) == 1 else 1
+        finally:
+            os._exit(exit_code)
+    _pid, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the child's count was not its own"
+    cache.read_pending_hits()
+    # From Redis: counting in the fallback's memory instead would give 5.
+    assert parent_totals == [{"parent": 6}]
