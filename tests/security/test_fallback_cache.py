@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -341,3 +342,70 @@ def test_a_forked_worker_never_reads_or_takes_its_parents_redis_replies(own_redi
     cache.read_pending_hits()
     # From Redis: counting in the fallback's memory instead would give 5.
     assert parent_totals == [{"parent": 6}]
+
+
+class RedisRefusingTheFirstCount:
+    """Answers INCRBY and EXPIRE like Redis, except the first INCRBY, refused as Redis refuses
+    a key that holds no number: its EXPIRE's reply still follows."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.counts: dict[bytes, int] = {}
+        self.refused = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
+
+    def _serve(self, connection: socket.socket) -> None:
+        reader = connection.makefile("rb")
+        with connection, reader:
+            while command := self._read_command(reader):
+                name = command[0].upper()
+                if name == b"INCRBY" and not self.refused:
+                    self.refused = True
+                    reply = b"-ERR value is not an integer or out of range\r\n"
+                elif name == b"INCRBY":
+                    self.counts[command[1]] = self.counts.get(command[1], 0) + int(command[2])
+                    reply = b":%d\r\n" % self.counts[command[1]]
+                elif name == b"EXPIRE":
+                    reply = b":1\r\n"
+                elif name == b"HELLO":  # the client's greeting: the protocol it asked for
+                    reply = b"%%1\r\n$5\r\nproto\r\n:%s\r\n" % command[1]
+                else:  # CLIENT SETINFO
+                    reply = b"+OK\r\n"
+                try:
+                    connection.sendall(reply)
+                except OSError:  # the client hung up
+                    return
+
+    @staticmethod
+    def _read_command(reader) -> list[bytes] | None:
+        header = reader.readline()
+        if not header.startswith(b"*"):
+            return None
+        command = []
+        for _ in range(int(header[1:])):
+            length = int(reader.readline()[1:])
+            command.append(reader.read(length + 2)[:-2])
+        return command
+
+
+def test_a_reply_left_unread_after_a_refused_count_never_answers_the_next_count(monotonic):
+    redis = RedisRefusingTheFirstCount()
+    with redis.listener:
+        cache = FallbackCache(
+            "", fallback_config(f"redis://127.0.0.1:{redis.port}/0", prefix=f"unread-{uuid.uuid4().hex}")
+        )
+        # Refused: this count falls back, and EXPIRE's reply is left on the connection.
+        assert cache.hit("counter", 60) == 1
+        monotonic.now += fallback_module.RETRY_SECONDS
+        # Asked again, Redis's own counts: a kept connection would answer each with the reply before.
+        assert cache.hit("counter", 60) == 1
+        assert cache.hit("counter", 60) == 2
