@@ -133,8 +133,14 @@ class BrokenLink:
     reason: str
 
 
-def find_broken_link() -> BrokenLink | None:
-    """The first event whose hash or link does not hold, or None when the chain is whole."""
+@dataclass(frozen=True)
+class ChainCheck:
+    events_checked: int
+    broken: BrokenLink | None
+
+
+def check_chain() -> ChainCheck:
+    """How many events hold, walking from the first, up to the first whose hash or link does not."""
     # The head is read before the events, not after: verify_audit runs while the site is
     # in use, and a head read after the walk would name events committed since it began
     # (a false "missing" alarm). Each event commits together with the head (record), so
@@ -143,28 +149,35 @@ def find_broken_link() -> BrokenLink | None:
     head_hash = _head_hash()
     head_reached = head_hash in (None, GENESIS_HASH)
     expected_previous = GENESIS_HASH
+    checked = 0
     for event in _events_in_order():
-        if event.previous_hash != expected_previous:
-            return BrokenLink(
-                event.pk, "its link to the previous event does not match (an event was removed)"
-            )
-        # The hash covers a redacted row's stored digest in place of its IP and details
-        # (personal_digest), so only their absence shows that they were not rewritten.
-        if event.redacted_digest and (event.ip is not None or event.details != {}):
-            return BrokenLink(
-                event.pk, "it is marked as erased but has details or an address (the row was changed)"
-            )
-        if content_hash(event) != event.hash:
-            return BrokenLink(event.pk, "its content does not match its hash (the row was changed)")
+        reason = _why_broken(event, expected_previous)
+        if reason is not None:
+            return ChainCheck(checked, BrokenLink(event.pk, reason))
+        checked += 1
         expected_previous = event.hash
         head_reached = head_reached or event.hash == head_hash
     if not head_reached:
-        return BrokenLink(None, "the newest events are missing (the chain head points past the last event)")
+        reason = "the newest events are missing (the chain head points past the last event)"
+        return ChainCheck(checked, BrokenLink(None, reason))
     # Events without a head mean it was removed, as every event writes one (record). Looked
     # at again: the trail may have been empty when the head was read, its first events
     # written since.
     if head_hash is None and expected_previous != GENESIS_HASH and _head_hash() is None:
-        return BrokenLink(None, "the chain head is missing (it records the newest event's hash)")
+        reason = "the chain head is missing (it records the newest event's hash)"
+        return ChainCheck(checked, BrokenLink(None, reason))
+    return ChainCheck(checked, None)
+
+
+def _why_broken(event: AuditEvent, expected_previous: str) -> str | None:
+    if event.previous_hash != expected_previous:
+        return "its link to the previous event does not match (an event was removed)"
+    # The hash covers a redacted row's stored digest in place of its IP and details
+    # (personal_digest), so only their absence shows that they were not rewritten.
+    if event.redacted_digest and (event.ip is not None or event.details != {}):
+        return "it is marked as erased but has details or an address (the row was changed)"
+    if content_hash(event) != event.hash:
+        return "its content does not match its hash (the row was changed)"
     return None
 
 

@@ -27,7 +27,7 @@ from evidence.models import Evidence
 from notifications.models import OutboundEmail
 from tests.factories import HTML_BYTES, PDF_BYTES
 from tests.faults.conftest import Applicant, Server, app_server, upload_temp_dir
-from vetting.audit import find_broken_link
+from vetting.audit import check_chain
 from vetting.models import Application, AuditEvent
 from vetting.views import STORAGE_FAILED_MESSAGE
 
@@ -131,7 +131,7 @@ def assert_no_orphans(evidence_root: Path) -> None:
     assert sorted(event.details["reference"] for event in submitted) == sorted(
         Application.objects.values_list("reference", flat=True)
     )
-    assert find_broken_link() is None
+    assert check_chain().broken is None
 
 
 def assert_upload_temp_dir_empties(directory: Path) -> None:

@@ -1188,7 +1188,7 @@ class WorkflowMachine(RuleBasedStateMachine):
 
     @invariant()
     def the_audit_chain_verifies(self):
-        assert audit.find_broken_link() is None
+        assert audit.check_chain().broken is None
 
     def _rows(self) -> Rows:
         if self._cached_rows is None:

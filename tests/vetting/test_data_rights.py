@@ -175,7 +175,7 @@ def test_erasure_keeps_an_anonymised_audit_trail_that_still_verifies(client, age
     ]
     for event in events.exclude(action="application.erased"):
         assert event.ip is None and event.details == {}
-    assert audit.find_broken_link() is None
+    assert audit.check_chain().broken is None
     assert "Alex" not in json.dumps(list(events.values("details", "ip")))
 
 
@@ -183,7 +183,7 @@ def test_a_changed_redacted_event_still_breaks_the_chain(client):
     application = apply_with_a_file(client)
     client.post(status_path(application, "erase/"))
     AuditEvent.objects.filter(action="application.confirmed").update(action="application.approved")
-    assert audit.find_broken_link() is not None
+    assert audit.check_chain().broken is not None
 
 
 def test_erasure_is_refused_during_review_when_the_community_says_so(client, settings, agent):

@@ -205,7 +205,7 @@ def test_erasure_deletes_the_answers_and_the_audit_trail_keeps_no_copy(client):
     assert not Evidence.objects.exists()
     added = AuditEvent.objects.get(action="application.information_added")
     assert added.details == {} and added.ip is None
-    assert audit.find_broken_link() is None
+    assert audit.check_chain().broken is None
     everything = json.dumps(list(AuditEvent.objects.values("details")))
     assert "My secret answer." not in everything
 

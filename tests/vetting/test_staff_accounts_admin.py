@@ -301,7 +301,7 @@ def test_changing_a_role_groups_permissions_is_audited_with_what_was_added_and_r
         "added": ["vetting.decide_application"],
         "removed": ["vetting.add_staffnote"],
     }
-    assert audit.find_broken_link() is None
+    assert audit.check_chain().broken is None
 
 
 def test_saving_a_role_group_unchanged_writes_no_event(client, superadmin):
