@@ -145,8 +145,9 @@ ALL_LIMITS = (
 DEFAULT_TIER_NAME = "default"
 
 
-def seconds_until_allowed(request: HttpRequest, *limits: Limit) -> int | None:
-    """Count this request against the tiers in turn; the Retry-After of the first one exceeded, else None.
+def refused_by(request: HttpRequest, *limits: Limit) -> tuple[Limit, int] | None:
+    """Count this request against the tiers in turn; the limit of the first one exceeded and its
+    Retry-After, else None.
 
     A refused request is counted no further: the tiers and limits after it would only
     gain counters (one per address tried, for a keyed limit) for a request that is not
@@ -161,7 +162,7 @@ def seconds_until_allowed(request: HttpRequest, *limits: Limit) -> int | None:
             usage = get_usage(request, group=group, key=limit.key, rate=rate, increment=True)
             if usage is not None and usage["should_limit"]:
                 logger.warning("Rate limit %s (%s) exceeded.", group, rate)
-                return max(1, usage["time_left"])
+                return limit, max(1, usage["time_left"])
     return None
 
 
@@ -329,12 +330,15 @@ def rate_limited(*limits: Limit) -> Callable:
     def decorator(view: Callable) -> Callable:
         @functools.wraps(view)
         def wrapped(request: HttpRequest, *args, **kwargs) -> HttpResponse:
-            retry_after = seconds_until_allowed(request, *limits)
-            if retry_after is not None:
+            refusal = refused_by(request, *limits)
+            if refusal is not None:
+                refusing, retry_after = refusal
+                # Counted under the limit that refused: security_report tells a sprayer
+                # on one address from one account guessed at from many.
                 return too_many_requests(
                     request,
                     retry_after,
-                    limit_name=limits[0].group,
+                    limit_name=refusing.group,
                     as_json=any(limit.json for limit in limits),
                 )
             return view(request, *args, **kwargs)

@@ -6,6 +6,7 @@ import threading
 
 import pytest
 from django.core.cache.backends.locmem import LocMemCache
+from django.db import connection
 from django.db.utils import OperationalError
 
 from iama_vetting import health
@@ -18,6 +19,13 @@ class BrokenCache(LocMemCache):
 
     def set(self, *args, **kwargs):
         raise ConnectionError("connection refused by 10.0.0.9:6379 (password=hunter2)")
+
+
+class ForgetfulCache(LocMemCache):
+    """A cache server that takes every write and keeps nothing (full, or a dummy)."""
+
+    def get(self, key, default=None, version=None):
+        return default
 
 
 def test_healthy_site_answers_200_with_only_the_two_states(client):
@@ -39,6 +47,20 @@ def test_cache_down_answers_503_naming_the_cache_and_nothing_else(client, settin
     assert record.exc_info is None
 
 
+def test_a_cache_that_keeps_nothing_answers_503_naming_the_cache(client, settings):
+    settings.CACHES = {"default": {"BACKEND": "tests.deploy.test_health.ForgetfulCache"}}
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json() == {"database": "ok", "cache": "error"}
+
+
+@pytest.mark.postgres
+def test_probes_give_their_pooled_database_connection_back(client):
+    # A connection kept by each probe's thread would empty the pool after a few: the site's too.
+    for _ in range(connection.pool.max_size + 1):
+        assert client.get("/healthz").json() == {"database": "ok", "cache": "ok"}
+
+
 def test_database_down_answers_503_naming_the_database(client, monkeypatch):
     def refuse():
         raise OperationalError("could not connect to server at db.internal")
@@ -50,14 +72,15 @@ def test_database_down_answers_503_naming_the_database(client, monkeypatch):
     assert b"db.internal" not in response.content
 
 
-def test_a_hanging_check_is_reported_as_an_error_without_waiting_for_it(client, monkeypatch):
+@pytest.mark.parametrize(("part", "other"), [("cache", "database"), ("database", "cache")])
+def test_a_hanging_check_is_reported_as_an_error_without_waiting_for_it(client, monkeypatch, part, other):
     released, finished = threading.Event(), threading.Event()
 
     def hang() -> None:
-        released.wait(timeout=20)  # a cache server that accepted the connection and went silent
+        released.wait(timeout=20)  # a server that accepted the connection and went silent
         finished.set()
 
-    monkeypatch.setitem(health.CHECKS, "cache", hang)
+    monkeypatch.setitem(health.CHECKS, part, hang)
     try:
         response = client.get("/healthz")
         # The answer came while the check still hung (health.TIMEOUT bounds it, 2 s today).
@@ -65,7 +88,8 @@ def test_a_hanging_check_is_reported_as_an_error_without_waiting_for_it(client, 
     finally:
         released.set()
     assert response.status_code == 503
-    assert response.json() == {"database": "ok", "cache": "error"}
+    # The other part is checked alongside, not behind the hanging one.
+    assert response.json() == {part: "error", other: "ok"}
 
 
 def test_healthz_answers_during_maintenance(client, settings, tmp_path):

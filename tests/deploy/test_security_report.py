@@ -53,6 +53,29 @@ def test_summarises_failed_sign_ins_refusals_csp_mails_and_homeserver_errors(cli
     assert "not-the-password" not in text and STAFF_PASSWORD not in text
 
 
+def test_refusals_are_counted_by_the_hour_and_kept_for_a_week(client):
+    with time_machine.travel(datetime(2026, 3, 2, 9, 0, tzinfo=UTC), tick=False) as clock:
+        for _attempt in range(ratelimits.APPLY.per_minute + 1):
+            client.post("/apply/", {})
+        clock.move_to(datetime(2026, 3, 2, 11, 30, tzinfo=UTC))
+        assert "Rate-limit refusals: 0\n" in report("--since", "1h")
+        clock.move_to(datetime(2026, 3, 8, 11, 30, tzinfo=UTC))
+        assert "Rate-limit refusals: 1\n  apply: 1\n" in report("--since", "7d")
+
+
+def test_a_sign_in_refused_for_its_username_is_reported_under_the_username_limit(client, agent, settings):
+    settings.TRUSTED_PROXY_COUNT = 1
+    # One account guessed at from many addresses: no address is over its own limit.
+    with time_machine.travel(datetime.now(UTC), tick=False):
+        for number in range(ratelimits.ADMIN_LOGIN_PER_USERNAME.per_minute + 1):
+            client.post(
+                "/admin/login/",
+                {"username": "agent", "password": "wrong"},
+                HTTP_X_FORWARDED_FOR=f"203.0.113.{number}",
+            )
+    assert "Rate-limit refusals: 1\n  admin-login-user: 1\n" in report()
+
+
 def test_older_events_fall_outside_the_window(agent):
     event = audit.record("user.login_failed", details={"username": "agent"})
     AuditEvent.objects.filter(pk=event.pk).update(created_at=timezone.now() - timedelta(days=2))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from unittest import mock
 
@@ -65,6 +66,26 @@ def test_hour_and_day_tiers_hold_after_the_minute_is_over(client, clock):
     assert retry_after > 3600
 
 
+def test_a_client_over_the_minute_and_the_hour_at_once_is_told_the_hours_wait(client, clock):
+    for _minute in range(3):
+        for _ in range(5):
+            assert client.post("/apply/", {}).status_code == 200
+        clock.shift(timedelta(minutes=1))
+    for _ in range(5):
+        assert client.post("/apply/", {}).status_code == 200
+    # Waiting out the minute would only meet the hour's refusal.
+    assert assert_rate_limited(client.post("/apply/", {}), within=3600) > 60
+
+
+def test_each_limit_is_the_one_the_readme_documents(settings):
+    # The hour and day tiers of every view are too long to cross here one by one; operators read the table.
+    section = (settings.BASE_DIR / "README.md").read_text().split("### Rate limits")[1].split("\n\n**")[0]
+    documented = re.findall(r"^\|[^|]+\|[^|]+\| (\d+) / (\d+) / (\d+) \|", section, re.MULTILINE)
+    assert [tuple(map(int, tiers)) for tiers in documented] == [
+        (limit.per_minute, limit.per_hour, limit.per_day) for limit in ratelimits.ALL_LIMITS
+    ]
+
+
 def test_a_spoofed_forwarded_for_does_not_make_a_new_bucket(client, settings):
     settings.TRUSTED_PROXY_COUNT = 1
     for number in range(5):
@@ -91,6 +112,8 @@ def test_without_trusted_proxies_forwarded_for_is_ignored(client, settings):
         (2, "1.1.1.1, 203.0.113.7, 10.0.0.2", "10.0.0.3", "203.0.113.7"),
         (1, "not-an-ip", "127.0.0.1", "127.0.0.1"),
         (1, "", "127.0.0.1", "127.0.0.1"),
+        # A Unix-socket peer has no address: one shared bucket, not django-ratelimit's ValueError (a 500).
+        (0, "", "", "0.0.0.0"),  # noqa: S104
         (1, "2001:db8::1", "::1", "2001:db8::1"),
         # A dual-stack listener shows IPv4 peers as IPv4-mapped IPv6 addresses.
         (0, "", "::ffff:203.0.113.5", "203.0.113.5"),
@@ -141,6 +164,13 @@ def test_admin_login_is_limited_per_address(client, agent):
     assert_rate_limited(
         client.post("/admin/login/", {"username": "agent", "password": "a-long-test-password"})
     )
+
+
+def test_opening_the_sign_in_page_uses_up_no_sign_in_attempts(client, agent):
+    for _ in range(ratelimits.ADMIN_LOGIN_PER_IP.per_minute + 1):
+        assert client.get("/admin/login/").status_code == 200
+    signed_in = client.post("/admin/login/", {"username": "agent", "password": "a-long-test-password"})
+    assert signed_in.wsgi_request.user == agent
 
 
 def fail_sign_ins_from_many_addresses(client, usernames: list[str]) -> None:
@@ -198,6 +228,25 @@ def test_password_reset_is_limited_per_address_across_addresses(client, agent, s
         "/admin/password_reset/", {"email": "other@staff.example"}, HTTP_X_FORWARDED_FOR="203.0.113.51"
     )
     assert other.status_code == 302
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "wait"),
+    [(30, "wait a minute and"), (61, "wait 2 minutes and"), (3600, "wait 60 minutes and")],
+)
+def test_the_429_page_rounds_the_wait_up_to_whole_minutes_and_is_never_cached(rf, retry_after, wait):
+    response = ratelimits.too_many_requests(rf.get("/apply/"), retry_after, limit_name="apply")
+    assert wait in response.content.decode()
+    assert response["Cache-Control"] == "no-store"
+
+
+def test_a_refusal_in_the_last_second_of_its_window_still_asks_for_a_wait(rf):
+    limit = ratelimits.Limit("new-view", per_minute=2, per_hour=None, per_day=None)
+    view = ratelimits.rate_limited(limit)(lambda request: None)
+    # django-ratelimit's time_left is 0 when the request falls on the window's end.
+    refused = {"should_limit": True, "time_left": 0, "count": 3, "limit": 2}
+    with mock.patch("iama_vetting.ratelimits.get_usage", return_value=refused):
+        assert view(rf.get("/"))["Retry-After"] == "1"
 
 
 def test_csp_report_endpoint_answers_json_429(client):

@@ -276,12 +276,20 @@ def test_the_set_up_page_also_says_to_wait_after_a_wrong_code(client, agent, two
     assert len(re.findall(r"<li><code>([a-z2-7]+)</code></li>", done)) == 10
 
 
-def test_code_guessing_is_rate_limited_per_user(client, agent, two_factor_required):
+def test_code_guessing_is_rate_limited_per_user_from_any_address(
+    client, agent, two_factor_required, settings
+):
+    settings.TRUSTED_PROXY_COUNT = 1
     with time_machine.travel(datetime(2026, 3, 2, 9, 0, tzinfo=UTC), tick=False):
         enrol(client, agent)  # the first of five codes this minute
         client.logout()
         sign_in(client, "agent")
-        statuses = [client.post("/admin/two-factor/", {"token": "12345678"}).status_code for _ in range(5)]
+        statuses = [
+            client.post(
+                "/admin/two-factor/", {"token": "12345678"}, HTTP_X_FORWARDED_FOR=f"203.0.113.{number}"
+            ).status_code
+            for number in range(5)
+        ]
     assert statuses == [200] * 4 + [429]
 
 

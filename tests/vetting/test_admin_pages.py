@@ -225,6 +225,19 @@ def test_the_dashboards_recent_actions_cost_one_query_and_show_ten(client, agent
 
     assert len(queries) == with_one
     assert recent_actions(page).count("<li>") == 10
+    # The latest ten: the first claim is the one left out.
+    assert applications[0].reference not in recent_actions(page)
+
+
+@pytest.mark.parametrize(("role", "linked"), [("agent", False), ("server_admin", True)])
+def test_only_staff_who_may_read_the_audit_trail_are_linked_to_their_actions_in_it(
+    client, request, role, linked
+):
+    user = request.getfixturevalue(role)
+    workflow.claim(make_application(), user)
+    client.force_login(user)
+    actions = recent_actions(client.get("/admin/").content.decode())
+    assert ("All my actions in the audit trail" in actions) is linked
 
 
 def test_a_person_who_has_done_nothing_yet_is_told_so(client, agent):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from tests.factories import make_application
 from tests.vetting.test_workflow import recommended_by, verification
@@ -195,6 +197,56 @@ def test_inviting_admins_are_shown_counts_of_their_own_work_only(client, invitin
     assert "Oldest waiting" not in page and "Nobody is waiting" not in page
     assert "Median time" not in page
     assert '<rect class="bar"' not in page
+
+
+def test_staff_without_a_role_are_shown_no_dashboard(client, outsider):
+    make_application(status=Status.APPROVED)
+    client.force_login(outsider)
+    assert dashboard(client) == ""
+
+
+def test_the_oldest_waiting_is_the_oldest_in_the_queue_not_the_oldest_decided(client, agent):
+    now = timezone.now()
+    make_application(status=Status.REJECTED, email_confirmed_at=now - timedelta(days=30))
+    waiting = make_application(email_confirmed_at=now - timedelta(days=3))
+    client.force_login(agent)
+    assert f">{waiting.reference}</a>, waiting 3 day(s)." in dashboard(client)
+
+
+def test_the_chart_counts_confirmed_applications_per_week_up_to_this_one(client, agent):
+    make_application()
+    make_application()
+    last_week = make_application()
+    Application.objects.filter(pk=last_week.pk).update(created_at=timezone.now() - timedelta(weeks=1))
+    make_application(status=Status.UNCONFIRMED, email_confirmed_at=None)
+    client.force_login(agent)
+    page = dashboard(client)
+    bars = re.findall(
+        r'<rect class="bar" x="\d+" y="(\d+)" width="\d+" height="(\d+)"><title>([\d-]+): (\d+)<', page
+    )
+    assert [int(total) for *_, total in bars] == [0] * 10 + [1, 2]
+    now = timezone.now()
+    assert bars[-1][2] == f"{now - timedelta(days=now.weekday()):%Y-%m-%d}"
+    # The busiest week fills the plot; the others stand on the same baseline, to scale.
+    assert [(int(y), int(height)) for y, height, *_ in bars[-3:]] == [(140, 0), (80, 60), (20, 120)]
+    assert "last 12 weeks: 3 in all" in page
+
+
+def test_the_median_decision_time_is_in_hours_over_the_last_twelve_weeks(client, agent):
+    now = timezone.now()
+    queued = now - timedelta(days=10)
+    for hours in (1, 2, 9):
+        make_application(
+            status=Status.APPROVED, email_confirmed_at=queued, decided_at=queued + timedelta(hours=hours)
+        )
+    # Decided before the twelve weeks: not counted.
+    make_application(
+        status=Status.REJECTED,
+        email_confirmed_at=now - timedelta(days=200),
+        decided_at=now - timedelta(days=100),
+    )
+    client.force_login(agent)
+    assert "Median time from entering the queue to decision (12 weeks): 2.0 hours." in dashboard(client)
 
 
 def test_vetting_staff_are_shown_the_count_of_every_state(client, agent):

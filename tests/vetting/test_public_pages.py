@@ -7,6 +7,7 @@ import re
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
+from evidence.validation import ALLOWED_EXTENSIONS_TEXT
 from tests.factories import make_application
 from tests.vetting.test_apply import form_data
 from vetting import links
@@ -32,6 +33,12 @@ def test_help_text_describes_its_field(client):
     assert 'aria-describedby="id_matrix_username_helptext"' in page
 
 
+def test_a_field_with_an_error_is_still_described_by_its_hint(client):
+    page = client.post("/apply/", form_data(matrix_username="has space")).content.decode()
+    tag = _input_tag(page, "id_matrix_username")
+    assert 'aria-describedby="id_matrix_username_helptext id_matrix_username_error"' in tag
+
+
 def test_status_page_shows_dates_as_year_month_day(client):
     application = make_application()
     page = client.get(f"/status/{links.status_token(application)}/").content.decode()
@@ -47,10 +54,12 @@ def test_public_pages_have_no_inline_script_or_style(client, path):
     assert re.search(r'<script src="/static/js/public-forms\.js" defer>', page)
 
 
-def test_upload_limits_given_to_the_script_are_the_servers(client, settings):
+def test_upload_limits_given_to_the_script_and_the_hint_are_the_servers(client, settings):
     page = client.get("/apply/").content.decode()
     assert f'data-max-size="{settings.EVIDENCE_MAX_FILE_SIZE}"' in page
     assert 'data-extensions="jpg,jpeg,png,gif,pdf,doc,docx,txt"' in page
+    assert f"Allowed: {ALLOWED_EXTENSIONS_TEXT}." in page
+    assert f"Up to {settings.EVIDENCE_MAX_FILES} files" in page
 
 
 def test_server_error_page_renders_without_a_request_context():
