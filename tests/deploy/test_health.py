@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from django.core.cache.backends.locmem import LocMemCache
@@ -90,6 +91,14 @@ def test_a_hanging_check_is_reported_as_an_error_without_waiting_for_it(client, 
     assert response.status_code == 503
     # The other part is checked alongside, not behind the hanging one.
     assert response.json() == {part: "error", other: "ok"}
+
+
+def test_a_part_answering_after_the_deadline_is_an_error_though_the_other_took_most_of_it(monkeypatch):
+    # One deadline for both checks: the cache's answer at 1.3 s comes after it, however long
+    # the database took. A second wait of the whole timeout would take it as ok.
+    monkeypatch.setitem(health.CHECKS, "database", lambda: time.sleep(0.5))
+    monkeypatch.setitem(health.CHECKS, "cache", lambda: time.sleep(1.3))
+    assert health.run_checks(timeout=1.0) == {"database": "ok", "cache": "error"}
 
 
 def test_healthz_answers_during_maintenance(client, settings, tmp_path):
