@@ -51,8 +51,10 @@ class Certificates:
         return context
 
 
-def make_certificates(directory: Path, name: str = "Test") -> Certificates:
-    """A private CA and a certificate it signed for 127.0.0.1 and localhost."""
+def make_certificates(
+    directory: Path, name: str = "Test", hosts: tuple[str, ...] = ("localhost", "127.0.0.1")
+) -> Certificates:
+    """A private CA and a certificate it signed for `hosts` (names or IP addresses)."""
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name} CA")])
@@ -85,16 +87,14 @@ def make_certificates(directory: Path, name: str = "Test") -> Certificates:
     key = ec.generate_private_key(ec.SECP256R1())
     certificate = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
         .issuer_name(ca_name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
+            x509.SubjectAlternativeName([_subject_alternative_name(host) for host in hosts]),
             critical=False,
         )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -114,6 +114,13 @@ def make_certificates(directory: Path, name: str = "Test") -> Certificates:
         )
     )
     return paths
+
+
+def _subject_alternative_name(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,14 @@ def other_certificates(tmp_path_factory):
     return _smtp_server_module().make_certificates(tmp_path_factory.mktemp("smtp-other-tls"), name="Other")
 
 
+@pytest.fixture(scope="session")
+def misnamed_certificates(tmp_path_factory):
+    """A valid certificate for mail.example.org, not for 127.0.0.1 (trust its own CA to use it)."""
+    return _smtp_server_module().make_certificates(
+        tmp_path_factory.mktemp("smtp-misnamed-tls"), name="Misnamed", hosts=("mail.example.org",)
+    )
+
+
 @pytest.fixture
 def start_smtp_server(certificates) -> Iterator[Callable]:
     """Start SMTP servers; every one is stopped when the test ends.

@@ -233,6 +233,26 @@ def test_a_certificate_that_does_not_verify_is_a_failed_attempt_and_the_next_por
     assert port == untrusted.port and outcome.startswith("TLS failed:")
 
 
+def test_a_certificate_for_another_host_name_gets_no_login_and_no_mail(
+    start_smtp_server, use_relay, misnamed_certificates, settings
+):
+    """Signed by a CA we trust, but not for the relay's host: anyone's valid certificate would do."""
+    misnamed = start_smtp_server(certificates_=misnamed_certificates)
+    use_relay(misnamed.port)
+    settings.SMTP_CA_FILE = str(misnamed_certificates.ca)
+    mail = queue_received_mail()
+
+    with pytest.raises(CommandError):
+        send_outbox()
+
+    assert misnamed.recorder.logins == [] and misnamed.recorder.received == []
+    mail.refresh_from_db()
+    assert mail.status == OutboundEmail.Status.QUEUED
+    assert mail.last_error.startswith(
+        f"no port of 127.0.0.1 worked ({misnamed.port}: TLS failed: IP address mismatch"
+    )
+
+
 def test_a_wrong_password_stops_at_once_is_recorded_and_is_never_logged(
     start_smtp_server, use_relay, caplog, capsys
 ):
@@ -286,6 +306,26 @@ def test_the_port_that_worked_is_tried_first_next_time(smtp_server, use_relay, s
     assert len(smtp_server.recorder.received) == 2
 
 
+def test_a_remembered_port_that_stops_working_is_tried_once_then_the_others_in_order(
+    start_smtp_server, use_relay, closed_port, caplog
+):
+    remembered, last = start_smtp_server(), start_smtp_server()
+    use_relay(closed_port, remembered.port, last.port)
+    queue_received_mail()
+    send_outbox()
+    remembered.stop()
+    queue_received_mail()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="notifications.relay"):
+        send_outbox()
+    assert attempts_logged(caplog) == [
+        (remembered.port, "connection refused"),
+        (closed_port, "connection refused"),
+        (last.port, "connected"),
+    ]
+    assert len(last.recorder.received) == 1
+
+
 def test_every_attempt_is_logged_with_host_port_outcome_and_milliseconds(
     smtp_server, use_relay, closed_port, caplog
 ):
@@ -294,9 +334,10 @@ def test_every_attempt_is_logged_with_host_port_outcome_and_milliseconds(
         connection = RelayEmailBackend()
         connection.open()
         connection.close()
-    messages = [record.getMessage() for record in caplog.records if record.name == "notifications.relay"]
-    assert len(messages) == 2
-    assert all(ATTEMPT_LOG.match(message) for message in messages)
+    records = [record for record in caplog.records if record.name == "notifications.relay"]
+    assert all(ATTEMPT_LOG.match(record.getMessage()) for record in records)
+    # A port that failed is a warning: seen with LOG_LEVEL=WARNING too.
+    assert [record.levelname for record in records] == ["WARNING", "INFO"]
     assert [(attempt.port, attempt.ok) for attempt in connection.attempts] == [
         (closed_port, False),
         (smtp_server.port, True),

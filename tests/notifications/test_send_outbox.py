@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from io import StringIO
@@ -16,9 +19,11 @@ from django.core import mail as django_mail
 from django.core.mail.backends.locmem import EmailBackend as LocmemBackend
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 
 from notifications import outbox
+from notifications.management.commands import send_outbox
 from notifications.management.commands.send_outbox import EXIT_CONFIGURATION_ERROR
 from notifications.models import RETRY_DELAYS, OutboundEmail
 from notifications.outbox import Tally, queue_email, send_batch
@@ -40,6 +45,13 @@ def run_worker(*options: str) -> str:
     out = StringIO()
     call_command("send_outbox", *(options or ["--once"]), stdout=out)
     return out.getvalue()
+
+
+def outbox_log(caplog) -> list[tuple[str, str]]:
+    """What the worker logged about each mail: (level, message)."""
+    return [
+        (record.levelname, record.getMessage()) for record in caplog.records if record.name == outbox.__name__
+    ]
 
 
 def a_while_later() -> None:
@@ -106,9 +118,22 @@ def test_dry_run_counts_due_mail_and_sends_nothing():
     assert set(OutboundEmail.objects.values_list("status", flat=True)) == {"queued"}
 
 
-@pytest.mark.parametrize("size", ["10001", "99999999999999999999"])
-def test_a_batch_size_beyond_ten_thousand_is_refused_and_mail_stays_queued(size):
-    """One too large for the database's LIMIT failed every poll of --loop with a traceback."""
+def test_dry_run_counts_only_what_a_run_would_send_now():
+    later, much_later, sent, abandoned, due = queue_mails(5)
+    in_a_while = timezone.now() + timedelta(minutes=5)
+    OutboundEmail.objects.filter(pk__in=[later.pk, much_later.pk]).update(next_attempt_at=in_a_while)
+    OutboundEmail.objects.filter(pk=sent.pk).update(status=OutboundEmail.Status.SENT)
+    # Claimed by a worker that died: due again once its lease ran out.
+    OutboundEmail.objects.filter(pk=abandoned.pk).update(
+        status=OutboundEmail.Status.SENDING, claimed_by="dead-worker", lease_expires_at=timezone.now()
+    )
+    assert "2 mails are due; none was sent (dry run)." in run_worker("--dry-run")
+
+
+@pytest.mark.parametrize("size", ["0", "10001", "99999999999999999999"])
+def test_a_batch_size_outside_one_to_ten_thousand_is_refused_and_mail_stays_queued(size):
+    """0 would claim nothing and report a clean run; one too large for the database's
+    LIMIT failed every poll of --loop with a traceback."""
     queue_mails(1)
     with pytest.raises(CommandError) as refused:
         run_worker("--once", "--batch-size", size)
@@ -168,6 +193,60 @@ def test_a_worker_whose_claim_lapsed_cannot_hand_back_mail_another_worker_is_sen
     # Nobody else may claim it while worker-2's lease holds: it is not sent twice.
     assert OutboundEmail.objects.claim("worker-3", 10) == []
     assert taken.mark_sent("worker-2", None) is True
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        lambda mail: mail.mark_sent("slow-worker", 2525),
+        lambda mail: mail.schedule_retry("slow-worker", "451 4.3.0 Try again later"),
+        lambda mail: mail.mark_failed("slow-worker", "550 5.1.1 No such mailbox"),
+    ],
+    ids=["sent", "retry", "failed"],
+)
+def test_a_worker_whose_claim_lapsed_cannot_record_an_outcome_while_another_worker_sends_the_mail(record):
+    """Its outcome would end or requeue the mail under worker-2, which may then send it again."""
+    [mail] = queue_mails(1)
+    [stale] = OutboundEmail.objects.claim("slow-worker", 10)
+    OutboundEmail.objects.filter(pk=mail.pk).update(lease_expires_at=timezone.now())
+    OutboundEmail.objects.claim("worker-2", 10)
+
+    assert record(stale) is False
+    mail.refresh_from_db()
+    assert (mail.status, mail.claimed_by, mail.attempts) == (OutboundEmail.Status.SENDING, "worker-2", 0)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_claiming_while_another_holds_its_claim_open_takes_other_mails_at_once():
+    """Workers on several machines share the outbox: locked rows are skipped, not waited for."""
+    queue_mails(4)
+    first: list[OutboundEmail] = []
+    claimed, finish = threading.Event(), threading.Event()
+
+    def first_worker() -> None:
+        try:
+            with transaction.atomic():  # its row locks are held until `finish`
+                first.extend(OutboundEmail.objects.claim("worker-1", 2))
+                claimed.set()
+                finish.wait(10)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=first_worker)
+    thread.start()
+    try:
+        assert claimed.wait(10)
+        started = time.monotonic()
+        second = OutboundEmail.objects.claim("worker-2", 2)
+        waited = time.monotonic() - started
+    finally:
+        finish.set()
+        thread.join(15)
+
+    assert len(first) == len(second) == 2
+    assert {mail.pk for mail in first}.isdisjoint(mail.pk for mail in second)
+    assert waited < 5
 
 
 def test_the_longest_waiting_mail_is_claimed_first():
@@ -232,7 +311,7 @@ def test_the_retry_schedule_is_1m_5m_30m_2h_6h_then_12h_within_3_days():
 
 
 @pytest.mark.smtp
-def test_while_the_relay_is_down_mail_waits_by_the_schedule_and_then_fails(use_relay, closed_port):
+def test_while_the_relay_is_down_mail_waits_by_the_schedule_and_then_fails(use_relay, closed_port, caplog):
     use_relay(closed_port)
     [mail] = queue_mails(1)
     waits = []
@@ -247,12 +326,14 @@ def test_while_the_relay_is_down_mail_waits_by_the_schedule_and_then_fails(use_r
     for wait, expected in zip(waits, RETRY_DELAYS, strict=True):
         assert expected <= wait < expected + timedelta(seconds=5)
 
-    with pytest.raises(CommandError):
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger=outbox.__name__), pytest.raises(CommandError):
         run_worker()
     mail.refresh_from_db()
     assert mail.status == OutboundEmail.Status.FAILED
     assert mail.attempts == len(RETRY_DELAYS) + 1
     assert "connection refused" in mail.last_error
+    assert outbox_log(caplog) == [("ERROR", f"Mail {mail.pk} failed after 11 attempts: {mail.last_error}")]
 
 
 @pytest.mark.smtp
@@ -282,17 +363,23 @@ def test_while_the_relay_is_down_mail_stays_queued_and_a_later_run_delivers_it(s
 
 
 @pytest.mark.smtp
-def test_a_4xx_reply_is_retried_later_and_then_delivered(smtp_server, use_relay):
+def test_a_4xx_reply_is_retried_later_and_then_delivered(smtp_server, use_relay, caplog):
     smtp_server.recorder.replies.append("451 4.3.0 Please try again later")
     use_relay(smtp_server.port)
     [mail] = queue_mails(1)
     built_when_queued = bytes(mail.message)
 
-    with pytest.raises(CommandError):
+    with caplog.at_level(logging.INFO, logger=outbox.__name__), pytest.raises(CommandError):
         run_worker()
     mail.refresh_from_db()
     assert mail.status == OutboundEmail.Status.QUEUED
     assert mail.last_error == "451 4.3.0 Please try again later"
+    assert outbox_log(caplog) == [
+        (
+            "WARNING",
+            f"Mail {mail.pk} not sent (451 4.3.0 Please try again later); next attempt at {mail.next_attempt_at}.",
+        )
+    ]
     assert mail.next_attempt_at > timezone.now() + timedelta(seconds=50)
     assert smtp_server.recorder.received == []
 
@@ -307,12 +394,12 @@ def test_a_4xx_reply_is_retried_later_and_then_delivered(smtp_server, use_relay)
 
 
 @pytest.mark.smtp
-def test_a_5xx_reply_fails_that_mail_at_once_and_the_batch_goes_on(smtp_server, use_relay):
+def test_a_5xx_reply_fails_that_mail_at_once_and_the_batch_goes_on(smtp_server, use_relay, caplog):
     smtp_server.recorder.replies.append("550 5.1.1 No such mailbox")
     use_relay(smtp_server.port)
     rejected, delivered = queue_mails(2)
 
-    with pytest.raises(CommandError):
+    with caplog.at_level(logging.INFO, logger=outbox.__name__), pytest.raises(CommandError):
         run_worker()
     rejected.refresh_from_db()
     delivered.refresh_from_db()
@@ -320,6 +407,105 @@ def test_a_5xx_reply_fails_that_mail_at_once_and_the_batch_goes_on(smtp_server, 
     assert rejected.last_error == "550 5.1.1 No such mailbox"
     assert delivered.status == OutboundEmail.Status.SENT
     assert smtp_server.recorder.connections == 1
+    assert outbox_log(caplog) == [
+        ("ERROR", f"Mail {rejected.pk} failed for good: 550 5.1.1 No such mailbox"),
+        ("INFO", f"Mail {delivered.pk} sent on port {smtp_server.port}."),
+    ]
+
+
+def refuses_the_first_recipient():
+    """A test server refusing the first RCPT TO it is sent with a 550."""
+    from tests.smtp_server import Recorder
+
+    @dataclass
+    class RefusesTheFirstRecipient(Recorder):
+        refused: bool = False
+
+        async def handle_RCPT(self, server, session, envelope, address, rcpt_options) -> str:
+            if not self.refused:
+                self.refused = True
+                return "550 5.1.1 No such mailbox"
+            envelope.rcpt_tos.append(address)
+            return "250 OK"
+
+    return RefusesTheFirstRecipient()
+
+
+@pytest.mark.smtp
+def test_a_recipient_refused_with_a_5xx_fails_that_mail_at_once_and_the_batch_goes_on(
+    start_smtp_server, use_relay
+):
+    server = start_smtp_server(recorder=refuses_the_first_recipient())
+    use_relay(server.port)
+    refused, delivered = queue_mails(2)
+
+    with pytest.raises(CommandError):
+        run_worker()
+
+    refused.refresh_from_db()
+    delivered.refresh_from_db()
+    assert (refused.status, refused.attempts) == (OutboundEmail.Status.FAILED, 1)
+    assert refused.last_error == "recipient refused: 550 5.1.1 No such mailbox"
+    assert delivered.status == OutboundEmail.Status.SENT
+    assert [received.rcpt_tos for received in server.recorder.received] == [[delivered.to]]
+    assert server.recorder.connections == 1
+
+
+@pytest.mark.smtp
+def test_a_mail_to_an_address_mail_cannot_carry_fails_at_once_and_the_batch_goes_on(smtp_server, use_relay):
+    """Queued before addresses were checked: no retry for three days can make it sendable."""
+    use_relay(smtp_server.port)
+    unsendable, delivered = queue_mails(2)
+    OutboundEmail.objects.filter(pk=unsendable.pk).update(to="staff@x\u05de.example")
+
+    with pytest.raises(CommandError):
+        run_worker()
+
+    unsendable.refresh_from_db()
+    delivered.refresh_from_db()
+    assert unsendable.status == OutboundEmail.Status.FAILED
+    assert unsendable.last_error.startswith("not sendable: ")
+    assert delivered.status == OutboundEmail.Status.SENT
+    assert [received.rcpt_tos for received in smtp_server.recorder.received] == [[delivered.to]]
+
+
+@pytest.mark.smtp
+def test_a_reply_of_several_lines_is_recorded_and_logged_on_one_line(smtp_server, use_relay, caplog):
+    smtp_server.recorder.replies.append(
+        "550-5.7.1 Message refused\r\n550 5.7.1 See https://relay.example/why"
+    )
+    use_relay(smtp_server.port)
+    [mail] = queue_mails(1)
+
+    with caplog.at_level(logging.INFO, logger=outbox.__name__), pytest.raises(CommandError):
+        run_worker()
+
+    mail.refresh_from_db()
+    assert mail.last_error == "550 5.7.1 Message refused 5.7.1 See https://relay.example/why"
+    assert outbox_log(caplog) == [("ERROR", f"Mail {mail.pk} failed for good: {mail.last_error}")]
+
+
+def test_the_loop_outlives_a_database_error_and_logs_it(monkeypatch, settings, caplog):
+    """A database restart or failover fails a round; the next round goes on."""
+    settings.OUTBOX_POLL_SECONDS = 0
+    rounds = []
+
+    def send_due(worker: str, size: int, should_stop) -> Tally:
+        rounds.append(worker)
+        if len(rounds) == 1:
+            raise OperationalError("server closed the connection unexpectedly")
+        signal.raise_signal(signal.SIGTERM)  # stops the loop as systemd does
+        return Tally(sent=1)
+
+    monkeypatch.setattr(send_outbox, "send_due", send_due)
+    with caplog.at_level(logging.INFO, logger=send_outbox.__name__):
+        out = run_worker("--loop")
+
+    assert "Outbox: 1 sent, 0 to retry later, 0 failed, 0 handed back." in out
+    assert len(rounds) == 2
+    [error] = [record for record in caplog.records if record.levelno == logging.ERROR]
+    assert error.getMessage() == f"Outbox worker {rounds[0]}: database error; trying again shortly."
+    assert "server closed the connection unexpectedly" in caplog.text  # the traceback
 
 
 @pytest.mark.smtp
@@ -389,7 +575,7 @@ def replies_421_first():
     ids=["421 reply", "connection dropped"],
 )
 def test_after_the_connection_breaks_the_rest_of_the_batch_goes_over_a_new_connection_uncharged(
-    start_smtp_server, use_relay, recorder, error
+    start_smtp_server, use_relay, recorder, error, caplog
 ):
     server = start_smtp_server(recorder=recorder())
     use_relay(server.port)
@@ -397,7 +583,7 @@ def test_after_the_connection_breaks_the_rest_of_the_batch_goes_over_a_new_conne
     # On its last attempt: charged for the dead connection, it would fail untried.
     OutboundEmail.objects.filter(pk=waiting.pk).update(attempts=len(RETRY_DELAYS))
 
-    with pytest.raises(CommandError):
+    with caplog.at_level(logging.INFO, logger=outbox.__name__), pytest.raises(CommandError):
         run_worker()
 
     broken.refresh_from_db()
@@ -408,3 +594,54 @@ def test_after_the_connection_breaks_the_rest_of_the_batch_goes_over_a_new_conne
     assert (waiting.status, waiting.last_error) == (OutboundEmail.Status.SENT, "")
     assert [received.rcpt_tos for received in server.recorder.received] == [[waiting.to]]
     assert server.recorder.connections == 2
+    # The mail handed back is not tried on the dead connection (which would log a lapsed claim).
+    assert [level for level, _ in outbox_log(caplog)] == ["WARNING", "INFO"]
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_the_loop_takes_a_new_database_connection_after_postgresql_dropped_its_own(
+    settings, caplog, monkeypatch
+):
+    """A PostgreSQL restart closes the worker's idle connection: the next round does not fail on it."""
+    settings.OUTBOX_POLL_SECONDS = 0.1
+    napping, restarted, sent = threading.Event(), threading.Event(), threading.Event()
+    nap = send_outbox.StopFlag.sleep
+
+    def nap_through_the_restart(stop_flag, seconds):
+        # The first nap lasts until the connections are gone: they drop while the worker is idle.
+        napping.set()
+        restarted.wait(timeout=10)
+        nap(stop_flag, seconds)
+
+    monkeypatch.setattr(send_outbox.StopFlag, "sleep", nap_through_the_restart)
+
+    def restart_then_queue_a_mail() -> None:
+        try:
+            napping.wait(timeout=10)
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            [mail] = queue_mails(1)
+            restarted.set()
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not sent.is_set():
+                mail.refresh_from_db()
+                if mail.status == OutboundEmail.Status.SENT:
+                    sent.set()
+                time.sleep(0.1)
+        finally:
+            restarted.set()
+            connection.close()
+            signal.raise_signal(signal.SIGTERM)
+
+    thread = threading.Thread(target=restart_then_queue_a_mail)
+    thread.start()
+    with caplog.at_level(logging.INFO, logger=send_outbox.__name__):
+        out = run_worker("--loop")
+    thread.join(15)
+    assert sent.is_set()
+    assert "Outbox: 1 sent" in out
+    assert [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR] == []

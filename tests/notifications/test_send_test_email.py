@@ -40,6 +40,7 @@ def test_delivers_now_and_shows_each_port_tried(smtp_server, use_relay, closed_p
     [received] = smtp_server.recorder.received
     assert received.rcpt_tos == ["operator@staff.example"]
     assert b"Subject: IaMA RVI test mail" in received.content
+    assert b"Content-Type: text/html" in received.content  # the HTML body, as every mail has
     assert not OutboundEmail.objects.exists()  # not through the outbox
 
 
@@ -50,6 +51,9 @@ def test_fails_with_every_port_shown_when_nothing_was_delivered(use_relay, close
     [(first, refused), (second, timed_out)] = ports_shown(out)
     assert (first, refused) == (closed_port, "connection refused")
     assert second == silent_port and "timed out" in timed_out
+    # The time each port took: the silent one, all of SMTP_TIMEOUT (1 s).
+    [_, waited] = [int(milliseconds) for _, _, milliseconds in PORT_LINE.findall(out)]
+    assert 900 <= waited < 3000
 
 
 def test_a_wrong_password_fails_without_showing_the_password(smtp_server, use_relay):

@@ -113,15 +113,16 @@ def test_two_workers_deliver_200_mails_each_exactly_once(transactional_db, smtp_
     assert OutboundEmail.objects.values("claimed_by").distinct().count() == 2
 
 
+@pytest.mark.parametrize("mode", ["--loop", "--once"])
 def test_sigterm_finishes_the_mail_in_hand_and_hands_the_rest_back(
-    transactional_db, smtp_server, certificates
+    transactional_db, smtp_server, certificates, mode
 ):
     recorder = smtp_server.recorder
     signalled = threading.Event()
     # The first mail is answered only after the signal was sent: it arrives while that mail is in hand.
     recorder.hold = lambda: not signalled.is_set()
     queue_mails(5)
-    worker = start_worker(smtp_server, certificates, "--loop", "--batch-size", "5")
+    worker = start_worker(smtp_server, certificates, mode, "--batch-size", "5")
     assert recorder.data_started.wait(30), "the worker never sent a mail"
 
     worker.send_signal(signal.SIGTERM)
