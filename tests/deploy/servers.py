@@ -188,7 +188,7 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
             "-subj",
             "/CN=localhost",
             "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1",
             "-keyout",
             str(key),
             "-out",

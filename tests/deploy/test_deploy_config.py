@@ -66,26 +66,107 @@ def test_web_unit_runs_gunicorn_without_control_socket_as_the_given_user(tmp_pat
     assert "EnvironmentFile=/etc/iama-rvi/env\n" in unit
 
 
-@pytest.mark.parametrize(
-    "unit",
-    [
-        "rvi-web.service",
-        "rvi-mail.service",
-        "rvi-backup.service",
-        "rvi-purge-evidence.service",
-        "rvi-purge-unconfirmed.service",
-        "rvi-sync-invitations.service",
-        "rvi-security-report.service",
-        "rvi-backup-check.service",
-        "rvi-alert@.service",
-    ],
-)
-def test_every_service_is_hardened_and_writes_only_its_own_root(tmp_path, unit):
+# What each service may write under ProtectSystem=strict: the evidence root for those that store
+# or delete evidence (deleting an unconfirmed application deletes its files), the backup root for
+# the backup; nothing for the others.
+EVIDENCE_ROOT, BACKUP_ROOT = "/var/lib/iama-rvi/evidence", "/var/lib/iama-rvi/backups"
+WRITABLE_ROOTS = {
+    "rvi-web.service": [EVIDENCE_ROOT],
+    "rvi-mail.service": [],
+    "rvi-backup.service": [BACKUP_ROOT],
+    "rvi-purge-evidence.service": [EVIDENCE_ROOT],
+    "rvi-purge-unconfirmed.service": [EVIDENCE_ROOT],
+    "rvi-sync-invitations.service": [],
+    "rvi-security-report.service": [],
+    "rvi-backup-check.service": [],
+    "rvi-alert@.service": [],
+}
+
+
+@pytest.mark.parametrize(("unit", "writable"), WRITABLE_ROOTS.items())
+def test_every_service_is_hardened_and_writes_only_its_own_root(tmp_path, unit, writable):
     text = (render(tmp_path / "out") / "systemd" / unit).read_text()
     for line in ("NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes", "UMask=0027"):
         assert line + "\n" in text
-    writable = re.findall(r"^ReadWritePaths=(.*)$", text, flags=re.MULTILINE)
-    assert writable in ([], ["/var/lib/iama-rvi/evidence"], ["/var/lib/iama-rvi/backups"])
+    assert re.findall(r"^ReadWritePaths=(.*)$", text, flags=re.MULTILINE) == writable
+    # The dedicated user, never root (no User= would be root); the app's ones with its settings.
+    assert re.findall(r"^User=(.*)$", text, flags=re.MULTILINE) == ["rvi"]
+    assert re.findall(r"^Group=(.*)$", text, flags=re.MULTILINE) == ["rvi"]
+    if unit != "rvi-alert@.service":
+        assert re.findall(r"^EnvironmentFile=(.*)$", text, flags=re.MULTILINE) == ["/etc/iama-rvi/env"]
+
+
+# What hardening.inc gets every service, as systemd itself reads the unit
+# (`systemd-analyze security`'s checks, each passed).
+HARDENING_CHECKS = [
+    "UserOrDynamicUser",
+    "NoNewPrivileges",
+    "ProtectSystem",
+    "ProtectHome",
+    "PrivateTmp",
+    "PrivateDevices",
+    "ProtectKernelTunables",
+    "ProtectKernelModules",
+    "ProtectKernelLogs",
+    "ProtectControlGroups",
+    "ProtectClock",
+    "ProtectHostname",
+    "RestrictSUIDSGID",
+    "RestrictRealtime",
+    "LockPersonality",
+    "AmbientCapabilities",
+    "CapabilityBoundingSet_CAP_SYS_ADMIN",
+    "CapabilityBoundingSet_CAP_SET_UID_GID_PCAP",
+    "CapabilityBoundingSet_CAP_DAC_FOWNER_IPC_OWNER",
+    "CapabilityBoundingSet_CAP_NET_ADMIN",
+    "CapabilityBoundingSet_CAP_SYS_PTRACE",
+    "RestrictAddressFamilies_AF_PACKET",
+    "RestrictAddressFamilies_AF_NETLINK",
+    "RestrictAddressFamilies_OTHER",
+    "RestrictNamespaces_user",
+    "RestrictNamespaces_mnt",
+    "RestrictNamespaces_net",
+]
+
+
+@pytest.mark.systemd
+@pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="needs systemd-analyze (Debian package systemd)")
+@pytest.mark.parametrize("unit", WRITABLE_ROOTS)
+def test_systemd_finds_every_service_hardened(tmp_path, unit):
+    path = render(tmp_path / "out") / "systemd" / unit
+    result = subprocess.run(
+        [SYSTEMD_ANALYZE, "security", "--offline=true", "--json=short", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    checks = {check["json_field"]: check for check in json.loads(result.stdout)}
+    failed = [name for name in HARDENING_CHECKS if checks[name]["set"] is not True]
+    assert failed == [], [checks[name]["description"] for name in failed]
+
+
+def test_the_web_server_is_restarted_after_a_crash_and_reloaded_gracefully(tmp_path):
+    unit = (render(tmp_path / "out") / "systemd" / "rvi-web.service").read_text()
+    service = unit_section(unit, "Service")
+    assert "Restart=on-failure\n" in service
+    # `systemctl reload rvi-web.service` (deploy/README.md, "Each release"): gunicorn's HUP.
+    assert "ExecReload=/bin/kill -s HUP $MAINPID\n" in service
+    # systemd waits for gunicorn's graceful stop before it kills what is left.
+    config = runpy.run_path(str(tmp_path / "out" / "gunicorn.conf.py"))
+    [stop] = re.findall(r"^TimeoutStopSec=(\d+)$", service, flags=re.MULTILINE)
+    assert config["graceful_timeout"] < int(stop)
+
+
+def test_services_and_timers_start_at_boot_once_enabled(tmp_path):
+    """`systemctl enable` of a unit without [Install] links nothing: after a reboot it would not run."""
+    systemd = render(tmp_path / "out") / "systemd"
+    for timer in systemd.glob("*.timer"):
+        assert unit_section(timer.read_text(), "Install") == "WantedBy=timers.target\n", timer.name
+        # A run missed while the host was down is made up at the next boot.
+        assert "Persistent=true\n" in unit_section(timer.read_text(), "Timer"), timer.name
+    for name in ("rvi-web.service", "rvi-mail.service"):
+        assert unit_section((systemd / name).read_text(), "Install") == "WantedBy=multi-user.target\n"
 
 
 def test_the_mail_worker_runs_the_outbox_loop_and_stops_gracefully(tmp_path):
@@ -120,6 +201,8 @@ def test_the_alert_writes_one_line_at_priority_err_naming_the_failed_unit(tmp_pa
     [command] = re.findall(r"^ExecStart=(.*)$", service, flags=re.MULTILINE)
     # %i is the instance: the failed unit's full name, from OnFailure=rvi-alert@%n.service.
     assert command == '/usr/bin/echo "IaMA RVI: %i failed; see journalctl -u %i"'
+    # What `journalctl -p err -t rvi-alert` and log monitoring look for (deploy/README.md).
+    assert "SyslogIdentifier=rvi-alert\n" in service
 
 
 def test_the_mail_worker_is_not_restarted_after_a_configuration_error(tmp_path):
@@ -148,6 +231,16 @@ def test_backup_runs_daily_at_two_and_purge_daily(tmp_path):
     assert "OnCalendar=*-*-* 04:45:00 UTC\n" in (out / "systemd" / "rvi-purge-unconfirmed.timer").read_text()
     assert "OnCalendar=*-*-* 01:30:00 UTC\n" in (out / "systemd" / "rvi-backup.timer").read_text()
     assert "OnCalendar=*-*-* 04:30:00 UTC\n" in (out / "systemd" / "rvi-purge-evidence.timer").read_text()
+    assert "OnCalendar=*-*-* 06:00:00 UTC\n" in (out / "systemd" / "rvi-security-report.timer").read_text()
+
+
+def test_the_backup_keeps_14_days_and_the_daily_report_covers_the_day(tmp_path):
+    systemd = render(tmp_path / "out") / "systemd"
+    [backup] = re.findall(r"^ExecStart=(.*)$", (systemd / "rvi-backup.service").read_text(), flags=re.M)
+    assert backup.endswith("/manage.py backup --dir /var/lib/iama-rvi/backups --keep-days 14")
+    report = (systemd / "rvi-security-report.service").read_text()
+    [command] = re.findall(r"^ExecStart=(.*)$", report, flags=re.M)
+    assert command.endswith("/manage.py security_report --since 24h --mail")
 
 
 def test_no_daily_job_is_timed_inside_the_default_maintenance_window(tmp_path):
@@ -336,6 +429,84 @@ def test_rvi_manage_script_is_valid_shell_running_manage_py_as_the_user(tmp_path
     text = script.read_text()
     assert "--uid=rvi" in text and "--property=EnvironmentFile=/etc/iama-rvi/env" in text
     assert "/srv/iama-rvi/.venv/bin/python /srv/iama-rvi/manage.py" in text
+
+
+# Stands in for systemd-run: records the arguments rvi-manage hands it.
+SYSTEMD_RUN_STUB = """#!{python}
+import json, sys
+with open({record!r}, "a") as record:
+    record.write(json.dumps(sys.argv[1:]) + "\\n")
+"""
+
+
+def rvi_manage(tmp_path, *args: str, stdin=subprocess.DEVNULL) -> list[str]:
+    """Runs the rendered rvi-manage (with /etc/iama-rvi/migrate.env in place): systemd-run's arguments."""
+    config_dir = tmp_path / "etc"
+    config_dir.mkdir(exist_ok=True)
+    (config_dir / "migrate.env").write_text("DATABASE_URL=postgres://rvi_owner:pw@127.0.0.1:5432/rvi\n")
+    out = render(tmp_path / "out", env_file=str(config_dir / "env"))
+    stub, record = tmp_path / "bin" / "systemd-run", tmp_path / "systemd-run.jsonl"
+    stub.parent.mkdir(exist_ok=True)
+    stub.write_text(SYSTEMD_RUN_STUB.format(python=sys.executable, record=str(record)))
+    stub.chmod(0o755)
+    record.unlink(missing_ok=True)
+    environment = {**os.environ, "PATH": f"{stub.parent}:{os.environ['PATH']}"}
+    run = subprocess.run(["sh", str(out / "rvi-manage"), *args], env=environment, stdin=stdin, timeout=30)
+    assert run.returncode == 0
+    [arguments] = [json.loads(line) for line in record.read_text().splitlines()]
+    return arguments
+
+
+def environment_files(arguments: list[str]) -> list[str]:
+    return [value.split("=", 2)[2] for value in arguments if value.startswith("--property=EnvironmentFile=")]
+
+
+def test_rvi_manage_runs_the_command_as_the_user_in_the_app_dir_and_waits_for_its_exit_status(tmp_path):
+    arguments = rvi_manage(tmp_path, "maintenance", "on", "--until", "2026-12-06 04:00")
+    # --wait: rvi-manage exits with the command's status (`rvi-manage backup --check` for monitoring).
+    assert "--wait" in arguments
+    assert "--uid=rvi" in arguments
+    assert "--property=WorkingDirectory=/srv/iama-rvi" in arguments
+    assert environment_files(arguments) == [str(tmp_path / "etc" / "env")]
+    # Each argument arrives whole, a space in it or not.
+    command = ["/srv/iama-rvi/.venv/bin/python", "/srv/iama-rvi/manage.py", "maintenance", "on", "--until"]
+    assert arguments[-6:] == [*command, "2026-12-06 04:00"]
+
+
+def test_rvi_manage_gives_only_migrate_the_schema_owners_url(tmp_path):
+    """migrate.env is read after the env file, so its DATABASE_URL wins; no other command sees it."""
+    config_dir = tmp_path / "etc"
+    assert environment_files(rvi_manage(tmp_path, "migrate")) == [
+        str(config_dir / "env"),
+        str(config_dir / "migrate.env"),
+    ]
+    for command in ("shell", "showmigrations"):
+        assert environment_files(rvi_manage(tmp_path, command, "migrate")) == [str(config_dir / "env")]
+
+
+def test_rvi_manage_gives_a_terminal_only_to_a_command_run_from_one(tmp_path):
+    """createsuperuser asks for a password on the terminal; a pipe (cron, monitoring) gets none."""
+    assert "--pipe" in rvi_manage(tmp_path, "backup", "--check")
+    controller, terminal = os.openpty()
+    try:
+        arguments = rvi_manage(tmp_path, "createsuperuser", stdin=terminal)
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    assert "--pty" in arguments and "--pipe" not in arguments
+
+
+def test_gunicorn_listens_only_on_loopback_behind_nginx_with_a_bounded_pool(tmp_path):
+    out = render(tmp_path / "out", app_port=8123)
+    config = runpy.run_path(str(out / "gunicorn.conf.py"))
+    site = (out / "nginx" / "iama-rvi.conf").read_text()
+    # nginx on this host is the only client: no one reaches the app past nginx's limits and headers.
+    assert config["bind"] == "127.0.0.1:8123"
+    assert "    server 127.0.0.1:8123;\n" in site
+    assert 1 <= config["workers"] <= 9
+    # nginx never gives up (504) on a request whose worker is still running it.
+    [read_timeout] = re.findall(r"^\s*proxy_read_timeout (\d+)s;$", site, flags=re.MULTILINE)
+    assert config["timeout"] <= int(read_timeout)
 
 
 def test_env_example_carries_this_hosts_values(tmp_path):

@@ -38,6 +38,7 @@ class Site:
     https_url: str
     https_port: int
     cert: Path
+    key: Path
     config: Path
     acme_webroot: Path
     session_key: str
@@ -93,6 +94,7 @@ def site(tmp_path_factory) -> Site:
             https_url=https_url,
             https_port=https_port,
             cert=cert,
+            key=key,
             config=config,
             acme_webroot=acme_webroot,
             session_key=app.staff_session(),
@@ -164,9 +166,11 @@ def test_nothing_else_of_the_webroot_is_served_over_plain_http(site, path):
     assert b"leak" not in body
 
 
-def test_public_page_over_https_carries_hsts_exactly_once(site):
-    response = site.get("/apply/")
-    assert response.status_code == 200
+@pytest.mark.parametrize(("path", "status"), [("/apply/", 200), ("/no-such-page/", 404)])
+def test_public_page_over_https_carries_hsts_exactly_once(site, path, status):
+    # An error page from the app as well (add_header's "always").
+    response = site.get(path)
+    assert response.status_code == status
     hsts = [
         value for name, value in response.raw.headers.items() if name.lower() == "strict-transport-security"
     ]
@@ -228,6 +232,11 @@ def test_dotfiles_are_never_served(site, path):
     response = site.get(path)
     assert response.status_code in (403, 404)
     assert b"leak" not in response.content
+    # nginx's own answer: the server's headers, as on every response over HTTPS.
+    assert response.raw.headers.getlist("Strict-Transport-Security") == [
+        "max-age=31536000; includeSubDomains"
+    ]
+    assert response.raw.headers.getlist("X-Content-Type-Options") == ["nosniff"]
 
 
 def test_security_txt_is_served_by_the_app_through_nginx(site):
@@ -243,6 +252,15 @@ def test_static_files_are_served_by_nginx_with_long_expiry(site):
     response = site.get(f"/static/css/{css.name}")
     assert response.status_code == 200
     assert "max-age=31536000" in response.headers["Cache-Control"]
+
+
+def test_nothing_beside_the_static_root_is_served(site):
+    """/static/ maps onto the static root alone: "/static../" must not reach the directory above it."""
+    database = site.app.root / "db.sqlite3"
+    assert database.parent == site.app.static_root.parent
+    response = site.get("/static../db.sqlite3")
+    assert response.status_code == 404
+    assert b"SQLite format" not in response.content
 
 
 # The safety headers the app sends on every response, which a location with its
@@ -318,7 +336,8 @@ def access_log_with(site: Site, *expected: str) -> str:
 def test_the_access_log_keeps_pages_but_not_the_secret_links(site):
     secret = "ImRlYWRiZWVmIg:1xXJAT:not-a-real-signature"
     site.get(f"/status/{secret}/")
-    site.get(f"/confirm/{secret}/")
+    # A page reached from a status page names it in its Referer.
+    site.get(f"/confirm/{secret}/", headers={"Referer": f"{site.https_url}/status/{secret}/"})
     site.get(f"/apply/done/?r={secret}")
     log = access_log_with(site, "/status/<token>/", "/confirm/<token>/", "/apply/done/?<query>")
     assert "/status/<token>/" in log
@@ -423,3 +442,90 @@ def test_nginx_gives_each_request_an_id_the_app_echoes(site):
     assert len(request_id) == 32
     log = access_log_with(site, f"id={request_id}")
     assert f"id={request_id}" in log
+
+
+def test_the_app_sees_the_clients_address_not_one_the_client_wrote(site):
+    """nginx appends the address it saw to X-Forwarded-For: the last entry, where TRUSTED_PROXY_COUNT=1 looks.
+
+    The client connects from 127.0.0.2, so its address differs from nginx's own (127.0.0.1).
+    """
+    context = ssl.create_default_context(cafile=str(site.cert))
+    connection = http.client.HTTPSConnection(
+        "127.0.0.1", site.https_port, context=context, timeout=30, source_address=("127.0.0.2", 0)
+    )
+    try:
+        # What a client dodging the rate limits would send.
+        connection.request("GET", "/apply/", headers={"X-Forwarded-For": "203.0.113.9"})
+        response = connection.getresponse()
+        response.read()
+    finally:
+        connection.close()
+    assert response.status == 200
+    request_id = response.getheader("X-Request-ID")
+    [log_file] = site.app.root.glob("gunicorn-*.log")
+    line = log_lines_of(log_file, [request_id])[request_id]
+    assert json.loads(line)["client_ip"] == "127.0.0.2"
+
+
+# The guide's TLS 1.2 ciphers that go with an RSA certificate: ECDHE key exchange, AEAD only.
+GUIDE_TLS12_CIPHERS = (
+    "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-CHACHA20-POLY1305",
+    "ECDHE-RSA-AES128-GCM-SHA256",
+)
+
+
+def tls12_cipher(site: Site, ciphers: str) -> str:
+    """The cipher nginx agrees on with a TLS 1.2 client offering only `ciphers`."""
+    context = ssl.create_default_context(cafile=str(site.cert))
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    # Security level 0: the client offers even what OpenSSL's defaults leave out.
+    context.set_ciphers(f"{ciphers}:@SECLEVEL=0")
+    with (
+        socket.create_connection(("127.0.0.1", site.https_port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        return tls.cipher()[0]
+
+
+def test_tls_1_2_takes_only_the_guides_ciphers(site):
+    for cipher in GUIDE_TLS12_CIPHERS:
+        assert tls12_cipher(site, cipher) == cipher
+    # Every other cipher this OpenSSL knows: CBC, SHA-1, static RSA key exchange, NULL, export.
+    with pytest.raises(ssl.SSLError):
+        tls12_cipher(site, "ALL:COMPLEMENTOFALL:" + ":".join(f"!{cipher}" for cipher in GUIDE_TLS12_CIPHERS))
+
+
+def test_by_default_nginx_answers_on_ipv4_and_ipv6_alike(site, tmp_path):
+    """Without --listen-address, as in production: each port for both address families, TLS on HTTPS."""
+    http_port, https_port = servers.free_port(), servers.free_port()
+    rendered = site.app.render_deploy(
+        tmp_path / "rendered",
+        http_port=http_port,
+        https_port=https_port,
+        app_port=urlsplit(site.app_url).port,
+        tls_certificate=site.cert,
+        tls_certificate_key=site.key,
+        resolver="127.0.0.1",
+        nginx_log_dir=tmp_path,
+        acme_webroot=site.acme_webroot,
+    )
+    config = servers.nginx_wrapper(rendered / "nginx" / "iama-rvi.conf", tmp_path)
+    context = ssl.create_default_context(cafile=str(site.cert))
+    headers = {"Host": f"localhost:{https_port}"}
+    with servers.nginx(config, https_port):
+        for address in ("127.0.0.1", "::1"):
+            plain = http.client.HTTPConnection(address, http_port, timeout=10)
+            secure = http.client.HTTPSConnection(address, https_port, context=context, timeout=10)
+            try:
+                plain.request("GET", "/healthz", headers=headers)
+                redirect = plain.getresponse()
+                secure.request("GET", "/healthz", headers=headers)
+                health = secure.getresponse()
+                assert json.loads(health.read()) == {"database": "ok", "cache": "ok"}
+            finally:
+                plain.close()
+                secure.close()
+            assert redirect.status == 301, address
+            assert redirect.getheader("Location") == f"https://localhost:{https_port}/healthz"
+            assert health.status == 200, address

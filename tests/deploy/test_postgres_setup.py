@@ -73,14 +73,35 @@ def test_app_role_can_use_the_migrated_tables_but_not_change_the_schema(tmp_path
         app.manage(
             "shell", "-c", "from django.contrib.auth.models import Group; Group.objects.create(name='x')"
         )
+        # Rows only: no TRUNCATE (it skips DELETE's row checks), REFERENCES or TRIGGER on any table.
+        rights = psql(
+            admin,
+            "-At",
+            "-c",
+            "SELECT DISTINCT privilege_type FROM information_schema.role_table_grants WHERE grantee = current_user",
+            user=name,
+            database=name,
+        )
+        assert rights.returncode == 0, rights.stderr
+        assert sorted(rights.stdout.split()) == ["DELETE", "INSERT", "SELECT", "UPDATE"]
         for statement in (
             "CREATE TABLE intruder (id int)",
             "DROP TABLE vetting_application",
             f"CREATE DATABASE {name}_x",
+            f"CREATE ROLE {name}_x LOGIN",
+            "CREATE SCHEMA intruder",
         ):
             refused = psql(admin, "-c", statement, user=name, database=name)
             assert refused.returncode != 0, statement
             assert "permission denied" in refused.stderr or "must be owner" in refused.stderr, refused.stderr
+        # Another role of the same server may not even connect.
+        assert psql(admin, "-c", f"CREATE ROLE {name}_stranger LOGIN").returncode == 0
+        stranger = psql(admin, "-c", "SELECT 1", user=f"{name}_stranger", database=name)
+        assert stranger.returncode != 0
+        assert "permission denied for database" in stranger.stderr, stranger.stderr
     finally:
-        psql(admin, "-c", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        psql(admin, "-c", f"DROP ROLE IF EXISTS {name}", "-c", f"DROP ROLE IF EXISTS {name}_owner")
+        # Also what a statement that should have been refused made.
+        for database in (name, f"{name}_x"):
+            psql(admin, "-c", f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+        for role in (f"{name}_x", name, f"{name}_owner", f"{name}_stranger"):
+            psql(admin, "-c", f"DROP ROLE IF EXISTS {role}")
