@@ -306,7 +306,10 @@
     });
     function failed() {
       setSending(form, false);
-      showSummary(form, [{ input: form.querySelector("button[type=submit]") || form, message: form.dataset.messageFailed }]);
+      var button = form.querySelector("button[type=submit]");
+      // The summary's link leads to the button, to send again: it needs an id to point at.
+      if (button && !button.id) { button.id = "send-again"; }
+      showSummary(form, [{ input: button || form, message: form.dataset.messageFailed }]);
     }
     request.addEventListener("error", failed);
     setSending(form, true);

@@ -123,3 +123,29 @@ def test_when_sending_again_is_refused_too_the_whole_message_shows_and_nothing_l
     assert len(posts) == 2
     assert not Application.objects.exists()
     page.context.close()
+
+
+def test_when_the_fresh_token_cannot_be_fetched_the_refusal_shows(chromium, site):
+    page = new_page(chromium)
+    page.goto(f"{site}/apply/")
+    fill_form(page, name="Robin Kept")
+    page.context.clear_cookies()
+    posts = posts_to(page, "/apply/")
+
+    def connection_lost_for_the_form_page(route):
+        if route.request.method == "GET":
+            route.abort("internetdisconnected")
+        else:
+            route.continue_()
+
+    page.route("**/apply/", connection_lost_for_the_form_page)
+    page.get_by_role("button", name="Send application").click()
+
+    summary = page.locator("#error-summary")
+    expect(summary.locator("h2")).to_have_text("Please send the form again")
+    expect(summary).to_be_focused()
+    expect(page.locator("#id_full_name")).to_have_value("Robin Kept")
+    expect(page.get_by_role("button", name="Send application")).to_be_enabled()
+    assert len(posts) == 1
+    assert not Application.objects.exists()
+    page.context.close()

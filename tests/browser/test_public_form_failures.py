@@ -66,8 +66,12 @@ def test_the_script_s_error_summary_keeps_the_heading_that_names_it(
     page.get_by_role("button", name="Send application").click()  # the script's summary
     summary = page.locator("#error-summary")
     expect(summary).to_contain_text("setup.exe")
-    # A screen reader announces the summary by its heading.
+    # A screen reader announces the summary by its heading, as an alert like the server's summary.
     expect(summary).to_have_accessible_name("There is a problem")
+    expect(page.get_by_role("alert", name="There is a problem")).to_contain_text("setup.exe")
+    # Only what is wrong now: the server's earlier list is gone.
+    expect(summary.locator("h2")).to_have_count(1)
+    expect(summary.get_by_role("link")).to_have_count(1)
     page.context.close()
 
 
@@ -198,4 +202,35 @@ def test_a_stale_status_page_shows_the_application_as_it_is_now(chromium, site):
     expect(page.locator("#id_message")).to_have_count(0)
     expect(page.locator("#error-summary")).to_have_count(0)
     assert not page.title().startswith("Error:")
+    page.context.close()
+
+
+def test_a_lost_connection_keeps_the_form_and_lets_the_applicant_send_again(chromium, site):
+    page = new_page(chromium, PHONE)
+    page.goto(f"{site}/apply/")
+    fill_form(page, name="Robin Kept")
+
+    def connection_lost(route):
+        if route.request.method == "POST":
+            route.abort("internetdisconnected")
+        else:
+            route.continue_()
+
+    page.route("**/apply/", connection_lost)
+    page.get_by_role("button", name="Send application").click()
+    summary = page.locator("#error-summary")
+    expect(summary).to_contain_text("The connection failed, so nothing was sent.")
+    expect(summary).to_be_focused()
+    expect(page.locator(".upload-progress")).to_be_hidden()
+    expect(page.locator("#id_full_name")).to_have_value("Robin Kept")
+    button = page.get_by_role("button", name="Send application")
+    expect(button).to_be_enabled()
+    # The summary's link leads to the button that sends again.
+    summary.get_by_role("link").click()
+    expect(button).to_be_focused()
+
+    page.unroute("**/apply/")  # back online
+    button.click()
+    page.wait_for_url(re.compile(r"/apply/done/"))
+    assert Application.objects.get().full_name == "Robin Kept"
     page.context.close()

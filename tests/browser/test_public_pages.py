@@ -16,7 +16,7 @@ from notifications.models import OutboundEmail
 from tests.browser.test_vetting_flow import link_in, sign_in
 from tests.evidence.test_images import jpeg_with_gps_and_orientation
 from tests.factories import HTML_BYTES, PDF_BYTES, make_application
-from vetting import links, workflow
+from vetting import links, views, workflow
 from vetting.models import Application, AuditEvent
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -98,6 +98,8 @@ def test_errors_are_listed_focused_and_linked_then_fixed(chromium, site, screens
     summary = page.locator("#error-summary")
     expect(summary).to_be_visible()
     expect(summary).to_be_focused()
+    # The page came back in place: its title says there is an error, as it would without the script.
+    expect(page).to_have_title(re.compile(r"^Error: Apply to join"))
     screenshot(page, "apply-errors-360")
     check_accessibility(page, "apply form with errors")
     summary.get_by_role("link", name="Enter your e-mail address.").click()
@@ -362,3 +364,180 @@ def test_main_admin_pages_pass_axe(chromium, site, files, agent, screenshot, che
     check_accessibility(staff, "application page")
     screenshot(staff, "admin-application-1280")
     staff.context.close()
+
+
+@pytest.fixture
+def small_file_limit(settings):
+    """Files of at most 1 MB, in the checks and in the blank form (rendered once per process)."""
+    settings.EVIDENCE_MAX_FILE_SIZE = 1024 * 1024
+    views._blank_application_page.cache_clear()
+    yield settings.EVIDENCE_MAX_FILE_SIZE
+    views._blank_application_page.cache_clear()
+
+
+def test_client_side_checks_let_through_every_file_the_server_takes(
+    chromium, site, files, tmp_path, small_file_limit
+):
+    # Phones and cameras name photos in capitals; scans often carry a date with dots.
+    camera = tmp_path / "IMG_0042.JPG"
+    camera.write_bytes(files["photo"].read_bytes())
+    dated = tmp_path / "scan.2024.05.01.pdf"
+    dated.write_bytes(PDF_BYTES)
+    at_the_limit = tmp_path / "at-the-limit.pdf"
+    at_the_limit.write_bytes(PDF_BYTES.ljust(small_file_limit, b"\n"))
+    one_byte_over = tmp_path / "one-byte-over.pdf"
+    one_byte_over.write_bytes(PDF_BYTES.ljust(small_file_limit + 1, b"\n"))
+    page = new_page(chromium, PHONE)
+    page.goto(f"{site}/apply/")
+    fill_form(page)
+
+    attach(page, 1, camera)
+    attach(page, 2, dated)
+    attach(page, 3, at_the_limit)
+    attach(page, 4, one_byte_over)
+    expect(page.locator("#id_evidence_4_client_error")).to_have_text(
+        "“one-byte-over.pdf” is too large: each file may be at most 1 MB."
+    )
+    for slot in (1, 2, 3):
+        expect(page.locator(f"#id_evidence_{slot}_client_error")).to_be_hidden()
+    page.set_input_files("#id_evidence_4", [])
+    page.get_by_role("button", name="Send application").click()
+    page.wait_for_url(re.compile(r"/apply/done/"))
+    assert sorted(Evidence.objects.values_list("original_name", flat=True)) == [
+        "IMG_0042.JPG",
+        "at-the-limit.pdf",
+        "scan.2024.05.01.pdf",
+    ]
+    page.context.close()
+
+
+def test_a_refused_file_is_shown_announced_and_marked_on_its_input(chromium, site, files, tmp_path):
+    program = tmp_path / "setup.exe"
+    program.write_bytes(b"MZ" + bytes(100))
+    page = new_page(chromium, PHONE)
+    page.goto(f"{site}/apply/")
+    field = page.locator("#id_evidence_1")
+    message = page.locator("#id_evidence_1_client_error")
+    expect(field).to_have_attribute("aria-describedby", "evidence-limits")
+
+    page.set_input_files("#id_evidence_1", str(program))
+    expect(message).to_be_visible()
+    expect(message).to_contain_text("“setup.exe” is not an allowed type")
+    expect(message).to_have_attribute("aria-live", "polite")  # read out as it appears
+    expect(field).to_have_attribute("aria-invalid", "true")
+    # The limits stay in the description, the message is added to them.
+    expect(field).to_have_attribute("aria-describedby", "evidence-limits id_evidence_1_client_error")
+
+    page.set_input_files("#id_evidence_1", str(files["passport"]))
+    expect(message).to_be_hidden()
+    expect(field).not_to_have_attribute("aria-invalid", re.compile(".*"))
+    expect(field).to_have_attribute("aria-describedby", "evidence-limits")
+    page.context.close()
+
+
+def test_after_an_error_a_slot_with_a_note_stays_open(chromium, site, files):
+    page = new_page(chromium, PHONE)
+    page.goto(f"{site}/apply/")
+    fill_form(page)
+    page.fill("#id_statement", "")
+    attach(page, 1, files["passport"])
+    attach(page, 2, files["photo"])
+    page.fill("#id_note_2", "My ID card")
+    page.get_by_role("button", name="Send application").click()
+    expect(page.locator("#error-summary")).to_be_focused()
+    expect(page.locator("#id_note_2")).to_be_visible()
+    expect(page.locator("#id_note_2")).to_have_value("My ID card")
+    expect(page.locator("#id_evidence_3")).to_be_hidden()
+    expect(page.get_by_role("button", name="Add another file")).to_be_visible()
+    page.context.close()
+
+
+def test_after_an_error_a_slot_whose_file_was_refused_stays_open(chromium, site, files, tmp_path):
+    # Passes the script's checks (name and size); only the server sees it is a web page.
+    fake = tmp_path / "photo.pdf"
+    fake.write_bytes(HTML_BYTES)
+    page = new_page(chromium, PHONE)
+    page.goto(f"{site}/apply/")
+    fill_form(page)
+    attach(page, 1, files["passport"])
+    attach(page, 2, fake)
+    page.get_by_role("button", name="Send application").click()
+    summary = page.locator("#error-summary")
+    expect(summary).to_be_focused()
+    summary.get_by_role("link", name=re.compile("“photo.pdf” does not contain what its name says")).click()
+    expect(page.locator("#id_evidence_2")).to_be_focused()
+    expect(page.locator("#id_evidence_2_error")).to_be_visible()
+    expect(page.locator("#id_evidence_3")).to_be_hidden()
+    # Another file chosen: the server's message stays beside the input until the form is sent, and so does its mark.
+    page.set_input_files("#id_evidence_2", str(files["photo"]))
+    expect(page.locator("#id_evidence_2")).to_have_attribute("aria-invalid", "true")
+    page.context.close()
+
+
+def test_add_another_file_goes_away_once_every_slot_is_open(chromium, site, settings):
+    page = new_page(chromium, PHONE)
+    page.goto(f"{site}/apply/")
+    add = page.get_by_role("button", name="Add another file")
+    for slot in range(2, settings.EVIDENCE_MAX_FILES + 1):
+        expect(page.locator(f"#id_evidence_{slot}")).to_be_hidden()
+        add.click()
+        expect(page.locator(f"#id_evidence_{slot}")).to_be_focused()
+    expect(add).to_have_count(0)
+    page.context.close()
+
+
+def test_progress_is_announced_in_steps_of_ten_and_put_away_after_a_failure(
+    chromium, site, tmp_path, monkeypatch
+):
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("vetting.workflow.submit_application", broken)
+    statement = tmp_path / "statement.txt"
+    statement.write_bytes(b"I met Sam at the meetup.\n" * 24_000)  # about 600 KB
+    page = new_page(chromium, PHONE)
+    page.goto(f"{site}/apply/")
+    fill_form(page)
+    attach(page, 1, statement)
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send(
+        "Network.emulateNetworkConditions",
+        {"offline": False, "latency": 20, "downloadThroughput": -1, "uploadThroughput": 150 * 1024},
+    )
+    # What the live region says, each time it changes.
+    page.evaluate(
+        """() => {
+            const text = document.querySelector("[data-progress-text]");
+            window.announced = [];
+            new MutationObserver(() => window.announced.push(text.textContent)).observe(
+                text, { childList: true, characterData: true, subtree: true });
+        }"""
+    )
+    page.get_by_role("button", name="Send application").click()
+    expect(page.locator("[data-progress-text]")).to_have_attribute("aria-live", "polite")
+    expect(page.locator("[data-progress-text]")).to_have_text(re.compile(r"^Sent [1-9]0%$"))
+    expect(page.locator("#error-summary")).to_contain_text("Nothing you sent was kept half-way.")
+    announced = page.evaluate("window.announced")
+    assert announced[0] == "Sent 0%" and announced[-1] == "Sent 100%", announced
+    assert len(announced) == len(set(announced)) <= 11, announced  # never the same twice
+    assert all(re.fullmatch(r"Sent [1-9]?0%|Sent 100%", said) for said in announced), announced
+    assert page.eval_on_selector(".upload-progress progress", "bar => bar.value") == 100
+    # Nothing is being sent any more: no progress bar, the button as it was.
+    expect(page.locator(".upload-progress")).to_be_hidden()
+    expect(page.get_by_role("button", name="Send application")).to_be_enabled()
+    page.context.close()
+
+
+def test_a_second_round_of_errors_moves_the_focus_to_the_summary_again(chromium, site):
+    page = new_page(chromium, PHONE)
+    page.goto(f"{site}/apply/")
+    page.get_by_role("button", name="Send application").click()
+    summary = page.locator("#error-summary")
+    expect(summary).to_be_focused()
+    fill_form(page)
+    page.fill("#id_email", "not an address")
+    page.get_by_role("button", name="Send application").click()
+    expect(summary).to_contain_text("Enter an e-mail address like name@example.org.")
+    expect(summary).to_be_focused()
+    page.context.close()
