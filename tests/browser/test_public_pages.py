@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import zipfile
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -214,20 +215,25 @@ def test_client_side_checks_use_the_server_limits_before_any_upload(chromium, si
     page.context.close()
 
 
-def test_progress_bar_shows_and_button_is_disabled_while_sending(chromium, site, tmp_path, screenshot):
+def attach_a_slow_upload(page, tmp_path) -> Path:
+    """A file of about 600 KB, sent at about 150 KB/s so the progress can be seen."""
     statement = tmp_path / "statement.txt"
-    statement.write_bytes(b"I met Sam at the meetup.\n" * 24_000)  # about 600 KB
-    page = new_page(chromium, PHONE)
-    page.goto(f"{site}/apply/")
-    fill_form(page)
+    statement.write_bytes(b"I met Sam at the meetup.\n" * 24_000)
     attach(page, 1, statement)
-    # Slow the upload to about 150 KB/s so the progress can be seen.
     cdp = page.context.new_cdp_session(page)
     cdp.send("Network.enable")
     cdp.send(
         "Network.emulateNetworkConditions",
         {"offline": False, "latency": 20, "downloadThroughput": -1, "uploadThroughput": 150 * 1024},
     )
+    return statement
+
+
+def test_progress_bar_shows_and_button_is_disabled_while_sending(chromium, site, tmp_path, screenshot):
+    page = new_page(chromium, PHONE)
+    page.goto(f"{site}/apply/")
+    fill_form(page)
+    statement = attach_a_slow_upload(page, tmp_path)
     page.get_by_role("button", name="Send application").click()
     progress = page.locator(".upload-progress progress")
     expect(progress).to_be_visible()
@@ -493,18 +499,10 @@ def test_progress_is_announced_in_steps_of_ten_and_put_away_after_a_failure(
         raise RuntimeError("a bug")
 
     monkeypatch.setattr("vetting.workflow.submit_application", broken)
-    statement = tmp_path / "statement.txt"
-    statement.write_bytes(b"I met Sam at the meetup.\n" * 24_000)  # about 600 KB
     page = new_page(chromium, PHONE)
     page.goto(f"{site}/apply/")
     fill_form(page)
-    attach(page, 1, statement)
-    cdp = page.context.new_cdp_session(page)
-    cdp.send("Network.enable")
-    cdp.send(
-        "Network.emulateNetworkConditions",
-        {"offline": False, "latency": 20, "downloadThroughput": -1, "uploadThroughput": 150 * 1024},
-    )
+    attach_a_slow_upload(page, tmp_path)
     # What the live region says, each time it changes.
     page.evaluate(
         """() => {
