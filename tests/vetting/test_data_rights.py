@@ -212,6 +212,33 @@ def test_blocked_policy_still_allows_erasing_a_closed_application(settings):
     assert application.erased_at is not None
 
 
+@pytest.mark.parametrize(
+    ("status", "blocked"),
+    [
+        (Application.Status.SUBMITTED, True),
+        (Application.Status.IN_REVIEW, True),
+        (Application.Status.INFO_REQUESTED, True),
+        (Application.Status.RECOMMENDED, True),
+        (Application.Status.APPROVED, False),
+        (Application.Status.REJECTED, False),
+    ],
+)
+def test_the_review_policy_blocks_erasure_until_staff_have_decided(settings, status, blocked):
+    settings.ERASURE_BLOCKED_DURING_REVIEW = True
+    application = make_application(status=status)
+    refusal = workflow.erasure_refusal(application)
+    if blocked:
+        assert refusal.startswith("Staff are deciding on your application")
+        with pytest.raises(workflow.WorkflowError, match="Staff are deciding"):
+            workflow.erase_application(application)
+        application.refresh_from_db()
+        assert application.erased_at is None
+    else:
+        assert refusal is None
+        workflow.erase_application(application)
+        assert application.erased_at is not None
+
+
 def test_erasure_waits_while_an_invitation_token_is_live(client):
     application = make_application(status=Application.Status.INVITED)
     response = client.post(status_path(application, "erase/"))

@@ -129,6 +129,33 @@ def test_the_verifier_may_not_issue_the_invitation(agent, server_admin, fake_syn
     assert_unchanged(application)
 
 
+def test_the_verifier_may_not_reissue_the_invitation_either(
+    agent, server_admin, inviting_admin, fake_synapse
+):
+    application = recommended_by(agent)
+    application.matrix_username = "alex"
+    application.save(update_fields=["matrix_username"])
+    workflow.approve(application, server_admin)
+    workflow.issue_invitation(application, inviting_admin)
+    workflow.revoke_invitation(application, inviting_admin)
+    # The verifier is also an inviting admin: a re-issue is an issue, four eyes still apply.
+    agent.user_permissions.add(*workflow_permission("issue_invitation"))
+    agent = type(agent).objects.get(pk=agent.pk)
+    fake_synapse.server.requests.clear()
+    refusal = (
+        "You recorded the verification of this application, so another inviting admin must issue its "
+        "invitation (four-eyes rule)."
+    )
+    assert workflow.refusals(application, agent) == [refusal]
+    with pytest.raises(workflow.WorkflowError) as refused:
+        workflow.reissue_invitation(application, agent)
+    assert str(refused.value) == refusal
+    assert fake_synapse.server.requests == []
+    assert_unchanged(application)
+    workflow.reissue_invitation(application, inviting_admin)
+    assert application.status == Status.INVITED
+
+
 def workflow_permission(codename: str):
     from django.contrib.auth.models import Permission
 
@@ -354,6 +381,20 @@ def test_a_homeserver_whose_admin_api_answers_a_bare_404_revokes_nothing(
 # The applicant withdraws while invited ---------------------------------------------
 
 
+def test_a_reissue_keeps_the_username_staff_chose_for_the_first_invitation(
+    approved, inviting_admin, fake_synapse
+):
+    # The applicant asked for @alex; staff chose another name when issuing.
+    first = workflow.issue_invitation(approved, inviting_admin, "alex.example")
+    workflow.revoke_invitation(approved, inviting_admin)
+    second = workflow.reissue_invitation(approved, inviting_admin)
+    assert (first.matrix_username, second.matrix_username) == ("alex.example", "alex.example")
+    issued, reissued = AuditEvent.objects.filter(
+        action__in=("invitation.issued", "invitation.reissued")
+    ).order_by("id")
+    assert issued.details["matrix_username"] == reissued.details["matrix_username"] == "alex.example"
+
+
 def test_withdrawing_while_invited_revokes_the_token_then_closes_the_application(
     approved, inviting_admin, fake_synapse
 ):
@@ -378,6 +419,16 @@ def test_withdrawing_while_invited_revokes_the_token_then_closes_the_application
     assert f"The token for @{invitation.matrix_username}:" in told.body_text
     assert "was revoked on the server: it no longer creates an account." in told.body_text
     assert invitation.token not in told.body_text
+
+
+def test_a_withdrawal_records_when_it_revoked_the_invitation(approved, inviting_admin, fake_synapse):
+    invitation = issue(approved, inviting_admin)
+    withdrawn_at = timezone.now() + timedelta(days=2)
+    with time_machine.travel(withdrawn_at, tick=False):
+        workflow.withdraw(approved)
+    invitation.refresh_from_db()
+    # The invitation list shows when the token stopped working, as for a staff revoke.
+    assert invitation.revoked_at == withdrawn_at
 
 
 def test_withdrawing_with_the_token_already_gone_on_the_server_still_withdraws(

@@ -423,3 +423,38 @@ def test_server_admins_can_neither_approve_nor_reactivate(client, server_admin, 
     for step in (workflow.approve_staff_account, workflow.reactivate_staff_account):
         with pytest.raises(workflow.WorkflowError, match="Only a superadmin"):
             step(newbie, server_admin)
+
+
+def test_a_superadmin_creates_an_account_that_is_active_at_once(superadmin):
+    user = workflow.create_staff_account(
+        "sam", "sam@staff.example", roles.VETTING_AGENT, created_by=superadmin
+    )
+    user.refresh_from_db()
+    assert user.is_active
+    event = AuditEvent.objects.get(action="staff.created")
+    assert (event.actor, event.details["active"]) == (superadmin, True)
+    assert not workflow.with_account_state(User.objects.filter(pk=user.pk)).get().awaiting_approval
+
+
+def test_an_agent_cannot_deactivate_another_agent(agent, second_agent):
+    with pytest.raises(workflow.WorkflowError, match="Your role does not allow changing staff accounts."):
+        workflow.deactivate_staff_account(second_agent, agent)
+    second_agent.refresh_from_db()
+    assert second_agent.is_active
+    assert not AuditEvent.objects.filter(action="staff.deactivated").exists()
+
+
+def test_a_superadmin_in_the_agents_group_is_still_out_of_a_server_admins_hands(server_admin, superadmin):
+    superadmin.groups.add(Group.objects.get(name=roles.group_name(roles.VETTING_AGENT)))
+    with pytest.raises(workflow.WorkflowError, match="Server admins can deactivate vetting agents only."):
+        workflow.deactivate_staff_account(superadmin, server_admin)
+    superadmin.refresh_from_db()
+    assert superadmin.is_active
+
+
+def test_an_address_taken_in_another_case_is_refused(superadmin, agent):
+    with pytest.raises(workflow.WorkflowError, match="A staff account with this e-mail address exists."):
+        workflow.create_staff_account(
+            "sam", "AGENT@staff.example", roles.VETTING_AGENT, created_by=superadmin
+        )
+    assert not User.objects.filter(username="sam").exists()

@@ -752,3 +752,42 @@ def test_a_reference_drawn_twice_is_drawn_again_not_an_error(monkeypatch):
     draws = iter([taken, "7K3M9QXZ"])
     monkeypatch.setattr(models, "new_reference", lambda: next(draws))
     assert make_application(email="robin@applicant.example").reference == "7K3M9QXZ"
+
+
+def test_the_audit_trail_says_whose_claim_was_released_what_was_verified_and_what_was_shared(
+    agent, second_agent, server_admin
+):
+    application = make_application()
+    workflow.claim(application, agent)
+    workflow.release(application, server_admin)  # the agent is on leave
+    workflow.claim(application, second_agent)
+    workflow.record_verification(application, second_agent, **verification(score=2))
+    workflow.reject(application, server_admin, "Could not vouch", "Please apply again next year.")
+    events = AuditEvent.objects.filter(target_id=str(application.pk)).order_by("id")
+    released, verified, rejected = (
+        events.get(action=action)
+        for action in ("application.released", "application.verification_recorded", "application.rejected")
+    )
+    assert (released.actor, released.details) == (server_admin, {"claimed_by": "agent"})
+    assert (verified.actor, verified.details) == (
+        second_agent,
+        {
+            "identity_verified": True,
+            "method": Application.VerificationMethod.VIDEO,
+            "score": 2,
+            "recommendation": Application.Recommendation.APPROVE,
+        },
+    )
+    assert (rejected.actor, rejected.details) == (
+        server_admin,
+        {"reason": "Could not vouch", "shared_with_applicant": True},
+    )
+
+
+def test_a_blank_message_to_the_applicant_is_not_shared(agent, server_admin):
+    application = recommended_by(agent)
+    workflow.reject(application, server_admin, "Could not vouch", "  \n ")
+    application.refresh_from_db()
+    assert application.message_to_applicant == ""
+    event = AuditEvent.objects.get(action="application.rejected")
+    assert event.details["shared_with_applicant"] is False
