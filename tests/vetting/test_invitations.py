@@ -702,15 +702,28 @@ def test_one_reminder_goes_to_the_issuing_admin_five_days_before_expiry(
 ):
     invitation = issue(approved, inviting_admin)
     OutboundEmail.objects.all().delete()
-    with time_machine.travel(invitation.expires_at - timedelta(days=6)):
+    with time_machine.travel(invitation.expires_at - timedelta(days=5, seconds=1), tick=False):
         assert workflow.sync_invitations().reminders == 0
-    with time_machine.travel(invitation.expires_at - timedelta(days=4)):
+    with time_machine.travel(invitation.expires_at - timedelta(days=5), tick=False):
         assert workflow.sync_invitations().reminders == 1
         assert workflow.sync_invitations().reminders == 0
     reminder = OutboundEmail.objects.get()
     assert reminder.to == inviting_admin.email
     assert reminder.template == "invitation-expiring"
     assert invitation.token not in reminder.body_text
+
+
+def test_no_reminder_is_queued_for_an_issuing_admin_without_an_address(
+    approved, inviting_admin, fake_synapse
+):
+    invitation = issue(approved, inviting_admin)
+    OutboundEmail.objects.all().delete()
+    type(inviting_admin).objects.filter(pk=inviting_admin.pk).update(email="")
+    with time_machine.travel(invitation.expires_at - timedelta(days=4)):
+        assert workflow.sync_invitations().reminders == 0
+    assert not OutboundEmail.objects.exists()
+    invitation.refresh_from_db()
+    assert invitation.reminder_sent_at is None
 
 
 def test_sync_with_nothing_live_asks_the_homeserver_nothing(fake_synapse):
