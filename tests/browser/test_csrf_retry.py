@@ -8,7 +8,7 @@ import pytest
 from playwright.sync_api import expect
 
 from evidence.models import Evidence
-from tests.browser.test_public_pages import PHONE, fill_form
+from tests.browser.test_public_pages import PHONE, fill_form, intercept
 from tests.factories import make_application
 from vetting import links
 from vetting.models import Application, InformationReply
@@ -45,13 +45,12 @@ def block_cookies(page, path: str) -> None:
     html = page.content()
     page.context.clear_cookies()
 
-    def without_cookie(route):
-        if route.request.method == "GET":
-            route.fulfill(status=200, content_type="text/html; charset=utf-8", body=html)
-        else:
-            route.continue_()
-
-    page.route(f"**{path}", without_cookie)
+    intercept(
+        page,
+        path,
+        "GET",
+        lambda route: route.fulfill(status=200, content_type="text/html; charset=utf-8", body=html),
+    )
 
 
 def test_an_application_refused_for_a_lost_csrf_cookie_is_sent_again_and_stored_once(
@@ -132,13 +131,8 @@ def test_when_the_fresh_token_cannot_be_fetched_the_refusal_shows(chromium, site
     page.context.clear_cookies()
     posts = posts_to(page, "/apply/")
 
-    def connection_lost_for_the_form_page(route):
-        if route.request.method == "GET":
-            route.abort("internetdisconnected")
-        else:
-            route.continue_()
-
-    page.route("**/apply/", connection_lost_for_the_form_page)
+    # The connection is lost for the form page the script fetches for a fresh token.
+    intercept(page, "/apply/", "GET", lambda route: route.abort("internetdisconnected"))
     page.get_by_role("button", name="Send application").click()
 
     summary = page.locator("#error-summary")

@@ -10,7 +10,7 @@ from playwright.sync_api import expect
 
 from iama_vetting import ratelimits
 from tests.browser.test_csrf_retry import block_cookies
-from tests.browser.test_public_pages import PHONE, fill_form, new_page
+from tests.browser.test_public_pages import PHONE, fill_form, intercept, new_page
 from tests.security.test_gunicorn_shared_limits import start_well_inside_the_minute
 from vetting.models import Application
 
@@ -30,16 +30,13 @@ def test_a_proxy_error_keeps_what_the_applicant_typed_and_says_nothing_was_sent(
     fill_form(page, name="Robin Kept")
 
     def bad_gateway(route):
-        if route.request.method == "POST":
-            route.fulfill(
-                status=502,
-                content_type="text/html",
-                body="<html><body><center><h1>502 Bad Gateway</h1></center><hr>nginx</body></html>",
-            )
-        else:
-            route.continue_()
+        route.fulfill(
+            status=502,
+            content_type="text/html",
+            body="<html><body><center><h1>502 Bad Gateway</h1></center><hr>nginx</body></html>",
+        )
 
-    page.route("**/apply/", bad_gateway)
+    intercept(page, "/apply/", "POST", bad_gateway)
     page.get_by_role("button", name="Send application").click()
     summary = page.locator("#error-summary")
     expect(summary).to_contain_text("nothing was sent")
@@ -171,13 +168,8 @@ def test_a_reply_with_the_form_and_no_errors_focuses_its_heading(chromium, site)
     page.goto(f"{site}/apply/")
     fill_form(page)
 
-    def blank_form(route):
-        if route.request.method == "POST":
-            route.fulfill(response=route.fetch(method="GET"))
-        else:
-            route.continue_()
-
-    page.route("**/apply/", blank_form)
+    # Answered with a blank form.
+    intercept(page, "/apply/", "POST", lambda route: route.fulfill(response=route.fetch(method="GET")))
     page.get_by_role("button", name="Send application").click()
     heading = page.get_by_role("heading", level=1)
     expect(heading).to_be_focused()
@@ -210,13 +202,7 @@ def test_a_lost_connection_keeps_the_form_and_lets_the_applicant_send_again(chro
     page.goto(f"{site}/apply/")
     fill_form(page, name="Robin Kept")
 
-    def connection_lost(route):
-        if route.request.method == "POST":
-            route.abort("internetdisconnected")
-        else:
-            route.continue_()
-
-    page.route("**/apply/", connection_lost)
+    intercept(page, "/apply/", "POST", lambda route: route.abort("internetdisconnected"))
     page.get_by_role("button", name="Send application").click()
     summary = page.locator("#error-summary")
     expect(summary).to_contain_text("The connection failed, so nothing was sent.")

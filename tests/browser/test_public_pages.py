@@ -43,6 +43,18 @@ def files(tmp_path):
     return {"passport": passport, "photo": photo}
 
 
+def intercept(page, path: str, method: str, handle) -> None:
+    """Requests for `path` made with `method` go to `handle(route)`; all others go through."""
+
+    def route_by_method(route):
+        if route.request.method == method:
+            handle(route)
+        else:
+            route.continue_()
+
+    page.route(f"**{path}", route_by_method)
+
+
 def new_page(chromium, viewport=DESKTOP, javascript=True):
     # bypass_csp: axe-core is injected as an inline script, which a strict CSP would block.
     context = chromium.new_context(viewport=viewport, java_script_enabled=javascript, bypass_csp=True)
